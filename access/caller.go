@@ -1,0 +1,116 @@
+package access
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+
+	"github.com/prometheus/procfs"
+	"golang.org/x/sys/unix"
+)
+
+// capSysAdmin is CAP_SYS_ADMIN's bit in the capability sets.
+const capSysAdmin = 21
+
+// Caller is the thread that made a request, as the host sees it.
+type Caller struct {
+	Tid    int    // host thread id (what FUSE reports)
+	Pid    int    // host thread group id
+	Uid    uint32 // host fsuid: what permission checks use
+	Gid    uint32 // host fsgid
+	CapEff uint64 // effective capabilities, in UserNS
+	UserNS NS     // the thread's user namespace
+}
+
+// HasCapSysAdmin reports whether CAP_SYS_ADMIN is effective for the
+// caller in its own user namespace.
+func (c Caller) HasCapSysAdmin() bool { return c.CapEff&(1<<capSysAdmin) != 0 }
+
+func (c Caller) String() string {
+	return fmt.Sprintf("pid=%d tid=%d uid=%d gid=%d userns=%d", c.Pid, c.Tid, c.Uid, c.Gid, c.UserNS.Ino)
+}
+
+// NS identifies a namespace by its nsfs inode.
+type NS struct{ Dev, Ino uint64 }
+
+// NamespaceOf returns the namespace kind ("user", "pid", ...) of host task
+// tid by stat(2) of /proc/tid/ns/kind.
+func NamespaceOf(proc string, tid int, kind string) (NS, error) {
+	var st unix.Stat_t
+	p := proc + "/" + strconv.Itoa(tid) + "/ns/" + kind
+	if err := unix.Stat(p, &st); err != nil {
+		return NS{}, fmt.Errorf("stat %s: %w", p, err)
+	}
+	return NS{Dev: st.Dev, Ino: st.Ino}, nil
+}
+
+// NamespaceOfFile returns the namespace an open nsfs file (an opened
+// /proc/PID/ns/KIND) refers to.
+func NamespaceOfFile(f *os.File) (NS, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return NS{}, fmt.Errorf("stat %s: %w", f.Name(), err)
+	}
+	return NS{Dev: st.Dev, Ino: st.Ino}, nil
+}
+
+// ErrGone means the calling thread exited while it was being identified;
+// what was read may belong to another task reusing its id.
+var ErrGone = errors.New("caller exited during the request")
+
+// Identifier reads callers' credentials from a proc filesystem.
+type Identifier struct {
+	proc string
+	fs   procfs.FS
+}
+
+// NewIdentifier reads from the proc filesystem mounted at proc
+// ("/proc" on a real host).
+func NewIdentifier(proc string) (*Identifier, error) {
+	fs, err := procfs.NewFS(proc)
+	if err != nil {
+		return nil, err
+	}
+	return &Identifier{proc: proc, fs: fs}, nil
+}
+
+// Identify returns the credentials of host thread tid. The thread is
+// pinned with a pidfd before /proc is read and checked to be alive after,
+// so a reused tid can never lend its credentials to a request.
+func (id *Identifier) Identify(tid int) (Caller, error) {
+	pidfd, err := unix.PidfdOpen(tid, unix.PIDFD_THREAD)
+	if err != nil {
+		if err == unix.ESRCH {
+			return Caller{}, ErrGone
+		}
+		return Caller{}, fmt.Errorf("pidfd_open %d: %w", tid, err)
+	}
+	defer unix.Close(pidfd)
+
+	p, err := id.fs.Proc(tid)
+	if err != nil {
+		return Caller{}, fmt.Errorf("proc %d: %w", tid, err)
+	}
+	st, err := p.NewStatus()
+	if err != nil {
+		return Caller{}, fmt.Errorf("status of %d: %w", tid, err)
+	}
+	userns, err := NamespaceOf(id.proc, tid, "user")
+	if err != nil {
+		return Caller{}, err
+	}
+	// Signal 0 checks the pinned thread still exists: if it does, every
+	// /proc/tid read above was about it.
+	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
+		return Caller{}, ErrGone
+	}
+	return Caller{
+		Tid:    tid,
+		Pid:    int(st.TGID),
+		Uid:    uint32(st.UIDs[3]),
+		Gid:    uint32(st.GIDs[3]),
+		CapEff: st.CapEff,
+		UserNS: userns,
+	}, nil
+}

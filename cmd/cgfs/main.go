@@ -1,0 +1,144 @@
+// Command cgfs serves a container's own cgroup tree over FUSE.
+//
+//	cgfs mount --cgroup HOSTDIR [--owner PID] [--debug] MOUNTPOINT
+//
+// serves the host cgroup2 directory HOSTDIR at MOUNTPOINT in the
+// foreground until SIGINT or SIGTERM, then unmounts and exits 0. Usage
+// errors and a HOSTDIR that is not a cgroup2 directory exit 2; failures
+// while serving exit 1.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/access"
+	"github.com/cgfs/cgfs/fs"
+	"github.com/cgfs/cgfs/translate"
+)
+
+const usage = `usage: cgfs mount --cgroup HOSTDIR [--owner PID] [--debug] MOUNTPOINT
+
+Serves the host cgroup v2 directory HOSTDIR at MOUNTPOINT as the root of a
+cgroup tree, until SIGINT or SIGTERM.
+`
+
+// usageError is a mistake in how cgfs was called: exit code 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func main() {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	err := run(os.Args[1:], log, os.Stderr)
+	var ue usageError
+	switch {
+	case err == nil:
+	case errors.As(err, &ue):
+		fmt.Fprintf(os.Stderr, "cgfs: %v\n", err)
+		os.Exit(2)
+	default:
+		fmt.Fprintf(os.Stderr, "cgfs: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, log *slog.Logger, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "mount" {
+		fmt.Fprint(stderr, usage)
+		return usageError{"expected the subcommand mount"}
+	}
+	fl := flag.NewFlagSet("mount", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	fl.Usage = func() { fmt.Fprint(stderr, usage) }
+	hostDir := fl.String("cgroup", "", "host cgroup v2 `directory` to serve as the view's root")
+	owner := fl.Int("owner", 0, "`pid` of a process of the container that owns the view")
+	debug := fl.Bool("debug", false, "log every FUSE request")
+	if err := fl.Parse(args[1:]); err != nil {
+		return usageError{err.Error()}
+	}
+	if fl.NArg() != 1 {
+		fl.Usage()
+		return usageError{"expected one MOUNTPOINT"}
+	}
+	mnt := fl.Arg(0)
+	if *hostDir == "" {
+		return usageError{"--cgroup HOSTDIR is required"}
+	}
+
+	host, err := translate.OpenHost(*hostDir)
+	if err != nil {
+		return usageError{fmt.Sprintf("cannot open cgroup %s: %v", *hostDir, err)}
+	}
+	defer host.Close()
+	if ok, err := host.IsCgroup2(); err != nil || !ok {
+		return usageError{fmt.Sprintf("%s is not a directory on a cgroup2 filesystem", *hostDir)}
+	}
+
+	self, err := access.NamespaceOf("/proc", os.Getpid(), "user")
+	if err != nil {
+		return err
+	}
+	ownerNS := self
+	if *owner != 0 {
+		// Holding the namespace fd keeps the namespace (and so its
+		// identity) alive however long the owner process lives.
+		nsfd, err := os.Open("/proc/" + strconv.Itoa(*owner) + "/ns/user")
+		if err != nil {
+			return usageError{fmt.Sprintf("--owner %d: %v", *owner, err)}
+		}
+		defer nsfd.Close()
+		if ownerNS, err = access.NamespaceOfFile(nsfd); err != nil {
+			return err
+		}
+	}
+	ident, err := access.NewIdentifier("/proc")
+	if err != nil {
+		return err
+	}
+
+	server, err := fs.Mount(mnt, fs.Config{
+		View:       translate.NewView(host),
+		Policy:     access.NewPolicy(ownerNS, self),
+		Identifier: ident,
+		Log:        log,
+		Debug:      *debug,
+	})
+	if err != nil {
+		return fmt.Errorf("mount %s: %w", mnt, err)
+	}
+	log.Info("serving", "cgroup", *hostDir, "mountpoint", mnt, "owner_userns", ownerNS.Ino)
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		s := <-sig
+		log.Info("unmounting", "signal", s.String(), "mountpoint", mnt)
+		unmount(server, mnt, log)
+	}()
+	server.Wait()
+	log.Info("unmounted", "mountpoint", mnt)
+	return nil
+}
+
+// unmount detaches the mount; if it is busy (a process has its cwd
+// there) it is detached lazily, and the connection ends with the server.
+func unmount(server *fuse.Server, mnt string, log *slog.Logger) {
+	if err := server.Unmount(); err != nil {
+		log.Warn("unmount busy, detaching", "mountpoint", mnt, "err", err)
+		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
+			log.Error("detach failed", "mountpoint", mnt, "err", err)
+		}
+		os.Exit(0)
+	}
+}

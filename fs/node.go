@@ -1,0 +1,304 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/access"
+	"github.com/cgfs/cgfs/translate"
+)
+
+// node is one cgroup directory or control file of a view. Its identity
+// is the host inode; its virtual path comes from its place in the tree.
+type node struct {
+	gofs.Inode
+	m *mount
+}
+
+func (n *node) vpath() string { return n.Path(n.Root()) }
+
+func (n *node) child(ctx context.Context, st *unix.Stat_t, out *fuse.EntryOut) *gofs.Inode {
+	fillAttr(&out.Attr, st)
+	return n.NewInode(ctx, &node{m: n.m}, gofs.StableAttr{Mode: st.Mode & unix.S_IFMT, Ino: st.Ino})
+}
+
+var _ = (gofs.NodeLookuper)((*node)(nil))
+
+func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	st, err := n.m.view.Lookup(n.vpath(), name)
+	if err != nil {
+		// ENOENT is the everyday answer to a lookup; not worth a log line.
+		if errors.Is(err, unix.ENOENT) {
+			return nil, syscall.ENOENT
+		}
+		return nil, n.m.errno(ctx, "lookup", join(n.vpath(), name), err)
+	}
+	return n.child(ctx, &st, out), 0
+}
+
+var _ = (gofs.NodeGetattrer)((*node)(nil))
+
+func (n *node) Getattr(ctx context.Context, _ gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	st, err := n.m.view.Stat(n.vpath())
+	if err != nil {
+		return n.m.errno(ctx, "getattr", n.vpath(), err)
+	}
+	fillAttr(&out.Attr, &st)
+	return 0
+}
+
+var _ = (gofs.NodeSetattrer)((*node)(nil))
+
+// Setattr carries chmod, chown and utimes to the host. A size change is
+// accepted and ignored, as cgroupfs does: runtimes open control files
+// with O_TRUNC, which the FUSE kernel sends as a setattr.
+func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	vp := n.vpath()
+	c, err := n.m.caller(ctx)
+	if err != nil {
+		return n.m.errno(ctx, "setattr", vp, err)
+	}
+	if _, ok := in.GetSize(); ok && fh == nil {
+		// truncate(2) by path: needs write permission, like an open.
+		if err := n.m.policy.MayChange(c); err != nil {
+			return n.m.errno(ctx, "truncate", vp, err)
+		}
+	}
+	mode, setMode := in.GetMode()
+	uid, setUID := in.GetUID()
+	gid, setGID := in.GetGID()
+	atime, setA := in.GetATime()
+	mtime, setM := in.GetMTime()
+	if setMode || setUID || setGID || setA || setM {
+		if err := n.m.policy.MayChangeAttr(c); err != nil {
+			return n.m.errno(ctx, "setattr", vp, err)
+		}
+	}
+	if setMode {
+		if err := n.m.view.Chmod(vp, mode&0o7777); err != nil {
+			return n.m.errno(ctx, "chmod", vp, err)
+		}
+	}
+	if setUID || setGID {
+		u, g := -1, -1
+		if setUID {
+			u = int(uid)
+		}
+		if setGID {
+			g = int(gid)
+		}
+		if err := n.m.view.Chown(vp, u, g); err != nil {
+			return n.m.errno(ctx, "chown", vp, err)
+		}
+	}
+	if setA || setM {
+		ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
+		if setA {
+			ts[0] = unix.NsecToTimespec(atime.UnixNano())
+		}
+		if setM {
+			ts[1] = unix.NsecToTimespec(mtime.UnixNano())
+		}
+		if err := n.m.view.Utimes(vp, ts); err != nil {
+			return n.m.errno(ctx, "utimes", vp, err)
+		}
+	}
+	return n.Getattr(ctx, fh, out)
+}
+
+var _ = (gofs.NodeReaddirer)((*node)(nil))
+
+func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	vp := n.vpath()
+	entries, err := n.m.view.List(vp)
+	if err != nil {
+		return nil, n.m.errno(ctx, "readdir", vp, err)
+	}
+	out := make([]fuse.DirEntry, 0, len(entries)+2)
+	out = append(out, fuse.DirEntry{Name: ".", Mode: unix.S_IFDIR, Ino: n.StableAttr().Ino})
+	parent := n.StableAttr().Ino
+	if _, p := n.Parent(); p != nil {
+		parent = p.StableAttr().Ino
+	}
+	out = append(out, fuse.DirEntry{Name: "..", Mode: unix.S_IFDIR, Ino: parent})
+	for _, e := range entries {
+		out = append(out, fuse.DirEntry{Name: e.Name, Mode: e.Mode & unix.S_IFMT, Ino: e.Ino})
+	}
+	return gofs.NewListDirStream(out), 0
+}
+
+var _ = (gofs.NodeOpendirer)((*node)(nil))
+
+func (n *node) Opendir(ctx context.Context) syscall.Errno {
+	return n.mayRead(ctx, "opendir")
+}
+
+func (n *node) mayRead(ctx context.Context, op string) syscall.Errno {
+	vp := n.vpath()
+	st, err := n.m.view.Stat(vp)
+	if err == nil {
+		err = n.m.policy.MayRead(&st, func() (access.Caller, error) { return n.m.caller(ctx) })
+	}
+	if err != nil {
+		return n.m.errno(ctx, op, vp, err)
+	}
+	return 0
+}
+
+var _ = (gofs.NodeMkdirer)((*node)(nil))
+
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	vp := n.vpath()
+	if errno := n.mayChange(ctx, "mkdir", vp); errno != 0 {
+		return nil, errno
+	}
+	st, err := n.m.view.Mkdir(vp, name, mode)
+	if err != nil {
+		return nil, n.m.errno(ctx, "mkdir", join(vp, name), err)
+	}
+	return n.child(ctx, &st, out), 0
+}
+
+var _ = (gofs.NodeRmdirer)((*node)(nil))
+
+func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	vp := n.vpath()
+	if errno := n.mayChange(ctx, "rmdir", vp); errno != 0 {
+		return errno
+	}
+	if err := n.m.view.Rmdir(vp, name); err != nil {
+		return n.m.errno(ctx, "rmdir", join(vp, name), err)
+	}
+	return 0
+}
+
+var _ = (gofs.NodeRenamer)((*node)(nil))
+
+func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	vp := n.vpath()
+	if errno := n.mayChange(ctx, "rename", vp); errno != 0 {
+		return errno
+	}
+	np := newParent.EmbeddedInode()
+	if err := n.m.view.Rename(vp, name, np.Path(np.Root()), newName); err != nil {
+		return n.m.errno(ctx, "rename", join(vp, name), err)
+	}
+	return 0
+}
+
+func (n *node) mayChange(ctx context.Context, op, vp string) syscall.Errno {
+	c, err := n.m.caller(ctx)
+	if err == nil {
+		err = n.m.policy.MayChange(c)
+	}
+	if err != nil {
+		return n.m.errno(ctx, op, vp, err)
+	}
+	return 0
+}
+
+// cgroupfs creates nothing but directories. The errnos are what the host
+// kernel answers on a cgroup2 directory (measured on Linux 6.18): kernfs
+// has no create op, so the VFS answers EACCES to open(O_CREAT); it has no
+// symlink, link, mknod or unlink op for cgroups, so those are EPERM.
+
+var _ = (gofs.NodeCreater)((*node)(nil))
+
+func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	return nil, nil, 0, syscall.EACCES
+}
+
+var _ = (gofs.NodeSymlinker)((*node)(nil))
+
+func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EPERM
+}
+
+var _ = (gofs.NodeLinker)((*node)(nil))
+
+func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EPERM
+}
+
+var _ = (gofs.NodeMknoder)((*node)(nil))
+
+func (n *node) Mknod(ctx context.Context, name string, mode, dev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EPERM
+}
+
+var _ = (gofs.NodeUnlinker)((*node)(nil))
+
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	return syscall.EPERM
+}
+
+var _ = (gofs.NodeStatfser)((*node)(nil))
+
+func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	st, err := n.m.view.Host().Statfs()
+	if err != nil {
+		return n.m.errno(ctx, "statfs", n.vpath(), err)
+	}
+	out.Blocks, out.Bfree, out.Bavail = st.Blocks, st.Bfree, st.Bavail
+	out.Files, out.Ffree = st.Files, st.Ffree
+	out.Bsize, out.Frsize = uint32(st.Bsize), uint32(st.Frsize)
+	out.NameLen = uint32(st.Namelen)
+	return 0
+}
+
+var _ = (gofs.NodeOpener)((*node)(nil))
+
+// Open opens the host file for this request alone and serves it with
+// direct I/O: cgroup files report size 0 and change under the reader, so
+// the kernel page cache must never answer a read.
+func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	vp := n.vpath()
+	acc := flags & syscall.O_ACCMODE
+	if acc == syscall.O_WRONLY || acc == syscall.O_RDWR || flags&syscall.O_TRUNC != 0 {
+		// The kernel judges writes with the opener's credentials
+		// (cgroup-v2.rst, "Delegation Containment"), so the check is here,
+		// not in Write.
+		if errno := n.mayChange(ctx, "open", vp); errno != 0 {
+			return nil, 0, errno
+		}
+	}
+	f, err := n.m.view.Open(vp, int(flags))
+	if err != nil {
+		return nil, 0, n.m.errno(ctx, "open", vp, err)
+	}
+	if acc == syscall.O_RDONLY || acc == syscall.O_RDWR {
+		// Opening a control file has no effect on the host; the mode of
+		// the file just opened decides whether the caller may read it.
+		var st unix.Stat_t
+		err := unix.Fstat(int(f.Fd()), &st)
+		if err == nil {
+			err = n.m.policy.MayRead(&st, func() (access.Caller, error) { return n.m.caller(ctx) })
+		}
+		if err != nil {
+			f.Close()
+			return nil, 0, n.m.errno(ctx, "open", vp, err)
+		}
+	}
+	return &handle{f: f, m: n.m, vpath: vp}, fuse.FOPEN_DIRECT_IO, 0
+}
+
+// fillAttr copies host attributes into a FUSE attribute.
+func fillAttr(a *fuse.Attr, st *unix.Stat_t) {
+	a.Ino = st.Ino
+	a.Size = uint64(st.Size)
+	a.Blocks = uint64(st.Blocks)
+	a.Atime, a.Atimensec = uint64(st.Atim.Sec), uint32(st.Atim.Nsec)
+	a.Mtime, a.Mtimensec = uint64(st.Mtim.Sec), uint32(st.Mtim.Nsec)
+	a.Ctime, a.Ctimensec = uint64(st.Ctim.Sec), uint32(st.Ctim.Nsec)
+	a.Mode = st.Mode
+	a.Nlink = uint32(st.Nlink)
+	a.Owner = fuse.Owner{Uid: st.Uid, Gid: st.Gid}
+	a.Blksize = uint32(st.Blksize)
+}
+
+func join(dir, name string) string { return translate.Join(dir, name) }

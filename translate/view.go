@@ -1,0 +1,95 @@
+package translate
+
+import (
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// View is one container's cgroup tree as the container sees it: virtual
+// paths ("" for the view root, "a/b" below it) carried onto a Host. Each
+// mount has its own View; nothing is shared between views.
+type View struct {
+	host *Host
+}
+
+// NewView returns the view of host.
+func NewView(host *Host) *View { return &View{host: host} }
+
+// Host is the host hierarchy behind the view.
+func (v *View) Host() *Host { return v.host }
+
+// hostPath maps a virtual path to the host path below the view root.
+func (v *View) hostPath(vpath string) string { return vpath }
+
+// Stat returns the attributes of the virtual path.
+func (v *View) Stat(vpath string) (unix.Stat_t, error) {
+	return v.host.Stat(v.hostPath(vpath))
+}
+
+// Lookup returns the attributes of name in the virtual directory dir.
+func (v *View) Lookup(dir, name string) (unix.Stat_t, error) {
+	if err := ValidName(name); err != nil {
+		return unix.Stat_t{}, err
+	}
+	return v.host.Stat(v.hostPath(Join(dir, name)))
+}
+
+// List returns the entries of the virtual directory vpath, sorted.
+func (v *View) List(vpath string) ([]Entry, error) {
+	return v.host.ReadDir(v.hostPath(vpath))
+}
+
+// Open opens the file at vpath on the host with open(2) flags. O_CREAT
+// and O_EXCL are dropped: the file exists (the FUSE kernel looked it up)
+// and cgroupfs creates nothing.
+func (v *View) Open(vpath string, flags int) (*os.File, error) {
+	flags &^= unix.O_CREAT | unix.O_EXCL
+	return v.host.Open(v.hostPath(vpath), flags|unix.O_NOFOLLOW)
+}
+
+// Mkdir creates the cgroup name in the virtual directory dir and returns
+// its attributes.
+func (v *View) Mkdir(dir, name string, mode uint32) (unix.Stat_t, error) {
+	if err := ValidName(name); err != nil {
+		return unix.Stat_t{}, err
+	}
+	if err := v.host.Mkdir(v.hostPath(dir), name, mode); err != nil {
+		return unix.Stat_t{}, err
+	}
+	return v.host.Stat(v.hostPath(Join(dir, name)))
+}
+
+// Rmdir removes the cgroup name from the virtual directory dir.
+func (v *View) Rmdir(dir, name string) error {
+	if err := ValidName(name); err != nil {
+		return err
+	}
+	return v.host.Rmdir(v.hostPath(dir), name)
+}
+
+// Rename renames a cgroup; the host decides (cgroup v2 refuses).
+func (v *View) Rename(oldDir, oldName, newDir, newName string) error {
+	if err := ValidName(oldName); err != nil {
+		return err
+	}
+	if err := ValidName(newName); err != nil {
+		return err
+	}
+	return v.host.Rename(v.hostPath(oldDir), oldName, v.hostPath(newDir), newName)
+}
+
+// Chmod sets permission bits at vpath.
+func (v *View) Chmod(vpath string, mode uint32) error {
+	return v.host.Chmod(v.hostPath(vpath), mode)
+}
+
+// Chown sets owner ids (host ids; -1 keeps one) at vpath.
+func (v *View) Chown(vpath string, uid, gid int) error {
+	return v.host.Chown(v.hostPath(vpath), uid, gid)
+}
+
+// Utimes sets times at vpath.
+func (v *View) Utimes(vpath string, ts []unix.Timespec) error {
+	return v.host.Utimes(v.hostPath(vpath), ts)
+}
