@@ -16,7 +16,6 @@ const capSysAdmin = 21
 // Caller is the thread that made a request, as the host sees it.
 type Caller struct {
 	Tid    int    // host thread id (what FUSE reports)
-	Pid    int    // host thread group id
 	Uid    uint32 // host fsuid: what permission checks use
 	Gid    uint32 // host fsgid
 	CapEff uint64 // effective capabilities, in UserNS
@@ -28,7 +27,7 @@ type Caller struct {
 func (c Caller) HasCapSysAdmin() bool { return c.CapEff&(1<<capSysAdmin) != 0 }
 
 func (c Caller) String() string {
-	return fmt.Sprintf("pid=%d tid=%d uid=%d gid=%d userns=%d", c.Pid, c.Tid, c.Uid, c.Gid, c.UserNS.Ino)
+	return fmt.Sprintf("tid=%d uid=%d gid=%d userns=%d", c.Tid, c.Uid, c.Gid, c.UserNS.Ino)
 }
 
 // NS identifies a namespace by its nsfs inode.
@@ -75,10 +74,13 @@ func NewIdentifier(proc string) (*Identifier, error) {
 	return &Identifier{proc: proc, fs: fs}, nil
 }
 
-// Identify returns the credentials of host thread tid. The thread is
-// pinned with a pidfd before /proc is read and checked to be alive after,
-// so a reused tid can never lend its credentials to a request.
-func (id *Identifier) Identify(tid int) (Caller, error) {
+// Identify returns the credentials of host thread tid, whose fsuid and
+// fsgid (as the FUSE request header gives them) are uid and gid. The
+// thread is pinned with a pidfd before anything is read and checked to
+// be alive after, so a reused tid can never lend its credentials to a
+// request. It costs four syscalls; /proc/TID/status is read only for
+// ThreadGroup, off the hot path.
+func (id *Identifier) Identify(tid int, uid, gid uint32) (Caller, error) {
 	pidfd, err := unix.PidfdOpen(tid, unix.PIDFD_THREAD)
 	if err != nil {
 		if err == unix.ESRCH {
@@ -88,29 +90,41 @@ func (id *Identifier) Identify(tid int) (Caller, error) {
 	}
 	defer unix.Close(pidfd)
 
-	p, err := id.fs.Proc(tid)
-	if err != nil {
-		return Caller{}, fmt.Errorf("proc %d: %w", tid, err)
-	}
-	st, err := p.NewStatus()
-	if err != nil {
-		return Caller{}, fmt.Errorf("status of %d: %w", tid, err)
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3, Pid: int32(tid)}
+	var caps [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &caps[0]); err != nil {
+		if err == unix.ESRCH {
+			return Caller{}, ErrGone
+		}
+		return Caller{}, fmt.Errorf("capget %d: %w", tid, err)
 	}
 	userns, err := NamespaceOf(id.proc, tid, "user")
 	if err != nil {
 		return Caller{}, err
 	}
 	// Signal 0 checks the pinned thread still exists: if it does, every
-	// /proc/tid read above was about it.
+	// read above was about it.
 	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
 		return Caller{}, ErrGone
 	}
 	return Caller{
 		Tid:    tid,
-		Pid:    int(st.TGID),
-		Uid:    uint32(st.UIDs[3]),
-		Gid:    uint32(st.GIDs[3]),
-		CapEff: st.CapEff,
+		Uid:    uid,
+		Gid:    gid,
+		CapEff: uint64(caps[0].Effective) | uint64(caps[1].Effective)<<32,
 		UserNS: userns,
 	}, nil
+}
+
+// ThreadGroup returns the host thread group id (the pid) of thread tid.
+func (id *Identifier) ThreadGroup(tid int) (int, error) {
+	p, err := id.fs.Proc(tid)
+	if err != nil {
+		return 0, err
+	}
+	st, err := p.NewStatus()
+	if err != nil {
+		return 0, err
+	}
+	return int(st.TGID), nil
 }

@@ -82,10 +82,10 @@ func (p *Policy) MayChangeAttr(c Caller) error {
 // MayRead allows reading a file or listing a directory whose host
 // attributes are st: privileged callers always, others by mode bits as
 // the kernel's generic_permission would (host ids on both sides). The
-// caller is only identified (a /proc read) when the file is not world
-// readable, which keeps the common open-read-close path free of it.
+// caller is only identified (a /proc read) when some class may not read
+// the file, which keeps the common open-read-close path free of it.
 func (p *Policy) MayRead(st *unix.Stat_t, who func() (Caller, error)) error {
-	if st.Mode&0o004 != 0 {
+	if st.Mode&0o444 == 0o444 {
 		return nil
 	}
 	c, err := who()

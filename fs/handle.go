@@ -18,6 +18,16 @@ type handle struct {
 	f     *os.File
 	m     *mount
 	vpath string
+	// readOnly opens are handed to the kernel (FUSE passthrough): reads
+	// then go straight to the host file at native speed. Writes always
+	// come through Write, so every host refusal is logged here.
+	readOnly bool
+}
+
+var _ = (gofs.FilePassthroughFder)((*handle)(nil))
+
+func (h *handle) PassthroughFd() (int, bool) {
+	return int(h.f.Fd()), h.readOnly
 }
 
 var _ = (gofs.FileReader)((*handle)(nil))
@@ -43,10 +53,6 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 	}
 	return uint32(n), 0
 }
-
-var _ = (gofs.FileFlusher)((*handle)(nil))
-
-func (h *handle) Flush(ctx context.Context) syscall.Errno { return 0 }
 
 var _ = (gofs.FileReleaser)((*handle)(nil))
 

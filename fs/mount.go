@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,6 +34,9 @@ type mount struct {
 	policy *access.Policy
 	ident  *access.Identifier
 	log    *slog.Logger
+	// passthrough is set once the kernel accepted a backing file: then
+	// read-only opens are served by FUSE passthrough instead of DIRECT_IO.
+	passthrough atomic.Bool
 }
 
 // Kernel cache lifetimes. Attributes and names may be cached briefly;
@@ -69,7 +73,43 @@ func Mount(dir string, cfg Config) (*fuse.Server, error) {
 		NegativeTimeout: &negativeTimeout,
 		RootStableAttr:  &gofs.StableAttr{Mode: unix.S_IFDIR, Ino: st.Ino},
 	}
-	return gofs.Mount(dir, root, opts)
+	server, err := gofs.Mount(dir, root, opts)
+	if err != nil {
+		return nil, err
+	}
+	m.passthrough.Store(probePassthrough(server, cfg.View))
+	return server, nil
+}
+
+// probePassthrough asks the kernel for a backing file once: go-fuse
+// quietly stops passthrough when that fails (not root, old kernel), and
+// an open answered without FOPEN_DIRECT_IO and without passthrough would
+// be served stale from the page cache.
+func probePassthrough(server *fuse.Server, v *translate.View) bool {
+	f, err := v.Open("cgroup.procs", unix.O_RDONLY)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	id, errno := server.RegisterBackingFd(&fuse.BackingMap{Fd: int32(f.Fd())})
+	if errno != 0 {
+		return false
+	}
+	server.UnregisterBackingFd(id)
+	return true
+}
+
+// openFlags is the FUSE open reply for an open: DIRECT_IO keeps the page
+// cache out (cgroup files report size 0 and change under the reader);
+// a read-only open goes to passthrough when the kernel has it (the
+// kernel lets DIRECT_IO override passthrough, so a writer sharing the
+// inode's backing file still comes to Write). NOFLUSH: close(2) needs no
+// round trip, nothing is buffered.
+func (m *mount) openFlags(readOnly bool) uint32 {
+	if readOnly && m.passthrough.Load() {
+		return fuse.FOPEN_NOFLUSH
+	}
+	return fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH
 }
 
 // caller identifies the thread that made the request in ctx.
@@ -78,7 +118,7 @@ func (m *mount) caller(ctx context.Context) (access.Caller, error) {
 	if !ok {
 		return access.Caller{}, errors.New("request without a caller")
 	}
-	return m.ident.Identify(int(fc.Pid))
+	return m.ident.Identify(int(fc.Pid), fc.Uid, fc.Gid)
 }
 
 // errno is the one place an error becomes what the container sees. Every
@@ -94,8 +134,9 @@ func (m *mount) errno(ctx context.Context, op, vpath string, err error) syscall.
 	}
 	var ref *access.Refusal
 	if errors.As(err, &ref) {
+		pid, _ := m.ident.ThreadGroup(ref.Caller.Tid)
 		m.log.Warn("refused", "rule", ref.Rule, "op", op, "path", "/"+vpath,
-			"errno", errName(ref.Errno), "caller", ref.Caller.String())
+			"errno", errName(ref.Errno), "pid", pid, "caller", ref.Caller.String())
 		return ref.Errno
 	}
 	var errno syscall.Errno

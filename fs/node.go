@@ -185,7 +185,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 		return errno
 	}
 	np := newParent.EmbeddedInode()
-	if err := n.m.view.Rename(vp, name, np.Path(np.Root()), newName); err != nil {
+	if err := n.m.view.Rename(vp, name, np.Path(np.Root()), newName, uint(flags)); err != nil {
 		return n.m.errno(ctx, "rename", join(vp, name), err)
 	}
 	return 0
@@ -253,9 +253,8 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 
 var _ = (gofs.NodeOpener)((*node)(nil))
 
-// Open opens the host file for this request alone and serves it with
-// direct I/O: cgroup files report size 0 and change under the reader, so
-// the kernel page cache must never answer a read.
+// Open opens the host file for this request alone. The kernel page
+// cache never answers a read (see openFlags).
 func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	vp := n.vpath()
 	acc := flags & syscall.O_ACCMODE
@@ -284,7 +283,8 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 			return nil, 0, n.m.errno(ctx, "open", vp, err)
 		}
 	}
-	return &handle{f: f, m: n.m, vpath: vp}, fuse.FOPEN_DIRECT_IO, 0
+	ro := acc == syscall.O_RDONLY
+	return &handle{f: f, m: n.m, vpath: vp, readOnly: ro}, n.m.openFlags(ro), 0
 }
 
 // fillAttr copies host attributes into a FUSE attribute.

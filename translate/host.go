@@ -171,12 +171,13 @@ func (h *Host) Rmdir(parent, name string) error {
 	})
 }
 
-// Rename renames oldName in oldParent to newName in newParent. cgroup v2
-// refuses every rename (EPERM); v1 allows one within a parent.
-func (h *Host) Rename(oldParent, oldName, newParent, newName string) error {
+// Rename renames oldName in oldParent to newName in newParent with
+// renameat2 flags. cgroup v2 refuses every rename (EPERM); v1 allows one
+// within a parent.
+func (h *Host) Rename(oldParent, oldName, newParent, newName string, flags uint) error {
 	return h.atParent("rename", oldParent, oldName, func(ofd int) error {
 		return h.atParent("rename", newParent, newName, func(nfd int) error {
-			return unix.Renameat2(ofd, oldName, nfd, newName, unix.RENAME_NOREPLACE)
+			return unix.Renameat2(ofd, oldName, nfd, newName, flags)
 		})
 	})
 }

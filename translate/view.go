@@ -69,14 +69,14 @@ func (v *View) Rmdir(dir, name string) error {
 }
 
 // Rename renames a cgroup; the host decides (cgroup v2 refuses).
-func (v *View) Rename(oldDir, oldName, newDir, newName string) error {
+func (v *View) Rename(oldDir, oldName, newDir, newName string, flags uint) error {
 	if err := ValidName(oldName); err != nil {
 		return err
 	}
 	if err := ValidName(newName); err != nil {
 		return err
 	}
-	return v.host.Rename(v.hostPath(oldDir), oldName, v.hostPath(newDir), newName)
+	return v.host.Rename(v.hostPath(oldDir), oldName, v.hostPath(newDir), newName, flags)
 }
 
 // Chmod sets permission bits at vpath.

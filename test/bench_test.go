@@ -1,0 +1,78 @@
+package test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// BenchmarkOpenReadClose compares open-read-close of a control file
+// natively and through cgfs, in the same run.
+func BenchmarkOpenReadClose(b *testing.B) {
+	requireRoot(b)
+	l := detectLane(b)
+	host := newCgroup(b, l)
+	s := mountView(b, host)
+	for _, c := range []struct{ name, dir string }{{"native", host}, {"cgfs", s.mnt}} {
+		path := filepath.Join(c.dir, "cgroup.stat")
+		b.Run(c.name, func(b *testing.B) {
+			buf := make([]byte, 4096)
+			for b.Loop() {
+				fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if n, err := unix.Read(fd, buf); n <= 0 {
+					b.Fatal(err)
+				}
+				unix.Close(fd)
+			}
+		})
+	}
+}
+
+// BenchmarkPread compares a read of an already open control file.
+func BenchmarkPread(b *testing.B) {
+	requireRoot(b)
+	l := detectLane(b)
+	host := newCgroup(b, l)
+	s := mountView(b, host)
+	for _, c := range []struct{ name, dir string }{{"native", host}, {"cgfs", s.mnt}} {
+		b.Run(c.name, func(b *testing.B) {
+			f, err := os.Open(filepath.Join(c.dir, "cgroup.stat"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer f.Close()
+			buf := make([]byte, 4096)
+			for b.Loop() {
+				if n, err := unix.Pread(int(f.Fd()), buf, 0); n <= 0 {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkMkdirRmdir compares creating and removing a cgroup.
+func BenchmarkMkdirRmdir(b *testing.B) {
+	requireRoot(b)
+	l := detectLane(b)
+	host := newCgroup(b, l)
+	s := mountView(b, host)
+	for _, c := range []struct{ name, dir string }{{"native", host}, {"cgfs", s.mnt}} {
+		b.Run(c.name, func(b *testing.B) {
+			p := filepath.Join(c.dir, "bench")
+			for b.Loop() {
+				if err := unix.Mkdir(p, 0o755); err != nil {
+					b.Fatal(err)
+				}
+				if err := unix.Rmdir(p); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

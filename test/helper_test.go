@@ -1,0 +1,90 @@
+package test
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// helperEnv makes the test binary act as a small client instead of
+// running tests, so operations can be made with other credentials and
+// in other namespaces than the test's own.
+const helperEnv = "CGFS_TEST_HELPER"
+
+// helperMain runs one operation and prints "OK" (with what was read) or
+// the errno's name. Operations: read PATH, write PATH DATA, mkdir PATH,
+// rmdir PATH.
+func helperMain(args []string) int {
+	if len(args) < 2 {
+		fmt.Println("usage: op path [data]")
+		return 2
+	}
+	op, path := args[0], args[1]
+	var err error
+	var out string
+	switch op {
+	case "read":
+		var b []byte
+		b, err = os.ReadFile(path)
+		out = string(b)
+	case "write":
+		if len(args) != 3 {
+			fmt.Println("write needs data")
+			return 2
+		}
+		err = writeFile(path, args[2])
+	case "mkdir":
+		err = unix.Mkdir(path, 0o755)
+	case "rmdir":
+		err = unix.Rmdir(path)
+	default:
+		fmt.Println("unknown op", op)
+		return 2
+	}
+	if err != nil {
+		fmt.Println(unix.ErrnoName(errnoOf(err)))
+		return 0
+	}
+	fmt.Print("OK", out)
+	return 0
+}
+
+// runHelper runs helperMain with args under attr and returns its output.
+func runHelper(t testing.TB, attr *syscall.SysProcAttr, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(helperBin, args...)
+	cmd.Env = append(os.Environ(), helperEnv+"=1")
+	cmd.SysProcAttr = attr
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helper %v: %v\n%s", args, err, stderr.String())
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// lockedBuffer collects a server's log from its output pipes.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
