@@ -264,6 +264,19 @@ func publicDir(t testing.TB) string {
 	return dir
 }
 
+// waitLog waits until the server's log (which arrives through a pipe)
+// contains want.
+func (s *server) waitLog(t testing.TB, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(s.log.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the host log has no %q:\n%s", want, s.log.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func (s *server) path(rel string) string { return filepath.Join(s.mnt, rel) }
 
 func isMounted(t testing.TB, dir string) bool {
