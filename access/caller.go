@@ -18,8 +18,10 @@ type Caller struct {
 	Tid    int    // host thread id (what FUSE reports)
 	Uid    uint32 // host fsuid: what permission checks use
 	Gid    uint32 // host fsgid
-	CapEff uint64 // effective capabilities, in UserNS
-	UserNS NS     // the thread's user namespace
+	CapEff uint64 // effective capabilities, in its own user namespace
+	// UserNS is the thread's user namespace first, then its ancestors
+	// up to the server's own.
+	UserNS []UserNSLink
 }
 
 // HasCapSysAdmin reports whether CAP_SYS_ADMIN is effective for the
@@ -27,7 +29,11 @@ type Caller struct {
 func (c Caller) HasCapSysAdmin() bool { return c.CapEff&(1<<capSysAdmin) != 0 }
 
 func (c Caller) String() string {
-	return fmt.Sprintf("tid=%d uid=%d gid=%d userns=%d", c.Tid, c.Uid, c.Gid, c.UserNS.Ino)
+	var ns uint64
+	if len(c.UserNS) > 0 {
+		ns = c.UserNS[0].NS.Ino
+	}
+	return fmt.Sprintf("tid=%d uid=%d gid=%d userns=%d", c.Tid, c.Uid, c.Gid, ns)
 }
 
 // NS identifies a namespace by its nsfs inode.
@@ -78,8 +84,8 @@ func NewIdentifier(proc string) (*Identifier, error) {
 // fsgid (as the FUSE request header gives them) are uid and gid. The
 // thread is pinned with a pidfd before anything is read and checked to
 // be alive after, so a reused tid can never lend its credentials to a
-// request. It costs four syscalls; /proc/TID/status is read only for
-// ThreadGroup, off the hot path.
+// request. It costs a handful of syscalls; /proc/TID/status is read
+// only for ThreadGroup, off the hot path.
 func (id *Identifier) Identify(tid int, uid, gid uint32) (Caller, error) {
 	pidfd, err := unix.PidfdOpen(tid, unix.PIDFD_THREAD)
 	if err != nil {
@@ -98,7 +104,11 @@ func (id *Identifier) Identify(tid int, uid, gid uint32) (Caller, error) {
 		}
 		return Caller{}, fmt.Errorf("capget %d: %w", tid, err)
 	}
-	userns, err := NamespaceOf(id.proc, tid, "user")
+	nsfd, err := unix.IoctlRetInt(pidfd, pidfdGetUserNamespace)
+	if err != nil {
+		return Caller{}, fmt.Errorf("PIDFD_GET_USER_NAMESPACE of %d: %w", tid, err)
+	}
+	userns, err := userNSChain(nsfd)
 	if err != nil {
 		return Caller{}, err
 	}

@@ -2,21 +2,32 @@ package access
 
 import (
 	"fmt"
+	"path"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 )
 
-// Rule names a reason for a refusal, as it appears in host logs.
+// Rule names a reason for a refusal, as it appears in host logs and
+// metrics.
 type Rule string
 
 const (
-	// RuleWriteNeedsAdmin: changing the tree (mkdir, rmdir, writing a
-	// control file, chmod, chown) needs CAP_SYS_ADMIN in the owner's user
-	// namespace or in the server's own.
-	RuleWriteNeedsAdmin Rule = "write-needs-cap-sys-admin"
-	// RuleMode: an ordinary owner/group/other permission check failed.
+	// RuleOutsider: the caller is neither in the owner's user namespace
+	// (or below it) nor privileged over it. EACCES for everything.
+	RuleOutsider Rule = "outside-owner-userns"
+	// RuleMode: an ordinary owner/group/other permission check against
+	// the attributes the view shows failed (callers without
+	// CAP_SYS_ADMIN over the owner's user namespace).
 	RuleMode Rule = "mode"
+	// RuleRootLocked: the view root's resource-control files and
+	// attributes belong to the parent, as under nsdelegate: only
+	// cgroup.procs, cgroup.threads, cgroup.subtree_control and the host's
+	// /sys/kernel/cgroup/delegate files may be written there. EPERM.
+	RuleRootLocked Rule = "root-locked"
+	// RuleNotOwner: only the file's owner or a privileged caller may
+	// chmod; only a privileged caller may chown. EPERM.
+	RuleNotOwner Rule = "not-owner"
 )
 
 // Refusal is a request access refused. The container sees only Errno;
@@ -42,62 +53,174 @@ const (
 	Exec  Want = 1
 )
 
-// Policy judges callers of one view.
+// Policy judges the callers of one view. Paths are the view's virtual
+// paths ("" is the view root); attributes are those the view shows.
 type Policy struct {
-	owner  NS // user namespace that owns the container
-	server NS // the server's own (host) user namespace
+	// owner is the user namespace owning the container, then its
+	// ancestors; the last is the server's own.
+	owner []UserNSLink
+	// delegate lists the files writable at the view root.
+	delegate map[string]bool
 }
+
+// DefaultDelegate is what cgroup v2 lets a delegatee write at its root
+// when the host has no /sys/kernel/cgroup/delegate.
+var DefaultDelegate = []string{"cgroup.procs", "cgroup.threads", "cgroup.subtree_control"}
 
 // NewPolicy returns the policy of a view owned by the user namespace
-// owner. server is the server's own user namespace; with no container
-// owner, pass it for both.
-func NewPolicy(owner, server NS) *Policy {
-	return &Policy{owner: owner, server: server}
+// chain owner (see UserNSChainOf); rootWritable names the files writable
+// at the view root (the host's /sys/kernel/cgroup/delegate).
+func NewPolicy(owner []UserNSLink, rootWritable []string) *Policy {
+	p := &Policy{owner: owner, delegate: map[string]bool{}}
+	for _, f := range append(rootWritable, DefaultDelegate...) {
+		p.delegate[f] = true
+	}
+	return p
 }
 
-// privileged reports whether c holds CAP_SYS_ADMIN in the owner's user
-// namespace or in the server's (host root).
-func (p *Policy) privileged(c Caller) bool {
-	return c.HasCapSysAdmin() && (c.UserNS == p.owner || c.UserNS == p.server)
+// level is how deep a namespace chain is below the server's namespace.
+func level(chain []UserNSLink) int { return len(chain) - 1 }
+
+// hostAdmin: CAP_SYS_ADMIN in the server's own user namespace. Host
+// root keeps full access: it could do all of it on the host directly.
+func (p *Policy) hostAdmin(c Caller) bool {
+	return level(c.UserNS) == 0 && c.HasCapSysAdmin()
 }
 
-// MayChange allows a change to the tree: mkdir, rmdir, writing a control
-// file, chmod, chown, utimes.
-func (p *Policy) MayChange(c Caller) error {
-	if p.privileged(c) {
+// capable reports whether c has CAP_SYS_ADMIN in the owner's user
+// namespace, by the kernel's rules (security/commoncap.c cap_capable):
+// either c is in that namespace with the capability effective, or c is
+// in an ancestor namespace with it effective, or c is in the parent of a
+// namespace on the way and is that namespace's owner.
+func (p *Policy) capable(c Caller) bool {
+	if len(c.UserNS) == 0 {
+		return false
+	}
+	callerNS, callerLevel := c.UserNS[0].NS, level(c.UserNS)
+	for i, ns := range p.owner {
+		if ns.NS == callerNS {
+			return c.HasCapSysAdmin()
+		}
+		if level(p.owner[i:]) <= callerLevel {
+			return false
+		}
+		if i+1 < len(p.owner) && p.owner[i+1].NS == callerNS && ns.OwnerUID == c.Uid {
+			return true
+		}
+	}
+	return false
+}
+
+// inside reports whether c is in the owner's user namespace or below.
+func (p *Policy) inside(c Caller) bool {
+	for _, l := range c.UserNS {
+		if l.NS == p.owner[0].NS {
+			return true
+		}
+	}
+	return false
+}
+
+// NoOutsiders is true when every caller is inside the owner's user
+// namespace (the owner is the server's own namespace): then a request
+// that modes allow needs no caller identification.
+func (p *Policy) NoOutsiders() bool { return len(p.owner) == 1 }
+
+func refuse(rule Rule, errno syscall.Errno, c Caller) error {
+	return &Refusal{Rule: rule, Errno: errno, Caller: c}
+}
+
+// MaySee allows looking at the tree at all (lookup, getattr).
+func (p *Policy) MaySee(c Caller) error {
+	if p.inside(c) || p.capable(c) {
 		return nil
 	}
-	return &Refusal{Rule: RuleWriteNeedsAdmin, Errno: unix.EACCES, Caller: c}
+	return refuse(RuleOutsider, unix.EACCES, c)
 }
 
-// MayChangeAttr allows chmod/chown: the kernel answers EPERM, not EACCES,
-// to a caller that may not change a file's attributes.
-func (p *Policy) MayChangeAttr(c Caller) error {
-	if p.privileged(c) {
+// MayAccess allows want (Read, Write, Exec bits) on a file or directory
+// whose shown attributes are st.
+func (p *Policy) MayAccess(c Caller, st *unix.Stat_t, want Want) error {
+	if err := p.MaySee(c); err != nil {
+		return err
+	}
+	if p.capable(c) || modeAllows(c, st, want) {
 		return nil
 	}
-	return &Refusal{Rule: RuleWriteNeedsAdmin, Errno: unix.EPERM, Caller: c}
+	return refuse(RuleMode, unix.EACCES, c)
 }
 
-// MayRead allows reading a file or listing a directory whose host
-// attributes are st: privileged callers always, others by mode bits as
-// the kernel's generic_permission would (host ids on both sides). The
-// caller is only identified (a /proc read) when some class may not read
-// the file, which keeps the common open-read-close path free of it.
+// MayRead allows reading a file or listing a directory. When no caller
+// can be an outsider and every class may read, the caller is not
+// identified at all (a cost of several syscalls per open).
 func (p *Policy) MayRead(st *unix.Stat_t, who func() (Caller, error)) error {
-	if st.Mode&0o444 == 0o444 {
+	if p.NoOutsiders() && st.Mode&0o444 == 0o444 {
 		return nil
 	}
 	c, err := who()
 	if err != nil {
 		return err
 	}
-	if p.privileged(c) || modeAllows(c, st, Read) {
-		return nil
-	}
-	return &Refusal{Rule: RuleMode, Errno: unix.EACCES, Caller: c}
+	return p.MayAccess(c, st, Read)
 }
 
+// MayWriteFile allows opening the control file vpath for writing.
+func (p *Policy) MayWriteFile(c Caller, vpath string, st *unix.Stat_t) error {
+	if err := p.MaySee(c); err != nil {
+		return err
+	}
+	dir, name := path.Split(vpath)
+	if dir == "" && !p.delegate[name] && !p.hostAdmin(c) {
+		return refuse(RuleRootLocked, unix.EPERM, c)
+	}
+	return p.MayAccess(c, st, Write)
+}
+
+// MayChangeEntries allows mkdir or rmdir in the directory whose shown
+// attributes are dir: write and search permission on it.
+func (p *Policy) MayChangeEntries(c Caller, dir *unix.Stat_t) error {
+	return p.MayAccess(c, dir, Write|Exec)
+}
+
+// MayChmod allows chmod (and utimes) of vpath: its owner or a
+// privileged caller, never at the view root.
+func (p *Policy) MayChmod(c Caller, vpath string, st *unix.Stat_t) error {
+	if err := p.MaySee(c); err != nil {
+		return err
+	}
+	if atRoot(vpath, st) && !p.hostAdmin(c) {
+		return refuse(RuleRootLocked, unix.EPERM, c)
+	}
+	if p.capable(c) || c.Uid == st.Uid {
+		return nil
+	}
+	return refuse(RuleNotOwner, unix.EPERM, c)
+}
+
+// MayChown allows chown of vpath: a privileged caller, never at the
+// view root.
+func (p *Policy) MayChown(c Caller, vpath string, st *unix.Stat_t) error {
+	if err := p.MaySee(c); err != nil {
+		return err
+	}
+	if atRoot(vpath, st) && !p.hostAdmin(c) {
+		return refuse(RuleRootLocked, unix.EPERM, c)
+	}
+	if p.capable(c) {
+		return nil
+	}
+	return refuse(RuleNotOwner, unix.EPERM, c)
+}
+
+// atRoot: the view root itself or a control file in it (its child
+// cgroups are the container's own).
+func atRoot(vpath string, st *unix.Stat_t) bool {
+	dir, _ := path.Split(vpath)
+	return vpath == "" || (dir == "" && st.Mode&unix.S_IFMT != unix.S_IFDIR)
+}
+
+// modeAllows is generic_permission's mode check on the shown ids (the
+// caller's supplementary groups are not considered).
 func modeAllows(c Caller, st *unix.Stat_t, want Want) bool {
 	perm := st.Mode & 0o7
 	switch {

@@ -12,43 +12,90 @@ var (
 	hostNS  = NS{Dev: 4, Ino: 4026531837}
 	ownerNS = NS{Dev: 4, Ino: 4026532001}
 	otherNS = NS{Dev: 4, Ino: 4026532002}
+	nestNS  = NS{Dev: 4, Ino: 4026532003}
 	admin   = uint64(1) << capSysAdmin
+
+	hostChain   = []UserNSLink{{NS: hostNS}}
+	ownerChain  = []UserNSLink{{NS: ownerNS, OwnerUID: 1000}, {NS: hostNS}}
+	nestedChain = []UserNSLink{{NS: nestNS, OwnerUID: 100000}, {NS: ownerNS, OwnerUID: 1000}, {NS: hostNS}}
+	otherChain  = []UserNSLink{{NS: otherNS}, {NS: hostNS}}
 )
 
-func TestMayChange(t *testing.T) {
-	p := NewPolicy(ownerNS, hostNS)
+var (
+	fileStat = unix.Stat_t{Mode: unix.S_IFREG | 0o644, Uid: 100000, Gid: 100000}
+	dirStat  = unix.Stat_t{Mode: unix.S_IFDIR | 0o755, Uid: 100000, Gid: 100000}
+)
+
+func TestMayWriteFile(t *testing.T) {
+	p := NewPolicy(ownerChain, []string{"memory.oom.group"})
 	cases := []struct {
 		name   string
 		caller Caller
-		want   error
+		path   string
+		st     unix.Stat_t
+		rule   Rule // "" for allowed
 	}{
-		{"host root", Caller{UserNS: hostNS, CapEff: admin}, nil},
-		{"owner root", Caller{UserNS: ownerNS, CapEff: admin}, nil},
-		{"owner root without the capability", Caller{UserNS: ownerNS, Uid: 100000}, unix.EACCES},
-		{"host user", Caller{UserNS: hostNS, Uid: 1000}, unix.EACCES},
-		{"root of another namespace", Caller{UserNS: otherNS, CapEff: admin}, unix.EACCES},
+		{"host root, child file", Caller{UserNS: hostChain, CapEff: admin}, "a/memory.max", fileStat, ""},
+		{"host root, root resource file", Caller{UserNS: hostChain, CapEff: admin}, "memory.max", fileStat, ""},
+		{"owner root, child file", Caller{UserNS: ownerChain, CapEff: admin, Uid: 100000}, "a/memory.max", fileStat, ""},
+		{"owner root, root cgroup.procs", Caller{UserNS: ownerChain, CapEff: admin, Uid: 100000}, "cgroup.procs", fileStat, ""},
+		{"owner root, root delegate file", Caller{UserNS: ownerChain, CapEff: admin, Uid: 100000}, "memory.oom.group", fileStat, ""},
+		{"owner root, root memory.max", Caller{UserNS: ownerChain, CapEff: admin, Uid: 100000}, "memory.max", fileStat, RuleRootLocked},
+		{"owner root, root cgroup.freeze", Caller{UserNS: ownerChain, CapEff: admin, Uid: 100000}, "cgroup.freeze", fileStat, RuleRootLocked},
+		{"creator of the owner namespace", Caller{UserNS: hostChain, Uid: 1000}, "a/memory.max", fileStat, ""},
+		{"owner user, not the file owner", Caller{UserNS: ownerChain, Uid: 101000}, "a/memory.max", fileStat, RuleMode},
+		{"owner user owning the file", Caller{UserNS: ownerChain, Uid: 101000}, "a/memory.max",
+			unix.Stat_t{Mode: unix.S_IFREG | 0o644, Uid: 101000}, ""},
+		{"nested namespace root", Caller{UserNS: nestedChain, CapEff: admin, Uid: 100000}, "a/memory.max",
+			unix.Stat_t{Mode: unix.S_IFREG | 0o644, Uid: 0}, RuleMode},
+		{"root of another namespace", Caller{UserNS: otherChain, CapEff: admin}, "a/memory.max", fileStat, RuleOutsider},
+		{"host user", Caller{UserNS: hostChain, Uid: 1001}, "a/memory.max", fileStat, RuleOutsider},
 	}
 	for _, c := range cases {
-		err := p.MayChange(c.caller)
-		if c.want == nil {
-			if err != nil {
-				t.Errorf("%s: MayChange = %v, want nil", c.name, err)
-			}
-			continue
-		}
-		var r *Refusal
-		if !errors.As(err, &r) || r.Rule != RuleWriteNeedsAdmin || !errors.Is(err, c.want) {
-			t.Errorf("%s: MayChange = %v, want a %s refusal with %v", c.name, err, RuleWriteNeedsAdmin, c.want)
-		}
-	}
-	if err := p.MayChangeAttr(Caller{UserNS: hostNS, Uid: 1000}); !errors.Is(err, unix.EPERM) {
-		t.Errorf("MayChangeAttr by a host user = %v, want EPERM", err)
+		err := p.MayWriteFile(c.caller, c.path, &c.st)
+		checkRule(t, c.name, err, c.rule)
 	}
 }
 
+func checkRule(t *testing.T, name string, err error, rule Rule) {
+	t.Helper()
+	if rule == "" {
+		if err != nil {
+			t.Errorf("%s: %v, want allowed", name, err)
+		}
+		return
+	}
+	var r *Refusal
+	if !errors.As(err, &r) || r.Rule != rule {
+		t.Errorf("%s: %v, want refusal by %s", name, err, rule)
+		return
+	}
+	want := map[Rule]error{RuleOutsider: unix.EACCES, RuleMode: unix.EACCES, RuleRootLocked: unix.EPERM, RuleNotOwner: unix.EPERM}[rule]
+	if !errors.Is(err, want) {
+		t.Errorf("%s: errno %v, want %v", name, r.Errno, want)
+	}
+}
+
+func TestAttributes(t *testing.T) {
+	p := NewPolicy(ownerChain, nil)
+	root := Caller{UserNS: ownerChain, CapEff: admin, Uid: 100000}
+	user := Caller{UserNS: ownerChain, Uid: 101000}
+	owned := unix.Stat_t{Mode: unix.S_IFDIR | 0o755, Uid: 101000}
+	checkRule(t, "chown of a child cgroup by owner root", p.MayChown(root, "sub", &dirStat), "")
+	checkRule(t, "chown of the view root", p.MayChown(root, "", &dirStat), RuleRootLocked)
+	checkRule(t, "chown of a root file", p.MayChown(root, "cgroup.procs", &fileStat), RuleRootLocked)
+	checkRule(t, "chmod of a root file", p.MayChmod(root, "cgroup.procs", &fileStat), RuleRootLocked)
+	checkRule(t, "chmod by the file owner", p.MayChmod(user, "sub", &owned), "")
+	checkRule(t, "chmod by another user", p.MayChmod(user, "sub", &dirStat), RuleNotOwner)
+	checkRule(t, "chown by a user", p.MayChown(user, "sub", &owned), RuleNotOwner)
+	checkRule(t, "host root chowns the view root", p.MayChown(Caller{UserNS: hostChain, CapEff: admin}, "", &dirStat), "")
+	checkRule(t, "mkdir by a user in a root-owned dir", p.MayChangeEntries(user, &dirStat), RuleMode)
+	checkRule(t, "mkdir by a user in a delegated dir", p.MayChangeEntries(user, &owned), "")
+}
+
 func TestMayRead(t *testing.T) {
-	p := NewPolicy(hostNS, hostNS)
-	user := Caller{UserNS: hostNS, Uid: 1000, Gid: 1000}
+	hostOnly := NewPolicy(hostChain, nil)
+	user := Caller{UserNS: hostChain, Uid: 1000, Gid: 1000}
 	cases := []struct {
 		name string
 		st   unix.Stat_t
@@ -62,7 +109,7 @@ func TestMayRead(t *testing.T) {
 	}
 	for _, c := range cases {
 		asked := false
-		err := p.MayRead(&c.st, func() (Caller, error) { asked = true; return user, nil })
+		err := hostOnly.MayRead(&c.st, func() (Caller, error) { asked = true; return user, nil })
 		if !errors.Is(err, c.want) && !(c.want == nil && err == nil) {
 			t.Errorf("%s: MayRead = %v, want %v", c.name, err, c.want)
 		}
@@ -70,6 +117,11 @@ func TestMayRead(t *testing.T) {
 			t.Errorf("%s: identified the caller for a world-readable file", c.name)
 		}
 	}
+	// With a container owner, outsiders may not even read.
+	p := NewPolicy(ownerChain, nil)
+	other := Caller{UserNS: otherChain, CapEff: admin}
+	err := p.MayRead(&fileStat, func() (Caller, error) { return other, nil })
+	checkRule(t, "read by another container", err, RuleOutsider)
 }
 
 func TestIdentifySelf(t *testing.T) {
@@ -88,7 +140,7 @@ func TestIdentifySelf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Uid != uint32(os.Geteuid()) || c.UserNS != self {
+	if c.Uid != uint32(os.Geteuid()) || len(c.UserNS) == 0 || c.UserNS[0].NS != self {
 		t.Errorf("Identify(self) = %+v; want uid %d userns %v", c, os.Geteuid(), self)
 	}
 	if c.HasCapSysAdmin() != (os.Geteuid() == 0) {

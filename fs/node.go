@@ -30,6 +30,9 @@ func (n *node) child(ctx context.Context, st *unix.Stat_t, out *fuse.EntryOut) *
 var _ = (gofs.NodeLookuper)((*node)(nil))
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if errno := n.maySee(ctx, "lookup"); errno != 0 {
+		return nil, errno
+	}
 	st, err := n.m.view.Lookup(n.vpath(), name)
 	if err != nil {
 		// ENOENT is the everyday answer to a lookup; not worth a log line.
@@ -44,6 +47,9 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 var _ = (gofs.NodeGetattrer)((*node)(nil))
 
 func (n *node) Getattr(ctx context.Context, _ gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if errno := n.maySee(ctx, "getattr"); errno != 0 {
+		return errno
+	}
 	st, err := n.m.view.Stat(n.vpath())
 	if err != nil {
 		return n.m.errno(ctx, "getattr", n.vpath(), err)
@@ -59,25 +65,31 @@ var _ = (gofs.NodeSetattrer)((*node)(nil))
 // with O_TRUNC, which the FUSE kernel sends as a setattr.
 func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	vp := n.vpath()
-	c, err := n.m.caller(ctx)
-	if err != nil {
-		return n.m.errno(ctx, "setattr", vp, err)
-	}
-	if _, ok := in.GetSize(); ok && fh == nil {
-		// truncate(2) by path: needs write permission, like an open.
-		if err := n.m.policy.MayChange(c); err != nil {
-			return n.m.errno(ctx, "truncate", vp, err)
-		}
-	}
 	mode, setMode := in.GetMode()
 	uid, setUID := in.GetUID()
 	gid, setGID := in.GetGID()
 	atime, setA := in.GetATime()
 	mtime, setM := in.GetMTime()
-	if setMode || setUID || setGID || setA || setM {
-		if err := n.m.policy.MayChangeAttr(c); err != nil {
-			return n.m.errno(ctx, "setattr", vp, err)
+	_, setSize := in.GetSize()
+	errno := n.check(ctx, "setattr", func(c access.Caller, st *unix.Stat_t) error {
+		if setSize && fh == nil {
+			// truncate(2) by path needs write permission, like an open.
+			if err := n.m.policy.MayWriteFile(c, vp, st); err != nil {
+				return err
+			}
 		}
+		if setMode || setA || setM {
+			if err := n.m.policy.MayChmod(c, vp, st); err != nil {
+				return err
+			}
+		}
+		if setUID || setGID {
+			return n.m.policy.MayChown(c, vp, st)
+		}
+		return nil
+	})
+	if errno != 0 {
+		return errno
 	}
 	if setMode {
 		if err := n.m.view.Chmod(vp, mode&0o7777); err != nil {
@@ -150,11 +162,52 @@ func (n *node) mayRead(ctx context.Context, op string) syscall.Errno {
 	return 0
 }
 
+// maySee refuses callers outside the owner's user namespace; with no
+// possible outsiders it identifies nobody.
+func (n *node) maySee(ctx context.Context, op string) syscall.Errno {
+	if n.m.policy.NoOutsiders() {
+		return 0
+	}
+	c, err := n.m.caller(ctx)
+	if err == nil {
+		err = n.m.policy.MaySee(c)
+	}
+	if err != nil {
+		return n.m.errno(ctx, op, n.vpath(), err)
+	}
+	return 0
+}
+
+// check identifies the caller and runs a policy decision on this node's
+// shown attributes.
+func (n *node) check(ctx context.Context, op string, decide func(access.Caller, *unix.Stat_t) error) syscall.Errno {
+	vp := n.vpath()
+	c, err := n.m.caller(ctx)
+	if err != nil {
+		return n.m.errno(ctx, op, vp, err)
+	}
+	st, err := n.m.view.Stat(vp)
+	if err == nil {
+		err = decide(c, &st)
+	}
+	if err != nil {
+		return n.m.errno(ctx, op, vp, err)
+	}
+	return 0
+}
+
+// mayChangeEntries allows mkdir, rmdir and rename in this directory.
+func (n *node) mayChangeEntries(ctx context.Context, op string) syscall.Errno {
+	return n.check(ctx, op, func(c access.Caller, st *unix.Stat_t) error {
+		return n.m.policy.MayChangeEntries(c, st)
+	})
+}
+
 var _ = (gofs.NodeMkdirer)((*node)(nil))
 
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	vp := n.vpath()
-	if errno := n.mayChange(ctx, "mkdir", vp); errno != 0 {
+	if errno := n.mayChangeEntries(ctx, "mkdir"); errno != 0 {
 		return nil, errno
 	}
 	st, err := n.m.view.Mkdir(vp, name, mode)
@@ -168,7 +221,7 @@ var _ = (gofs.NodeRmdirer)((*node)(nil))
 
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	vp := n.vpath()
-	if errno := n.mayChange(ctx, "rmdir", vp); errno != 0 {
+	if errno := n.mayChangeEntries(ctx, "rmdir"); errno != 0 {
 		return errno
 	}
 	if err := n.m.view.Rmdir(vp, name); err != nil {
@@ -181,23 +234,17 @@ var _ = (gofs.NodeRenamer)((*node)(nil))
 
 func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	vp := n.vpath()
-	if errno := n.mayChange(ctx, "rename", vp); errno != 0 {
+	if errno := n.mayChangeEntries(ctx, "rename"); errno != 0 {
 		return errno
 	}
 	np := newParent.EmbeddedInode()
+	if other, ok := newParent.(*node); ok && other != n {
+		if errno := other.mayChangeEntries(ctx, "rename"); errno != 0 {
+			return errno
+		}
+	}
 	if err := n.m.view.Rename(vp, name, np.Path(np.Root()), newName, uint(flags)); err != nil {
 		return n.m.errno(ctx, "rename", join(vp, name), err)
-	}
-	return 0
-}
-
-func (n *node) mayChange(ctx context.Context, op, vp string) syscall.Errno {
-	c, err := n.m.caller(ctx)
-	if err == nil {
-		err = n.m.policy.MayChange(c)
-	}
-	if err != nil {
-		return n.m.errno(ctx, op, vp, err)
 	}
 	return 0
 }
@@ -262,7 +309,10 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		// The kernel judges writes with the opener's credentials
 		// (cgroup-v2.rst, "Delegation Containment"), so the check is here,
 		// not in Write.
-		if errno := n.mayChange(ctx, "open", vp); errno != 0 {
+		errno := n.check(ctx, "open", func(c access.Caller, st *unix.Stat_t) error {
+			return n.m.policy.MayWriteFile(c, vp, st)
+		})
+		if errno != 0 {
 			return nil, 0, errno
 		}
 	}
@@ -273,8 +323,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if acc == syscall.O_RDONLY || acc == syscall.O_RDWR {
 		// Opening a control file has no effect on the host; the mode of
 		// the file just opened decides whether the caller may read it.
-		var st unix.Stat_t
-		err := unix.Fstat(int(f.Fd()), &st)
+		st, err := n.m.view.Fstat(f)
 		if err == nil {
 			err = n.m.policy.MayRead(&st, func() (access.Caller, error) { return n.m.caller(ctx) })
 		}

@@ -323,7 +323,7 @@ func TestUnprivilegedCallerCannotChange(t *testing.T) {
 	if got, want := names(t, host), names(t, s.mnt); !reflect.DeepEqual(got, want) {
 		t.Errorf("host tree changed: %v vs %v", got, want)
 	}
-	s.waitLog(t, "rule=write-needs-cap-sys-admin")
+	s.waitLog(t, "rule=mode")
 }
 
 func TestCleanUnmountOnSIGTERM(t *testing.T) {

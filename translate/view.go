@@ -1,8 +1,10 @@
 package translate
 
 import (
+	"fmt"
 	"os"
 
+	"github.com/moby/sys/user"
 	"golang.org/x/sys/unix"
 )
 
@@ -11,10 +13,38 @@ import (
 // mount has its own View; nothing is shared between views.
 type View struct {
 	host *Host
+	// ids maps the owner's user namespace; nil when the view has no
+	// container owner (ids are shown as they are).
+	ids              *user.IdentityMapping
+	rootUID, rootGID uint32 // host ids of the owner namespace's root
 }
 
-// NewView returns the view of host.
-func NewView(host *Host) *View { return &View{host: host} }
+// NewView returns the view of host as seen from a user namespace with id
+// maps ids (nil: the host's own).
+func NewView(host *Host, ids *user.IdentityMapping) *View {
+	v := &View{host: host, ids: ids}
+	if ids != nil {
+		u, g := ids.RootPair()
+		v.rootUID, v.rootGID = uint32(u), uint32(g)
+	}
+	return v
+}
+
+// show turns host attributes into the ones the container sees: what host
+// root owns appears owned by the owner namespace's root, so `ls -l`
+// inside shows root, not nobody.
+func (v *View) show(st unix.Stat_t, err error) (unix.Stat_t, error) {
+	if err != nil || v.ids == nil {
+		return st, err
+	}
+	if st.Uid == 0 {
+		st.Uid = v.rootUID
+	}
+	if st.Gid == 0 {
+		st.Gid = v.rootGID
+	}
+	return st, nil
+}
 
 // Host is the host hierarchy behind the view.
 func (v *View) Host() *Host { return v.host }
@@ -22,9 +52,18 @@ func (v *View) Host() *Host { return v.host }
 // hostPath maps a virtual path to the host path below the view root.
 func (v *View) hostPath(vpath string) string { return vpath }
 
-// Stat returns the attributes of the virtual path.
+// Stat returns the attributes the view shows for vpath.
 func (v *View) Stat(vpath string) (unix.Stat_t, error) {
-	return v.host.Stat(v.hostPath(vpath))
+	return v.show(v.host.Stat(v.hostPath(vpath)))
+}
+
+// Fstat returns the attributes the view shows for a file it opened.
+func (v *View) Fstat(f *os.File) (unix.Stat_t, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return st, &Error{Op: "stat", Path: f.Name(), Err: err}
+	}
+	return v.show(st, nil)
 }
 
 // Lookup returns the attributes of name in the virtual directory dir.
@@ -32,7 +71,7 @@ func (v *View) Lookup(dir, name string) (unix.Stat_t, error) {
 	if err := ValidName(name); err != nil {
 		return unix.Stat_t{}, err
 	}
-	return v.host.Stat(v.hostPath(Join(dir, name)))
+	return v.show(v.host.Stat(v.hostPath(Join(dir, name))))
 }
 
 // List returns the entries of the virtual directory vpath, sorted.
@@ -57,7 +96,7 @@ func (v *View) Mkdir(dir, name string, mode uint32) (unix.Stat_t, error) {
 	if err := v.host.Mkdir(v.hostPath(dir), name, mode); err != nil {
 		return unix.Stat_t{}, err
 	}
-	return v.host.Stat(v.hostPath(Join(dir, name)))
+	return v.show(v.host.Stat(v.hostPath(Join(dir, name))))
 }
 
 // Rmdir removes the cgroup name from the virtual directory dir.
@@ -84,8 +123,22 @@ func (v *View) Chmod(vpath string, mode uint32) error {
 	return v.host.Chmod(v.hostPath(vpath), mode)
 }
 
-// Chown sets owner ids (host ids; -1 keeps one) at vpath.
+// Chown sets owner ids (host ids, as FUSE gives them; -1 keeps one) at
+// vpath. Ids the owner's user namespace does not map are EINVAL, as the
+// kernel answers a chown to an unmappable id.
 func (v *View) Chown(vpath string, uid, gid int) error {
+	if v.ids != nil {
+		u, g := uid, gid
+		if u == -1 {
+			u = int(v.rootUID)
+		}
+		if g == -1 {
+			g = int(v.rootGID)
+		}
+		if _, _, err := v.ids.ToContainer(u, g); err != nil {
+			return &Error{Op: "chown", Path: clean(vpath), Data: fmt.Sprintf("%d:%d is not mapped", uid, gid), Err: unix.EINVAL}
+		}
+	}
 	return v.host.Chown(v.hostPath(vpath), uid, gid)
 }
 

@@ -16,7 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -62,7 +62,7 @@ func run(args []string, log *slog.Logger, stderr io.Writer) error {
 	fl.SetOutput(stderr)
 	fl.Usage = func() { fmt.Fprint(stderr, usage) }
 	hostDir := fl.String("cgroup", "", "host cgroup v2 `directory` to serve as the view's root")
-	owner := fl.Int("owner", 0, "`pid` of a process of the container that owns the view")
+	ownerPid := fl.Int("owner", 0, "`pid` of a process of the container that owns the view")
 	debug := fl.Bool("debug", false, "log every FUSE request")
 	if err := fl.Parse(args[1:]); err != nil {
 		return usageError{err.Error()}
@@ -85,31 +85,24 @@ func run(args []string, log *slog.Logger, stderr io.Writer) error {
 		return usageError{fmt.Sprintf("%s is not a directory on a cgroup2 filesystem", *hostDir)}
 	}
 
-	self, err := access.NamespaceOf("/proc", os.Getpid(), "user")
-	if err != nil {
+	var owner *access.Owner
+	if *ownerPid != 0 {
+		owner, err = access.OwnerOf(*ownerPid)
+		if err != nil {
+			return usageError{fmt.Sprintf("--owner %d: %v", *ownerPid, err)}
+		}
+	} else if owner, err = access.SelfOwner(); err != nil {
 		return err
 	}
-	ownerNS := self
-	if *owner != 0 {
-		// Holding the namespace fd keeps the namespace (and so its
-		// identity) alive however long the owner process lives.
-		nsfd, err := os.Open("/proc/" + strconv.Itoa(*owner) + "/ns/user")
-		if err != nil {
-			return usageError{fmt.Sprintf("--owner %d: %v", *owner, err)}
-		}
-		defer nsfd.Close()
-		if ownerNS, err = access.NamespaceOfFile(nsfd); err != nil {
-			return err
-		}
-	}
+	defer owner.Close()
 	ident, err := access.NewIdentifier("/proc")
 	if err != nil {
 		return err
 	}
 
 	server, err := fs.Mount(mnt, fs.Config{
-		View:       translate.NewView(host),
-		Policy:     access.NewPolicy(ownerNS, self),
+		View:       translate.NewView(host, owner.IDs),
+		Policy:     access.NewPolicy(owner.Chain, delegateFiles(log)),
 		Identifier: ident,
 		Log:        log,
 		Debug:      *debug,
@@ -117,7 +110,7 @@ func run(args []string, log *slog.Logger, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", mnt, err)
 	}
-	log.Info("serving", "cgroup", *hostDir, "mountpoint", mnt, "owner_userns", ownerNS.Ino)
+	log.Info("serving", "cgroup", *hostDir, "mountpoint", mnt, "owner_userns", owner.Chain[0].NS.Ino)
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
@@ -129,6 +122,17 @@ func run(args []string, log *slog.Logger, stderr io.Writer) error {
 	server.Wait()
 	log.Info("unmounted", "mountpoint", mnt)
 	return nil
+}
+
+// delegateFiles lists the files the host lets a delegatee write at its
+// root, from /sys/kernel/cgroup/delegate.
+func delegateFiles(log *slog.Logger) []string {
+	b, err := os.ReadFile("/sys/kernel/cgroup/delegate")
+	if err != nil {
+		log.Warn("no /sys/kernel/cgroup/delegate; only the core files are writable at a view root", "err", err)
+		return nil
+	}
+	return strings.Fields(string(b))
 }
 
 // unmount detaches the mount; if it is busy (a process has its cwd

@@ -1,0 +1,84 @@
+package access
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+
+	"github.com/moby/sys/user"
+	"golang.org/x/sys/unix"
+)
+
+// Owner is the container a view belongs to, taken from one of its
+// processes when the view is mounted. It holds the namespaces open, so
+// later pid reuse cannot change who the owner is.
+type Owner struct {
+	UserNS *os.File // the owner's user namespace (nsfs)
+	PidNS  *os.File // the owner's pid namespace (nsfs)
+	// Chain is the owner's user namespace, then its ancestors.
+	Chain []UserNSLink
+	// IDs are the user namespace's id maps; nil when the owner is in the
+	// server's own user namespace.
+	IDs *user.IdentityMapping
+}
+
+// OwnerOf pins host process pid with a pidfd and takes its namespaces
+// and id maps; it fails if the process exits meanwhile.
+func OwnerOf(pid int) (*Owner, error) {
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	defer unix.Close(pidfd)
+	o := &Owner{}
+	nsfd, err := unix.IoctlRetInt(pidfd, pidfdGetUserNamespace)
+	if err != nil {
+		return nil, fmt.Errorf("user namespace of %d: %w", pid, err)
+	}
+	o.UserNS = os.NewFile(uintptr(nsfd), "userns")
+	pidns, err := unix.IoctlRetInt(pidfd, pidfdGetPidNamespace)
+	if err != nil {
+		o.Close()
+		return nil, fmt.Errorf("pid namespace of %d: %w", pid, err)
+	}
+	o.PidNS = os.NewFile(uintptr(pidns), "pidns")
+	if o.Chain, err = UserNSChainOf(o.UserNS); err != nil {
+		o.Close()
+		return nil, err
+	}
+	if len(o.Chain) > 1 {
+		proc := "/proc/" + strconv.Itoa(pid)
+		uids, err := user.ParseIDMapFile(proc + "/uid_map")
+		if err != nil {
+			o.Close()
+			return nil, err
+		}
+		gids, err := user.ParseIDMapFile(proc + "/gid_map")
+		if err != nil {
+			o.Close()
+			return nil, err
+		}
+		o.IDs = &user.IdentityMapping{UIDMaps: uids, GIDMaps: gids}
+	}
+	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
+		o.Close()
+		return nil, fmt.Errorf("owner %d exited while being read", pid)
+	}
+	return o, nil
+}
+
+// SelfOwner is the owner of a view without a container: the server's own
+// namespaces.
+func SelfOwner() (*Owner, error) {
+	return OwnerOf(os.Getpid())
+}
+
+// Close releases the namespace handles.
+func (o *Owner) Close() {
+	if o.UserNS != nil {
+		o.UserNS.Close()
+	}
+	if o.PidNS != nil {
+		o.PidNS.Close()
+	}
+}
