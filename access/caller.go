@@ -3,11 +3,11 @@ package access
 import (
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
 
 	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/translate"
 )
 
 // capSysAdmin is CAP_SYS_ADMIN's bit in the capability sets.
@@ -37,28 +37,7 @@ func (c Caller) String() string {
 }
 
 // NS identifies a namespace by its nsfs inode.
-type NS struct{ Dev, Ino uint64 }
-
-// NamespaceOf returns the namespace kind ("user", "pid", ...) of host task
-// tid by stat(2) of /proc/tid/ns/kind.
-func NamespaceOf(proc string, tid int, kind string) (NS, error) {
-	var st unix.Stat_t
-	p := proc + "/" + strconv.Itoa(tid) + "/ns/" + kind
-	if err := unix.Stat(p, &st); err != nil {
-		return NS{}, fmt.Errorf("stat %s: %w", p, err)
-	}
-	return NS{Dev: st.Dev, Ino: st.Ino}, nil
-}
-
-// NamespaceOfFile returns the namespace an open nsfs file (an opened
-// /proc/PID/ns/KIND) refers to.
-func NamespaceOfFile(f *os.File) (NS, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return NS{}, fmt.Errorf("stat %s: %w", f.Name(), err)
-	}
-	return NS{Dev: st.Dev, Ino: st.Ino}, nil
-}
+type NS = translate.NS
 
 // ErrGone means the calling thread exited while it was being identified;
 // what was read may belong to another task reusing its id.
@@ -104,7 +83,7 @@ func (id *Identifier) Identify(tid int, uid, gid uint32) (Caller, error) {
 		}
 		return Caller{}, fmt.Errorf("capget %d: %w", tid, err)
 	}
-	nsfd, err := unix.IoctlRetInt(pidfd, pidfdGetUserNamespace)
+	nsfd, err := unix.IoctlRetInt(pidfd, translate.PidfdGetUserNamespace)
 	if err != nil {
 		return Caller{}, fmt.Errorf("PIDFD_GET_USER_NAMESPACE of %d: %w", tid, err)
 	}

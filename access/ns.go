@@ -5,29 +5,13 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
-)
 
-// ioctls of nsfs (linux/nsfs.h) and pidfd (linux/pidfd.h); x/sys does
-// not name them.
-const (
-	nsGetParent           = 0xb702 // _IO(0xb7, 0x2)
-	nsGetOwnerUID         = 0xb704 // _IO(0xb7, 0x4)
-	pidfdGetUserNamespace = 0xff09 // _IO(0xff, 9)
-	pidfdGetPidNamespace  = 0xff05 // _IO(0xff, 5)
+	"github.com/cgfs/cgfs/translate"
 )
 
 // maxNSDepth bounds walks up a namespace tree (the kernel nests at most
 // 32 user namespaces).
 const maxNSDepth = 33
-
-// nsOf identifies the namespace an nsfs fd refers to.
-func nsOf(fd int) (NS, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return NS{}, err
-	}
-	return NS{Dev: st.Dev, Ino: st.Ino}, nil
-}
 
 // UserNSLink is one user namespace on a path to the initial one.
 type UserNSLink struct {
@@ -43,18 +27,18 @@ type UserNSLink struct {
 func userNSChain(fd int) ([]UserNSLink, error) {
 	var chain []UserNSLink
 	for range maxNSDepth {
-		ns, err := nsOf(fd)
+		ns, err := translate.NSOf(fd)
 		if err != nil {
 			unix.Close(fd)
 			return nil, err
 		}
 		var uid uint32
-		owner, err := unix.IoctlGetUint32(fd, nsGetOwnerUID)
+		owner, err := unix.IoctlGetUint32(fd, translate.NSGetOwnerUID)
 		if err == nil {
 			uid = owner
 		}
 		chain = append(chain, UserNSLink{NS: ns, OwnerUID: uid})
-		parent, err := unix.IoctlRetInt(fd, nsGetParent)
+		parent, err := unix.IoctlRetInt(fd, translate.NSGetParent)
 		unix.Close(fd)
 		if err == unix.EPERM {
 			// The initial namespace (or the server's own): no parent

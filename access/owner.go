@@ -7,6 +7,8 @@ import (
 
 	"github.com/moby/sys/user"
 	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/translate"
 )
 
 // Owner is the container a view belongs to, taken from one of its
@@ -31,12 +33,12 @@ func OwnerOf(pid int) (*Owner, error) {
 	}
 	defer unix.Close(pidfd)
 	o := &Owner{}
-	nsfd, err := unix.IoctlRetInt(pidfd, pidfdGetUserNamespace)
+	nsfd, err := unix.IoctlRetInt(pidfd, translate.PidfdGetUserNamespace)
 	if err != nil {
 		return nil, fmt.Errorf("user namespace of %d: %w", pid, err)
 	}
 	o.UserNS = os.NewFile(uintptr(nsfd), "userns")
-	pidns, err := unix.IoctlRetInt(pidfd, pidfdGetPidNamespace)
+	pidns, err := unix.IoctlRetInt(pidfd, translate.PidfdGetPidNamespace)
 	if err != nil {
 		o.Close()
 		return nil, fmt.Errorf("pid namespace of %d: %w", pid, err)

@@ -3,6 +3,7 @@ package access
 import (
 	"fmt"
 	"path"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -25,6 +26,10 @@ const (
 	// cgroup.procs, cgroup.threads, cgroup.subtree_control and the host's
 	// /sys/kernel/cgroup/delegate files may be written there. EPERM.
 	RuleRootLocked Rule = "root-locked"
+	// RuleCommonAncestor: moving a task needs write access to
+	// cgroup.procs of the common ancestor of its source and destination
+	// cgroups (cgroup-v2.rst, "Delegation Containment"). EACCES.
+	RuleCommonAncestor Rule = "common-ancestor"
 	// RuleNotOwner: only the file's owner or a privileged caller may
 	// chmod; only a privileged caller may chown. EPERM.
 	RuleNotOwner Rule = "not-owner"
@@ -210,6 +215,39 @@ func (p *Policy) MayChown(c Caller, vpath string, st *unix.Stat_t) error {
 		return nil
 	}
 	return refuse(RuleNotOwner, unix.EPERM, c)
+}
+
+// MayMigrate allows opener (who opened the destination's cgroup.procs or
+// cgroup.threads) to move a task from the virtual cgroup from to to. A
+// caller without CAP_SYS_ADMIN over the owner namespace also needs write
+// access to the common ancestor's cgroup.procs, whose shown attributes
+// procsOf returns.
+func (p *Policy) MayMigrate(opener Caller, from, to string, procsOf func(cgroup string) (unix.Stat_t, error)) error {
+	if p.capable(opener) {
+		return nil
+	}
+	common := commonAncestor(from, to)
+	st, err := procsOf(common)
+	if err != nil {
+		return err
+	}
+	if !modeAllows(opener, &st, Write) {
+		return refuse(RuleCommonAncestor, unix.EACCES, opener)
+	}
+	return nil
+}
+
+// commonAncestor of two virtual cgroup paths ("" is the root).
+func commonAncestor(a, b string) string {
+	as, bs := strings.Split(a, "/"), strings.Split(b, "/")
+	if a == "" || b == "" {
+		return ""
+	}
+	var common []string
+	for i := 0; i < len(as) && i < len(bs) && as[i] == bs[i]; i++ {
+		common = append(common, as[i])
+	}
+	return strings.Join(common, "/")
 }
 
 // atRoot: the view root itself or a control file in it (its child

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/translate"
 )
 
 var (
@@ -136,7 +138,7 @@ func TestIdentifySelf(t *testing.T) {
 	if pid, err := id.ThreadGroup(c.Tid); err != nil || pid != os.Getpid() {
 		t.Errorf("ThreadGroup(%d) = %d, %v; want %d", c.Tid, pid, err, os.Getpid())
 	}
-	self, err := NamespaceOf("/proc", os.Getpid(), "user")
+	self, err := translate.NamespaceOf("/proc", os.Getpid(), "user")
 	if err != nil {
 		t.Fatal(err)
 	}

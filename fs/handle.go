@@ -2,13 +2,16 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"os"
+	"path"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"github.com/cgfs/cgfs/access"
 	"github.com/cgfs/cgfs/translate"
 )
 
@@ -22,7 +25,21 @@ type handle struct {
 	// then go straight to the host file at native speed. Writes always
 	// come through Write, so every host refusal is logged here.
 	readOnly bool
+	// opener is who opened the file for writing; the kernel judges
+	// migrations with the opener's credentials.
+	opener access.Caller
+	// migrate is set for cgroup.procs and cgroup.threads: writes are
+	// pids in the writer's pid namespace.
+	migrate migration
 }
+
+type migration int
+
+const (
+	noMigration migration = iota
+	migrateProcs
+	migrateThreads
+)
 
 var _ = (gofs.FilePassthroughFder)((*handle)(nil))
 
@@ -47,11 +64,50 @@ var _ = (gofs.FileWriter)((*handle)(nil))
 // Write is one write(2) of the host file: the kernel parses each write
 // on its own and answers with its errno, which the caller gets unchanged.
 func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if h.migrate != noMigration {
+		if err := h.writePid(ctx, data); err != nil {
+			return 0, h.m.errno(ctx, "write", h.vpath, err)
+		}
+		return uint32(len(data)), 0
+	}
 	n, err := unix.Pwrite(int(h.f.Fd()), data, off)
 	if err != nil {
 		return 0, h.m.errno(ctx, "write", h.vpath, &translate.Error{Op: "write", Path: h.vpath, Data: shorten(data), Err: err})
 	}
 	return uint32(n), 0
+}
+
+// writePid moves a task: the number is read in the writer's pid
+// namespace, must name a task inside the view (ENOENT otherwise, as
+// nsdelegate answers), and the opener must be allowed the move.
+func (h *handle) writePid(ctx context.Context, data []byte) error {
+	n, err := translate.ParsePid(data)
+	if err != nil {
+		return &translate.Error{Op: "write", Path: h.vpath, Data: shorten(data), Err: err}
+	}
+	fc, ok := fuse.FromContext(ctx)
+	if !ok {
+		return errors.New("request without a caller")
+	}
+	writer, err := h.m.pids.ReaderOf(int(fc.Pid))
+	if err != nil {
+		return access.ErrGone
+	}
+	tid, from, err := h.m.view.ResolveWrite(writer, n, h.migrate == migrateThreads)
+	if err != nil {
+		return &translate.Error{Op: "write", Path: h.vpath, Data: shorten(data), Err: err}
+	}
+	to := path.Dir(h.vpath)
+	if to == "." {
+		to = ""
+	}
+	err = h.m.policy.MayMigrate(h.opener, from, to, func(cgroup string) (unix.Stat_t, error) {
+		return h.m.view.Stat(translate.Join(cgroup, "cgroup.procs"))
+	})
+	if err != nil {
+		return err
+	}
+	return h.m.view.WritePid(h.vpath, tid)
 }
 
 var _ = (gofs.FileReleaser)((*handle)(nil))

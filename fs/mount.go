@@ -22,7 +22,9 @@ type Config struct {
 	View       *translate.View
 	Policy     *access.Policy
 	Identifier *access.Identifier
-	Log        *slog.Logger
+	// Pids identifies the pid namespaces of writers of cgroup.procs.
+	Pids *translate.Pids
+	Log  *slog.Logger
 	// Debug logs every FUSE request.
 	Debug bool
 }
@@ -33,6 +35,7 @@ type mount struct {
 	view   *translate.View
 	policy *access.Policy
 	ident  *access.Identifier
+	pids   *translate.Pids
 	log    *slog.Logger
 	// passthrough is set once the kernel accepted a backing file: then
 	// read-only opens are served by FUSE passthrough instead of DIRECT_IO.
@@ -55,7 +58,7 @@ func Mount(dir string, cfg Config) (*fuse.Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &mount{view: cfg.View, policy: cfg.Policy, ident: cfg.Identifier, log: cfg.Log}
+	m := &mount{view: cfg.View, policy: cfg.Policy, ident: cfg.Identifier, pids: cfg.Pids, log: cfg.Log}
 	root := &node{m: m}
 	opts := &gofs.Options{
 		MountOptions: fuse.MountOptions{

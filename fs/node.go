@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"errors"
+	"path"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -207,10 +208,15 @@ var _ = (gofs.NodeMkdirer)((*node)(nil))
 
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	vp := n.vpath()
-	if errno := n.mayChangeEntries(ctx, "mkdir"); errno != 0 {
+	var creator access.Caller
+	errno := n.check(ctx, "mkdir", func(c access.Caller, st *unix.Stat_t) error {
+		creator = c
+		return n.m.policy.MayChangeEntries(c, st)
+	})
+	if errno != 0 {
 		return nil, errno
 	}
-	st, err := n.m.view.Mkdir(vp, name, mode)
+	st, err := n.m.view.Mkdir(vp, name, mode, creator.Uid, creator.Gid)
 	if err != nil {
 		return nil, n.m.errno(ctx, "mkdir", join(vp, name), err)
 	}
@@ -305,11 +311,13 @@ var _ = (gofs.NodeOpener)((*node)(nil))
 func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	vp := n.vpath()
 	acc := flags & syscall.O_ACCMODE
+	var opener access.Caller
 	if acc == syscall.O_WRONLY || acc == syscall.O_RDWR || flags&syscall.O_TRUNC != 0 {
 		// The kernel judges writes with the opener's credentials
 		// (cgroup-v2.rst, "Delegation Containment"), so the check is here,
 		// not in Write.
 		errno := n.check(ctx, "open", func(c access.Caller, st *unix.Stat_t) error {
+			opener = c
 			return n.m.policy.MayWriteFile(c, vp, st)
 		})
 		if errno != 0 {
@@ -333,7 +341,14 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		}
 	}
 	ro := acc == syscall.O_RDONLY
-	return &handle{f: f, m: n.m, vpath: vp, readOnly: ro}, n.m.openFlags(ro), 0
+	h := &handle{f: f, m: n.m, vpath: vp, readOnly: ro, opener: opener}
+	switch path.Base(vp) {
+	case "cgroup.procs":
+		h.migrate = migrateProcs
+	case "cgroup.threads":
+		h.migrate = migrateThreads
+	}
+	return h, n.m.openFlags(ro), 0
 }
 
 // fillAttr copies host attributes into a FUSE attribute.

@@ -23,7 +23,11 @@ import (
 var cgfsBin string
 
 func TestMain(m *testing.M) {
-	if os.Getenv(helperEnv) != "" {
+	switch os.Getenv(helperEnv) {
+	case "":
+	case containerMode:
+		os.Exit(containerMain())
+	default:
 		os.Exit(helperMain(os.Args[1:]))
 	}
 	code, err := setup(m)

@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/prometheus/procfs"
 
 	"golang.org/x/sys/unix"
 )
@@ -38,6 +41,10 @@ func (e *Error) Unwrap() error { return e.Err }
 type Host struct {
 	root *os.File // O_PATH directory fd of the delegated host cgroup
 	dir  string   // for messages only; never used to resolve names
+	// cgroupPath is the root's path in its cgroup2 hierarchy, as
+	// /proc/PID/cgroup shows it to the server ("/a/b"); empty for a
+	// directory that is not a cgroup.
+	cgroupPath string
 }
 
 // OpenHost opens dir as the root of all later host access. The fd is held
@@ -48,6 +55,56 @@ func OpenHost(dir string) (*Host, error) {
 		return nil, &Error{Op: "open", Path: dir, Err: err}
 	}
 	return &Host{root: os.NewFile(uintptr(fd), dir), dir: dir}, nil
+}
+
+// OpenCgroup2 opens dir, which must be a directory on a cgroup2
+// filesystem, as the root of later host access.
+func OpenCgroup2(dir string) (*Host, error) {
+	h, err := OpenHost(dir)
+	if err != nil {
+		return nil, err
+	}
+	if ok, err := h.IsCgroup2(); err != nil || !ok {
+		h.Close()
+		return nil, fmt.Errorf("%s is not a directory on a cgroup2 filesystem", dir)
+	}
+	if h.cgroupPath, err = cgroupPathOf(dir); err != nil {
+		h.Close()
+		return nil, err
+	}
+	return h, nil
+}
+
+// cgroupPathOf finds the cgroup2 mount holding dir and returns dir's path
+// within the hierarchy.
+func cgroupPathOf(dir string) (string, error) {
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return "", err
+	}
+	mounts, err := procfs.GetMounts()
+	if err != nil {
+		return "", err
+	}
+	best, bestRoot := "", ""
+	for _, m := range mounts {
+		if m.FSType != "cgroup2" {
+			continue
+		}
+		if real == m.MountPoint || strings.HasPrefix(real, strings.TrimSuffix(m.MountPoint, "/")+"/") {
+			if len(m.MountPoint) > len(best) {
+				best, bestRoot = m.MountPoint, m.Root
+			}
+		}
+	}
+	if best == "" {
+		return "", fmt.Errorf("%s: no cgroup2 mount holds it", dir)
+	}
+	rel, err := filepath.Rel(best, real)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(bestRoot, rel), nil
 }
 
 // Close releases the root fd.
@@ -241,6 +298,9 @@ func (h *Host) onPath(op, rel string, f func(p string) error) error {
 func Join(dir, name string) string {
 	if dir == "" || dir == "." {
 		return name
+	}
+	if name == "" {
+		return dir
 	}
 	return dir + "/" + name
 }

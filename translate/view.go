@@ -17,12 +17,13 @@ type View struct {
 	// container owner (ids are shown as they are).
 	ids              *user.IdentityMapping
 	rootUID, rootGID uint32 // host ids of the owner namespace's root
+	pids             *Pids  // nil: pids are not translated (fake hosts)
 }
 
 // NewView returns the view of host as seen from a user namespace with id
-// maps ids (nil: the host's own).
-func NewView(host *Host, ids *user.IdentityMapping) *View {
-	v := &View{host: host, ids: ids}
+// maps ids (nil: the host's own), with pids read through pids.
+func NewView(host *Host, ids *user.IdentityMapping, pids *Pids) *View {
+	v := &View{host: host, ids: ids, pids: pids}
 	if ids != nil {
 		u, g := ids.RootPair()
 		v.rootUID, v.rootGID = uint32(u), uint32(g)
@@ -87,16 +88,30 @@ func (v *View) Open(vpath string, flags int) (*os.File, error) {
 	return v.host.Open(v.hostPath(vpath), flags|unix.O_NOFOLLOW)
 }
 
-// Mkdir creates the cgroup name in the virtual directory dir and returns
-// its attributes.
-func (v *View) Mkdir(dir, name string, mode uint32) (unix.Stat_t, error) {
+// Mkdir creates the cgroup name in the virtual directory dir for a
+// caller whose host fsuid/fsgid are uid/gid, and returns its attributes.
+// As the kernel does (cgroup_kn_set_ugid), the new cgroup and its files
+// belong to the creator unless that is host root.
+func (v *View) Mkdir(dir, name string, mode, uid, gid uint32) (unix.Stat_t, error) {
 	if err := ValidName(name); err != nil {
 		return unix.Stat_t{}, err
 	}
 	if err := v.host.Mkdir(v.hostPath(dir), name, mode); err != nil {
 		return unix.Stat_t{}, err
 	}
-	return v.show(v.host.Stat(v.hostPath(Join(dir, name))))
+	hp := v.hostPath(Join(dir, name))
+	if uid != 0 || gid != 0 {
+		entries, err := v.host.ReadDir(hp)
+		if err != nil {
+			return unix.Stat_t{}, err
+		}
+		for _, e := range append(entries, Entry{Name: ""}) {
+			if err := v.host.Chown(Join(hp, e.Name), int(uid), int(gid)); err != nil {
+				return unix.Stat_t{}, err
+			}
+		}
+	}
+	return v.show(v.host.Stat(hp))
 }
 
 // Rmdir removes the cgroup name from the virtual directory dir.

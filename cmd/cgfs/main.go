@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
@@ -76,13 +77,14 @@ func run(args []string, log *slog.Logger, stderr io.Writer) error {
 		return usageError{"--cgroup HOSTDIR is required"}
 	}
 
-	host, err := translate.OpenHost(*hostDir)
+	host, err := translate.OpenCgroup2(*hostDir)
 	if err != nil {
-		return usageError{fmt.Sprintf("cannot open cgroup %s: %v", *hostDir, err)}
+		return usageError{fmt.Sprintf("cannot serve %s: %v", *hostDir, err)}
 	}
 	defer host.Close()
-	if ok, err := host.IsCgroup2(); err != nil || !ok {
-		return usageError{fmt.Sprintf("%s is not a directory on a cgroup2 filesystem", *hostDir)}
+	pids, err := translate.NewPids("/proc")
+	if err != nil {
+		return err
 	}
 
 	var owner *access.Owner
@@ -101,7 +103,8 @@ func run(args []string, log *slog.Logger, stderr io.Writer) error {
 	}
 
 	server, err := fs.Mount(mnt, fs.Config{
-		View:       translate.NewView(host, owner.IDs),
+		View:       translate.NewView(host, owner.IDs, pids),
+		Pids:       pids,
 		Policy:     access.NewPolicy(owner.Chain, delegateFiles(log)),
 		Identifier: ident,
 		Log:        log,
@@ -120,7 +123,6 @@ func run(args []string, log *slog.Logger, stderr io.Writer) error {
 		unmount(server, mnt, log)
 	}()
 	server.Wait()
-	log.Info("unmounted", "mountpoint", mnt)
 	return nil
 }
 
@@ -135,14 +137,25 @@ func delegateFiles(log *slog.Logger) []string {
 	return strings.Fields(string(b))
 }
 
-// unmount detaches the mount; if it is busy (a process has its cwd
-// there) it is detached lazily, and the connection ends with the server.
+// unmount takes the mount away and ends the server. If the mount is
+// busy here it is detached lazily. Copies of it that live on in other
+// mount namespaces (a container that bound it) keep the FUSE connection
+// open; the server does not wait for them: exiting closes /dev/fuse and
+// they see ENOTCONN.
 func unmount(server *fuse.Server, mnt string, log *slog.Logger) {
-	if err := server.Unmount(); err != nil {
+	if err := unix.Unmount(mnt, 0); err != nil {
 		log.Warn("unmount busy, detaching", "mountpoint", mnt, "err", err)
 		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
 			log.Error("detach failed", "mountpoint", mnt, "err", err)
 		}
-		os.Exit(0)
 	}
+	done := make(chan struct{})
+	go func() { server.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		log.Warn("mount still in use elsewhere; closing the connection", "mountpoint", mnt)
+	}
+	log.Info("unmounted", "mountpoint", mnt)
+	os.Exit(0)
 }

@@ -1,0 +1,340 @@
+package test
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const (
+	containerBase = 100000 // host uid of the container's root
+	otherBase     = 200000 // host uid of a second container's root
+	cg            = "/sys/fs/cgroup"
+)
+
+// hostSnapshot records what an attack must not change on the host.
+type hostSnapshot struct {
+	tree  []string
+	files map[string]string
+}
+
+func snapshot(t *testing.T, host string) hostSnapshot {
+	t.Helper()
+	s := hostSnapshot{files: map[string]string{}}
+	_ = filepath.WalkDir(host, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		rel, _ := filepath.Rel(host, p)
+		s.tree = append(s.tree, rel)
+		if !d.IsDir() {
+			switch filepath.Base(p) {
+			case "cgroup.max.descendants", "cgroup.max.depth", "cgroup.freeze", "cgroup.procs",
+				"cgroup.subtree_control", "memory.max", "pids.max":
+				b, _ := os.ReadFile(p)
+				s.files[rel] = string(b)
+			}
+		}
+		return nil
+	})
+	return s
+}
+
+func (s hostSnapshot) check(t *testing.T, host, what string) {
+	t.Helper()
+	now := snapshot(t, host)
+	if !reflect.DeepEqual(now.tree, s.tree) {
+		t.Errorf("%s changed the host tree:\n before %v\n after  %v", what, s.tree, now.tree)
+	}
+	for k, v := range s.files {
+		if now.files[k] != v {
+			t.Errorf("%s changed host %s: %q -> %q", what, k, v, now.files[k])
+		}
+	}
+}
+
+// TestContainerRootManagesItsSubtree is the positive path: the root of
+// a user-namespaced container creates a child, limits it, moves its own
+// process there, freezes and thaws it, and removes it.
+func TestContainerRootManagesItsSubtree(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	host, c, s := containerWithView(t, l, containerBase)
+
+	// ls -l inside shows root, not nobody.
+	c.expect(t, "0:0 644", "stat", cg+"/cgroup.procs")
+	c.expect(t, "OK", "mkdir", cg+"/child")
+	c.expect(t, "0:0 755", "stat", cg+"/child")
+	if fi, err := os.Stat(filepath.Join(host, "child")); err != nil || !fi.IsDir() {
+		t.Fatalf("no host cgroup for the container's mkdir: %v", err)
+	}
+	if owner := hostOwner(t, filepath.Join(host, "child/cgroup.procs")); owner != containerBase {
+		t.Errorf("host owner of child/cgroup.procs = %d, want the container root %d", owner, containerBase)
+	}
+	c.expect(t, "OK", "write", cg+"/child/cgroup.max.descendants", "2")
+	if got := readFile(t, filepath.Join(host, "child/cgroup.max.descendants")); got != "2\n" {
+		t.Errorf("host child/cgroup.max.descendants = %q", got)
+	}
+
+	// A controller for the child needs an empty root: the classic leaf.
+	c.expect(t, "OK", "mkdir", cg+"/leaf")
+	c.expect(t, "OK", "write", cg+"/leaf/cgroup.procs", "0")
+	if got := c.do(t, "cgroup"); got != "0::/leaf" {
+		t.Errorf("container's /proc/self/cgroup after moving itself = %q, want 0::/leaf", got)
+	}
+	if got := readFile(t, filepath.Join(host, "leaf/cgroup.procs")); strings.TrimSpace(got) != strconv.Itoa(c.pid()) {
+		t.Errorf("host leaf/cgroup.procs = %q, want the container init %d", got, c.pid())
+	}
+	for _, ctrl := range []string{"hugetlb", "memory", "pids"} {
+		if !l.controllers[ctrl] {
+			continue
+		}
+		enableOnHost(t, l, ctrl)
+		c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "+"+ctrl)
+	}
+	if l.controllers["hugetlb"] {
+		file := hugetlbMaxFile(t, filepath.Join(host, "child"))
+		c.expect(t, "OK", "write", cg+"/child/"+file, "1073741824")
+		if got := readFile(t, filepath.Join(host, "child", file)); got != "1073741824\n" {
+			t.Errorf("host child/%s = %q", file, got)
+		}
+	}
+	if l.controllers["pids"] {
+		c.expect(t, "OK", "write", cg+"/child/pids.max", "10")
+		if got := readFile(t, filepath.Join(host, "child/pids.max")); got != "10\n" {
+			t.Errorf("host child/pids.max = %q", got)
+		}
+	}
+
+	// Move a process of the container into the child, freeze, thaw.
+	pid := c.do(t, "spawn")
+	c.expect(t, "OK", "write", cg+"/child/cgroup.procs", pid)
+	if got := keyedValue(readFile(t, filepath.Join(host, "child/cgroup.events")), "populated"); got != "1" {
+		t.Errorf("host child populated = %q after the move", got)
+	}
+	c.expect(t, "OK", "write", cg+"/child/cgroup.freeze", "1")
+	waitFor(t, "frozen 1 in the container's view", 30*time.Second, func() bool {
+		return keyedValue(strings.TrimPrefix(c.do(t, "read", cg+"/child/cgroup.events"), "OK"), "frozen") == "1"
+	})
+	c.expect(t, "OK", "write", cg+"/child/cgroup.freeze", "0")
+	waitFor(t, "frozen 0 in the container's view", 30*time.Second, func() bool {
+		return keyedValue(strings.TrimPrefix(c.do(t, "read", cg+"/child/cgroup.events"), "OK"), "frozen") == "0"
+	})
+
+	// Remove: the process goes back to the leaf, then rmdir.
+	c.expect(t, "OK", "write", cg+"/leaf/cgroup.procs", pid)
+	c.expect(t, "OK", "rmdir", cg+"/child")
+	if _, err := os.Stat(filepath.Join(host, "child")); !os.IsNotExist(err) {
+		t.Errorf("host child still there after the container's rmdir: %v", err)
+	}
+	_ = s
+}
+
+// TestAttackCatalogue: everything a container might try against its own
+// view and the host, each with the errno and an unchanged host.
+func TestAttackCatalogue(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	// Somewhere outside the view that the test can move things to, and a
+	// second container; made first so they are removed last.
+	outside := newCgroup(t, l)
+	other := newCgroup(t, l)
+	host, c, s := containerWithView(t, l, containerBase)
+	c.expect(t, "OK", "mkdir", cg+"/child")
+	c.expect(t, "OK", "mkdir", cg+"/leaf")
+	b := startContainer(t, other, otherBase)
+	hostSleeper := startSleeper(t, "")
+
+	inView := c.do(t, "spawn") // a container process, in the view
+	movedOut := c.do(t, "spawn")
+	movedOutHost := hostPidOf(t, c, movedOut)
+	mustWrite(t, filepath.Join(outside, "cgroup.procs"), strconv.Itoa(movedOutHost))
+
+	long := strings.Repeat("x", 300)
+	rootFiles := []string{"cgroup.max.descendants", "cgroup.max.depth", "cgroup.freeze", "cgroup.kill"}
+	for _, f := range []string{"memory.max", "pids.max"} {
+		if _, err := os.Stat(filepath.Join(host, f)); err == nil {
+			rootFiles = append(rootFiles, f)
+		}
+	}
+	if l.controllers["hugetlb"] {
+		enableOnHost(t, l, "hugetlb")
+		rootFiles = append(rootFiles, hugetlbMaxFile(t, host))
+	}
+
+	before := snapshot(t, host)
+	cases := []struct {
+		name string
+		want string
+		op   []string
+	}{
+		{"name with newline", "EINVAL", []string{"mkdir", cg + "/a\nb"}},
+		{"very long name", "ENAMETOOLONG", []string{"mkdir", cg + "/" + long}},
+		{"symlink in the view", "EPERM", []string{"symlink", "/", cg + "/escape"}},
+		{"dot-dot stays in the container", "ENOENT", []string{"read", cg + "/../../../etc/cgfs-nothing"}},
+		{"host pid into cgroup.procs", "ESRCH", []string{"write", cg + "/child/cgroup.procs", strconv.Itoa(hostSleeper.Process.Pid)}},
+		{"other container's pid", "ESRCH", []string{"write", cg + "/child/cgroup.procs", strconv.Itoa(b.pid())}},
+		{"own process outside the view", "ENOENT", []string{"write", cg + "/child/cgroup.procs", movedOut}},
+		{"pid into cgroup.threads", "ESRCH", []string{"write", cg + "/child/cgroup.threads", strconv.Itoa(hostSleeper.Process.Pid)}},
+		{"garbage into cgroup.procs", "EINVAL", []string{"write", cg + "/child/cgroup.procs", "1; rm -rf /"}},
+		{"chown to an unmapped uid", "EINVAL", []string{"chown", cg + "/child", "70000", "70000"}},
+		{"chown the view root", "EPERM", []string{"chown", cg, "5", "5"}},
+		{"chmod a root file", "EPERM", []string{"chmod", cg + "/cgroup.procs", "666"}},
+		{"non-root user writes a limit", "EACCES", []string{"as", "1000", "write", cg + "/child/cgroup.max.descendants", "1"}},
+		{"non-root user makes a cgroup", "EACCES", []string{"as", "1000", "mkdir", cg + "/child/sub"}},
+		{"non-root user moves a process", "EACCES", []string{"as", "1000", "write", cg + "/child/cgroup.procs", inView}},
+		{"nested namespace root writes a limit", "EACCES", []string{"nested", "1000", "write", cg + "/child/cgroup.max.descendants", "1"}},
+		{"nested namespace root makes a cgroup", "EACCES", []string{"nested", "1000", "mkdir", cg + "/child/sub"}},
+	}
+	for _, f := range rootFiles {
+		cases = append(cases, struct {
+			name string
+			want string
+			op   []string
+		}{"root's own " + f, "EPERM", []string{"write", cg + "/" + f, "1"}})
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c.expect(t, tc.want, tc.op...)
+		})
+	}
+	before.check(t, host, "the attacks")
+	if got := strings.TrimSpace(readFile(t, filepath.Join(outside, "cgroup.procs"))); got != strconv.Itoa(movedOutHost) {
+		t.Errorf("the process outside the view moved: outside has %q", got)
+	}
+	if got := readFile(t, "/proc/"+strconv.Itoa(hostSleeper.Process.Pid)+"/cgroup"); strings.Contains(got, filepath.Base(host)) {
+		t.Errorf("host process moved into the view: %s", got)
+	}
+	s.waitLog(t, "rule=root-locked")
+	s.waitLog(t, "rule=mode")
+
+	// A second container given the first one's mount sees nothing.
+	if got := b.do(t, "attach", s.mnt); got != "OK" {
+		t.Fatalf("attach in the second container: %s", got)
+	}
+	b.expect(t, "EACCES", "read", cg+"/child/cgroup.max.descendants")
+	b.expect(t, "EACCES", "mkdir", cg+"/intruder")
+	b.expect(t, "EACCES", "write", cg+"/child/cgroup.max.descendants", "1")
+	b.expect(t, "EACCES", "write", cg+"/child/cgroup.procs", "1")
+	before.check(t, host, "the second container")
+	s.waitLog(t, "rule=outside-owner-userns")
+}
+
+// TestDelegationByChown: the container root hands a child to user 1000,
+// who may then manage it, and only it.
+func TestDelegationByChown(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	host, c, _ := containerWithView(t, l, containerBase)
+	c.expect(t, "OK", "mkdir", cg+"/sub")
+	c.expect(t, "EACCES", "as", "1000", "mkdir", cg+"/sub/mine")
+	c.expect(t, "OK", "chownR", cg+"/sub", "1000", "1000")
+	if owner := hostOwner(t, filepath.Join(host, "sub/cgroup.procs")); owner != containerBase+1000 {
+		t.Errorf("host owner after chown 1000 = %d, want %d", owner, containerBase+1000)
+	}
+	c.expect(t, "1000:1000 755", "stat", cg+"/sub")
+	c.expect(t, "OK", "as", "1000", "mkdir", cg+"/sub/mine")
+	c.expect(t, "1000:1000 755", "stat", cg+"/sub/mine")
+	c.expect(t, "OK", "as", "1000", "write", cg+"/sub/mine/cgroup.max.descendants", "3")
+	if got := readFile(t, filepath.Join(host, "sub/mine/cgroup.max.descendants")); got != "3\n" {
+		t.Errorf("host sub/mine/cgroup.max.descendants = %q", got)
+	}
+	c.expect(t, "EACCES", "as", "1000", "write", cg+"/cgroup.subtree_control", "+pids")
+	c.expect(t, "EACCES", "as", "1001", "mkdir", cg+"/sub/theirs")
+	c.expect(t, "OK", "as", "1000", "rmdir", cg+"/sub/mine")
+}
+
+// TestHostRootThroughOwnedView: host root keeps full access, but cannot
+// give a file to an id the container does not map.
+func TestHostRootThroughOwnedView(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	host, c, s := containerWithView(t, l, containerBase)
+	c.expect(t, "OK", "mkdir", cg+"/child")
+	mustWrite(t, s.path("cgroup.max.descendants"), "50")
+	if got := readFile(t, filepath.Join(host, "cgroup.max.descendants")); got != "50\n" {
+		t.Errorf("host root's write through the view: %q", got)
+	}
+	if err := os.Lchown(s.path("child"), 5, 5); errnoOf(err) != 22 {
+		t.Errorf("chown to unmapped 5:5 through the view: %v, want EINVAL", err)
+	}
+	if err := os.Lchown(s.path("child"), containerBase+7, containerBase+7); err != nil {
+		t.Errorf("chown to a mapped id: %v", err)
+	}
+}
+
+func hostOwner(t *testing.T, path string) int {
+	t.Helper()
+	fi, err := os.Lstat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int(fi.Sys().(*syscall.Stat_t).Uid)
+}
+
+// hostPidOf maps a container pid to the host pid through /proc/PID/status.
+func hostPidOf(t *testing.T, c *container, containerPid string) int {
+	t.Helper()
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		status, err := os.ReadFile("/proc/" + e.Name() + "/status")
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(status), "\n") {
+			if f, ok := strings.CutPrefix(line, "NSpid:"); ok {
+				ids := strings.Fields(f)
+				if len(ids) == 2 && ids[1] == containerPid && isDescendant(pid, c.pid()) {
+					return pid
+				}
+			}
+		}
+	}
+	t.Fatalf("no host pid for container pid %s", containerPid)
+	return 0
+}
+
+func isDescendant(pid, ancestor int) bool {
+	for pid > 1 {
+		if pid == ancestor {
+			return true
+		}
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil {
+			return false
+		}
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		pid, _ = strconv.Atoi(f[1])
+	}
+	return false
+}
+
+// enableOnHost enables a controller for the cgroup2 root's children.
+func enableOnHost(t *testing.T, l lane, ctrl string) {
+	t.Helper()
+	if err := writeFile(filepath.Join(l.cgroup2, "cgroup.subtree_control"), "+"+ctrl); err != nil {
+		t.Fatalf("enable %s at the cgroup2 root: %v", ctrl, err)
+	}
+}
+
+// hugetlbMaxFile names a hugetlb limit file of dir (hugetlb.2MB.max).
+func hugetlbMaxFile(t *testing.T, dir string) string {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(dir, "hugetlb.2MB.max")); err == nil {
+		return "hugetlb.2MB.max"
+	}
+	matches, _ := filepath.Glob(filepath.Join(dir, "hugetlb.*.max"))
+	if len(matches) == 0 {
+		t.Fatalf("no hugetlb.*.max in %s", dir)
+	}
+	return filepath.Base(matches[0])
+}

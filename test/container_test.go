@@ -1,0 +1,274 @@
+package test
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// A container here is the test binary in helper mode, started in new
+// user, mount, pid and cgroup namespaces (uid 0 inside mapped to a host
+// range), inside a host cgroup. It reads one JSON array per line on stdin
+// (an operation and its arguments) and answers one JSON string per line.
+
+const containerMode = "container"
+
+// container is a running container helper.
+type container struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Scanner
+}
+
+// startContainer starts a container whose root is host uid/gid base
+// (65536 ids mapped), in host cgroup cgroupDir.
+func startContainer(t *testing.T, cgroupDir string, base int) *container {
+	t.Helper()
+	fd, err := unix.Open(cgroupDir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	cmd := exec.Command(helperBin)
+	cmd.Env = append(os.Environ(), helperEnv+"="+containerMode)
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		// The mount namespace comes at attach (unshare), so that it is a
+		// copy made after the view was mounted.
+		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWPID | syscall.CLONE_NEWCGROUP,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: base, Size: 65536}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: base, Size: 65536}},
+		// Let the container's root change groups, as a real one can.
+		GidMappingsEnableSetgroups: true,
+		Credential:                 &syscall.Credential{Uid: 0, Gid: 0},
+		UseCgroupFD:                true,
+		CgroupFD:                   fd,
+		Pdeathsig:                  syscall.SIGKILL,
+	}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &container{cmd: cmd, in: in, out: bufio.NewScanner(stdout)}
+	t.Cleanup(func() {
+		in.Close()
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	return c
+}
+
+// pid is the container init's host pid.
+func (c *container) pid() int { return c.cmd.Process.Pid }
+
+// do runs one operation in the container and returns its answer.
+func (c *container) do(t *testing.T, op ...string) string {
+	t.Helper()
+	b, _ := json.Marshal(op)
+	if _, err := c.in.Write(append(b, '\n')); err != nil {
+		t.Fatalf("container %v: %v", op, err)
+	}
+	if !c.out.Scan() {
+		t.Fatalf("container %v: no answer (%v)", op, c.out.Err())
+	}
+	var ans string
+	if err := json.Unmarshal(c.out.Bytes(), &ans); err != nil {
+		t.Fatalf("container %v: bad answer %q", op, c.out.Text())
+	}
+	return ans
+}
+
+// expect runs op and checks its answer.
+func (c *container) expect(t *testing.T, want string, op ...string) {
+	t.Helper()
+	if got := c.do(t, op...); got != want {
+		t.Errorf("in container: %q = %q, want %q", op, got, want)
+	}
+}
+
+// containerMain serves operations inside the namespaces. Everything runs
+// on one locked OS thread: its mount namespace is unshared at attach.
+func containerMain() int {
+	runtime.LockOSThread()
+	var children []*exec.Cmd
+	defer func() {
+		for _, c := range children {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+		}
+	}()
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		var op []string
+		if err := json.Unmarshal(in.Bytes(), &op); err != nil || len(op) == 0 {
+			return 2
+		}
+		ans := containerOp(op, &children)
+		b, _ := json.Marshal(ans)
+		os.Stdout.Write(append(b, '\n'))
+	}
+	return 0
+}
+
+func errAnswer(err error) string {
+	if err == nil {
+		return "OK"
+	}
+	if n := unix.ErrnoName(errnoOf(err)); n != "" {
+		return n
+	}
+	return err.Error()
+}
+
+func containerOp(op []string, children *[]*exec.Cmd) string {
+	arg := func(i int) string {
+		if i < len(op) {
+			return op[i]
+		}
+		return ""
+	}
+	switch op[0] {
+	case "attach":
+		// The view becomes this container's /sys/fs/cgroup, and /proc
+		// shows its own pid namespace.
+		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+			return "unshare: " + err.Error()
+		}
+		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+			return "make-private: " + err.Error()
+		}
+		if err := unix.Mount(arg(1), "/sys/fs/cgroup", "", unix.MS_BIND, ""); err != nil {
+			return "bind: " + err.Error()
+		}
+		if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return "proc: " + err.Error()
+		}
+		return "OK"
+	case "read":
+		b, err := os.ReadFile(arg(1))
+		if err != nil {
+			return errAnswer(err)
+		}
+		return "OK" + string(b)
+	case "write":
+		return errAnswer(writeFile(arg(1), arg(2)))
+	case "mkdir":
+		return errAnswer(unix.Mkdir(arg(1), 0o755))
+	case "rmdir":
+		return errAnswer(unix.Rmdir(arg(1)))
+	case "symlink":
+		return errAnswer(unix.Symlink(arg(1), arg(2)))
+	case "chown":
+		uid, _ := strconv.Atoi(arg(2))
+		gid, _ := strconv.Atoi(arg(3))
+		return errAnswer(unix.Lchown(arg(1), uid, gid))
+	case "chownR":
+		uid, _ := strconv.Atoi(arg(2))
+		gid, _ := strconv.Atoi(arg(3))
+		entries, err := os.ReadDir(arg(1))
+		if err != nil {
+			return errAnswer(err)
+		}
+		if err := unix.Lchown(arg(1), uid, gid); err != nil {
+			return errAnswer(err)
+		}
+		for _, e := range entries {
+			if err := unix.Lchown(arg(1)+"/"+e.Name(), uid, gid); err != nil {
+				return errAnswer(err)
+			}
+		}
+		return "OK"
+	case "chmod":
+		mode, _ := strconv.ParseUint(arg(2), 8, 32)
+		return errAnswer(unix.Chmod(arg(1), uint32(mode)))
+	case "stat":
+		var st unix.Stat_t
+		if err := unix.Lstat(arg(1), &st); err != nil {
+			return errAnswer(err)
+		}
+		return fmt.Sprintf("%d:%d %o", st.Uid, st.Gid, st.Mode&0o7777)
+	case "setuid":
+		id, _ := strconv.Atoi(arg(1))
+		if err := syscall.Setresgid(id, id, id); err != nil {
+			return err.Error()
+		}
+		return errAnswer(syscall.Setresuid(id, id, id))
+	case "mountinfo":
+		b, _ := os.ReadFile("/proc/self/mountinfo")
+		return string(b)
+	case "pid":
+		return strconv.Itoa(os.Getpid())
+	case "cgroup":
+		b, err := os.ReadFile("/proc/self/cgroup")
+		if err != nil {
+			return errAnswer(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "0::") {
+				return line
+			}
+		}
+		return "no cgroup2 line"
+	case "spawn":
+		// A long-lived child in this container; answers its pid here.
+		cmd := exec.Command("sleep", "1000")
+		if err := cmd.Start(); err != nil {
+			return err.Error()
+		}
+		*children = append(*children, cmd)
+		return strconv.Itoa(cmd.Process.Pid)
+	case "nested", "as":
+		// Run the rest as a one-shot helper: "as UID" runs it as that
+		// user here; "nested UID" runs it as root of a user namespace
+		// nested in this one, root there mapped to UID here.
+		id, _ := strconv.Atoi(arg(1))
+		cmd := exec.Command("/proc/self/exe", op[2:]...)
+		cmd.Env = append(os.Environ(), helperEnv+"=1")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(id), Gid: uint32(id)}}
+		if op[0] == "nested" {
+			cmd.SysProcAttr = &syscall.SysProcAttr{
+				Cloneflags:  syscall.CLONE_NEWUSER,
+				UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: id, Size: 1}},
+				GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: id, Size: 1}},
+				Credential:  &syscall.Credential{Uid: 0, Gid: 0},
+			}
+		}
+		out, err := cmd.Output()
+		if err != nil {
+			return "nested: " + err.Error()
+		}
+		return strings.TrimSpace(string(out))
+	}
+	return "unknown op " + op[0]
+}
+
+// containerWithView makes a host cgroup, starts a container in it (root
+// mapped to host base), mounts its view with --owner, and attaches the
+// view at the container's /sys/fs/cgroup.
+func containerWithView(t *testing.T, l lane, base int) (host string, c *container, s *server) {
+	t.Helper()
+	host = newCgroup(t, l)
+	c = startContainer(t, host, base)
+	s = mountView(t, host, "--owner", strconv.Itoa(c.pid()))
+	if got := c.do(t, "attach", s.mnt); got != "OK" {
+		t.Fatalf("attach the view in the container: %s", got)
+	}
+	return host, c, s
+}

@@ -1,0 +1,267 @@
+package translate
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/prometheus/procfs"
+	"golang.org/x/sys/unix"
+)
+
+// Pids reads task identities from a proc filesystem: which pid a host
+// task has in which pid namespace, and which cgroup it is in.
+type Pids struct {
+	proc string
+	fs   procfs.FS
+}
+
+// NewPids reads from the proc filesystem mounted at proc.
+func NewPids(proc string) (*Pids, error) {
+	fs, err := procfs.NewFS(proc)
+	if err != nil {
+		return nil, err
+	}
+	return &Pids{proc: proc, fs: fs}, nil
+}
+
+// Task is a host task as one pid namespace sees it.
+type Task struct {
+	Tid   int   // host thread id
+	Tgid  int   // host thread group id
+	NSpid []int // its pid in each pid namespace, host first
+}
+
+func (p *Pids) task(tid int) (Task, error) {
+	proc, err := p.fs.Proc(tid)
+	if err != nil {
+		return Task{}, err
+	}
+	st, err := proc.NewStatus()
+	if err != nil {
+		return Task{}, err
+	}
+	t := Task{Tid: tid, Tgid: int(st.TGID)}
+	for _, n := range st.NSpids {
+		t.NSpid = append(t.NSpid, int(n))
+	}
+	if len(t.NSpid) == 0 { // kernels before 4.1 have no NSpid
+		t.NSpid = []int{tid}
+	}
+	return t, nil
+}
+
+// Reader is a thread on whose behalf pids are read or written: its pid
+// namespace and how deep that namespace is below the server's.
+type Reader struct {
+	Tid   int
+	Tgid  int
+	NS    NS
+	Level int
+}
+
+// ReaderOf describes host thread tid as a reader or writer of pids.
+func (p *Pids) ReaderOf(tid int) (Reader, error) {
+	t, err := p.task(tid)
+	if err != nil {
+		return Reader{}, err
+	}
+	ns, err := NamespaceOf(p.proc, tid, "pid")
+	if err != nil {
+		return Reader{}, err
+	}
+	return Reader{Tid: tid, Tgid: t.Tgid, NS: ns, Level: len(t.NSpid) - 1}, nil
+}
+
+// seenBy returns the number task t has in r's pid namespace, if r can see
+// t: t's pid namespace must be r's or a descendant of it.
+func (p *Pids) seenBy(t Task, r Reader) (int, bool) {
+	if len(t.NSpid) <= r.Level {
+		return 0, false
+	}
+	up := len(t.NSpid) - 1 - r.Level
+	ns, err := ancestorNS(p.proc+"/"+strconv.Itoa(t.Tid)+"/ns/pid", up)
+	if err != nil || ns != r.NS {
+		return 0, false
+	}
+	return t.NSpid[r.Level], true
+}
+
+// cgroupOf returns the cgroup2 path of host task tid, as the server's
+// cgroup namespace shows it.
+func (p *Pids) cgroupOf(tid int) (string, error) {
+	b, err := os.ReadFile(p.proc + "/" + strconv.Itoa(tid) + "/cgroup")
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if path, ok := strings.CutPrefix(line, "0::"); ok {
+			return path, nil
+		}
+	}
+	return "", fmt.Errorf("task %d has no cgroup2 line", tid)
+}
+
+// ParsePid parses what a writer wrote to cgroup.procs or cgroup.threads:
+// one decimal number, surrounding white space allowed, as the kernel's
+// cgroup_procs_write (kstrtoint on the stripped buffer). Anything else,
+// two numbers included, is EINVAL.
+func ParsePid(data []byte) (int, error) {
+	s := string(bytes.TrimSpace(data))
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || strings.HasPrefix(s, "+") {
+		return 0, unix.EINVAL
+	}
+	return n, nil
+}
+
+// errPidOutside: the pid names a task the writer sees, outside the view:
+// ENOENT, as nsdelegate answers a migration across the namespace root.
+var errPidOutside = fmt.Errorf("task outside the view: %w", unix.ENOENT)
+
+// errNoSuchPid: the writer sees no task with that number (ESRCH, as the
+// kernel's find_task_by_vpid failing).
+var errNoSuchPid = fmt.Errorf("no such task in the writer's pid namespace: %w", unix.ESRCH)
+
+// ResolveWrite maps number, written by w into cgroup.procs (threads
+// false) or cgroup.threads (true) of this view, to a host task inside the
+// view's subtree. 0 means the writer itself: its thread group for procs,
+// its thread for threads. It returns the host tid to write and the task's
+// current cgroup as a virtual path.
+func (v *View) ResolveWrite(w Reader, number int, threads bool) (hostTid int, from string, err error) {
+	p := v.pids
+	if p == nil || v.host.cgroupPath == "" {
+		return 0, "", errors.New("view has no pid support (no cgroup2 host path)")
+	}
+	switch {
+	case number == 0 && threads:
+		hostTid = w.Tid
+	case number == 0:
+		hostTid = w.Tgid
+	default:
+		hostTid, err = v.findInSubtree(w, number)
+		if err != nil {
+			return 0, "", err
+		}
+	}
+	from, err = v.virtualCgroupOf(hostTid)
+	return hostTid, from, err
+}
+
+// findInSubtree looks for the task numbered n in w's pid namespace among
+// the view's tasks; failing that, it tells ESRCH from ENOENT by looking
+// at every task on the host.
+func (v *View) findInSubtree(w Reader, n int) (int, error) {
+	tids, err := v.Tasks("")
+	if err != nil {
+		return 0, err
+	}
+	for _, tid := range tids {
+		t, err := v.pids.task(tid)
+		if err != nil {
+			continue // exited
+		}
+		if got, ok := v.pids.seenBy(t, w); ok && got == n {
+			return tid, nil
+		}
+	}
+	procs, err := v.pids.fs.AllProcs()
+	if err != nil {
+		return 0, err
+	}
+	for _, proc := range procs {
+		t, err := v.pids.task(proc.PID)
+		if err != nil {
+			continue
+		}
+		if got, ok := v.pids.seenBy(t, w); ok && got == n {
+			return 0, errPidOutside
+		}
+	}
+	return 0, errNoSuchPid
+}
+
+// virtualCgroupOf returns the virtual path of host task tid's cgroup, or
+// ENOENT if the task is outside the view.
+func (v *View) virtualCgroupOf(tid int) (string, error) {
+	path, err := v.pids.cgroupOf(tid)
+	if err != nil {
+		return "", errNoSuchPid
+	}
+	root := v.host.cgroupPath
+	if path == root {
+		return "", nil
+	}
+	rel, ok := strings.CutPrefix(path, strings.TrimSuffix(root, "/")+"/")
+	if !ok {
+		return "", errPidOutside
+	}
+	return rel, nil
+}
+
+// Tasks lists the host tids of every task in the virtual cgroup vpath
+// and below.
+func (v *View) Tasks(vpath string) ([]int, error) {
+	var out []int
+	f, err := v.host.Open(Join(v.hostPath(vpath), "cgroup.threads"), unix.O_RDONLY)
+	if err != nil {
+		return nil, err
+	}
+	b, err := readAll(f)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	for _, field := range strings.Fields(string(b)) {
+		if n, err := strconv.Atoi(field); err == nil {
+			out = append(out, n)
+		}
+	}
+	entries, err := v.host.ReadDir(v.hostPath(vpath))
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		if e.Mode&unix.S_IFMT == unix.S_IFDIR {
+			sub, err := v.Tasks(Join(vpath, e.Name))
+			if err != nil && !errors.Is(err, unix.ENOENT) {
+				return nil, err
+			}
+			out = append(out, sub...)
+		}
+	}
+	return out, nil
+}
+
+func readAll(f *os.File) ([]byte, error) {
+	var buf bytes.Buffer
+	_, err := buf.ReadFrom(f)
+	return buf.Bytes(), err
+}
+
+// WritePid writes host task tid into the control file vpath (cgroup.procs
+// or cgroup.threads) on the host. The task is pinned with a pidfd and
+// re-checked to be inside the view after the pin, so a pid reused in
+// between cannot be moved.
+func (v *View) WritePid(vpath string, tid int) error {
+	pidfd, err := unix.PidfdOpen(tid, unix.PIDFD_THREAD)
+	if err != nil {
+		return &Error{Op: "write", Path: vpath, Data: strconv.Itoa(tid), Err: unix.ESRCH}
+	}
+	defer unix.Close(pidfd)
+	if _, err := v.virtualCgroupOf(tid); err != nil {
+		return &Error{Op: "write", Path: vpath, Data: strconv.Itoa(tid), Err: err}
+	}
+	f, err := v.host.Open(v.hostPath(vpath), unix.O_WRONLY)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.Write([]byte(strconv.Itoa(tid))); err != nil {
+		return &Error{Op: "write", Path: clean(vpath), Data: strconv.Itoa(tid), Err: err}
+	}
+	return nil
+}
