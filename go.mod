@@ -3,8 +3,19 @@ module github.com/cgfs/cgfs
 go 1.26.8
 
 require (
-	github.com/hanwen/go-fuse/v2 v2.12.1 // indirect
-	github.com/moby/sys/user v0.5.0 // indirect
-	github.com/prometheus/procfs v0.23.0 // indirect
-	golang.org/x/sys v0.50.0 // indirect
+	github.com/hanwen/go-fuse/v2 v2.12.1
+	github.com/moby/sys/user v0.5.0
+	github.com/prometheus/client_golang v1.25.0
+	github.com/prometheus/procfs v0.23.0
+	golang.org/x/sys v0.50.0
+)
+
+require (
+	github.com/beorn7/perks v1.0.1 // indirect
+	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/kylelemons/godebug v1.1.0 // indirect
+	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
+	github.com/prometheus/client_model v0.6.3 // indirect
+	github.com/prometheus/common v0.72.0 // indirect
+	google.golang.org/protobuf v1.36.12 // indirect
 )

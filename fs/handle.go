@@ -68,12 +68,14 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 		if err := h.writePid(ctx, data); err != nil {
 			return 0, h.m.errno(ctx, "write", h.vpath, err)
 		}
+		h.m.count.Operation("write", "ok")
 		return uint32(len(data)), 0
 	}
 	n, err := unix.Pwrite(int(h.f.Fd()), data, off)
 	if err != nil {
 		return 0, h.m.errno(ctx, "write", h.vpath, &translate.Error{Op: "write", Path: h.vpath, Data: shorten(data), Err: err})
 	}
+	h.m.count.Operation("write", "ok")
 	return uint32(n), 0
 }
 

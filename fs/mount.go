@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/access"
+	"github.com/cgfs/cgfs/metrics"
 	"github.com/cgfs/cgfs/translate"
 )
 
@@ -24,7 +25,9 @@ type Config struct {
 	Identifier *access.Identifier
 	// Pids identifies the pid namespaces of writers of cgroup.procs.
 	Pids *translate.Pids
-	Log  *slog.Logger
+	// Metrics counts operations and refusals; nil counts nothing.
+	Metrics *metrics.View
+	Log     *slog.Logger
 	// Debug logs every FUSE request.
 	Debug bool
 }
@@ -36,6 +39,7 @@ type mount struct {
 	policy *access.Policy
 	ident  *access.Identifier
 	pids   *translate.Pids
+	count  *metrics.View
 	log    *slog.Logger
 	// passthrough is set once the kernel accepted a backing file: then
 	// read-only opens are served by FUSE passthrough instead of DIRECT_IO.
@@ -58,7 +62,7 @@ func Mount(dir string, cfg Config) (*fuse.Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &mount{view: cfg.View, policy: cfg.Policy, ident: cfg.Identifier, pids: cfg.Pids, log: cfg.Log}
+	m := &mount{view: cfg.View, policy: cfg.Policy, ident: cfg.Identifier, pids: cfg.Pids, count: cfg.Metrics, log: cfg.Log}
 	root := &node{m: m}
 	opts := &gofs.Options{
 		MountOptions: fuse.MountOptions{
@@ -137,6 +141,8 @@ func (m *mount) errno(ctx context.Context, op, vpath string, err error) syscall.
 	}
 	var ref *access.Refusal
 	if errors.As(err, &ref) {
+		m.count.Refusal(string(ref.Rule), op)
+		m.count.Operation(op, errName(ref.Errno))
 		pid, _ := m.ident.ThreadGroup(ref.Caller.Tid)
 		m.log.Warn("refused", "rule", ref.Rule, "op", op, "path", "/"+vpath,
 			"errno", errName(ref.Errno), "pid", pid, "caller", ref.Caller.String())
@@ -144,6 +150,7 @@ func (m *mount) errno(ctx context.Context, op, vpath string, err error) syscall.
 	}
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
+		m.count.Operation(op, errName(errno))
 		m.log.Info("host refused", "op", op, "path", "/"+vpath, "errno", errName(errno),
 			"tid", pid, "detail", err.Error())
 		return errno
@@ -152,6 +159,7 @@ func (m *mount) errno(ctx context.Context, op, vpath string, err error) syscall.
 		// The caller is gone: nobody reads this answer.
 		return syscall.ESRCH
 	}
+	m.count.Operation(op, "EIO")
 	m.log.Error("internal error", "op", op, "path", "/"+vpath, "tid", pid, "err", err)
 	return syscall.EIO
 }

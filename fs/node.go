@@ -121,6 +121,7 @@ func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 			return n.m.errno(ctx, "utimes", vp, err)
 		}
 	}
+	n.m.count.Operation("setattr", "ok")
 	return n.Getattr(ctx, fh, out)
 }
 
@@ -220,6 +221,7 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	if err != nil {
 		return nil, n.m.errno(ctx, "mkdir", join(vp, name), err)
 	}
+	n.m.count.Operation("mkdir", "ok")
 	return n.child(ctx, &st, out), 0
 }
 
@@ -233,6 +235,7 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if err := n.m.view.Rmdir(vp, name); err != nil {
 		return n.m.errno(ctx, "rmdir", join(vp, name), err)
 	}
+	n.m.count.Operation("rmdir", "ok")
 	return 0
 }
 

@@ -1,4 +1,4 @@
-// Package metrics will hold cgfs's Prometheus metrics: operations,
-// refusals and per-container use. It is empty until the first metric
-// lands.
+// Package metrics holds cgfs's Prometheus metrics: operations served and
+// refusals by rule, labelled by view. A Metrics is built by New with the
+// registry it belongs to; nothing is registered globally.
 package metrics

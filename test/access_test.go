@@ -144,7 +144,7 @@ func TestAttackCatalogue(t *testing.T) {
 	// second container; made first so they are removed last.
 	outside := newCgroup(t, l)
 	other := newCgroup(t, l)
-	host, c, s := containerWithView(t, l, containerBase)
+	host, c, s := containerWithView(t, l, containerBase, "--metrics", "127.0.0.1:0")
 	c.expect(t, "OK", "mkdir", cg+"/child")
 	c.expect(t, "OK", "mkdir", cg+"/leaf")
 	b := startContainer(t, other, otherBase)
@@ -223,6 +223,17 @@ func TestAttackCatalogue(t *testing.T) {
 	b.expect(t, "EACCES", "write", cg+"/child/cgroup.procs", "1")
 	before.check(t, host, "the second container")
 	s.waitLog(t, "rule=outside-owner-userns")
+
+	// Each rule is counted under its own name.
+	text := s.scrape(t)
+	for rule, least := range map[string]float64{"root-locked": float64(len(rootFiles)) + 2, "mode": 4, "outside-owner-userns": 4} {
+		if got := metricValue(text, "cgfs_refusals_total", `rule="`+rule+`"`); got < least {
+			t.Errorf("cgfs_refusals_total{rule=%q} = %v, want at least %v\n%s", rule, got, least, text)
+		}
+	}
+	if got := metricValue(text, "cgfs_operations_total", `op="mkdir"`, `result="ok"`); got != 2 {
+		t.Errorf("cgfs_operations_total{op=mkdir,result=ok} = %v, want 2", got)
+	}
 }
 
 // TestDelegationByChown: the container root hands a child to user 1000,

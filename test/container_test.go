@@ -262,11 +262,11 @@ func containerOp(op []string, children *[]*exec.Cmd) string {
 // containerWithView makes a host cgroup, starts a container in it (root
 // mapped to host base), mounts its view with --owner, and attaches the
 // view at the container's /sys/fs/cgroup.
-func containerWithView(t *testing.T, l lane, base int) (host string, c *container, s *server) {
+func containerWithView(t *testing.T, l lane, base int, extra ...string) (host string, c *container, s *server) {
 	t.Helper()
 	host = newCgroup(t, l)
 	c = startContainer(t, host, base)
-	s = mountView(t, host, "--owner", strconv.Itoa(c.pid()))
+	s = mountView(t, host, append([]string{"--owner", strconv.Itoa(c.pid())}, extra...)...)
 	if got := c.do(t, "attach", s.mnt); got != "OK" {
 		t.Fatalf("attach the view in the container: %s", got)
 	}

@@ -5,9 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -279,6 +282,49 @@ func (s *server) waitLog(t testing.TB, want string) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// scrape fetches the server's metrics (started with --metrics).
+func (s *server) scrape(t testing.TB) string {
+	t.Helper()
+	s.waitLog(t, "msg=\"metrics listening\"")
+	var addr string
+	for _, line := range strings.Split(s.log.String(), "\n") {
+		if strings.Contains(line, "metrics listening") {
+			_, addr, _ = strings.Cut(line, "addr=")
+		}
+	}
+	resp, err := http.Get("http://" + strings.TrimSpace(addr) + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// metricValue returns the value of the sample in text whose name and
+// labels contain every part, summed over matches.
+func metricValue(text, name string, parts ...string) float64 {
+	var sum float64
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, name+"{") {
+			continue
+		}
+		ok := true
+		for _, p := range parts {
+			ok = ok && strings.Contains(line, p)
+		}
+		if ok {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			sum += v
+		}
+	}
+	return sum
 }
 
 func (s *server) path(rel string) string { return filepath.Join(s.mnt, rel) }

@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -21,14 +23,17 @@ import (
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/access"
 	"github.com/cgfs/cgfs/fs"
+	"github.com/cgfs/cgfs/metrics"
 	"github.com/cgfs/cgfs/translate"
 )
 
-const usage = `usage: cgfs mount --cgroup HOSTDIR [--owner PID] [--debug] MOUNTPOINT
+const usage = `usage: cgfs mount --cgroup HOSTDIR [--owner PID] [--metrics ADDR] [--debug] MOUNTPOINT
 
 Serves the host cgroup v2 directory HOSTDIR at MOUNTPOINT as the root of a
 cgroup tree, until SIGINT or SIGTERM.
@@ -65,6 +70,7 @@ func run(args []string, log *slog.Logger, stderr io.Writer) error {
 	hostDir := fl.String("cgroup", "", "host cgroup v2 `directory` to serve as the view's root")
 	ownerPid := fl.Int("owner", 0, "`pid` of a process of the container that owns the view")
 	debug := fl.Bool("debug", false, "log every FUSE request")
+	metricsAddr := fl.String("metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics (e.g. 127.0.0.1:9464; port 0 picks one)")
 	if err := fl.Parse(args[1:]); err != nil {
 		return usageError{err.Error()}
 	}
@@ -102,9 +108,23 @@ func run(args []string, log *slog.Logger, stderr io.Writer) error {
 		return err
 	}
 
+	reg := prometheus.NewRegistry()
+	counts := metrics.New(reg).View(*hostDir)
+	if *metricsAddr != "" {
+		ln, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			return usageError{fmt.Sprintf("--metrics %s: %v", *metricsAddr, err)}
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		go func() { _ = http.Serve(ln, mux) }()
+		log.Info("metrics listening", "addr", ln.Addr().String())
+	}
+
 	server, err := fs.Mount(mnt, fs.Config{
 		View:       translate.NewView(host, owner.IDs, pids),
 		Pids:       pids,
+		Metrics:    counts,
 		Policy:     access.NewPolicy(owner.Chain, delegateFiles(log)),
 		Identifier: ident,
 		Log:        log,
