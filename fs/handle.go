@@ -31,6 +31,11 @@ type handle struct {
 	// migrate is set for cgroup.procs and cgroup.threads: writes are
 	// pids in the writer's pid namespace.
 	migrate migration
+	// reader is set when pids read from this handle are translated into
+	// the reader's pid namespace; content is rendered at each read from
+	// offset 0 and served from rendered for later offsets.
+	reader   *translate.Reader
+	rendered []byte
 }
 
 type migration int
@@ -52,6 +57,19 @@ var _ = (gofs.FileReader)((*handle)(nil))
 // Read is one pread(2) of the host file. At offset 0 cgroupfs produces
 // the content afresh, so every read from the start is a fresh read.
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if h.reader != nil {
+		if off == 0 || h.rendered == nil {
+			b, err := h.m.view.ReadPids(h.f, *h.reader)
+			if err != nil {
+				return nil, h.m.errno(ctx, "read", h.vpath, err)
+			}
+			h.rendered = b
+		}
+		if off >= int64(len(h.rendered)) {
+			return fuse.ReadResultData(nil), 0
+		}
+		return fuse.ReadResultData(h.rendered[off:min(off+int64(len(dest)), int64(len(h.rendered)))]), 0
+	}
 	n, err := unix.Pread(int(h.f.Fd()), dest, off)
 	if err != nil {
 		return nil, h.m.errno(ctx, "read", h.vpath, &translate.Error{Op: "read", Path: h.vpath, Err: err})

@@ -351,7 +351,17 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	case "cgroup.threads":
 		h.migrate = migrateThreads
 	}
-	return h, n.m.openFlags(ro), 0
+	if h.migrate != noMigration && acc != syscall.O_WRONLY {
+		// Pids are shown in the reader's pid namespace: a reader below
+		// the server's gets content cgfs renders, never passthrough.
+		if fc, ok := fuse.FromContext(ctx); ok {
+			if r, err := n.m.pids.ReaderOf(int(fc.Pid)); err == nil && r.Level > 0 {
+				h.reader = &r
+				h.readOnly = false
+			}
+		}
+	}
+	return h, n.m.openFlags(h.readOnly), 0
 }
 
 // fillAttr copies host attributes into a FUSE attribute.

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -32,7 +33,7 @@ type container struct {
 
 // startContainer starts a container whose root is host uid/gid base
 // (65536 ids mapped), in host cgroup cgroupDir.
-func startContainer(t *testing.T, cgroupDir string, base int) *container {
+func startContainer(t testing.TB, cgroupDir string, base int) *container {
 	t.Helper()
 	fd, err := unix.Open(cgroupDir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -79,7 +80,7 @@ func startContainer(t *testing.T, cgroupDir string, base int) *container {
 func (c *container) pid() int { return c.cmd.Process.Pid }
 
 // do runs one operation in the container and returns its answer.
-func (c *container) do(t *testing.T, op ...string) string {
+func (c *container) do(t testing.TB, op ...string) string {
 	t.Helper()
 	b, _ := json.Marshal(op)
 	if _, err := c.in.Write(append(b, '\n')); err != nil {
@@ -96,7 +97,7 @@ func (c *container) do(t *testing.T, op ...string) string {
 }
 
 // expect runs op and checks its answer.
-func (c *container) expect(t *testing.T, want string, op ...string) {
+func (c *container) expect(t testing.TB, want string, op ...string) {
 	t.Helper()
 	if got := c.do(t, op...); got != want {
 		t.Errorf("in container: %q = %q, want %q", op, got, want)
@@ -153,6 +154,12 @@ func containerOp(op []string, children *[]*exec.Cmd) string {
 		}
 		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 			return "make-private: " + err.Error()
+		}
+		if arg(2) != "" {
+			// The host's own cgroup directory, for comparisons.
+			if err := unix.Mount(arg(2), arg(3), "", unix.MS_BIND, ""); err != nil {
+				return "bind native: " + err.Error()
+			}
 		}
 		if err := unix.Mount(arg(1), "/sys/fs/cgroup", "", unix.MS_BIND, ""); err != nil {
 			return "bind: " + err.Error()
@@ -234,6 +241,75 @@ func containerOp(op []string, children *[]*exec.Cmd) string {
 		}
 		*children = append(*children, cmd)
 		return strconv.Itoa(cmd.Process.Pid)
+	case "threads":
+		// A process here holding N extra threads; answers "pid tid...".
+		cmd := exec.Command("/proc/self/exe", "hold-threads", arg(1))
+		cmd.Env = append(os.Environ(), helperEnv+"=1")
+		stdin, _ := cmd.StdinPipe()
+		out, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			return err.Error()
+		}
+		_ = stdin // closed when the container exits
+		*children = append(*children, cmd)
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err != nil {
+			return err.Error()
+		}
+		return strings.TrimSpace(line)
+	case "ps":
+		// Every task of this pid namespace with its cgroup2 path.
+		entries, _ := os.ReadDir("/proc")
+		var lines []string
+		for _, e := range entries {
+			if _, err := strconv.Atoi(e.Name()); err != nil {
+				continue
+			}
+			b, err := os.ReadFile("/proc/" + e.Name() + "/cgroup")
+			if err != nil {
+				continue
+			}
+			for _, l := range strings.Split(string(b), "\n") {
+				if p, ok := strings.CutPrefix(l, "0::"); ok {
+					lines = append(lines, e.Name()+" "+p)
+				}
+			}
+		}
+		return strings.Join(lines, "\n")
+	case "readloop":
+		// Reads a file N times; answers ns per read.
+		n, _ := strconv.Atoi(arg(2))
+		buf := make([]byte, 1<<20)
+		start := time.Now()
+		for range n {
+			fd, err := unix.Open(arg(1), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return errAnswer(err)
+			}
+			for {
+				m, err := unix.Read(fd, buf)
+				if err != nil {
+					unix.Close(fd)
+					return errAnswer(err)
+				}
+				if m == 0 {
+					break
+				}
+			}
+			unix.Close(fd)
+		}
+		return strconv.FormatInt(time.Since(start).Nanoseconds()/int64(max(n, 1)), 10)
+	case "newpidns":
+		// Run the rest as a one-shot helper in a new pid namespace
+		// nested in this one.
+		cmd := exec.Command("/proc/self/exe", op[1:]...)
+		cmd.Env = append(os.Environ(), helperEnv+"=1")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
+		out, err := cmd.Output()
+		if err != nil {
+			return "newpidns: " + err.Error()
+		}
+		return strings.TrimSpace(string(out))
 	case "nested", "as":
 		// Run the rest as a one-shot helper: "as UID" runs it as that
 		// user here; "nested UID" runs it as root of a user namespace
@@ -262,7 +338,7 @@ func containerOp(op []string, children *[]*exec.Cmd) string {
 // containerWithView makes a host cgroup, starts a container in it (root
 // mapped to host base), mounts its view with --owner, and attaches the
 // view at the container's /sys/fs/cgroup.
-func containerWithView(t *testing.T, l lane, base int, extra ...string) (host string, c *container, s *server) {
+func containerWithView(t testing.TB, l lane, base int, extra ...string) (host string, c *container, s *server) {
 	t.Helper()
 	host = newCgroup(t, l)
 	c = startContainer(t, host, base)

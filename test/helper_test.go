@@ -3,8 +3,12 @@ package test
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"runtime"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,6 +31,9 @@ func helperMain(args []string) int {
 		return 2
 	}
 	op, path := args[0], args[1]
+	if op == "hold-threads" {
+		return holdThreads(path)
+	}
 	var err error
 	var out string
 	switch op {
@@ -53,6 +60,33 @@ func helperMain(args []string) int {
 		return 0
 	}
 	fmt.Print("OK", out)
+	return 0
+}
+
+// holdThreads starts n extra OS threads, prints the thread ids of the
+// process (in its own pid namespace) on one line, and waits for stdin
+// to close.
+func holdThreads(count string) int {
+	n, err := strconv.Atoi(count)
+	if err != nil {
+		fmt.Println("bad count")
+		return 2
+	}
+	debug.SetMaxThreads(n + 1000)
+	tids := make(chan int, n)
+	for range n {
+		go func() {
+			runtime.LockOSThread()
+			tids <- unix.Gettid()
+			select {}
+		}()
+	}
+	all := []string{strconv.Itoa(os.Getpid())}
+	for range n {
+		all = append(all, strconv.Itoa(<-tids))
+	}
+	fmt.Println(strings.Join(all, " "))
+	_, _ = io.Copy(io.Discard, os.Stdin)
 	return 0
 }
 

@@ -224,3 +224,48 @@ func TestOpenDropsCreate(t *testing.T) {
 	}
 	f.Close()
 }
+
+func TestParseIDs(t *testing.T) {
+	cases := []struct {
+		in   string
+		want []int
+	}{
+		{"", []int{}},
+		{"1\n", []int{1}},
+		{"12\n7\n300000\n", []int{12, 7, 300000}},
+		{"5", []int{5}},
+	}
+	for _, c := range cases {
+		if got := parseIDs([]byte(c.in)); !reflect.DeepEqual(got, c.want) {
+			t.Errorf("parseIDs(%q) = %v, want %v", c.in, got, c.want)
+		}
+	}
+}
+
+func TestParsePid(t *testing.T) {
+	cases := []struct {
+		in   string
+		want int
+		err  error
+	}{
+		{"42", 42, nil},
+		{" 42\n", 42, nil},
+		{"0", 0, nil},
+		{"", 0, unix.EINVAL},
+		{"1 2", 0, unix.EINVAL},
+		{"-1", 0, unix.EINVAL},
+		{"+3", 3, nil},
+		{"0x10", 16, nil},
+		{"010", 8, nil},
+		{"0b1", 0, unix.EINVAL},
+		{"1_000", 0, unix.EINVAL},
+		{"abc", 0, unix.EINVAL},
+		{strings.Repeat("9", 40), 0, unix.EINVAL},
+	}
+	for _, c := range cases {
+		got, err := ParsePid([]byte(c.in))
+		if got != c.want || err != c.err {
+			t.Errorf("ParsePid(%q) = %d, %v; want %d, %v", c.in, got, err, c.want, c.err)
+		}
+	}
+}

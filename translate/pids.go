@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -15,8 +16,9 @@ import (
 // Pids reads task identities from a proc filesystem: which pid a host
 // task has in which pid namespace, and which cgroup it is in.
 type Pids struct {
-	proc string
-	fs   procfs.FS
+	proc  string
+	fs    procfs.FS
+	cache *pidCache
 }
 
 // NewPids reads from the proc filesystem mounted at proc.
@@ -25,7 +27,11 @@ func NewPids(proc string) (*Pids, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Pids{proc: proc, fs: fs}, nil
+	cache, err := newPidCache()
+	if err != nil {
+		return nil, err
+	}
+	return &Pids{proc: proc, fs: fs, cache: cache}, nil
 }
 
 // Task is a host task as one pid namespace sees it.
@@ -105,17 +111,24 @@ func (p *Pids) cgroupOf(tid int) (string, error) {
 	return "", fmt.Errorf("task %d has no cgroup2 line", tid)
 }
 
-// ParsePid parses what a writer wrote to cgroup.procs or cgroup.threads:
-// one decimal number, surrounding white space allowed, as the kernel's
-// cgroup_procs_write (kstrtoint on the stripped buffer). Anything else,
-// two numbers included, is EINVAL.
+// ParsePid parses what a writer wrote to cgroup.procs or cgroup.threads
+// as the kernel's cgroup_procs_write_start does: kstrtoint(strstrip(buf),
+// 0, &pid), so surrounding white space, a leading '+', "0x" hex and
+// leading-0 octal are taken; anything else, two numbers or a negative
+// one included, is EINVAL.
 func ParsePid(data []byte) (int, error) {
 	s := string(bytes.TrimSpace(data))
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 0 || strings.HasPrefix(s, "+") {
+	digits := strings.TrimPrefix(s, "+")
+	// Go's base 0 also takes 0b, 0o and '_', which kstrtoint does not.
+	if strings.ContainsRune(digits, '_') || strings.HasPrefix(strings.ToLower(digits), "0b") ||
+		strings.HasPrefix(strings.ToLower(digits), "0o") {
 		return 0, unix.EINVAL
 	}
-	return n, nil
+	n, err := strconv.ParseInt(digits, 0, 32)
+	if err != nil || n < 0 {
+		return 0, unix.EINVAL
+	}
+	return int(n), nil
 }
 
 // errPidOutside: the pid names a task the writer sees, outside the view:
@@ -205,21 +218,16 @@ func (v *View) virtualCgroupOf(tid int) (string, error) {
 // Tasks lists the host tids of every task in the virtual cgroup vpath
 // and below.
 func (v *View) Tasks(vpath string) ([]int, error) {
-	var out []int
 	f, err := v.host.Open(Join(v.hostPath(vpath), "cgroup.threads"), unix.O_RDONLY)
 	if err != nil {
 		return nil, err
 	}
-	b, err := readAll(f)
+	b, err := preadAll(f)
 	f.Close()
 	if err != nil {
 		return nil, err
 	}
-	for _, field := range strings.Fields(string(b)) {
-		if n, err := strconv.Atoi(field); err == nil {
-			out = append(out, n)
-		}
-	}
+	out := parseIDs(b)
 	entries, err := v.host.ReadDir(v.hostPath(vpath))
 	if err != nil {
 		return nil, err
@@ -234,12 +242,6 @@ func (v *View) Tasks(vpath string) ([]int, error) {
 		}
 	}
 	return out, nil
-}
-
-func readAll(f *os.File) ([]byte, error) {
-	var buf bytes.Buffer
-	_, err := buf.ReadFrom(f)
-	return buf.Bytes(), err
 }
 
 // WritePid writes host task tid into the control file vpath (cgroup.procs
@@ -264,4 +266,60 @@ func (v *View) WritePid(vpath string, tid int) error {
 		return &Error{Op: "write", Path: clean(vpath), Data: strconv.Itoa(tid), Err: err}
 	}
 	return nil
+}
+
+// ReadPids reads a cgroup.procs or cgroup.threads file the view opened
+// (f) and renders it for reader r: its pids in r's namespace, sorted,
+// without the tasks r cannot see.
+func (v *View) ReadPids(f *os.File, r Reader) ([]byte, error) {
+	raw, err := preadAll(f)
+	if err != nil {
+		return nil, &Error{Op: "read", Path: f.Name(), Err: err}
+	}
+	ids := parseIDs(raw)
+	out := make([]byte, 0, len(raw))
+	for _, id := range v.pids.Translate(ids, r) {
+		out = strconv.AppendInt(out, int64(id), 10)
+		out = append(out, '\n')
+	}
+	return out, nil
+}
+
+// preadAll reads a control file from offset 0 to its end.
+func preadAll(f *os.File) ([]byte, error) {
+	buf := make([]byte, 0, 64<<10)
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, cap(buf))
+		}
+		n, err := unix.Pread(int(f.Fd()), buf[len(buf):cap(buf)], int64(len(buf)))
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return buf, nil
+		}
+		buf = buf[:len(buf)+n]
+	}
+}
+
+// parseIDs parses one decimal id per line, as cgroup.procs holds them.
+func parseIDs(b []byte) []int {
+	ids := make([]int, 0, len(b)/6)
+	n, in := 0, false
+	for _, c := range b {
+		if c >= '0' && c <= '9' {
+			n = n*10 + int(c-'0')
+			in = true
+			continue
+		}
+		if in {
+			ids = append(ids, n)
+		}
+		n, in = 0, false
+	}
+	if in {
+		ids = append(ids, n)
+	}
+	return ids
 }

@@ -1,0 +1,169 @@
+package translate
+
+import (
+	"slices"
+	"strconv"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxCachedTasks bounds the pid cache (each entry holds a pidfd).
+const maxCachedTasks = 1 << 16
+
+// pidCache remembers, for live host tasks, their pid in every pid
+// namespace and which namespaces those are: what never changes in a
+// task's life. Each entry holds a pidfd of its task in an epoll set;
+// the kernel reports the task's exit there and the entry is dropped
+// before the next use, so a reused pid never meets a stale entry.
+// Reads of cgroup.procs then cost no /proc access for known tasks.
+//
+// Lock order: mu only; no other lock is taken while holding it.
+type pidCache struct {
+	mu    sync.Mutex
+	epfd  int
+	tasks map[int]*cachedTask // by host tid
+	byFd  map[int32]int       // pidfd -> host tid
+}
+
+type cachedTask struct {
+	nspid []int // pid in each namespace, the server's first
+	ns    []NS  // pid namespace at each level: ns[i] is at level i
+	pidfd int
+}
+
+func newPidCache() (*pidCache, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	return &pidCache{epfd: epfd, tasks: map[int]*cachedTask{}, byFd: map[int32]int{}}, nil
+}
+
+// drain drops the entries of tasks that exited. Callers hold mu.
+func (c *pidCache) drain() {
+	events := make([]unix.EpollEvent, 256)
+	for {
+		n, err := unix.EpollWait(c.epfd, events, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n == 0 {
+			return
+		}
+		for _, ev := range events[:n] {
+			if tid, ok := c.byFd[ev.Fd]; ok {
+				c.drop(tid)
+			}
+		}
+		if n < len(events) {
+			return
+		}
+	}
+}
+
+func (c *pidCache) drop(tid int) {
+	e := c.tasks[tid]
+	if e == nil {
+		return
+	}
+	_ = unix.EpollCtl(c.epfd, unix.EPOLL_CTL_DEL, e.pidfd, nil)
+	unix.Close(e.pidfd)
+	delete(c.byFd, int32(e.pidfd))
+	delete(c.tasks, tid)
+}
+
+// Translate renders host task ids as reader r sees them: each id becomes
+// its number in r's pid namespace, tasks r cannot see are left out, and
+// the result is sorted with no duplicates, as the kernel shows
+// cgroup.procs to a reader in a pid namespace.
+func (p *Pids) Translate(hostIDs []int, r Reader) []int {
+	out := make([]int, 0, len(hostIDs))
+	if r.Level == 0 {
+		out = append(out, hostIDs...)
+	} else {
+		c := p.cache
+		c.mu.Lock()
+		c.drain()
+		chains := map[NS][]NS{}
+		for _, id := range hostIDs {
+			e := c.tasks[id]
+			if e == nil {
+				e = p.load(id, chains)
+				if e == nil {
+					continue // exited meanwhile
+				}
+			}
+			if len(e.nspid) > r.Level && e.ns[r.Level] == r.NS {
+				out = append(out, e.nspid[r.Level])
+			}
+		}
+		c.mu.Unlock()
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// load reads a task into the cache (if there is room). chains memoizes
+// namespace chains for one Translate call. Callers hold cache.mu.
+func (p *Pids) load(tid int, chains map[NS][]NS) *cachedTask {
+	pidfd, err := unix.PidfdOpen(tid, unix.PIDFD_THREAD)
+	if err != nil {
+		return nil
+	}
+	t, err := p.task(tid)
+	if err != nil {
+		unix.Close(pidfd)
+		return nil
+	}
+	own, err := NamespaceOf(p.proc, tid, "pid")
+	if err != nil {
+		unix.Close(pidfd)
+		return nil
+	}
+	chain, ok := chains[own]
+	if !ok {
+		chain, err = pidNSChain(p.proc+"/"+strconv.Itoa(tid)+"/ns/pid", len(t.NSpid))
+		if err != nil {
+			unix.Close(pidfd)
+			return nil
+		}
+		chains[own] = chain
+	}
+	e := &cachedTask{nspid: t.NSpid, ns: chain, pidfd: pidfd}
+	// The task was pinned before /proc was read: if it is still alive
+	// now, what was read is its own.
+	if unix.PidfdSendSignal(pidfd, 0, nil, 0) != nil {
+		unix.Close(pidfd)
+		return nil
+	}
+	c := p.cache
+	if len(c.tasks) >= maxCachedTasks {
+		unix.Close(pidfd)
+		e.pidfd = -1
+		return e
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(pidfd)}
+	if err := unix.EpollCtl(c.epfd, unix.EPOLL_CTL_ADD, pidfd, &ev); err != nil {
+		unix.Close(pidfd)
+		e.pidfd = -1
+		return e
+	}
+	c.tasks[tid] = e
+	c.byFd[int32(pidfd)] = tid
+	return e
+}
+
+// pidNSChain returns the pid namespaces from level 0 (the server's) down
+// to the one of the nsfs file path, which is at level depth-1.
+func pidNSChain(path string, depth int) ([]NS, error) {
+	chain := make([]NS, depth)
+	for i := depth - 1; i >= 0; i-- {
+		ns, err := ancestorNS(path, depth-1-i)
+		if err != nil {
+			return nil, err
+		}
+		chain[i] = ns
+	}
+	return chain, nil
+}
