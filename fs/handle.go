@@ -31,10 +31,12 @@ type handle struct {
 	// migrate is set for cgroup.procs and cgroup.threads: writes are
 	// pids in the writer's pid namespace.
 	migrate migration
-	// reader is set when pids read from this handle are translated into
-	// the reader's pid namespace; content is rendered at each read from
-	// offset 0 and served from rendered for later offsets.
-	reader   *translate.Reader
+	// render is set when cgfs computes the content: it is rendered at
+	// each read from offset 0 (for reader, the opener, whose pid
+	// namespace pids are shown in) and served from rendered for later
+	// offsets.
+	render   bool
+	reader   translate.Reader
 	rendered []byte
 }
 
@@ -57,9 +59,9 @@ var _ = (gofs.FileReader)((*handle)(nil))
 // Read is one pread(2) of the host file. At offset 0 cgroupfs produces
 // the content afresh, so every read from the start is a fresh read.
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if h.reader != nil {
+	if h.render {
 		if off == 0 || h.rendered == nil {
-			b, err := h.m.view.ReadPids(h.f, *h.reader)
+			b, err := h.m.view.Render(h.vpath, h.f, h.reader)
 			if err != nil {
 				return nil, h.m.errno(ctx, "read", h.vpath, err)
 			}
@@ -89,9 +91,9 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 		h.m.count.Operation("write", "ok")
 		return uint32(len(data)), 0
 	}
-	n, err := unix.Pwrite(int(h.f.Fd()), data, off)
+	n, err := h.m.view.Write(h.vpath, h.f, data)
 	if err != nil {
-		return 0, h.m.errno(ctx, "write", h.vpath, &translate.Error{Op: "write", Path: h.vpath, Data: shorten(data), Err: err})
+		return 0, h.m.errno(ctx, "write", h.vpath, err)
 	}
 	h.m.count.Operation("write", "ok")
 	return uint32(n), 0

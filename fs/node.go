@@ -351,14 +351,20 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	case "cgroup.threads":
 		h.migrate = migrateThreads
 	}
-	if h.migrate != noMigration && acc != syscall.O_WRONLY {
-		// Pids are shown in the reader's pid namespace: a reader below
-		// the server's gets content cgfs renders, never passthrough.
-		if fc, ok := fuse.FromContext(ctx); ok {
-			if r, err := n.m.pids.ReaderOf(int(fc.Pid)); err == nil && r.Level > 0 {
-				h.reader = &r
-				h.readOnly = false
+	if acc != syscall.O_WRONLY && n.m.view.Rendered(vp) {
+		// cgfs computes this file's content (pids in the reader's
+		// namespace, hidden leaves merged or left out): never
+		// passthrough.
+		h.render = true
+		h.readOnly = false
+		if h.migrate != noMigration {
+			fc, _ := fuse.FromContext(ctx)
+			r, err := n.m.pids.ReaderOf(int(fc.Pid))
+			if err != nil {
+				h.f.Close()
+				return nil, 0, n.m.errno(ctx, "open", vp, access.ErrGone)
 			}
+			h.reader = r
 		}
 	}
 	return h, n.m.openFlags(h.readOnly), 0

@@ -217,6 +217,19 @@ func containerOp(op []string, children *[]*exec.Cmd) string {
 			return err.Error()
 		}
 		return errAnswer(syscall.Setresuid(id, id, id))
+	case "ls":
+		// The directories (child cgroups) in a directory, sorted.
+		entries, err := os.ReadDir(arg(1))
+		if err != nil {
+			return errAnswer(err)
+		}
+		var dirs []string
+		for _, e := range entries {
+			if e.IsDir() {
+				dirs = append(dirs, e.Name())
+			}
+		}
+		return strings.Join(dirs, " ")
 	case "mountinfo":
 		b, _ := os.ReadFile("/proc/self/mountinfo")
 		return string(b)

@@ -116,9 +116,18 @@ func TestWritesReachHost(t *testing.T) {
 	}
 	defer reader.Close()
 	mustWrite(t, s.path("child/cgroup.max.descendants"), "3\n")
-	if got := readFile(t, filepath.Join(host, "child/cgroup.max.descendants")); got != "3\n" {
-		t.Errorf("host cgroup.max.descendants = %q after writing 3 through cgfs", got)
+	// Below the view root the host keeps room for hidden leaves: 2N+1.
+	if got := readFile(t, filepath.Join(host, "child/cgroup.max.descendants")); got != "7\n" {
+		t.Errorf("host cgroup.max.descendants = %q after writing 3 through cgfs, want 7", got)
 	}
+	if got := readFile(t, s.path("child/cgroup.max.descendants")); got != "3\n" {
+		t.Errorf("cgfs reads back %q after writing 3", got)
+	}
+	mustWrite(t, s.path("child/cgroup.freeze"), "1")
+	if got := readFile(t, filepath.Join(host, "child/cgroup.freeze")); got != "1\n" {
+		t.Errorf("host cgroup.freeze = %q after writing 1 through cgfs", got)
+	}
+	mustWrite(t, s.path("child/cgroup.freeze"), "0")
 	buf := make([]byte, 16)
 	if n, _ := reader.ReadAt(buf, 0); string(buf[:n]) != "3\n" {
 		t.Errorf("the open reader sees %q after the write, want \"3\\n\"", buf[:n])
@@ -136,8 +145,8 @@ func TestWritesReachHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	if got := readFile(t, filepath.Join(host, "child/cgroup.max.depth")); got != "2\n" {
-		t.Errorf("host cgroup.max.depth = %q after an O_TRUNC write of 2", got)
+	if got := readFile(t, filepath.Join(host, "child/cgroup.max.depth")); got != "3\n" {
+		t.Errorf("host cgroup.max.depth = %q after an O_TRUNC write of 2, want 3 (N+1)", got)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -212,7 +213,11 @@ func (v *View) virtualCgroupOf(tid int) (string, error) {
 	if !ok {
 		return "", errPidOutside
 	}
-	return rel, nil
+	// A task in a hidden leaf is, to the container, in the leaf's cgroup.
+	if rel == LeafName {
+		return "", nil
+	}
+	return strings.TrimSuffix(rel, "/"+LeafName), nil
 }
 
 // Tasks lists the host tids of every task in the virtual cgroup vpath
@@ -247,8 +252,11 @@ func (v *View) Tasks(vpath string) ([]int, error) {
 // WritePid writes host task tid into the control file vpath (cgroup.procs
 // or cgroup.threads) on the host. The task is pinned with a pidfd and
 // re-checked to be inside the view after the pin, so a pid reused in
-// between cannot be moved.
+// between cannot be moved. A process the kernel refuses in H because H
+// enables domain controllers for its children (EBUSY, no internal
+// processes) goes into H's hidden leaf.
 func (v *View) WritePid(vpath string, tid int) error {
+	defer v.migrations.lock()()
 	pidfd, err := unix.PidfdOpen(tid, unix.PIDFD_THREAD)
 	if err != nil {
 		return &Error{Op: "write", Path: vpath, Data: strconv.Itoa(tid), Err: unix.ESRCH}
@@ -257,32 +265,27 @@ func (v *View) WritePid(vpath string, tid int) error {
 	if _, err := v.virtualCgroupOf(tid); err != nil {
 		return &Error{Op: "write", Path: vpath, Data: strconv.Itoa(tid), Err: err}
 	}
-	f, err := v.host.Open(v.hostPath(vpath), unix.O_WRONLY)
-	if err != nil {
-		return err
+	dir := v.hostPath(parentOf(vpath))
+	file := path.Base(vpath)
+	err = v.writeHostPid(Join(dir, file), tid)
+	if errors.Is(err, unix.EBUSY) && file == "cgroup.procs" {
+		if lerr := v.ensureLeaf(dir); lerr != nil {
+			return lerr
+		}
+		err = v.writeHostPid(Join(Join(dir, LeafName), file), tid)
 	}
-	defer f.Close()
-	if _, err := f.Write([]byte(strconv.Itoa(tid))); err != nil {
-		return &Error{Op: "write", Path: clean(vpath), Data: strconv.Itoa(tid), Err: err}
-	}
-	return nil
+	return err
 }
 
-// ReadPids reads a cgroup.procs or cgroup.threads file the view opened
-// (f) and renders it for reader r: its pids in r's namespace, sorted,
-// without the tasks r cannot see.
-func (v *View) ReadPids(f *os.File, r Reader) ([]byte, error) {
-	raw, err := preadAll(f)
-	if err != nil {
-		return nil, &Error{Op: "read", Path: f.Name(), Err: err}
+// ensureLeaf makes host cgroup dir's hidden leaf if it has none.
+func (v *View) ensureLeaf(dir string) error {
+	if v.hasLeaf(dir) {
+		return nil
 	}
-	ids := parseIDs(raw)
-	out := make([]byte, 0, len(raw))
-	for _, id := range v.pids.Translate(ids, r) {
-		out = strconv.AppendInt(out, int64(id), 10)
-		out = append(out, '\n')
+	if err := v.host.Mkdir(dir, LeafName, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+		return err
 	}
-	return out, nil
+	return nil
 }
 
 // preadAll reads a control file from offset 0 to its end.

@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -18,6 +19,7 @@ type View struct {
 	ids              *user.IdentityMapping
 	rootUID, rootGID uint32 // host ids of the owner namespace's root
 	pids             *Pids  // nil: pids are not translated (fake hosts)
+	migrations       migrations
 }
 
 // NewView returns the view of host as seen from a user namespace with id
@@ -72,12 +74,26 @@ func (v *View) Lookup(dir, name string) (unix.Stat_t, error) {
 	if err := ValidName(name); err != nil {
 		return unix.Stat_t{}, err
 	}
+	if name == LeafName {
+		return unix.Stat_t{}, unix.ENOENT
+	}
 	return v.show(v.host.Stat(v.hostPath(Join(dir, name))))
 }
 
-// List returns the entries of the virtual directory vpath, sorted.
+// List returns the entries of the virtual directory vpath, sorted,
+// without hidden leaves.
 func (v *View) List(vpath string) ([]Entry, error) {
-	return v.host.ReadDir(v.hostPath(vpath))
+	entries, err := v.host.ReadDir(v.hostPath(vpath))
+	if err != nil {
+		return nil, err
+	}
+	out := entries[:0]
+	for _, e := range entries {
+		if e.Name != LeafName {
+			out = append(out, e)
+		}
+	}
+	return out, nil
 }
 
 // Open opens the file at vpath on the host with open(2) flags. O_CREAT
@@ -95,6 +111,12 @@ func (v *View) Open(vpath string, flags int) (*os.File, error) {
 func (v *View) Mkdir(dir, name string, mode, uid, gid uint32) (unix.Stat_t, error) {
 	if err := ValidName(name); err != nil {
 		return unix.Stat_t{}, err
+	}
+	if name == LeafName {
+		return unix.Stat_t{}, errReservedName
+	}
+	if err := v.checkLimits(dir); err != nil {
+		return unix.Stat_t{}, &Error{Op: "mkdir", Path: Join(dir, name), Data: "container limit reached", Err: err}
 	}
 	if err := v.host.Mkdir(v.hostPath(dir), name, mode); err != nil {
 		return unix.Stat_t{}, err
@@ -114,10 +136,31 @@ func (v *View) Mkdir(dir, name string, mode, uid, gid uint32) (unix.Stat_t, erro
 	return v.show(v.host.Stat(hp))
 }
 
-// Rmdir removes the cgroup name from the virtual directory dir.
+// Rmdir removes the cgroup name from the virtual directory dir, and its
+// hidden leaf first when that is all it holds.
 func (v *View) Rmdir(dir, name string) error {
 	if err := ValidName(name); err != nil {
 		return err
+	}
+	if name == LeafName {
+		return unix.ENOENT
+	}
+	vpath := Join(dir, name)
+	defer v.migrations.lock()()
+	hp := v.hostPath(vpath)
+	if v.hasLeaf(hp) {
+		children, err := v.List(vpath)
+		if err != nil {
+			return err
+		}
+		for _, e := range children {
+			if e.Mode&unix.S_IFMT == unix.S_IFDIR {
+				return &Error{Op: "rmdir", Path: hp, Data: "has children", Err: unix.EBUSY}
+			}
+		}
+		if err := v.host.Rmdir(hp, LeafName); err != nil && !errors.Is(err, unix.ENOENT) {
+			return err // EBUSY: the leaf holds processes, so V is populated
+		}
 	}
 	return v.host.Rmdir(v.hostPath(dir), name)
 }

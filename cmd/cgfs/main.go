@@ -121,8 +121,19 @@ func run(args []string, log *slog.Logger, stderr io.Writer) error {
 		log.Info("metrics listening", "addr", ln.Addr().String())
 	}
 
+	// Signals are caught before the mount exists: a SIGTERM that comes
+	// as soon as the mount is visible must still unmount cleanly.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+
+	view := translate.NewView(host, owner.IDs, pids)
+	// Leaves left by an earlier server that are no longer needed are
+	// folded back before anyone looks.
+	if err := view.Reconcile(); err != nil {
+		log.Warn("reconciling hidden leaves", "err", err)
+	}
 	server, err := fs.Mount(mnt, fs.Config{
-		View:       translate.NewView(host, owner.IDs, pids),
+		View:       view,
 		Pids:       pids,
 		Metrics:    counts,
 		Policy:     access.NewPolicy(owner.Chain, delegateFiles(log)),
@@ -135,8 +146,6 @@ func run(args []string, log *slog.Logger, stderr io.Writer) error {
 	}
 	log.Info("serving", "cgroup", *hostDir, "mountpoint", mnt, "owner_userns", owner.Chain[0].NS.Ino)
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		s := <-sig
 		log.Info("unmounting", "signal", s.String(), "mountpoint", mnt)

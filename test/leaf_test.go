@@ -1,0 +1,327 @@
+package test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const leafName = ".cgfs-leaf" // translate.LeafName, as the host sees it
+
+// domainController picks a domain controller the lane offers (memory
+// where it is on v2, else hugetlb), enabled at the cgroup2 root.
+func domainController(t *testing.T, l lane) string {
+	t.Helper()
+	for _, c := range []string{"memory", "hugetlb", "io"} {
+		if l.controllers[c] {
+			enableOnHost(t, l, c)
+			return c
+		}
+	}
+	t.Skip("no cgroup v2 domain controller on this machine (needs memory, hugetlb or io)")
+	return ""
+}
+
+// hostCgroupOf is host pid's cgroup2 path, from the host side.
+func hostCgroupOf(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			return p
+		}
+	}
+	t.Fatalf("pid %d has no cgroup2 line", pid)
+	return ""
+}
+
+// cgroupPath is a host cgroup directory's path in the cgroup2 hierarchy.
+func cgroupPath(l lane, dir string) string {
+	rel, _ := filepath.Rel(l.cgroup2, dir)
+	return "/" + rel
+}
+
+func dirsOf(t *testing.T, c *container, path string) []string {
+	t.Helper()
+	ans := c.do(t, "ls", path)
+	if strings.HasPrefix(ans, "E") {
+		t.Fatalf("ls %s: %s", path, ans)
+	}
+	return strings.Fields(ans)
+}
+
+// TestNoInternalProcessConstraintDisappears: a populated cgroup enables a
+// domain controller through the view, natively refused with EBUSY.
+func TestNoInternalProcessConstraintDisappears(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	ctrl := domainController(t, l)
+
+	// Natively: a populated cgroup cannot enable it.
+	native := newCgroup(t, l)
+	startSleeper(t, native)
+	if err := os.Mkdir(filepath.Join(native, "c"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeFile(filepath.Join(native, "cgroup.subtree_control"), "+"+ctrl); errnoOf(err) != unix.EBUSY {
+		t.Fatalf("natively, +%s on a populated cgroup: %v, want EBUSY", ctrl, err)
+	}
+
+	host, c, _ := containerWithView(t, l, containerBase)
+	pid := c.do(t, "spawn")
+	// The root case: the view root holds the container's processes.
+	c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "+"+ctrl)
+	c.expect(t, "OK", "mkdir", cg+"/v")
+	c.expect(t, "OK", "mkdir", cg+"/v/c")
+	c.expect(t, "OK", "write", cg+"/v/cgroup.procs", pid)
+	c.expect(t, "OK", "write", cg+"/v/cgroup.subtree_control", "+"+ctrl)
+	if got := c.do(t, "read", cg+"/v/cgroup.subtree_control"); strings.TrimSpace(strings.TrimPrefix(got, "OK")) != ctrl {
+		t.Errorf("v/cgroup.subtree_control = %q, want %s", got, ctrl)
+	}
+	if got := dirsOf(t, c, cg); !slices.Equal(got, []string{"v"}) {
+		t.Errorf("the container's root lists cgroups %v, want [v]", got)
+	}
+	if got := dirsOf(t, c, cg+"/v"); !slices.Equal(got, []string{"c"}) {
+		t.Errorf("v lists cgroups %v, want [c]", got)
+	}
+	// The processes are in the leaves on the host, and still in their
+	// cgroups' cgroup.procs for the container.
+	hostPid := hostPidOf(t, c, pid)
+	if got, want := hostCgroupOf(t, hostPid), cgroupPath(l, host)+"/v/"+leafName; got != want {
+		t.Errorf("host cgroup of the moved process = %s, want %s", got, want)
+	}
+	if got, want := hostCgroupOf(t, c.pid()), cgroupPath(l, host)+"/"+leafName; got != want {
+		t.Errorf("host cgroup of the container init = %s, want %s", got, want)
+	}
+	if got := pidList(t, c.do(t, "read", cg+"/v/cgroup.procs")); !slices.Equal(got, []string{pid}) {
+		t.Errorf("v/cgroup.procs = %v, want [%s]", got, pid)
+	}
+	if got := pidList(t, c.do(t, "read", cg+"/cgroup.procs")); !slices.Contains(got, "1") {
+		t.Errorf("root cgroup.procs = %v, want the init (1) in it", got)
+	}
+	// A process written to v while it enables the controller lands in
+	// v's leaf too.
+	pid2 := c.do(t, "spawn")
+	c.expect(t, "OK", "write", cg+"/v/cgroup.procs", pid2)
+	if got, want := hostCgroupOf(t, hostPidOf(t, c, pid2)), cgroupPath(l, host)+"/v/"+leafName; got != want {
+		t.Errorf("host cgroup of a process written later = %s, want %s", got, want)
+	}
+	// The child really has the controller.
+	if got := c.do(t, "read", cg+"/v/c/cgroup.controllers"); !strings.Contains(got, ctrl) {
+		t.Errorf("v/c/cgroup.controllers = %q, want %s", got, ctrl)
+	}
+
+	// The reserved name.
+	c.expect(t, "EINVAL", "mkdir", cg+"/v/"+leafName)
+	c.expect(t, "ENOENT", "read", cg+"/v/"+leafName+"/cgroup.procs")
+	c.expect(t, "ENOENT", "rmdir", cg+"/v/"+leafName)
+
+	// cgroup.stat counts what the container sees.
+	stat := strings.TrimPrefix(c.do(t, "read", cg+"/cgroup.stat"), "OK")
+	if got := keyedValue(stat, "nr_descendants"); got != "2" {
+		t.Errorf("nr_descendants seen by the container = %s, want 2 (v, v/c)\n%s", got, stat)
+	}
+	if got := keyedValue(readFile(t, filepath.Join(host, "cgroup.stat")), "nr_descendants"); got != "4" {
+		t.Errorf("host nr_descendants = %s, want 4 (two leaves)", got)
+	}
+
+	// Folding back: without the controller v needs no leaf.
+	c.expect(t, "OK", "write", cg+"/v/cgroup.subtree_control", "-"+ctrl)
+	if _, err := os.Stat(filepath.Join(host, "v", leafName)); !os.IsNotExist(err) {
+		t.Errorf("v's leaf is still on the host after -%s: %v", ctrl, err)
+	}
+	if got, want := hostCgroupOf(t, hostPid), cgroupPath(l, host)+"/v"; got != want {
+		t.Errorf("after folding, the process is in %s, want %s", got, want)
+	}
+	if got := pidList(t, c.do(t, "read", cg+"/v/cgroup.procs")); len(got) != 2 {
+		t.Errorf("v/cgroup.procs after folding = %v, want both processes", got)
+	}
+}
+
+// TestRmdirWithLeaf: an emptied cgroup goes, leaf and all.
+func TestRmdirWithLeaf(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	ctrl := domainController(t, l)
+	host, c, _ := containerWithView(t, l, containerBase)
+	pid := c.do(t, "spawn")
+	c.expect(t, "OK", "mkdir", cg+"/v")
+	c.expect(t, "OK", "mkdir", cg+"/v/c")
+	c.expect(t, "OK", "write", cg+"/v/cgroup.procs", pid)
+	c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "+"+ctrl)
+	c.expect(t, "OK", "write", cg+"/v/cgroup.subtree_control", "+"+ctrl)
+	c.expect(t, "OK", "rmdir", cg+"/v/c")
+	c.expect(t, "EBUSY", "rmdir", cg+"/v") // its leaf holds the process
+	c.expect(t, "OK", "write", cg+"/cgroup.procs", pid)
+	c.expect(t, "OK", "rmdir", cg+"/v")
+	if _, err := os.Stat(filepath.Join(host, "v")); !os.IsNotExist(err) {
+		t.Errorf("host v still there: %v", err)
+	}
+}
+
+// TestMaxDescendantsAsTheContainerSetsThem: leaves never use the
+// container's allowance, and the allowance holds.
+func TestMaxDescendantsAsTheContainerSetsThem(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	ctrl := domainController(t, l)
+	_, c, _ := containerWithView(t, l, containerBase)
+	pid := c.do(t, "spawn")
+	c.expect(t, "OK", "mkdir", cg+"/v")
+	c.expect(t, "OK", "write", cg+"/v/cgroup.max.descendants", "2")
+	c.expect(t, "OK", "write", cg+"/v/cgroup.max.depth", "1")
+	c.expect(t, "OK", "write", cg+"/v/cgroup.procs", pid)
+	c.expect(t, "OK", "mkdir", cg+"/v/a")
+	c.expect(t, "EAGAIN", "mkdir", cg+"/v/a/deep") // depth 2 > 1
+	c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "+"+ctrl)
+	c.expect(t, "OK", "write", cg+"/v/cgroup.subtree_control", "+"+ctrl) // makes v's leaf
+	c.expect(t, "OK", "mkdir", cg+"/v/b")
+	c.expect(t, "EAGAIN", "mkdir", cg+"/v/c") // 2 visible descendants is the limit
+	c.expect(t, "OK2\n", "read", cg+"/v/cgroup.max.descendants")
+	c.expect(t, "OK1\n", "read", cg+"/v/cgroup.max.depth")
+	stat := strings.TrimPrefix(c.do(t, "read", cg+"/v/cgroup.stat"), "OK")
+	if got := keyedValue(stat, "nr_descendants"); got != "2" {
+		t.Errorf("v nr_descendants = %s, want 2", got)
+	}
+}
+
+// TestLeafConcurrency: writers to cgroup.procs of several cgroups race a
+// writer toggling the controller; every process ends in exactly one
+// expected place and no leaf is left.
+func TestLeafConcurrency(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	ctrl := domainController(t, l)
+	host, c, s := containerWithView(t, l, containerBase)
+	const nproc, ncg = 24, 3
+	var pids []int
+	for range nproc {
+		p, _ := strconv.Atoi(c.do(t, "spawn"))
+		pids = append(pids, hostPidOf(t, c, strconv.Itoa(p)))
+	}
+	for i := range ncg {
+		c.expect(t, "OK", "mkdir", fmt.Sprintf("%s/v%d", cg, i))
+		c.expect(t, "OK", "mkdir", fmt.Sprintf("%s/v%d/c", cg, i))
+	}
+	c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "+"+ctrl)
+
+	// Host root writes through the view from many goroutines (the
+	// container helper serves one request at a time).
+	var wg sync.WaitGroup
+	errs := make(chan error, nproc*4+100)
+	for i, pid := range pids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for round := range 4 {
+				dst := fmt.Sprintf("v%d/cgroup.procs", (i+round)%ncg)
+				if err := writeFile(s.path(dst), strconv.Itoa(pid)); err != nil {
+					errs <- fmt.Errorf("move %d to %s: %w", pid, dst, err)
+				}
+			}
+		}()
+	}
+	for i := range ncg {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for round := range 6 {
+				op := "+"
+				if round%2 == 1 {
+					op = "-"
+				}
+				if err := writeFile(s.path(fmt.Sprintf("v%d/cgroup.subtree_control", i)), op+ctrl); err != nil {
+					errs <- fmt.Errorf("%s%s on v%d: %w", op, ctrl, i, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// Every process is where its last write put it: v((i+3)%ncg), in the
+	// cgroup itself since the last toggle disabled the controller.
+	base := cgroupPath(l, host)
+	for i, pid := range pids {
+		want := fmt.Sprintf("%s/v%d", base, (i+3)%ncg)
+		if got := hostCgroupOf(t, pid); got != want {
+			t.Errorf("process %d is in %s, want %s", pid, got, want)
+		}
+	}
+	for i := range ncg {
+		if _, err := os.Stat(filepath.Join(host, fmt.Sprintf("v%d", i), leafName)); !os.IsNotExist(err) {
+			t.Errorf("v%d's leaf was leaked: %v", i, err)
+		}
+	}
+}
+
+// TestLeavesSurviveAServerCrash: kill -9 mid-sequence and a restart
+// give a consistent view; a leaf left half-way is folded back.
+func TestLeavesSurviveAServerCrash(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	ctrl := domainController(t, l)
+	host, c, s := containerWithView(t, l, containerBase)
+	pid := c.do(t, "spawn")
+	hostPid := hostPidOf(t, c, pid)
+	c.expect(t, "OK", "mkdir", cg+"/v")
+	c.expect(t, "OK", "mkdir", cg+"/v/c")
+	c.expect(t, "OK", "mkdir", cg+"/w")
+	c.expect(t, "OK", "write", cg+"/v/cgroup.procs", pid)
+	c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "+"+ctrl)
+	c.expect(t, "OK", "write", cg+"/v/cgroup.subtree_control", "+"+ctrl)
+
+	// A crash half-way through enabling on w: its processes were moved
+	// into a leaf, the controller never enabled.
+	w2 := c.do(t, "spawn")
+	c.expect(t, "OK", "write", cg+"/w/cgroup.procs", w2)
+	if err := os.Mkdir(filepath.Join(host, "w", leafName), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, filepath.Join(host, "w", leafName, "cgroup.procs"), strconv.Itoa(hostPidOf(t, c, w2)))
+
+	if err := s.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-s.done
+	_ = unix.Unmount(s.mnt, unix.MNT_DETACH)
+
+	s2 := mountView(t, host, "--owner", strconv.Itoa(c.pid()))
+	view := func(p string) string { return readFile(t, s2.path(p)) }
+	// v keeps its leaf (the controller is on), w's is folded back.
+	if got, want := hostCgroupOf(t, hostPid), cgroupPath(l, host)+"/v/"+leafName; got != want {
+		t.Errorf("after restart the process is in %s, want %s", got, want)
+	}
+	if _, err := os.Stat(filepath.Join(host, "w", leafName)); !os.IsNotExist(err) {
+		t.Errorf("w's half-made leaf is still there after restart: %v", err)
+	}
+	if got, want := hostCgroupOf(t, hostPidOf(t, c, w2)), cgroupPath(l, host)+"/w"; got != want {
+		t.Errorf("w's process is in %s after restart, want %s", got, want)
+	}
+	if got := strings.Fields(view("v/cgroup.procs")); !slices.Equal(got, []string{strconv.Itoa(hostPid)}) {
+		t.Errorf("v/cgroup.procs after restart = %v, want [%d]", got, hostPid)
+	}
+	if names := names(t, s2.path("v")); slices.Contains(names, leafName) {
+		t.Errorf("the leaf shows after restart: %v", names)
+	}
+	waitFor(t, "the restarted view to serve writes", 10*time.Second, func() bool {
+		return writeFile(s2.path("v/cgroup.subtree_control"), "-"+ctrl) == nil
+	})
+	if got, want := hostCgroupOf(t, hostPid), cgroupPath(l, host)+"/v"; got != want {
+		t.Errorf("after -%s the process is in %s, want %s", ctrl, got, want)
+	}
+}
