@@ -312,6 +312,24 @@ func containerOp(op []string, children *[]*exec.Cmd) string {
 			unix.Close(fd)
 		}
 		return strconv.FormatInt(time.Since(start).Nanoseconds()/int64(max(n, 1)), 10)
+	case "forklimit":
+		cmd := exec.Command("/proc/self/exe", "forklimit", arg(1))
+		cmd.Env = append(os.Environ(), helperEnv+"=1")
+		out, err := cmd.Output()
+		if err != nil {
+			return "exit: " + err.Error()
+		}
+		return strings.TrimSpace(string(out))
+	case "alloc":
+		// A child that moves itself into a cgroup and allocates; answers
+		// how it ended.
+		cmd := exec.Command("/proc/self/exe", "alloc", arg(1), arg(2))
+		cmd.Env = append(os.Environ(), helperEnv+"=1")
+		out, err := cmd.Output()
+		if err != nil {
+			return "exit: " + err.Error()
+		}
+		return strings.TrimSpace(string(out))
 	case "newpidns":
 		// Run the rest as a one-shot helper in a new pid namespace
 		// nested in this one.

@@ -34,6 +34,12 @@ func helperMain(args []string) int {
 	if op == "hold-threads" {
 		return holdThreads(path)
 	}
+	if op == "alloc" && len(args) == 3 {
+		return allocIn(path, args[2])
+	}
+	if op == "forklimit" {
+		return forkLimit(path)
+	}
 	var err error
 	var out string
 	switch op {
@@ -87,6 +93,70 @@ func holdThreads(count string) int {
 	}
 	fmt.Println(strings.Join(all, " "))
 	_, _ = io.Copy(io.Discard, os.Stdin)
+	return 0
+}
+
+// allocIn moves this process into a cgroup (writing 0 to its
+// cgroup.procs) and then touches mb MiB of memory; it prints "survived"
+// if it is not killed.
+func allocIn(procs, mb string) int {
+	if err := writeFile(procs, "0"); err != nil {
+		fmt.Println("move:", err)
+		return 1
+	}
+	n, _ := strconv.Atoi(mb)
+	mem := make([][]byte, 0, n)
+	for range n {
+		b := make([]byte, 1<<20)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		mem = append(mem, b)
+	}
+	fmt.Println("survived", len(mem))
+	return 0
+}
+
+// forkLimit moves this process into cgroup dir, sets its pids.max to
+// what it uses plus 3, and forks until the kernel refuses; it prints
+// "forked N errno".
+func forkLimit(dir string) int {
+	if err := writeFile(dir+"/cgroup.procs", "0"); err != nil {
+		fmt.Println("move:", err)
+		return 1
+	}
+	b, err := os.ReadFile(dir + "/pids.current")
+	if err != nil {
+		fmt.Println("pids.current:", err)
+		return 1
+	}
+	cur, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err := writeFile(dir+"/pids.max", strconv.Itoa(cur+3)); err != nil {
+		fmt.Println("pids.max:", err)
+		return 1
+	}
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	var pids []int
+	defer func() {
+		for _, p := range pids {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+			var ws syscall.WaitStatus
+			_, _ = syscall.Wait4(p, &ws, 0, nil)
+		}
+	}()
+	for range 20 {
+		pid, err := syscall.ForkExec(sleep, []string{"sleep", "100"}, nil)
+		if err != nil {
+			fmt.Println("forked", len(pids), unix.ErrnoName(errnoOf(err)))
+			return 0
+		}
+		pids = append(pids, pid)
+	}
+	fmt.Println("forked", len(pids), "no refusal")
 	return 0
 }
 

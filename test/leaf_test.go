@@ -325,3 +325,62 @@ func TestLeavesSurviveAServerCrash(t *testing.T) {
 		t.Errorf("after -%s the process is in %s, want %s", ctrl, got, want)
 	}
 }
+
+// requireController skips a test on a machine whose cgroup v2 hierarchy
+// lacks a controller (the host lane: only hugetlb is on v2 there); in
+// the VM lane every controller is on v2 and nothing skips.
+func requireController(t *testing.T, l lane, ctrl string) {
+	t.Helper()
+	if !l.controllers[ctrl] {
+		t.Skipf("the %s controller is not on cgroup v2 on this machine (it runs in the VM lane)", ctrl)
+	}
+	enableOnHost(t, l, ctrl)
+}
+
+// TestOOMInALeafIsReportedOnItsCgroup: a process in v's hidden leaf is
+// OOM-killed under v's memory.max; v's memory.events.local shows it
+// (sysbox lost exactly these reports).
+func TestOOMInALeafIsReportedOnItsCgroup(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	requireController(t, l, "memory")
+	host, c, _ := containerWithView(t, l, containerBase)
+	pid := c.do(t, "spawn")
+	c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "+memory")
+	c.expect(t, "OK", "mkdir", cg+"/v")
+	c.expect(t, "OK", "mkdir", cg+"/v/c")
+	c.expect(t, "OK", "write", cg+"/v/cgroup.procs", pid)
+	c.expect(t, "OK", "write", cg+"/v/cgroup.subtree_control", "+memory")
+	c.expect(t, "OK", "write", cg+"/v/memory.max", "33554432")
+	c.expect(t, "OK", "write", cg+"/v/memory.swap.max", "0")
+	if got := c.do(t, "alloc", cg+"/v/cgroup.procs", "128"); !strings.Contains(got, "killed") {
+		t.Fatalf("allocating 128 MiB under a 32 MiB memory.max: %q, want an OOM kill", got)
+	}
+	local := strings.TrimPrefix(c.do(t, "read", cg+"/v/memory.events.local"), "OK")
+	if got := keyedValue(local, "oom_kill"); got == "" || got == "0" {
+		t.Errorf("v/memory.events.local seen by the container has oom_kill %q, want at least 1:\n%s", got, local)
+	}
+	hostLocal := readFile(t, filepath.Join(host, "v/memory.events.local"))
+	t.Logf("host v/memory.events.local (the leaf's kills are not here):\n%s", hostLocal)
+}
+
+// TestPidsMaxEnforcedBelowTheRoot: the view root's pids.max is the
+// parent's; a limit the container sets below is enforced for real.
+func TestPidsMaxEnforcedBelowTheRoot(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	requireController(t, l, "pids")
+	_, c, _ := containerWithView(t, l, containerBase)
+	c.expect(t, "EPERM", "write", cg+"/pids.max", "5")
+	c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "+pids")
+	c.expect(t, "OK", "mkdir", cg+"/v")
+	got := c.do(t, "forklimit", cg+"/v")
+	if !strings.HasPrefix(got, "forked") || !strings.HasSuffix(got, "EAGAIN") {
+		t.Fatalf("forking under pids.max = current+3: %q, want a refusal with EAGAIN", got)
+	}
+	var n int
+	fmt.Sscanf(got, "forked %d", &n)
+	if n < 1 || n > 3 {
+		t.Errorf("forked %d children under pids.max current+3, want 1..3", n)
+	}
+}
