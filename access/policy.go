@@ -30,6 +30,13 @@ const (
 	// cgroup.procs of the common ancestor of its source and destination
 	// cgroups (cgroup-v2.rst, "Delegation Containment"). EACCES.
 	RuleCommonAncestor Rule = "common-ancestor"
+	// RuleV1ReleaseAgent: release_agent and notify_on_release of a v1
+	// hierarchy run programs as host root (CVE-2022-0492); no container
+	// may write them, anywhere. EPERM.
+	RuleV1ReleaseAgent Rule = "v1-release-agent"
+	// RuleV1DevicesAllow: below the view root a container may narrow its
+	// device access (devices.deny), never widen it (devices.allow). EPERM.
+	RuleV1DevicesAllow Rule = "v1-devices-allow"
 	// RuleNotOwner: only the file's owner or a privileged caller may
 	// chmod; only a privileged caller may chown. EPERM.
 	RuleNotOwner Rule = "not-owner"
@@ -66,6 +73,9 @@ type Policy struct {
 	owner []UserNSLink
 	// delegate lists the files writable at the view root.
 	delegate map[string]bool
+	// v1 judges a cgroup v1 hierarchy, which has no containment of its
+	// own in the kernel.
+	v1 bool
 }
 
 // DefaultDelegate is what cgroup v2 lets a delegatee write at its root
@@ -81,6 +91,14 @@ func NewPolicy(owner []UserNSLink, rootWritable []string) *Policy {
 		p.delegate[f] = true
 	}
 	return p
+}
+
+// NewPolicyV1 returns the policy of a cgroup v1 hierarchy of a view
+// owned by owner: at its root only tasks and cgroup.procs may be
+// written; release_agent, notify_on_release and devices.allow are
+// refused (see the rules).
+func NewPolicyV1(owner []UserNSLink) *Policy {
+	return &Policy{owner: owner, v1: true, delegate: map[string]bool{"tasks": true, "cgroup.procs": true}}
 }
 
 // level is how deep a namespace chain is below the server's namespace.
@@ -175,6 +193,14 @@ func (p *Policy) MayWriteFile(c Caller, vpath string, st *unix.Stat_t) error {
 		return err
 	}
 	dir, name := path.Split(vpath)
+	if p.v1 && !p.hostAdmin(c) {
+		switch {
+		case name == "release_agent" || name == "notify_on_release":
+			return refuse(RuleV1ReleaseAgent, unix.EPERM, c)
+		case name == "devices.allow" && dir != "":
+			return refuse(RuleV1DevicesAllow, unix.EPERM, c)
+		}
+	}
 	if dir == "" && !p.delegate[name] && !p.hostAdmin(c) {
 		return refuse(RuleRootLocked, unix.EPERM, c)
 	}

@@ -59,6 +59,32 @@ func TestMayWriteFile(t *testing.T) {
 	}
 }
 
+func TestV1Rules(t *testing.T) {
+	p := NewPolicyV1(ownerChain)
+	root := Caller{UserNS: ownerChain, CapEff: admin, Uid: 100000}
+	host := Caller{UserNS: hostChain, CapEff: admin}
+	for _, c := range []struct {
+		name   string
+		caller Caller
+		path   string
+		rule   Rule
+	}{
+		{"release_agent at the root", root, "release_agent", RuleV1ReleaseAgent},
+		{"notify_on_release below", root, "a/notify_on_release", RuleV1ReleaseAgent},
+		{"devices.allow below", root, "a/devices.allow", RuleV1DevicesAllow},
+		{"devices.allow at the root", root, "devices.allow", RuleRootLocked},
+		{"devices.deny below", root, "a/devices.deny", ""},
+		{"memory.limit_in_bytes at the root", root, "memory.limit_in_bytes", RuleRootLocked},
+		{"freezer.state at the root", root, "freezer.state", RuleRootLocked},
+		{"tasks at the root", root, "tasks", ""},
+		{"cgroup.procs at the root", root, "cgroup.procs", ""},
+		{"memory.limit_in_bytes below", root, "a/memory.limit_in_bytes", ""},
+		{"host root, release_agent", host, "release_agent", ""},
+	} {
+		checkRule(t, c.name, p.MayWriteFile(c.caller, c.path, &fileStat), c.rule)
+	}
+}
+
 func checkRule(t *testing.T, name string, err error, rule Rule) {
 	t.Helper()
 	if rule == "" {
@@ -72,7 +98,8 @@ func checkRule(t *testing.T, name string, err error, rule Rule) {
 		t.Errorf("%s: %v, want refusal by %s", name, err, rule)
 		return
 	}
-	want := map[Rule]error{RuleOutsider: unix.EACCES, RuleMode: unix.EACCES, RuleRootLocked: unix.EPERM, RuleNotOwner: unix.EPERM}[rule]
+	want := map[Rule]error{RuleOutsider: unix.EACCES, RuleMode: unix.EACCES, RuleRootLocked: unix.EPERM, RuleNotOwner: unix.EPERM,
+		RuleV1ReleaseAgent: unix.EPERM, RuleV1DevicesAllow: unix.EPERM}[rule]
 	if !errors.Is(err, want) {
 		t.Errorf("%s: errno %v, want %v", name, r.Errno, want)
 	}

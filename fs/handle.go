@@ -18,9 +18,11 @@ import (
 // handle is one open of a control file: a host fd opened for this open
 // alone, so the host sees one open file per container open, as natively.
 type handle struct {
-	f     *os.File
-	m     *mount
-	vpath string
+	f      *os.File
+	m      *mount
+	view   *translate.View
+	policy *access.Policy
+	vpath  string
 	// readOnly opens are handed to the kernel (FUSE passthrough): reads
 	// then go straight to the host file at native speed. Writes always
 	// come through Write, so every host refusal is logged here.
@@ -61,7 +63,7 @@ var _ = (gofs.FileReader)((*handle)(nil))
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	if h.render {
 		if off == 0 || h.rendered == nil {
-			b, err := h.m.view.Render(h.vpath, h.f, h.reader)
+			b, err := h.view.Render(h.vpath, h.f, h.reader)
 			if err != nil {
 				return nil, h.m.errno(ctx, "read", h.vpath, err)
 			}
@@ -91,7 +93,7 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 		h.m.count.Operation("write", "ok")
 		return uint32(len(data)), 0
 	}
-	n, err := h.m.view.Write(h.vpath, h.f, data)
+	n, err := h.view.Write(h.vpath, h.f, data)
 	if err != nil {
 		return 0, h.m.errno(ctx, "write", h.vpath, err)
 	}
@@ -115,7 +117,7 @@ func (h *handle) writePid(ctx context.Context, data []byte) error {
 	if err != nil {
 		return access.ErrGone
 	}
-	tid, from, err := h.m.view.ResolveWrite(writer, n, h.migrate == migrateThreads)
+	tid, from, err := h.view.ResolveWrite(writer, n, h.migrate == migrateThreads)
 	if err != nil {
 		return &translate.Error{Op: "write", Path: h.vpath, Data: shorten(data), Err: err}
 	}
@@ -123,13 +125,13 @@ func (h *handle) writePid(ctx context.Context, data []byte) error {
 	if to == "." {
 		to = ""
 	}
-	err = h.m.policy.MayMigrate(h.opener, from, to, func(cgroup string) (unix.Stat_t, error) {
-		return h.m.view.Stat(translate.Join(cgroup, "cgroup.procs"))
+	err = h.policy.MayMigrate(h.opener, from, to, func(cgroup string) (unix.Stat_t, error) {
+		return h.view.Stat(translate.Join(cgroup, "cgroup.procs"))
 	})
 	if err != nil {
 		return err
 	}
-	return h.m.view.WritePid(h.vpath, tid)
+	return h.view.WritePid(h.vpath, tid)
 }
 
 var _ = (gofs.FileReleaser)((*handle)(nil))

@@ -18,10 +18,25 @@ import (
 	"github.com/cgfs/cgfs/translate"
 )
 
+// Hierarchy is one cgroup hierarchy a mount serves, with the policy
+// that judges its callers.
+type Hierarchy struct {
+	// Name is its directory below the mount root, as on the host
+	// ("memory", "cpu,cpuacct", "unified"); "" serves it at the root.
+	Name   string
+	View   *translate.View
+	Policy *access.Policy
+}
+
 // Config is what one mount serves and how it judges callers.
 type Config struct {
-	View       *translate.View
-	Policy     *access.Policy
+	// Hierarchies: one named "" is the whole mount (a cgroup v2 view);
+	// otherwise each is a directory of a read-only root, as the host
+	// lays out /sys/fs/cgroup on a v1 or hybrid machine.
+	Hierarchies []Hierarchy
+	// Symlinks are the host's links between hierarchy names (cpu ->
+	// cpu,cpuacct), shown in the root beside them.
+	Symlinks   map[string]string
 	Identifier *access.Identifier
 	// Pids identifies the pid namespaces of writers of cgroup.procs.
 	Pids *translate.Pids
@@ -35,12 +50,10 @@ type Config struct {
 // mount is the state of one mount, shared by its nodes. Nothing in it is
 // shared with other mounts.
 type mount struct {
-	view   *translate.View
-	policy *access.Policy
-	ident  *access.Identifier
-	pids   *translate.Pids
-	count  *metrics.View
-	log    *slog.Logger
+	ident *access.Identifier
+	pids  *translate.Pids
+	count *metrics.View
+	log   *slog.Logger
 	// passthrough is set once the kernel accepted a backing file: then
 	// read-only opens are served by FUSE passthrough instead of DIRECT_IO.
 	passthrough atomic.Bool
@@ -55,15 +68,33 @@ var (
 	negativeTimeout = time.Duration(0)
 )
 
-// Mount serves cfg.View at dir. It returns once the mount is live; the
-// caller waits on the server and unmounts it.
+// hierarchy is a served hierarchy and the inode of its root.
+type hierarchy struct {
+	view   *translate.View
+	policy *access.Policy
+	root   *gofs.Inode
+}
+
+// Mount serves cfg's hierarchies at dir. It returns once the mount is
+// live; the caller waits on the server and unmounts it.
 func Mount(dir string, cfg Config) (*fuse.Server, error) {
-	st, err := cfg.View.Stat("")
+	if len(cfg.Hierarchies) == 0 {
+		return nil, errors.New("nothing to serve")
+	}
+	st, err := cfg.Hierarchies[0].View.Stat("")
 	if err != nil {
 		return nil, err
 	}
-	m := &mount{view: cfg.View, policy: cfg.Policy, ident: cfg.Identifier, pids: cfg.Pids, count: cfg.Metrics, log: cfg.Log}
-	root := &node{m: m}
+	m := &mount{ident: cfg.Identifier, pids: cfg.Pids, count: cfg.Metrics, log: cfg.Log}
+	var root gofs.InodeEmbedder
+	if len(cfg.Hierarchies) == 1 && cfg.Hierarchies[0].Name == "" {
+		h := cfg.Hierarchies[0]
+		n := &node{m: m, h: &hierarchy{view: h.View, policy: h.Policy}}
+		n.h.root = &n.Inode
+		root = n
+	} else {
+		root = &layoutRoot{m: m, hierarchies: cfg.Hierarchies, symlinks: cfg.Symlinks, attr: st}
+	}
 	opts := &gofs.Options{
 		MountOptions: fuse.MountOptions{
 			DirectMount: true,
@@ -80,11 +111,16 @@ func Mount(dir string, cfg Config) (*fuse.Server, error) {
 		NegativeTimeout: &negativeTimeout,
 		RootStableAttr:  &gofs.StableAttr{Mode: unix.S_IFDIR, Ino: st.Ino},
 	}
+	if _, ok := root.(*layoutRoot); ok {
+		// Hierarchy inode numbers carry a base (translate.ViewConfig)
+		// and never meet 1.
+		opts.RootStableAttr.Ino = 1
+	}
 	server, err := gofs.Mount(dir, root, opts)
 	if err != nil {
 		return nil, err
 	}
-	m.passthrough.Store(probePassthrough(server, cfg.View))
+	m.passthrough.Store(probePassthrough(server, cfg.Hierarchies[0].View))
 	return server, nil
 }
 
@@ -93,7 +129,7 @@ func Mount(dir string, cfg Config) (*fuse.Server, error) {
 // an open answered without FOPEN_DIRECT_IO and without passthrough would
 // be served stale from the page cache.
 func probePassthrough(server *fuse.Server, v *translate.View) bool {
-	f, err := v.Open("cgroup.procs", unix.O_RDONLY)
+	f, err := v.Open("cgroup.procs", unix.O_RDONLY) // every hierarchy has it
 	if err != nil {
 		return false
 	}

@@ -14,18 +14,20 @@ import (
 	"github.com/cgfs/cgfs/translate"
 )
 
-// node is one cgroup directory or control file of a view. Its identity
-// is the host inode; its virtual path comes from its place in the tree.
+// node is one cgroup directory or control file of a hierarchy. Its
+// identity is the host inode (as the view shows it); its virtual path
+// comes from its place below the hierarchy's root.
 type node struct {
 	gofs.Inode
 	m *mount
+	h *hierarchy
 }
 
-func (n *node) vpath() string { return n.Path(n.Root()) }
+func (n *node) vpath() string { return n.Path(n.h.root) }
 
 func (n *node) child(ctx context.Context, st *unix.Stat_t, out *fuse.EntryOut) *gofs.Inode {
 	fillAttr(&out.Attr, st)
-	return n.NewInode(ctx, &node{m: n.m}, gofs.StableAttr{Mode: st.Mode & unix.S_IFMT, Ino: st.Ino})
+	return n.NewInode(ctx, &node{m: n.m, h: n.h}, gofs.StableAttr{Mode: st.Mode & unix.S_IFMT, Ino: st.Ino})
 }
 
 var _ = (gofs.NodeLookuper)((*node)(nil))
@@ -34,7 +36,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	if errno := n.maySee(ctx, "lookup"); errno != 0 {
 		return nil, errno
 	}
-	st, err := n.m.view.Lookup(n.vpath(), name)
+	st, err := n.h.view.Lookup(n.vpath(), name)
 	if err != nil {
 		// ENOENT is the everyday answer to a lookup; not worth a log line.
 		if errors.Is(err, unix.ENOENT) {
@@ -51,7 +53,7 @@ func (n *node) Getattr(ctx context.Context, _ gofs.FileHandle, out *fuse.AttrOut
 	if errno := n.maySee(ctx, "getattr"); errno != 0 {
 		return errno
 	}
-	st, err := n.m.view.Stat(n.vpath())
+	st, err := n.h.view.Stat(n.vpath())
 	if err != nil {
 		return n.m.errno(ctx, "getattr", n.vpath(), err)
 	}
@@ -75,17 +77,17 @@ func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 	errno := n.check(ctx, "setattr", func(c access.Caller, st *unix.Stat_t) error {
 		if setSize && fh == nil {
 			// truncate(2) by path needs write permission, like an open.
-			if err := n.m.policy.MayWriteFile(c, vp, st); err != nil {
+			if err := n.h.policy.MayWriteFile(c, vp, st); err != nil {
 				return err
 			}
 		}
 		if setMode || setA || setM {
-			if err := n.m.policy.MayChmod(c, vp, st); err != nil {
+			if err := n.h.policy.MayChmod(c, vp, st); err != nil {
 				return err
 			}
 		}
 		if setUID || setGID {
-			return n.m.policy.MayChown(c, vp, st)
+			return n.h.policy.MayChown(c, vp, st)
 		}
 		return nil
 	})
@@ -93,7 +95,7 @@ func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 		return errno
 	}
 	if setMode {
-		if err := n.m.view.Chmod(vp, mode&0o7777); err != nil {
+		if err := n.h.view.Chmod(vp, mode&0o7777); err != nil {
 			return n.m.errno(ctx, "chmod", vp, err)
 		}
 	}
@@ -105,7 +107,7 @@ func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 		if setGID {
 			g = int(gid)
 		}
-		if err := n.m.view.Chown(vp, u, g); err != nil {
+		if err := n.h.view.Chown(vp, u, g); err != nil {
 			return n.m.errno(ctx, "chown", vp, err)
 		}
 	}
@@ -117,7 +119,7 @@ func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 		if setM {
 			ts[1] = unix.NsecToTimespec(mtime.UnixNano())
 		}
-		if err := n.m.view.Utimes(vp, ts); err != nil {
+		if err := n.h.view.Utimes(vp, ts); err != nil {
 			return n.m.errno(ctx, "utimes", vp, err)
 		}
 	}
@@ -129,7 +131,7 @@ var _ = (gofs.NodeReaddirer)((*node)(nil))
 
 func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	vp := n.vpath()
-	entries, err := n.m.view.List(vp)
+	entries, err := n.h.view.List(vp)
 	if err != nil {
 		return nil, n.m.errno(ctx, "readdir", vp, err)
 	}
@@ -154,9 +156,9 @@ func (n *node) Opendir(ctx context.Context) syscall.Errno {
 
 func (n *node) mayRead(ctx context.Context, op string) syscall.Errno {
 	vp := n.vpath()
-	st, err := n.m.view.Stat(vp)
+	st, err := n.h.view.Stat(vp)
 	if err == nil {
-		err = n.m.policy.MayRead(&st, func() (access.Caller, error) { return n.m.caller(ctx) })
+		err = n.h.policy.MayRead(&st, func() (access.Caller, error) { return n.m.caller(ctx) })
 	}
 	if err != nil {
 		return n.m.errno(ctx, op, vp, err)
@@ -167,12 +169,12 @@ func (n *node) mayRead(ctx context.Context, op string) syscall.Errno {
 // maySee refuses callers outside the owner's user namespace; with no
 // possible outsiders it identifies nobody.
 func (n *node) maySee(ctx context.Context, op string) syscall.Errno {
-	if n.m.policy.NoOutsiders() {
+	if n.h.policy.NoOutsiders() {
 		return 0
 	}
 	c, err := n.m.caller(ctx)
 	if err == nil {
-		err = n.m.policy.MaySee(c)
+		err = n.h.policy.MaySee(c)
 	}
 	if err != nil {
 		return n.m.errno(ctx, op, n.vpath(), err)
@@ -188,7 +190,7 @@ func (n *node) check(ctx context.Context, op string, decide func(access.Caller, 
 	if err != nil {
 		return n.m.errno(ctx, op, vp, err)
 	}
-	st, err := n.m.view.Stat(vp)
+	st, err := n.h.view.Stat(vp)
 	if err == nil {
 		err = decide(c, &st)
 	}
@@ -201,7 +203,7 @@ func (n *node) check(ctx context.Context, op string, decide func(access.Caller, 
 // mayChangeEntries allows mkdir, rmdir and rename in this directory.
 func (n *node) mayChangeEntries(ctx context.Context, op string) syscall.Errno {
 	return n.check(ctx, op, func(c access.Caller, st *unix.Stat_t) error {
-		return n.m.policy.MayChangeEntries(c, st)
+		return n.h.policy.MayChangeEntries(c, st)
 	})
 }
 
@@ -212,12 +214,12 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	var creator access.Caller
 	errno := n.check(ctx, "mkdir", func(c access.Caller, st *unix.Stat_t) error {
 		creator = c
-		return n.m.policy.MayChangeEntries(c, st)
+		return n.h.policy.MayChangeEntries(c, st)
 	})
 	if errno != 0 {
 		return nil, errno
 	}
-	st, err := n.m.view.Mkdir(vp, name, mode, creator.Uid, creator.Gid)
+	st, err := n.h.view.Mkdir(vp, name, mode, creator.Uid, creator.Gid)
 	if err != nil {
 		return nil, n.m.errno(ctx, "mkdir", join(vp, name), err)
 	}
@@ -232,7 +234,7 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if errno := n.mayChangeEntries(ctx, "rmdir"); errno != 0 {
 		return errno
 	}
-	if err := n.m.view.Rmdir(vp, name); err != nil {
+	if err := n.h.view.Rmdir(vp, name); err != nil {
 		return n.m.errno(ctx, "rmdir", join(vp, name), err)
 	}
 	n.m.count.Operation("rmdir", "ok")
@@ -246,13 +248,16 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if errno := n.mayChangeEntries(ctx, "rename"); errno != 0 {
 		return errno
 	}
-	np := newParent.EmbeddedInode()
-	if other, ok := newParent.(*node); ok && other != n {
+	other, ok := newParent.(*node)
+	if !ok || other.h != n.h {
+		return syscall.EXDEV // another hierarchy
+	}
+	if other != n {
 		if errno := other.mayChangeEntries(ctx, "rename"); errno != 0 {
 			return errno
 		}
 	}
-	if err := n.m.view.Rename(vp, name, np.Path(np.Root()), newName, uint(flags)); err != nil {
+	if err := n.h.view.Rename(vp, name, other.vpath(), newName, uint(flags)); err != nil {
 		return n.m.errno(ctx, "rename", join(vp, name), err)
 	}
 	return 0
@@ -296,7 +301,7 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 var _ = (gofs.NodeStatfser)((*node)(nil))
 
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
-	st, err := n.m.view.Host().Statfs()
+	st, err := n.h.view.Host().Statfs()
 	if err != nil {
 		return n.m.errno(ctx, "statfs", n.vpath(), err)
 	}
@@ -321,22 +326,22 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		// not in Write.
 		errno := n.check(ctx, "open", func(c access.Caller, st *unix.Stat_t) error {
 			opener = c
-			return n.m.policy.MayWriteFile(c, vp, st)
+			return n.h.policy.MayWriteFile(c, vp, st)
 		})
 		if errno != 0 {
 			return nil, 0, errno
 		}
 	}
-	f, err := n.m.view.Open(vp, int(flags))
+	f, err := n.h.view.Open(vp, int(flags))
 	if err != nil {
 		return nil, 0, n.m.errno(ctx, "open", vp, err)
 	}
 	if acc == syscall.O_RDONLY || acc == syscall.O_RDWR {
 		// Opening a control file has no effect on the host; the mode of
 		// the file just opened decides whether the caller may read it.
-		st, err := n.m.view.Fstat(f)
+		st, err := n.h.view.Fstat(f)
 		if err == nil {
-			err = n.m.policy.MayRead(&st, func() (access.Caller, error) { return n.m.caller(ctx) })
+			err = n.h.policy.MayRead(&st, func() (access.Caller, error) { return n.m.caller(ctx) })
 		}
 		if err != nil {
 			f.Close()
@@ -344,14 +349,14 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		}
 	}
 	ro := acc == syscall.O_RDONLY
-	h := &handle{f: f, m: n.m, vpath: vp, readOnly: ro, opener: opener}
+	h := &handle{f: f, m: n.m, view: n.h.view, policy: n.h.policy, vpath: vp, readOnly: ro, opener: opener}
 	switch path.Base(vp) {
 	case "cgroup.procs":
 		h.migrate = migrateProcs
-	case "cgroup.threads":
+	case "cgroup.threads", "tasks": // v1's tasks moves one thread
 		h.migrate = migrateThreads
 	}
-	if acc != syscall.O_WRONLY && n.m.view.Rendered(vp) {
+	if acc != syscall.O_WRONLY && n.h.view.Rendered(vp) {
 		// cgfs computes this file's content (pids in the reader's
 		// namespace, hidden leaves merged or left out): never
 		// passthrough.

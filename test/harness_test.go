@@ -110,8 +110,9 @@ func skip(t testing.TB, reason string) {
 // lane describes the machine the suite runs on, read from the machine
 // itself: where cgroup2 is mounted and which controllers it offers.
 type lane struct {
-	cgroup2     string          // cgroup2 mount point
-	controllers map[string]bool // available at the cgroup2 root
+	cgroup2     string            // cgroup2 mount point
+	controllers map[string]bool   // available at the cgroup2 root
+	v1          map[string]string // v1 hierarchy name -> mount point
 }
 
 func detectLane(t testing.TB) lane {
@@ -121,10 +122,13 @@ func detectLane(t testing.TB) lane {
 		t.Fatal(err)
 	}
 	var l lane
+	l.v1 = map[string]string{}
 	for _, m := range mounts {
-		if m.FSType == "cgroup2" && m.Root == "/" {
+		if m.FSType == "cgroup2" && m.Root == "/" && l.cgroup2 == "" {
 			l.cgroup2 = m.MountPoint
-			break
+		}
+		if m.FSType == "cgroup" && m.Root == "/" {
+			l.v1[filepath.Base(m.MountPoint)] = m.MountPoint
 		}
 	}
 	if l.cgroup2 == "" {
@@ -143,8 +147,14 @@ var cgroupSeq atomic.Int64
 // removes it (and everything below) when the test ends, pass or fail.
 func newCgroup(t testing.TB, l lane) string {
 	t.Helper()
+	return newCgroupIn(t, l.cgroup2)
+}
+
+// newCgroupIn creates a test cgroup below the hierarchy root dir.
+func newCgroupIn(t testing.TB, root string) string {
+	t.Helper()
 	name := fmt.Sprintf("cgfs-test-%s-%d-%d", sanitize(t.Name()), os.Getpid(), cgroupSeq.Add(1))
-	dir := filepath.Join(l.cgroup2, name)
+	dir := filepath.Join(root, name)
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -209,8 +219,11 @@ type server struct {
 func mountView(t testing.TB, hostDir string, extra ...string) *server {
 	t.Helper()
 	mnt := publicDir(t)
-	args := append([]string{"mount", "--cgroup", hostDir}, extra...)
-	args = append(args, mnt)
+	args := []string{"mount"}
+	if hostDir != "" {
+		args = append(args, "--cgroup", hostDir)
+	}
+	args = append(append(args, extra...), mnt)
 	s := &server{cmd: exec.Command(cgfsBin, args...), mnt: mnt, log: &lockedBuffer{}, done: make(chan struct{})}
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	if err := s.cmd.Start(); err != nil {

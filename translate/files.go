@@ -27,6 +27,7 @@ var controlFiles = []controlFile{
 	// resolving the pid and moving it).
 	{match: named("cgroup.procs"), render: renderTasks("cgroup.procs")},
 	{match: named("cgroup.threads"), render: renderTasks("cgroup.threads")},
+	{match: named("tasks"), render: renderTasks("tasks")}, // v1
 	// Hidden leaves appear and disappear with domain controllers.
 	{match: named("cgroup.subtree_control"), write: (*View).writeSubtreeControl},
 	// Descendant counts do not count hidden leaves.

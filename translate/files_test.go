@@ -26,7 +26,7 @@ func fakeWithLeaf(t *testing.T) (*View, string) {
 	write(filepath.Join(dir, "a/memory.events.local"), "low 0\nhigh 2\nmax 1\noom 0\noom_kill 0\noom_group_kill 0\n")
 	write(filepath.Join(leaf, "memory.events.local"), "low 0\nhigh 1\nmax 0\noom 1\noom_kill 1\noom_group_kill 0\n")
 	write(filepath.Join(dir, "cgroup.stat"), "nr_descendants 3\nnr_dying_descendants 0\n")
-	return NewView(h, nil, nil), dir
+	return NewView(h, ViewConfig{}), dir
 }
 
 func render(t *testing.T, v *View, vpath string) string {

@@ -41,10 +41,13 @@ func (e *Error) Unwrap() error { return e.Err }
 type Host struct {
 	root *os.File // O_PATH directory fd of the delegated host cgroup
 	dir  string   // for messages only; never used to resolve names
-	// cgroupPath is the root's path in its cgroup2 hierarchy, as
+	// cgroupPath is the root's path in its hierarchy, as
 	// /proc/PID/cgroup shows it to the server ("/a/b"); empty for a
 	// directory that is not a cgroup.
 	cgroupPath string
+	// controllers is the hierarchy's field in /proc/PID/cgroup lines:
+	// "" for cgroup v2, "memory", "cpu,cpuacct", "name=systemd" for v1.
+	controllers string
 }
 
 // OpenHost opens dir as the root of all later host access. The fd is held

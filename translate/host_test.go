@@ -193,7 +193,7 @@ func TestValidName(t *testing.T) {
 
 func TestViewRefusesOddNamesWithoutTouchingHost(t *testing.T) {
 	h, dir := openFake(t)
-	v := NewView(h, nil, nil)
+	v := NewView(h, ViewConfig{})
 	before, _ := os.ReadDir(dir)
 	for _, name := range []string{"..", "a\nb", strings.Repeat("y", 300), "x/y"} {
 		if _, err := v.Mkdir("", name, 0o755, 0, 0); err == nil {
@@ -211,7 +211,7 @@ func TestViewRefusesOddNamesWithoutTouchingHost(t *testing.T) {
 
 func TestOpenDropsCreate(t *testing.T) {
 	h, dir := openFake(t)
-	v := NewView(h, nil, nil)
+	v := NewView(h, ViewConfig{})
 	if _, err := v.Open("a/nothere", unix.O_WRONLY|unix.O_CREAT); !errors.Is(err, unix.ENOENT) {
 		t.Errorf("Open(O_CREAT) of a missing file = %v, want ENOENT", err)
 	}

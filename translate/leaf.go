@@ -173,6 +173,9 @@ func shortData(b []byte) string {
 // as after a server restart that interrupted a leaf operation. Leaves
 // whose cgroup still enables domain controllers stay.
 func (v *View) Reconcile() error {
+	if v.v1 {
+		return nil // no leaves on v1: no internal-process rule there
+	}
 	defer v.migrations.lock()()
 	return v.walk("", func(vdir string) error {
 		return v.fold(v.hostPath(vdir))

@@ -97,19 +97,21 @@ func (p *Pids) seenBy(t Task, r Reader) (int, bool) {
 	return t.NSpid[r.Level], true
 }
 
-// cgroupOf returns the cgroup2 path of host task tid, as the server's
-// cgroup namespace shows it.
-func (p *Pids) cgroupOf(tid int) (string, error) {
+// cgroupOf returns host task tid's cgroup path in the hierarchy whose
+// /proc/PID/cgroup field is controllers ("" for cgroup v2), as the
+// server's cgroup namespace shows it.
+func (p *Pids) cgroupOf(tid int, controllers string) (string, error) {
 	b, err := os.ReadFile(p.proc + "/" + strconv.Itoa(tid) + "/cgroup")
 	if err != nil {
 		return "", err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if path, ok := strings.CutPrefix(line, "0::"); ok {
-			return path, nil
+		f := strings.SplitN(line, ":", 3)
+		if len(f) == 3 && f[1] == controllers && (controllers != "" || f[0] == "0") {
+			return f[2], nil
 		}
 	}
-	return "", fmt.Errorf("task %d has no cgroup2 line", tid)
+	return "", fmt.Errorf("task %d has no line for hierarchy %q", tid, controllers)
 }
 
 // ParsePid parses what a writer wrote to cgroup.procs or cgroup.threads
@@ -201,7 +203,7 @@ func (v *View) findInSubtree(w Reader, n int) (int, error) {
 // virtualCgroupOf returns the virtual path of host task tid's cgroup, or
 // ENOENT if the task is outside the view.
 func (v *View) virtualCgroupOf(tid int) (string, error) {
-	path, err := v.pids.cgroupOf(tid)
+	path, err := v.pids.cgroupOf(tid, v.host.controllers)
 	if err != nil {
 		return "", errNoSuchPid
 	}
@@ -223,7 +225,7 @@ func (v *View) virtualCgroupOf(tid int) (string, error) {
 // Tasks lists the host tids of every task in the virtual cgroup vpath
 // and below.
 func (v *View) Tasks(vpath string) ([]int, error) {
-	f, err := v.host.Open(Join(v.hostPath(vpath), "cgroup.threads"), unix.O_RDONLY)
+	f, err := v.host.Open(Join(v.hostPath(vpath), v.tasksFile()), unix.O_RDONLY)
 	if err != nil {
 		return nil, err
 	}
@@ -325,4 +327,13 @@ func parseIDs(b []byte) []int {
 		ids = append(ids, n)
 	}
 	return ids
+}
+
+// tasksFile lists every thread of a cgroup: cgroup.threads on v2, tasks
+// on v1.
+func (v *View) tasksFile() string {
+	if v.v1 {
+		return "tasks"
+	}
+	return "cgroup.threads"
 }

@@ -19,15 +19,31 @@ type View struct {
 	ids              *user.IdentityMapping
 	rootUID, rootGID uint32 // host ids of the owner namespace's root
 	pids             *Pids  // nil: pids are not translated (fake hosts)
+	v1               bool
+	inoBase          uint64
 	migrations       migrations
 }
 
-// NewView returns the view of host as seen from a user namespace with id
-// maps ids (nil: the host's own), with pids read through pids.
-func NewView(host *Host, ids *user.IdentityMapping, pids *Pids) *View {
-	v := &View{host: host, ids: ids, pids: pids}
-	if ids != nil {
-		u, g := ids.RootPair()
+// ViewConfig is how a view shows its host hierarchy.
+type ViewConfig struct {
+	// IDs are the owner user namespace's id maps; nil shows host ids.
+	IDs *user.IdentityMapping
+	// Pids reads and caches task identities; nil serves no pid files
+	// (fake hierarchies in unit tests).
+	Pids *Pids
+	// V1 marks a cgroup v1 hierarchy: tasks files, no hidden leaves,
+	// cpuset children set up so tasks can join.
+	V1 bool
+	// InoBase is added to every inode number, so that hierarchies
+	// served side by side (whose numbers may collide) never share one.
+	InoBase uint64
+}
+
+// NewView returns the view of host as cfg says.
+func NewView(host *Host, cfg ViewConfig) *View {
+	v := &View{host: host, ids: cfg.IDs, pids: cfg.Pids, v1: cfg.V1, inoBase: cfg.InoBase}
+	if cfg.IDs != nil {
+		u, g := cfg.IDs.RootPair()
 		v.rootUID, v.rootGID = uint32(u), uint32(g)
 	}
 	return v
@@ -37,8 +53,12 @@ func NewView(host *Host, ids *user.IdentityMapping, pids *Pids) *View {
 // root owns appears owned by the owner namespace's root, so `ls -l`
 // inside shows root, not nobody.
 func (v *View) show(st unix.Stat_t, err error) (unix.Stat_t, error) {
-	if err != nil || v.ids == nil {
+	if err != nil {
 		return st, err
+	}
+	st.Ino += v.inoBase
+	if v.ids == nil {
+		return st, nil
 	}
 	if st.Uid == 0 {
 		st.Uid = v.rootUID
@@ -90,6 +110,7 @@ func (v *View) List(vpath string) ([]Entry, error) {
 	out := entries[:0]
 	for _, e := range entries {
 		if e.Name != LeafName {
+			e.Ino += v.inoBase
 			out = append(out, e)
 		}
 	}
@@ -122,6 +143,11 @@ func (v *View) Mkdir(dir, name string, mode, uid, gid uint32) (unix.Stat_t, erro
 		return unix.Stat_t{}, err
 	}
 	hp := v.hostPath(Join(dir, name))
+	if v.v1 {
+		if err := v.cloneCpuset(v.hostPath(dir), hp); err != nil {
+			return unix.Stat_t{}, err
+		}
+	}
 	if uid != 0 || gid != 0 {
 		entries, err := v.host.ReadDir(hp)
 		if err != nil {
@@ -203,4 +229,28 @@ func (v *View) Chown(vpath string, uid, gid int) error {
 // Utimes sets times at vpath.
 func (v *View) Utimes(vpath string, ts []unix.Timespec) error {
 	return v.host.Utimes(v.hostPath(vpath), ts)
+}
+
+// cloneCpuset gives a new v1 cpuset cgroup its parent's cpus and mems:
+// an empty cpuset takes no tasks (ENOSPC), so the container could not
+// use the cgroup it just made (what cgroup.clone_children would do).
+func (v *View) cloneCpuset(parent, child string) error {
+	for _, file := range []string{"cpuset.cpus", "cpuset.mems"} {
+		f, err := v.host.Open(Join(parent, file), unix.O_RDONLY)
+		if err != nil {
+			return nil // not a cpuset hierarchy
+		}
+		val, err := preadAll(f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		if len(val) == 0 || val[0] == '\n' {
+			continue
+		}
+		if _, err := v.writeHost(Join(child, file), val); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -33,10 +33,12 @@ import (
 	"github.com/cgfs/cgfs/translate"
 )
 
-const usage = `usage: cgfs mount --cgroup HOSTDIR [--owner PID] [--metrics ADDR] [--debug] MOUNTPOINT
+const usage = `usage: cgfs mount [--cgroup HOSTDIR] [--owner PID] [--metrics ADDR] [--debug] MOUNTPOINT
 
-Serves the host cgroup v2 directory HOSTDIR at MOUNTPOINT as the root of a
-cgroup tree, until SIGINT or SIGTERM.
+With --cgroup, serves the host cgroup v2 directory HOSTDIR at MOUNTPOINT as
+the root of a cgroup tree. Without it, serves the cgroups of process PID in
+every hierarchy the host mounts, laid out as the host lays out
+/sys/fs/cgroup (v2 only, v1 or hybrid). Runs until SIGINT or SIGTERM.
 `
 
 // usageError is a mistake in how cgfs was called: exit code 2.
@@ -79,20 +81,15 @@ func run(args []string, log *slog.Logger, stderr io.Writer) error {
 		return usageError{"expected one MOUNTPOINT"}
 	}
 	mnt := fl.Arg(0)
-	if *hostDir == "" {
-		return usageError{"--cgroup HOSTDIR is required"}
+	if *hostDir == "" && *ownerPid == 0 {
+		fl.Usage()
+		return usageError{"--cgroup HOSTDIR or --owner PID is required"}
 	}
 
-	host, err := translate.OpenCgroup2(*hostDir)
-	if err != nil {
-		return usageError{fmt.Sprintf("cannot serve %s: %v", *hostDir, err)}
-	}
-	defer host.Close()
 	pids, err := translate.NewPids("/proc")
 	if err != nil {
 		return err
 	}
-
 	var owner *access.Owner
 	if *ownerPid != 0 {
 		owner, err = access.OwnerOf(*ownerPid)
@@ -103,13 +100,59 @@ func run(args []string, log *slog.Logger, stderr io.Writer) error {
 		return err
 	}
 	defer owner.Close()
+
+	var hierarchies []fs.Hierarchy
+	var symlinks map[string]string
+	name := *hostDir
+	if *hostDir != "" {
+		// One cgroup v2 directory, served at the mount root.
+		host, err := translate.OpenCgroup2(*hostDir)
+		if err != nil {
+			return usageError{fmt.Sprintf("cannot serve %s: %v", *hostDir, err)}
+		}
+		defer host.Close()
+		hierarchies = []fs.Hierarchy{{
+			View:   translate.NewView(host, translate.ViewConfig{IDs: owner.IDs, Pids: pids}),
+			Policy: access.NewPolicy(owner.Chain, delegateFiles(log)),
+		}}
+	} else {
+		// The owner's cgroup in every hierarchy the host mounts.
+		layout, err := translate.DiscoverLayout()
+		if err != nil {
+			return err
+		}
+		symlinks = layout.Symlinks
+		for i, h := range layout.Hierarchies {
+			dir, cgPath, err := h.DirOf(*ownerPid)
+			if err != nil {
+				return usageError{fmt.Sprintf("--owner %d: %v", *ownerPid, err)}
+			}
+			host, err := translate.OpenHierarchy(h, dir, cgPath)
+			if err != nil {
+				return err
+			}
+			defer host.Close()
+			cfg := translate.ViewConfig{IDs: owner.IDs, Pids: pids, V1: h.V1}
+			policy := access.NewPolicyV1(owner.Chain)
+			if !h.V1 {
+				policy = access.NewPolicy(owner.Chain, delegateFiles(log))
+			}
+			if h.Name != "" {
+				// Hierarchies side by side: keep their inode numbers apart.
+				cfg.InoBase = uint64(i+1) << 48
+			}
+			hierarchies = append(hierarchies, fs.Hierarchy{Name: h.Name, View: translate.NewView(host, cfg), Policy: policy})
+			log.Info("hierarchy", "name", h.Name, "dir", dir, "v1", h.V1)
+		}
+		name = fmt.Sprintf("owner:%d", *ownerPid)
+	}
 	ident, err := access.NewIdentifier("/proc")
 	if err != nil {
 		return err
 	}
 
 	reg := prometheus.NewRegistry()
-	counts := metrics.New(reg).View(*hostDir)
+	counts := metrics.New(reg).View(name)
 	if *metricsAddr != "" {
 		ln, err := net.Listen("tcp", *metricsAddr)
 		if err != nil {
@@ -126,25 +169,26 @@ func run(args []string, log *slog.Logger, stderr io.Writer) error {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 
-	view := translate.NewView(host, owner.IDs, pids)
 	// Leaves left by an earlier server that are no longer needed are
 	// folded back before anyone looks.
-	if err := view.Reconcile(); err != nil {
-		log.Warn("reconciling hidden leaves", "err", err)
+	for _, h := range hierarchies {
+		if err := h.View.Reconcile(); err != nil {
+			log.Warn("reconciling hidden leaves", "hierarchy", h.Name, "err", err)
+		}
 	}
 	server, err := fs.Mount(mnt, fs.Config{
-		View:       view,
-		Pids:       pids,
-		Metrics:    counts,
-		Policy:     access.NewPolicy(owner.Chain, delegateFiles(log)),
-		Identifier: ident,
-		Log:        log,
-		Debug:      *debug,
+		Hierarchies: hierarchies,
+		Symlinks:    symlinks,
+		Pids:        pids,
+		Metrics:     counts,
+		Identifier:  ident,
+		Log:         log,
+		Debug:       *debug,
 	})
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", mnt, err)
 	}
-	log.Info("serving", "cgroup", *hostDir, "mountpoint", mnt, "owner_userns", owner.Chain[0].NS.Ino)
+	log.Info("serving", "view", name, "mountpoint", mnt, "owner_userns", owner.Chain[0].NS.Ino)
 
 	go func() {
 		s := <-sig

@@ -1,0 +1,88 @@
+package fs
+
+import (
+	"context"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// layoutRoot is the root of a mount on a v1 or hybrid host: one
+// directory per hierarchy, named as on the host, and the host's
+// symlinks between them. Like the tmpfs a host mounts at
+// /sys/fs/cgroup, the container cannot change it.
+type layoutRoot struct {
+	gofs.Inode
+	m           *mount
+	hierarchies []Hierarchy
+	symlinks    map[string]string
+	attr        unix.Stat_t // shown attributes: the first hierarchy root's owner
+}
+
+var _ = (gofs.NodeOnAdder)((*layoutRoot)(nil))
+
+// OnAdd makes the hierarchies' roots and the symlinks. Inode numbers of
+// different hierarchies never collide: each view adds its own base.
+func (r *layoutRoot) OnAdd(ctx context.Context) {
+	for _, h := range r.hierarchies {
+		st, err := h.View.Stat("")
+		if err != nil {
+			r.m.log.Error("hierarchy root", "name", h.Name, "err", err)
+			continue
+		}
+		n := &node{m: r.m, h: &hierarchy{view: h.View, policy: h.Policy}}
+		child := r.NewPersistentInode(ctx, n, gofs.StableAttr{Mode: unix.S_IFDIR, Ino: st.Ino})
+		n.h.root = child
+		r.AddChild(h.Name, child, false)
+	}
+	for name, target := range r.symlinks {
+		link := r.NewPersistentInode(ctx, &gofs.MemSymlink{Data: []byte(target)}, gofs.StableAttr{Mode: unix.S_IFLNK})
+		r.AddChild(name, link, false)
+	}
+}
+
+var _ = (gofs.NodeGetattrer)((*layoutRoot)(nil))
+
+func (r *layoutRoot) Getattr(ctx context.Context, _ gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	fillAttr(&out.Attr, &r.attr)
+	out.Mode = unix.S_IFDIR | 0o755
+	out.Ino = r.StableAttr().Ino
+	return 0
+}
+
+// The root's entries are the host's layout: nothing may be added or
+// removed (EACCES, as the host's root-owned tmpfs answers the container).
+
+var _ = (gofs.NodeMkdirer)((*layoutRoot)(nil))
+
+func (r *layoutRoot) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EACCES
+}
+
+var _ = (gofs.NodeCreater)((*layoutRoot)(nil))
+
+func (r *layoutRoot) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	return nil, nil, 0, syscall.EACCES
+}
+
+var _ = (gofs.NodeRmdirer)((*layoutRoot)(nil))
+
+func (r *layoutRoot) Rmdir(ctx context.Context, name string) syscall.Errno { return syscall.EACCES }
+
+var _ = (gofs.NodeUnlinker)((*layoutRoot)(nil))
+
+func (r *layoutRoot) Unlink(ctx context.Context, name string) syscall.Errno { return syscall.EACCES }
+
+var _ = (gofs.NodeSymlinker)((*layoutRoot)(nil))
+
+func (r *layoutRoot) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EACCES
+}
+
+var _ = (gofs.NodeRenamer)((*layoutRoot)(nil))
+
+func (r *layoutRoot) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	return syscall.EACCES
+}
