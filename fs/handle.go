@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -117,21 +116,11 @@ func (h *handle) writePid(ctx context.Context, data []byte) error {
 	if err != nil {
 		return access.ErrGone
 	}
-	tid, from, err := h.view.ResolveWrite(writer, n, h.migrate == migrateThreads)
-	if err != nil {
-		return &translate.Error{Op: "write", Path: h.vpath, Data: shorten(data), Err: err}
-	}
-	to := path.Dir(h.vpath)
-	if to == "." {
-		to = ""
-	}
-	err = h.policy.MayMigrate(h.opener, from, to, func(cgroup string) (unix.Stat_t, error) {
-		return h.view.Stat(translate.Join(cgroup, "cgroup.procs"))
+	return h.view.Migrate(h.vpath, writer, n, h.migrate == migrateThreads, func(from, to string) error {
+		return h.policy.MayMigrate(h.opener, from, to, func(cgroup string) (unix.Stat_t, error) {
+			return h.view.Stat(translate.Join(cgroup, "cgroup.procs"))
+		})
 	})
-	if err != nil {
-		return err
-	}
-	return h.view.WritePid(h.vpath, tid)
 }
 
 var _ = (gofs.FileReleaser)((*handle)(nil))

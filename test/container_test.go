@@ -312,56 +312,28 @@ func containerOp(op []string, children *[]*exec.Cmd) string {
 			unix.Close(fd)
 		}
 		return strconv.FormatInt(time.Since(start).Nanoseconds()/int64(max(n, 1)), 10)
-	case "forklimit":
-		cmd := exec.Command("/proc/self/exe", "forklimit", arg(1))
-		cmd.Env = append(os.Environ(), helperEnv+"=1")
-		out, err := cmd.Output()
-		if err != nil {
-			return "exit: " + err.Error()
-		}
-		return strings.TrimSpace(string(out))
-	case "alloc":
-		// A child that moves itself into a cgroup and allocates; answers
-		// how it ended.
-		cmd := exec.Command("/proc/self/exe", "alloc", arg(1), arg(2))
-		cmd.Env = append(os.Environ(), helperEnv+"=1")
-		out, err := cmd.Output()
-		if err != nil {
-			return "exit: " + err.Error()
-		}
-		return strings.TrimSpace(string(out))
+	case "forklimit", "alloc":
+		// One-shot helpers that move themselves into a cgroup and then
+		// fork or allocate; they answer how it went.
+		return oneShot(nil, op...)
 	case "newpidns":
 		// Run the rest as a one-shot helper in a new pid namespace
 		// nested in this one.
-		cmd := exec.Command("/proc/self/exe", op[1:]...)
-		cmd.Env = append(os.Environ(), helperEnv+"=1")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
-		out, err := cmd.Output()
-		if err != nil {
-			return "newpidns: " + err.Error()
-		}
-		return strings.TrimSpace(string(out))
-	case "nested", "as":
-		// Run the rest as a one-shot helper: "as UID" runs it as that
-		// user here; "nested UID" runs it as root of a user namespace
-		// nested in this one, root there mapped to UID here.
+		return oneShot(&syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}, op[1:]...)
+	case "as":
+		// Run the rest as a one-shot helper as user UID here.
 		id, _ := strconv.Atoi(arg(1))
-		cmd := exec.Command("/proc/self/exe", op[2:]...)
-		cmd.Env = append(os.Environ(), helperEnv+"=1")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(id), Gid: uint32(id)}}
-		if op[0] == "nested" {
-			cmd.SysProcAttr = &syscall.SysProcAttr{
-				Cloneflags:  syscall.CLONE_NEWUSER,
-				UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: id, Size: 1}},
-				GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: id, Size: 1}},
-				Credential:  &syscall.Credential{Uid: 0, Gid: 0},
-			}
-		}
-		out, err := cmd.Output()
-		if err != nil {
-			return "nested: " + err.Error()
-		}
-		return strings.TrimSpace(string(out))
+		return oneShot(&syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(id), Gid: uint32(id)}}, op[2:]...)
+	case "nested":
+		// Run the rest as root of a user namespace nested in this one,
+		// root there mapped to UID here.
+		id, _ := strconv.Atoi(arg(1))
+		return oneShot(&syscall.SysProcAttr{
+			Cloneflags:  syscall.CLONE_NEWUSER,
+			UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: id, Size: 1}},
+			GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: id, Size: 1}},
+			Credential:  &syscall.Credential{Uid: 0, Gid: 0},
+		}, op[2:]...)
 	}
 	return "unknown op " + op[0]
 }
@@ -378,4 +350,17 @@ func containerWithView(t testing.TB, l lane, base int, extra ...string) (host st
 		t.Fatalf("attach the view in the container: %s", got)
 	}
 	return host, c, s
+}
+
+// oneShot runs helperMain with args in a child process under attr and
+// returns what it printed.
+func oneShot(attr *syscall.SysProcAttr, args ...string) string {
+	cmd := exec.Command("/proc/self/exe", args...)
+	cmd.Env = append(os.Environ(), helperEnv+"=1")
+	cmd.SysProcAttr = attr
+	out, err := cmd.Output()
+	if err != nil {
+		return "exit: " + err.Error() + " " + strings.TrimSpace(string(out))
+	}
+	return strings.TrimSpace(string(out))
 }

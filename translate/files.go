@@ -23,7 +23,7 @@ func named(n string) func(string) bool { return func(s string) bool { return s =
 
 var controlFiles = []controlFile{
 	// Tasks: merged with the hidden leaf, shown in the reader's pid
-	// namespace. Writes go through WritePid (fs needs the policy between
+	// namespace. Writes go through Migrate (fs needs the policy between
 	// resolving the pid and moving it).
 	{match: named("cgroup.procs"), render: renderTasks("cgroup.procs")},
 	{match: named("cgroup.threads"), render: renderTasks("cgroup.threads")},

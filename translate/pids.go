@@ -142,12 +142,12 @@ var errPidOutside = fmt.Errorf("task outside the view: %w", unix.ENOENT)
 // kernel's find_task_by_vpid failing).
 var errNoSuchPid = fmt.Errorf("no such task in the writer's pid namespace: %w", unix.ESRCH)
 
-// ResolveWrite maps number, written by w into cgroup.procs (threads
+// resolveWrite maps number, written by w into cgroup.procs (threads
 // false) or cgroup.threads (true) of this view, to a host task inside the
 // view's subtree. 0 means the writer itself: its thread group for procs,
 // its thread for threads. It returns the host tid to write and the task's
 // current cgroup as a virtual path.
-func (v *View) ResolveWrite(w Reader, number int, threads bool) (hostTid int, from string, err error) {
+func (v *View) resolveWrite(w Reader, number int, threads bool) (hostTid int, from string, err error) {
 	p := v.pids
 	if p == nil || v.host.cgroupPath == "" {
 		return 0, "", errors.New("view has no pid support (no cgroup2 host path)")
@@ -242,7 +242,9 @@ func (v *View) Tasks(vpath string) ([]int, error) {
 	for _, e := range entries {
 		if e.Mode&unix.S_IFMT == unix.S_IFDIR {
 			sub, err := v.Tasks(Join(vpath, e.Name))
-			if err != nil && !errors.Is(err, unix.ENOENT) {
+			// A cgroup removed while we walk is gone (ENOENT) or dying
+			// (its files answer ENODEV): it has no tasks.
+			if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) {
 				return nil, err
 			}
 			out = append(out, sub...)
@@ -251,14 +253,31 @@ func (v *View) Tasks(vpath string) ([]int, error) {
 	return out, nil
 }
 
-// WritePid writes host task tid into the control file vpath (cgroup.procs
+// Migrate carries out a write of number by writer w to the control file
+// vpath (cgroup.procs, cgroup.threads or v1's tasks): it resolves the
+// number to a task in the view (see resolveWrite), asks allow whether the
+// move from the task's cgroup to vpath's may happen, and writes it (see
+// WritePid), all under the view's migration lock so the tree cannot
+// change in between.
+func (v *View) Migrate(vpath string, w Reader, number int, threads bool, allow func(from, to string) error) error {
+	defer v.migrations.lock()()
+	tid, from, err := v.resolveWrite(w, number, threads)
+	if err != nil {
+		return err
+	}
+	if err := allow(from, parentOf(vpath)); err != nil {
+		return err
+	}
+	return v.writePid(vpath, tid)
+}
+
+// writePid writes host task tid into the control file vpath (cgroup.procs
 // or cgroup.threads) on the host. The task is pinned with a pidfd and
 // re-checked to be inside the view after the pin, so a pid reused in
 // between cannot be moved. A process the kernel refuses in H because H
 // enables domain controllers for its children (EBUSY, no internal
-// processes) goes into H's hidden leaf.
-func (v *View) WritePid(vpath string, tid int) error {
-	defer v.migrations.lock()()
+// processes) goes into H's hidden leaf. Callers hold the migration lock.
+func (v *View) writePid(vpath string, tid int) error {
 	pidfd, err := unix.PidfdOpen(tid, unix.PIDFD_THREAD)
 	if err != nil {
 		return &Error{Op: "write", Path: vpath, Data: strconv.Itoa(tid), Err: unix.ESRCH}
