@@ -61,19 +61,19 @@ func NewIdentifier(proc string) (*Identifier, error) {
 
 // Identify returns the credentials of host thread tid, whose fsuid and
 // fsgid (as the FUSE request header gives them) are uid and gid. The
-// thread is pinned with a pidfd before anything is read and checked to
-// be alive after, so a reused tid can never lend its credentials to a
-// request. It costs a handful of syscalls; /proc/TID/status is read
-// only for ThreadGroup, off the hot path.
+// thread is pinned (its /proc directory) before anything is read and
+// checked to be alive after, so a reused tid can never lend its
+// credentials to a request. /proc/TID/status is read only for
+// ThreadGroup, off the hot path.
 func (id *Identifier) Identify(tid int, uid, gid uint32) (Caller, error) {
-	pidfd, err := unix.PidfdOpen(tid, unix.PIDFD_THREAD)
+	pin, err := translate.OpenTaskDir(id.proc, tid)
 	if err != nil {
 		if err == unix.ESRCH {
 			return Caller{}, ErrGone
 		}
-		return Caller{}, fmt.Errorf("pidfd_open %d: %w", tid, err)
+		return Caller{}, fmt.Errorf("pin %d: %w", tid, err)
 	}
-	defer unix.Close(pidfd)
+	defer pin.Close()
 
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3, Pid: int32(tid)}
 	var caps [2]unix.CapUserData
@@ -83,17 +83,15 @@ func (id *Identifier) Identify(tid int, uid, gid uint32) (Caller, error) {
 		}
 		return Caller{}, fmt.Errorf("capget %d: %w", tid, err)
 	}
-	nsfd, err := unix.IoctlRetInt(pidfd, translate.PidfdGetUserNamespace)
+	nsfd, err := pin.Namespace("user")
 	if err != nil {
-		return Caller{}, fmt.Errorf("PIDFD_GET_USER_NAMESPACE of %d: %w", tid, err)
+		return Caller{}, ErrGone
 	}
 	userns, err := userNSChain(nsfd)
 	if err != nil {
 		return Caller{}, err
 	}
-	// Signal 0 checks the pinned thread still exists: if it does, every
-	// read above was about it.
-	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
+	if !pin.Alive() {
 		return Caller{}, ErrGone
 	}
 	return Caller{

@@ -6,7 +6,6 @@ import (
 	"strconv"
 
 	"github.com/moby/sys/user"
-	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/translate"
 )
@@ -24,24 +23,24 @@ type Owner struct {
 	IDs *user.IdentityMapping
 }
 
-// OwnerOf pins host process pid with a pidfd and takes its namespaces
-// and id maps; it fails if the process exits meanwhile.
+// OwnerOf pins host process pid and takes its namespaces and id maps;
+// it fails if the process exits meanwhile.
 func OwnerOf(pid int) (*Owner, error) {
-	pidfd, err := unix.PidfdOpen(pid, 0)
+	pin, err := translate.OpenTaskDir("/proc", pid)
 	if err != nil {
-		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
+		return nil, fmt.Errorf("process %d: %w", pid, err)
 	}
-	defer unix.Close(pidfd)
+	defer pin.Close()
 	o := &Owner{}
-	nsfd, err := unix.IoctlRetInt(pidfd, translate.PidfdGetUserNamespace)
+	nsfd, err := pin.Namespace("user")
 	if err != nil {
-		return nil, fmt.Errorf("user namespace of %d: %w", pid, err)
+		return nil, err
 	}
 	o.UserNS = os.NewFile(uintptr(nsfd), "userns")
-	pidns, err := unix.IoctlRetInt(pidfd, translate.PidfdGetPidNamespace)
+	pidns, err := pin.Namespace("pid")
 	if err != nil {
 		o.Close()
-		return nil, fmt.Errorf("pid namespace of %d: %w", pid, err)
+		return nil, err
 	}
 	o.PidNS = os.NewFile(uintptr(pidns), "pidns")
 	if o.Chain, err = UserNSChainOf(o.UserNS); err != nil {
@@ -62,7 +61,7 @@ func OwnerOf(pid int) (*Owner, error) {
 		}
 		o.IDs = &user.IdentityMapping{UIDMaps: uids, GIDMaps: gids}
 	}
-	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
+	if !pin.Alive() {
 		o.Close()
 		return nil, fmt.Errorf("owner %d exited while being read", pid)
 	}

@@ -1,8 +1,8 @@
 package translate
 
 import (
+	"fmt"
 	"slices"
-	"strconv"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -107,63 +107,91 @@ func (p *Pids) Translate(hostIDs []int, r Reader) []int {
 // load reads a task into the cache (if there is room). chains memoizes
 // namespace chains for one Translate call. Callers hold cache.mu.
 func (p *Pids) load(tid int, chains map[NS][]NS) *cachedTask {
-	pidfd, err := unix.PidfdOpen(tid, unix.PIDFD_THREAD)
+	pin, err := OpenTaskDir(p.proc, tid)
 	if err != nil {
 		return nil
 	}
+	defer pin.Close()
 	t, err := p.task(tid)
 	if err != nil {
-		unix.Close(pidfd)
 		return nil
 	}
-	own, err := NamespaceOf(p.proc, tid, "pid")
+	nsfd, err := pin.Namespace("pid")
 	if err != nil {
-		unix.Close(pidfd)
+		return nil
+	}
+	own, err := NSOf(nsfd)
+	if err != nil {
+		unix.Close(nsfd)
 		return nil
 	}
 	chain, ok := chains[own]
 	if !ok {
-		chain, err = pidNSChain(p.proc+"/"+strconv.Itoa(tid)+"/ns/pid", len(t.NSpid))
+		chain, err = pidNSChain(nsfd, len(t.NSpid)) // takes nsfd
 		if err != nil {
-			unix.Close(pidfd)
 			return nil
 		}
 		chains[own] = chain
+	} else {
+		unix.Close(nsfd)
 	}
-	e := &cachedTask{nspid: t.NSpid, ns: chain, pidfd: pidfd}
 	// The task was pinned before /proc was read: if it is still alive
 	// now, what was read is its own.
-	if unix.PidfdSendSignal(pidfd, 0, nil, 0) != nil {
-		unix.Close(pidfd)
+	if !pin.Alive() {
 		return nil
 	}
+	e := &cachedTask{nspid: t.NSpid, ns: chain, pidfd: -1}
 	c := p.cache
 	if len(c.tasks) >= maxCachedTasks {
-		unix.Close(pidfd)
-		e.pidfd = -1
 		return e
+	}
+	// The kernel tells of the task's exit on a pidfd. PIDFD_THREAD (Linux
+	// 6.9) watches the thread itself; before it, a thread is watched
+	// through its process, so an entry lives until the process exits.
+	pidfd, err := unix.PidfdOpen(tid, unix.PIDFD_THREAD)
+	if err != nil {
+		pidfd, err = unix.PidfdOpen(t.Tgid, 0)
+	}
+	if err != nil {
+		return e // not cached: read again next time
+	}
+	if !pin.Alive() {
+		unix.Close(pidfd)
+		return nil
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(pidfd)}
 	if err := unix.EpollCtl(c.epfd, unix.EPOLL_CTL_ADD, pidfd, &ev); err != nil {
 		unix.Close(pidfd)
-		e.pidfd = -1
 		return e
 	}
+	e.pidfd = pidfd
 	c.tasks[tid] = e
 	c.byFd[int32(pidfd)] = tid
 	return e
 }
 
 // pidNSChain returns the pid namespaces from level 0 (the server's) down
-// to the one of the nsfs file path, which is at level depth-1.
-func pidNSChain(path string, depth int) ([]NS, error) {
+// to the one of nsfd, which is at level depth-1. It closes nsfd.
+func pidNSChain(nsfd, depth int) ([]NS, error) {
 	chain := make([]NS, depth)
+	fd := nsfd
 	for i := depth - 1; i >= 0; i-- {
-		ns, err := ancestorNS(path, depth-1-i)
+		ns, err := NSOf(fd)
 		if err != nil {
+			unix.Close(fd)
 			return nil, err
 		}
 		chain[i] = ns
+		if i == 0 {
+			break
+		}
+		parent, err := unix.IoctlRetInt(fd, NSGetParent)
+		unix.Close(fd)
+		if err != nil {
+			return nil, fmt.Errorf("NS_GET_PARENT: %w", err)
+		}
+		fd = parent
 	}
+	unix.Close(fd)
 	return chain, nil
 }

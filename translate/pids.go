@@ -272,19 +272,22 @@ func (v *View) Migrate(vpath string, w Reader, number int, threads bool, allow f
 }
 
 // writePid writes host task tid into the control file vpath (cgroup.procs
-// or cgroup.threads) on the host. The task is pinned with a pidfd and
-// re-checked to be inside the view after the pin, so a pid reused in
+// or cgroup.threads) on the host. The task is pinned (its /proc
+// directory) and re-checked to be inside the view after the pin, so a pid reused in
 // between cannot be moved. A process the kernel refuses in H because H
 // enables domain controllers for its children (EBUSY, no internal
 // processes) goes into H's hidden leaf. Callers hold the migration lock.
 func (v *View) writePid(vpath string, tid int) error {
-	pidfd, err := unix.PidfdOpen(tid, unix.PIDFD_THREAD)
+	pin, err := OpenTaskDir(v.pids.proc, tid)
 	if err != nil {
 		return &Error{Op: "write", Path: vpath, Data: strconv.Itoa(tid), Err: unix.ESRCH}
 	}
-	defer unix.Close(pidfd)
+	defer pin.Close()
 	if _, err := v.virtualCgroupOf(tid); err != nil {
 		return &Error{Op: "write", Path: vpath, Data: strconv.Itoa(tid), Err: err}
+	}
+	if !pin.Alive() { // the cgroup read above may have been a new task's
+		return &Error{Op: "write", Path: vpath, Data: strconv.Itoa(tid), Err: unix.ESRCH}
 	}
 	dir := v.hostPath(parentOf(vpath))
 	file := path.Base(vpath)
