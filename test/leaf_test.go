@@ -366,14 +366,23 @@ func TestOOMInALeafIsReportedOnItsCgroup(t *testing.T) {
 
 // TestPidsMaxEnforcedBelowTheRoot: the view root's pids.max is the
 // parent's; a limit the container sets below is enforced for real.
+// pids is a threaded controller, and threaded controllers keep the
+// kernel's rules (leaves are only for domain controllers): the root
+// enables memory first, as systemd does in one write, and its processes
+// go to its leaf; v stays a plain domain that takes processes.
 func TestPidsMaxEnforcedBelowTheRoot(t *testing.T) {
 	requireRoot(t)
 	l := detectLane(t)
 	requireController(t, l, "pids")
-	_, c, _ := containerWithView(t, l, containerBase)
+	requireController(t, l, "memory")
+	host, c, _ := containerWithView(t, l, containerBase)
 	c.expect(t, "EPERM", "write", cg+"/pids.max", "5")
-	c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "+pids")
 	c.expect(t, "OK", "mkdir", cg+"/v")
+	c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "+memory +pids")
+	if got, want := hostCgroupOf(t, c.pid()), cgroupPath(l, host)+"/"+leafName; got != want {
+		t.Errorf("after +memory +pids the container init is in %s, want %s", got, want)
+	}
+	c.expect(t, "OKdomain\n", "read", cg+"/v/cgroup.type")
 	got := c.do(t, "forklimit", cg+"/v")
 	if !strings.HasPrefix(got, "forked") || !strings.HasSuffix(got, "EAGAIN") {
 		t.Fatalf("forking under pids.max = current+3: %q, want a refusal with EAGAIN", got)
@@ -383,4 +392,22 @@ func TestPidsMaxEnforcedBelowTheRoot(t *testing.T) {
 	if n < 1 || n > 3 {
 		t.Errorf("forked %d children under pids.max current+3, want 1..3", n)
 	}
+}
+
+// TestThreadedControllersKeepTheKernelsRules: a cgroup with processes
+// that enables only a threaded controller gets no leaf and becomes a
+// thread root, as natively; a threaded child under it works.
+func TestThreadedControllersKeepTheKernelsRules(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	requireController(t, l, "pids")
+	host, c, _ := containerWithView(t, l, containerBase)
+	c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "+pids")
+	if got, want := hostCgroupOf(t, c.pid()), cgroupPath(l, host); got != want {
+		t.Errorf("after +pids alone the container init is in %s, want %s (no leaf)", got, want)
+	}
+	c.expect(t, "OK", "mkdir", cg+"/t")
+	c.expect(t, "OK", "write", cg+"/t/cgroup.type", "threaded")
+	c.expect(t, "OKdomain threaded\n", "read", cg+"/cgroup.type")
+	c.expect(t, "OK", "write", cg+"/t/pids.max", "100")
 }
