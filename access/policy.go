@@ -37,6 +37,10 @@ const (
 	// RuleV1DevicesAllow: below the view root a container may narrow its
 	// device access (devices.deny), never widen it (devices.allow). EPERM.
 	RuleV1DevicesAllow Rule = "v1-devices-allow"
+	// RuleV1EventControl: cgroup.event_control names file descriptors
+	// of the writer, which the kernel would look up in the server's own
+	// fd table; cgfs never writes it for anyone. EPERM.
+	RuleV1EventControl Rule = "v1-event-control"
 	// RuleNotOwner: only the file's owner or a privileged caller may
 	// chmod; only a privileged caller may chown. EPERM.
 	RuleNotOwner Rule = "not-owner"
@@ -193,6 +197,9 @@ func (p *Policy) MayWriteFile(c Caller, vpath string, st *unix.Stat_t) error {
 		return err
 	}
 	dir, name := path.Split(vpath)
+	if p.v1 && name == "cgroup.event_control" {
+		return refuse(RuleV1EventControl, unix.EPERM, c)
+	}
 	if p.v1 && !p.hostAdmin(c) {
 		switch {
 		case name == "release_agent" || name == "notify_on_release":

@@ -80,6 +80,8 @@ func TestV1Rules(t *testing.T) {
 		{"cgroup.procs at the root", root, "cgroup.procs", ""},
 		{"memory.limit_in_bytes below", root, "a/memory.limit_in_bytes", ""},
 		{"host root, release_agent", host, "release_agent", ""},
+		{"cgroup.event_control below", root, "a/cgroup.event_control", RuleV1EventControl},
+		{"host root, cgroup.event_control", host, "a/cgroup.event_control", RuleV1EventControl},
 	} {
 		checkRule(t, c.name, p.MayWriteFile(c.caller, c.path, &fileStat), c.rule)
 	}
@@ -99,7 +101,7 @@ func checkRule(t *testing.T, name string, err error, rule Rule) {
 		return
 	}
 	want := map[Rule]error{RuleOutsider: unix.EACCES, RuleMode: unix.EACCES, RuleRootLocked: unix.EPERM, RuleNotOwner: unix.EPERM,
-		RuleV1ReleaseAgent: unix.EPERM, RuleV1DevicesAllow: unix.EPERM}[rule]
+		RuleV1ReleaseAgent: unix.EPERM, RuleV1DevicesAllow: unix.EPERM, RuleV1EventControl: unix.EPERM}[rule]
 	if !errors.Is(err, want) {
 		t.Errorf("%s: errno %v, want %v", name, r.Errno, want)
 	}

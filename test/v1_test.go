@@ -170,6 +170,7 @@ func TestV1Refusals(t *testing.T) {
 		attack{"notify_on_release at the root", "EPERM", []string{"write", cg + "/memory/notify_on_release", "1"}},
 		attack{"notify_on_release below", "EPERM", []string{"write", cg + "/memory/child/notify_on_release", "1"}},
 		attack{"devices.allow below the root", "EPERM", []string{"write", cg + "/devices/child/devices.allow", "a"}},
+		attack{"cgroup.event_control (server fds)", "EPERM", []string{"write", cg + "/memory/child/cgroup.event_control", "3 4 1"}},
 		attack{"a host pid into tasks", "ESRCH", []string{"write", cg + "/memory/child/tasks", strconv.Itoa(hostSleeper.Process.Pid)}},
 		attack{"a host pid into cgroup.procs", "ESRCH", []string{"write", cg + "/pids/child/cgroup.procs", strconv.Itoa(hostSleeper.Process.Pid)}},
 		attack{"a non-root user makes a cgroup", "EACCES", []string{"as", "1000", "mkdir", cg + "/memory/child/sub"}},

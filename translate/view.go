@@ -199,6 +199,9 @@ func (v *View) Rename(oldDir, oldName, newDir, newName string, flags uint) error
 	if err := ValidName(newName); err != nil {
 		return err
 	}
+	if oldName == LeafName || newName == LeafName {
+		return errReservedName
+	}
 	return v.host.Rename(v.hostPath(oldDir), oldName, v.hostPath(newDir), newName, flags)
 }
 
