@@ -362,7 +362,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		// passthrough.
 		h.render = true
 		h.readOnly = false
-		if h.migrate != noMigration {
+		if h.migrate != noMigration && n.m.pids != nil {
 			fc, _ := fuse.FromContext(ctx)
 			r, err := n.m.pids.ReaderOf(int(fc.Pid))
 			if err != nil {

@@ -1,0 +1,185 @@
+package fs
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/access"
+	"github.com/cgfs/cgfs/translate"
+)
+
+// fakeCgroup is a directory shaped like a cgroup2 cgroup: core files
+// with the text Linux 6.18 shows, a child, and a hidden leaf.
+func fakeCgroup(t *testing.T) string {
+	t.Helper()
+	root := t.TempDir()
+	files := map[string]string{
+		"cgroup.procs":           "",
+		"cgroup.max.descendants": "max\n",
+		"cgroup.stat":            "nr_descendants 2\nnr_dying_descendants 0\n",
+		"cgroup.events":          "populated 0\nfrozen 0\n",
+	}
+	for _, dir := range []string{"", "child", translate.LeafName} {
+		if err := os.MkdirAll(filepath.Join(root, dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for name, text := range files {
+			if err := os.WriteFile(filepath.Join(root, dir, name), []byte(text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return root
+}
+
+// testMount serves a fake cgroup over real FUSE, as the host's root.
+func testMount(t *testing.T, dir string) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CI=true: FUSE tests need root (DirectMount)")
+		}
+		t.Skip("FUSE tests need root (DirectMount)")
+	}
+	host, err := translate.OpenHost(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { host.Close() })
+	owner, err := access.SelfOwner()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(owner.Close)
+	ident, err := access.NewIdentifier("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	mnt := t.TempDir()
+	server, err := Mount(mnt, Config{
+		Hierarchies: []Hierarchy{{
+			View:   translate.NewView(host, translate.ViewConfig{}),
+			Policy: access.NewPolicy(owner.Chain, nil),
+		}},
+		Identifier: ident,
+		Log:        log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := server.Unmount(); err != nil {
+			t.Errorf("unmount: %v", err)
+		}
+	})
+	return mnt
+}
+
+func TestListingHidesTheLeaf(t *testing.T) {
+	dir := fakeCgroup(t)
+	mnt := testMount(t, dir)
+	entries, err := os.ReadDir(mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	want := []string{"cgroup.events", "cgroup.max.descendants", "cgroup.procs", "cgroup.stat", "child"}
+	if !slices.Equal(names, want) {
+		t.Errorf("listing = %v, want %v", names, want)
+	}
+	if _, err := os.Stat(filepath.Join(mnt, translate.LeafName)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stat of the leaf = %v, want ENOENT", err)
+	}
+	var vs, hs unix.Stat_t
+	if err := unix.Stat(filepath.Join(mnt, "child"), &vs); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(filepath.Join(dir, "child"), &hs); err != nil {
+		t.Fatal(err)
+	}
+	if vs.Ino != hs.Ino {
+		t.Errorf("inode through cgfs %d, host %d", vs.Ino, hs.Ino)
+	}
+}
+
+func TestReadsAreNeverCached(t *testing.T) {
+	dir := fakeCgroup(t)
+	mnt := testMount(t, dir)
+	for _, text := range []string{"populated 1\nfrozen 0\n", "populated 0\nfrozen 1\n"} {
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.events"), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(mnt, "cgroup.events"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(b) != text {
+			t.Errorf("read %q after the host wrote %q", b, text)
+		}
+	}
+	// cgroup.stat leaves the hidden leaf out of nr_descendants.
+	b, err := os.ReadFile(filepath.Join(mnt, "cgroup.stat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(b), "nr_descendants 1\n") {
+		t.Errorf("cgroup.stat = %q, want nr_descendants 1", b)
+	}
+}
+
+func TestWritesAndRefusals(t *testing.T) {
+	dir := fakeCgroup(t)
+	mnt := testMount(t, dir)
+	if err := os.WriteFile(filepath.Join(mnt, "child/cgroup.max.descendants"), []byte("4"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "child/cgroup.max.descendants")); string(b) != "9" {
+		t.Errorf("host child/cgroup.max.descendants = %q, want 9 (2N+1)", b)
+	}
+	cases := []struct {
+		name string
+		op   func() error
+		want syscall.Errno
+	}{
+		{"create a file", func() error {
+			f, err := os.OpenFile(filepath.Join(mnt, "new"), os.O_CREATE|os.O_WRONLY, 0o644)
+			if err == nil {
+				f.Close()
+			}
+			return err
+		}, unix.EACCES},
+		{"unlink a control file", func() error { return os.Remove(filepath.Join(mnt, "cgroup.procs")) }, unix.EPERM},
+		{"symlink", func() error { return os.Symlink("/", filepath.Join(mnt, "l")) }, unix.EPERM},
+		{"mkdir the leaf name", func() error { return os.Mkdir(filepath.Join(mnt, translate.LeafName), 0o755) }, unix.EINVAL},
+		{"write over a page", func() error {
+			return os.WriteFile(filepath.Join(mnt, "child/cgroup.max.descendants"), make([]byte, 5000), 0o644)
+		}, unix.E2BIG},
+		{"name too long", func() error { return os.Mkdir(filepath.Join(mnt, strings.Repeat("n", 300)), 0o755) }, unix.ENAMETOOLONG},
+	}
+	for _, c := range cases {
+		err := c.op()
+		var errno syscall.Errno
+		if !errors.As(err, &errno) || errno != c.want {
+			t.Errorf("%s: %v, want %v", c.name, err, c.want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "new")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a refused create left a host file: %v", err)
+	}
+}
