@@ -282,13 +282,13 @@ func (v *View) checkLimits(vdir string) error {
 
 // visibleDescendants counts the container's cgroups below vdir.
 func (v *View) visibleDescendants(vdir string) int64 {
-	entries, err := v.List(vdir)
+	entries, err := v.host.Names(v.hostPath(vdir))
 	if err != nil {
 		return 0
 	}
 	var n int64
 	for _, e := range entries {
-		if e.Mode&unix.S_IFMT == unix.S_IFDIR {
+		if e.Mode&unix.S_IFMT == unix.S_IFDIR && e.Name != LeafName {
 			n += 1 + v.visibleDescendants(Join(vdir, e.Name))
 		}
 	}

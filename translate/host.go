@@ -217,6 +217,32 @@ func (h *Host) ReadDir(rel string) ([]Entry, error) {
 	return out, nil
 }
 
+// Names lists the host directory rel, sorted, with each entry's file
+// type only (from getdents' d_type, no stat per entry): the cheap listing
+// for walks that need no attributes. Ino is 0.
+func (h *Host) Names(rel string) ([]Entry, error) {
+	fd, err := h.openFd("readdir", rel, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, err
+	}
+	dir := os.NewFile(uintptr(fd), clean(rel))
+	defer dir.Close()
+	des, err := dir.ReadDir(-1)
+	if err != nil {
+		return nil, &Error{Op: "readdir", Path: clean(rel), Err: err}
+	}
+	out := make([]Entry, 0, len(des))
+	for _, de := range des {
+		mode := uint32(unix.S_IFREG)
+		if de.IsDir() {
+			mode = unix.S_IFDIR
+		}
+		out = append(out, Entry{Name: de.Name(), Mode: mode})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
 // Mkdir creates the directory name in the host directory parent.
 func (h *Host) Mkdir(parent, name string, mode uint32) error {
 	return h.atParent("mkdir", parent, name, func(fd int) error {

@@ -203,7 +203,7 @@ func (v *View) walk(vdir string, f func(string) error) error {
 
 // countLeaves counts hidden leaves in host cgroup dir and below.
 func (v *View) countLeaves(dir string) int {
-	entries, err := v.host.ReadDir(dir)
+	entries, err := v.host.Names(dir)
 	if err != nil {
 		return 0
 	}

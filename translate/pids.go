@@ -235,7 +235,7 @@ func (v *View) Tasks(vpath string) ([]int, error) {
 		return nil, err
 	}
 	out := parseIDs(b)
-	entries, err := v.host.ReadDir(v.hostPath(vpath))
+	entries, err := v.host.Names(v.hostPath(vpath))
 	if err != nil {
 		return nil, err
 	}

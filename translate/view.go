@@ -149,7 +149,7 @@ func (v *View) Mkdir(dir, name string, mode, uid, gid uint32) (unix.Stat_t, erro
 		}
 	}
 	if uid != 0 || gid != 0 {
-		entries, err := v.host.ReadDir(hp)
+		entries, err := v.host.Names(hp)
 		if err != nil {
 			return unix.Stat_t{}, err
 		}
@@ -175,12 +175,12 @@ func (v *View) Rmdir(dir, name string) error {
 	defer v.migrations.lock()()
 	hp := v.hostPath(vpath)
 	if v.hasLeaf(hp) {
-		children, err := v.List(vpath)
+		children, err := v.host.Names(hp)
 		if err != nil {
 			return err
 		}
 		for _, e := range children {
-			if e.Mode&unix.S_IFMT == unix.S_IFDIR {
+			if e.Mode&unix.S_IFMT == unix.S_IFDIR && e.Name != LeafName {
 				return &Error{Op: "rmdir", Path: hp, Data: "has children", Err: unix.EBUSY}
 			}
 		}
