@@ -17,12 +17,7 @@ func BenchmarkOpenReadClose(b *testing.B) {
 	l := detectLane(b)
 	host := newCgroup(b, l)
 	s := mountView(b, host)
-	for _, c := range []struct{ name, path string }{
-		{"native/cgroup.events", filepath.Join(host, "cgroup.events")},
-		{"cgfs/cgroup.events", s.path("cgroup.events")},
-		{"native/cgroup.stat", filepath.Join(host, "cgroup.stat")},
-		{"cgfs/cgroup.stat", s.path("cgroup.stat")},
-	} {
+	for _, c := range benchFiles(host, s) {
 		path := c.path
 		b.Run(c.name, func(b *testing.B) {
 			buf := make([]byte, 4096)
@@ -46,12 +41,7 @@ func BenchmarkPread(b *testing.B) {
 	l := detectLane(b)
 	host := newCgroup(b, l)
 	s := mountView(b, host)
-	for _, c := range []struct{ name, path string }{
-		{"native/cgroup.events", filepath.Join(host, "cgroup.events")},
-		{"cgfs/cgroup.events", s.path("cgroup.events")},
-		{"native/cgroup.stat", filepath.Join(host, "cgroup.stat")},
-		{"cgfs/cgroup.stat", s.path("cgroup.stat")},
-	} {
+	for _, c := range benchFiles(host, s) {
 		b.Run(c.name, func(b *testing.B) {
 			f, err := os.Open(c.path)
 			if err != nil {
@@ -87,4 +77,17 @@ func BenchmarkMkdirRmdir(b *testing.B) {
 			}
 		})
 	}
+}
+
+// benchFiles pairs each benchmarked file natively and through cgfs:
+// cgroup.events is served by the kernel (passthrough where it has it),
+// cgroup.stat is rendered by cgfs.
+func benchFiles(host string, s *server) []struct{ name, path string } {
+	var out []struct{ name, path string }
+	for _, f := range []string{"cgroup.events", "cgroup.stat"} {
+		out = append(out,
+			struct{ name, path string }{"native/" + f, filepath.Join(host, f)},
+			struct{ name, path string }{"cgfs/" + f, s.path(f)})
+	}
+	return out
 }

@@ -188,31 +188,29 @@ type Entry struct {
 }
 
 // ReadDir lists the host directory rel, sorted by name, without "." and
-// "..".
+// "..", with each entry's inode and mode.
 func (h *Host) ReadDir(rel string) ([]Entry, error) {
-	fd, err := h.openFd("readdir", rel, unix.O_RDONLY|unix.O_DIRECTORY)
+	fd, err := h.openFd("readdir", rel, unix.O_PATH|unix.O_DIRECTORY)
 	if err != nil {
 		return nil, err
 	}
-	dir := os.NewFile(uintptr(fd), clean(rel))
-	defer dir.Close()
-	names, err := dir.Readdirnames(-1)
+	defer unix.Close(fd)
+	names, err := h.Names(rel)
 	if err != nil {
-		return nil, &Error{Op: "readdir", Path: clean(rel), Err: err}
+		return nil, err
 	}
-	sort.Strings(names)
-	out := make([]Entry, 0, len(names))
-	for _, name := range names {
-		// name comes from the host directory itself, so it is a single
-		// component; AT_SYMLINK_NOFOLLOW keeps fstatat on this fd.
+	out := names[:0]
+	for _, e := range names {
+		// The name comes from the host directory itself, so it is a
+		// single component; AT_SYMLINK_NOFOLLOW keeps fstatat on this fd.
 		var st unix.Stat_t
-		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := unix.Fstatat(fd, e.Name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			if errors.Is(err, unix.ENOENT) {
 				continue // removed on the host while we listed
 			}
-			return nil, &Error{Op: "stat", Path: Join(rel, name), Err: err}
+			return nil, &Error{Op: "stat", Path: Join(rel, e.Name), Err: err}
 		}
-		out = append(out, Entry{Name: name, Ino: st.Ino, Mode: st.Mode})
+		out = append(out, Entry{Name: e.Name, Ino: st.Ino, Mode: st.Mode})
 	}
 	return out, nil
 }
