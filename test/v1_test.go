@@ -187,3 +187,29 @@ func TestV1Refusals(t *testing.T) {
 	s.waitLog(t, "rule=v1-release-agent")
 	s.waitLog(t, "rule=v1-devices-allow")
 }
+
+// TestOwnerAloneOnAV2Host: on a cgroup v2 only host, --owner without
+// --cgroup serves the owner's v2 cgroup at the mount root.
+func TestOwnerAloneOnAV2Host(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	if len(l.v1) > 0 {
+		t.Skip("this host has cgroup v1 hierarchies: --owner alone gives the layout view (TestV1LayoutMirrorsTheHost)")
+	}
+	host := newCgroup(t, l)
+	c := startContainer(t, host, containerBase)
+	s := mountView(t, "", "--owner", strconv.Itoa(c.pid()))
+	if got, want := names(t, s.mnt), names(t, host); !slices.Equal(got, want) {
+		t.Errorf("the mount root lists %v, the owner's cgroup %v", got, want)
+	}
+	if got := c.do(t, "attach", s.mnt); got != "OK" {
+		t.Fatalf("attach: %s", got)
+	}
+	if got := pidList(t, c.do(t, "read", cg+"/cgroup.procs")); !slices.Contains(got, "1") {
+		t.Errorf("cgroup.procs at the root = %v, want the container's init", got)
+	}
+	c.expect(t, "OK", "mkdir", cg+"/child")
+	if _, err := os.Stat(filepath.Join(host, "child")); err != nil {
+		t.Errorf("mkdir through the owner's view made no host cgroup: %v", err)
+	}
+}
