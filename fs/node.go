@@ -271,31 +271,38 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 var _ = (gofs.NodeCreater)((*node)(nil))
 
 func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	return nil, nil, 0, syscall.EACCES
+	return nil, nil, 0, n.createsNothing(ctx, "create", name, syscall.EACCES)
+}
+
+// createsNothing answers what cgroupfs answers to anything but mkdir, and
+// logs it like every other refusal.
+func (n *node) createsNothing(ctx context.Context, op, name string, errno syscall.Errno) syscall.Errno {
+	p := join(n.vpath(), name)
+	return n.m.errno(ctx, op, p, &translate.Error{Op: op, Path: p, Data: "cgroupfs makes only directories", Err: errno})
 }
 
 var _ = (gofs.NodeSymlinker)((*node)(nil))
 
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EPERM
+	return nil, n.createsNothing(ctx, "symlink", name, syscall.EPERM)
 }
 
 var _ = (gofs.NodeLinker)((*node)(nil))
 
 func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EPERM
+	return nil, n.createsNothing(ctx, "link", name, syscall.EPERM)
 }
 
 var _ = (gofs.NodeMknoder)((*node)(nil))
 
 func (n *node) Mknod(ctx context.Context, name string, mode, dev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EPERM
+	return nil, n.createsNothing(ctx, "mknod", name, syscall.EPERM)
 }
 
 var _ = (gofs.NodeUnlinker)((*node)(nil))
 
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
-	return syscall.EPERM
+	return n.createsNothing(ctx, "unlink", name, syscall.EPERM)
 }
 
 var _ = (gofs.NodeStatfser)((*node)(nil))
