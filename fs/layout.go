@@ -7,6 +7,8 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/translate"
 )
 
 // layoutRoot is the root of a mount on a v1 or hybrid host: one
@@ -58,31 +60,40 @@ func (r *layoutRoot) Getattr(ctx context.Context, _ gofs.FileHandle, out *fuse.A
 var _ = (gofs.NodeMkdirer)((*layoutRoot)(nil))
 
 func (r *layoutRoot) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EACCES
+	return nil, r.fixed(ctx, "mkdir", name)
+}
+
+// fixed refuses a change to the layout and logs it.
+func (r *layoutRoot) fixed(ctx context.Context, op, name string) syscall.Errno {
+	return r.m.errno(ctx, op, name, &translate.Error{Op: op, Path: name, Data: "the layout root is the host's", Err: syscall.EACCES})
 }
 
 var _ = (gofs.NodeCreater)((*layoutRoot)(nil))
 
 func (r *layoutRoot) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	return nil, nil, 0, syscall.EACCES
+	return nil, nil, 0, r.fixed(ctx, "create", name)
 }
 
 var _ = (gofs.NodeRmdirer)((*layoutRoot)(nil))
 
-func (r *layoutRoot) Rmdir(ctx context.Context, name string) syscall.Errno { return syscall.EACCES }
+func (r *layoutRoot) Rmdir(ctx context.Context, name string) syscall.Errno {
+	return r.fixed(ctx, "rmdir", name)
+}
 
 var _ = (gofs.NodeUnlinker)((*layoutRoot)(nil))
 
-func (r *layoutRoot) Unlink(ctx context.Context, name string) syscall.Errno { return syscall.EACCES }
+func (r *layoutRoot) Unlink(ctx context.Context, name string) syscall.Errno {
+	return r.fixed(ctx, "unlink", name)
+}
 
 var _ = (gofs.NodeSymlinker)((*layoutRoot)(nil))
 
 func (r *layoutRoot) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EACCES
+	return nil, r.fixed(ctx, "symlink", name)
 }
 
 var _ = (gofs.NodeRenamer)((*layoutRoot)(nil))
 
 func (r *layoutRoot) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
-	return syscall.EACCES
+	return r.fixed(ctx, "rename", name)
 }

@@ -65,6 +65,9 @@ func TestV1LayoutMirrorsTheHost(t *testing.T) {
 			t.Errorf("%s lists %v through cgfs, host %v", name, got, want)
 		}
 	}
+	// The layout itself is the host's.
+	c.expect(t, "EACCES", "mkdir", cg+"/newhierarchy")
+	c.expect(t, "EACCES", "rmdir", cg+"/memory")
 	// No hidden leaf ever appears on v1, and tasks are the container's.
 	c.expect(t, "OK", "mkdir", cg+"/memory/child")
 	if got := pidList(t, c.do(t, "read", cg+"/memory/cgroup.procs")); !slices.Contains(got, "1") {
