@@ -101,10 +101,7 @@ func renderTasks(file string) func(v *View, vdir string, f *os.File, r Reader) (
 		dir := v.hostPath(vdir)
 		var leafRaw []byte
 		if v.hasLeaf(dir) {
-			if lf, err := v.host.Open(Join(Join(dir, LeafName), file), unix.O_RDONLY); err == nil {
-				leafRaw, _ = preadAll(lf)
-				lf.Close()
-			}
+			leafRaw, _ = v.host.ReadFile(Join(Join(dir, LeafName), file))
 		}
 		if r.Level == 0 {
 			// The server's own namespace: the host's text, as it is.
@@ -148,14 +145,9 @@ func renderLocal(v *View, vdir string, f *os.File, _ Reader) ([]byte, error) {
 	if !v.hasLeaf(dir) {
 		return raw, nil
 	}
-	lf, err := v.host.Open(Join(Join(dir, LeafName), path.Base(f.Name())), unix.O_RDONLY)
+	leafRaw, err := v.host.ReadFile(Join(Join(dir, LeafName), path.Base(f.Name())))
 	if err != nil {
 		return raw, nil // the leaf lacks the file: nothing to add
-	}
-	defer lf.Close()
-	leafRaw, err := preadAll(lf)
-	if err != nil {
-		return raw, nil
 	}
 	add := keyed(leafRaw)
 	return mapKeyed(raw, func(key string, val int64) int64 { return val + add[key] }), nil
@@ -242,12 +234,7 @@ func writeLimit(file string, encode func(int64) int64) func(v *View, vdir string
 // limitOf returns the container's limit in file of virtual cgroup vdir
 // (-1 for max).
 func (v *View) limitOf(vdir, file string, decode func(int64) int64) int64 {
-	f, err := v.host.Open(Join(v.hostPath(vdir), file), unix.O_RDONLY)
-	if err != nil {
-		return -1
-	}
-	defer f.Close()
-	raw, err := preadAll(f)
+	raw, err := v.host.ReadFile(Join(v.hostPath(vdir), file))
 	if err != nil {
 		return -1
 	}

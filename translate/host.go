@@ -166,6 +166,20 @@ func (h *Host) Open(rel string, flags int) (*os.File, error) {
 	return os.NewFile(uintptr(fd), clean(rel)), nil
 }
 
+// ReadFile reads a host control file from offset 0 to its end.
+func (h *Host) ReadFile(rel string) ([]byte, error) {
+	f, err := h.Open(rel, unix.O_RDONLY)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := preadAll(f)
+	if err != nil {
+		return nil, &Error{Op: "read", Path: clean(rel), Err: err}
+	}
+	return b, nil
+}
+
 // Stat returns the host attributes of rel without following links.
 func (h *Host) Stat(rel string) (unix.Stat_t, error) {
 	var st unix.Stat_t

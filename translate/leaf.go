@@ -40,14 +40,9 @@ func (m *migrations) lock() func() {
 // hostTasks reads the ids in a host cgroup file (cgroup.procs or
 // cgroup.threads) of host directory dir.
 func (v *View) hostTasks(dir, file string) ([]int, error) {
-	f, err := v.host.Open(Join(dir, file), unix.O_RDONLY)
+	b, err := v.host.ReadFile(Join(dir, file))
 	if err != nil {
 		return nil, err
-	}
-	defer f.Close()
-	b, err := preadAll(f)
-	if err != nil {
-		return nil, &Error{Op: "read", Path: Join(dir, file), Err: err}
 	}
 	return parseIDs(b), nil
 }
@@ -60,15 +55,8 @@ func (v *View) hasLeaf(dir string) bool {
 
 // writeHostPid writes one id into a host control file.
 func (v *View) writeHostPid(path string, id int) error {
-	f, err := v.host.Open(path, unix.O_WRONLY)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if _, err := f.Write([]byte(strconv.Itoa(id))); err != nil {
-		return &Error{Op: "write", Path: path, Data: strconv.Itoa(id), Err: err}
-	}
-	return nil
+	_, err := v.writeHost(path, []byte(strconv.Itoa(id)))
+	return err
 }
 
 // moveAll moves every process of host cgroup from into host cgroup to.

@@ -225,12 +225,7 @@ func (v *View) virtualCgroupOf(tid int) (string, error) {
 // Tasks lists the host tids of every task in the virtual cgroup vpath
 // and below.
 func (v *View) Tasks(vpath string) ([]int, error) {
-	f, err := v.host.Open(Join(v.hostPath(vpath), v.tasksFile()), unix.O_RDONLY)
-	if err != nil {
-		return nil, err
-	}
-	b, err := preadAll(f)
-	f.Close()
+	b, err := v.host.ReadFile(Join(v.hostPath(vpath), v.tasksFile()))
 	if err != nil {
 		return nil, err
 	}

@@ -239,12 +239,10 @@ func (v *View) Utimes(vpath string, ts []unix.Timespec) error {
 // use the cgroup it just made (what cgroup.clone_children would do).
 func (v *View) cloneCpuset(parent, child string) error {
 	for _, file := range []string{"cpuset.cpus", "cpuset.mems"} {
-		f, err := v.host.Open(Join(parent, file), unix.O_RDONLY)
-		if err != nil {
+		val, err := v.host.ReadFile(Join(parent, file))
+		if errors.Is(err, unix.ENOENT) {
 			return nil // not a cpuset hierarchy
 		}
-		val, err := preadAll(f)
-		f.Close()
 		if err != nil {
 			return err
 		}
