@@ -1,0 +1,371 @@
+package host
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+
+	"golang.org/x/sys/unix"
+)
+
+// resolve is how every host name is resolved: beneath the root fd, never
+// through a symlink or magic link, never onto another filesystem.
+const resolve = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS |
+	unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV
+
+// Error is a failed host operation. It names the operation and the host
+// path for the log; Unwrap gives the errno a container sees.
+type Error struct {
+	Op   string // "open", "mkdir", "write", ...
+	Path string // relative to the host root, "." for the root itself
+	Data string // what was written, shortened, for writes
+	Err  error
+}
+
+func (e *Error) Error() string {
+	if e.Data != "" {
+		return fmt.Sprintf("%s %s (data %q): %v", e.Op, e.Path, e.Data, e.Err)
+	}
+	return fmt.Sprintf("%s %s: %v", e.Op, e.Path, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Host is a host cgroup directory, opened once, through which all host
+// I/O of a view is done. A Host is safe for concurrent use.
+type Host struct {
+	root *os.File // O_PATH directory fd of the delegated host cgroup
+	dir  string   // for messages only; never used to resolve names
+	// cgroupfs is set when the directory is on a cgroup filesystem (v1
+	// or v2); otherwise it is a tree of plain files (unit tests' fake
+	// hierarchies), where writes must truncate.
+	cgroupfs bool
+}
+
+// Open opens dir as the root of all later host access. The fd is held
+// until Close.
+func Open(dir string) (*Host, error) {
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &Error{Op: "open", Path: dir, Err: err}
+	}
+	h := &Host{root: os.NewFile(uintptr(fd), dir), dir: dir}
+	if st, err := h.Statfs(); err == nil {
+		h.cgroupfs = st.Type == unix.CGROUP2_SUPER_MAGIC || st.Type == unix.CGROUP_SUPER_MAGIC
+	}
+	return h, nil
+}
+
+// Close releases the root fd.
+func (h *Host) Close() error { return h.root.Close() }
+
+// Dir is the host directory the Host was opened on, for messages.
+func (h *Host) Dir() string { return h.dir }
+
+// IsCgroup2 reports whether the host root lies on a cgroup2 filesystem.
+func (h *Host) IsCgroup2() bool {
+	st, err := h.Statfs()
+	return err == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
+}
+
+// Statfs returns the host filesystem's statistics.
+func (h *Host) Statfs() (unix.Statfs_t, error) {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(h.root.Fd()), &st); err != nil {
+		return st, &Error{Op: "statfs", Path: ".", Err: err}
+	}
+	return st, nil
+}
+
+func clean(rel string) string {
+	if rel == "" {
+		return "."
+	}
+	return rel
+}
+
+// openFd resolves rel beneath the root and opens it with flags.
+func (h *Host) openFd(op, rel string, flags int) (int, error) {
+	rel = clean(rel)
+	how := unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC), Resolve: resolve}
+	for {
+		fd, err := unix.Openat2(int(h.root.Fd()), rel, &how)
+		if err == unix.EINTR || err == unix.EAGAIN {
+			// openat2 returns EAGAIN when a concurrent rename raced
+			// with RESOLVE_BENEATH; retrying is what the man page asks.
+			continue
+		}
+		if err != nil {
+			return -1, &Error{Op: op, Path: rel, Err: err}
+		}
+		return fd, nil
+	}
+}
+
+// Open opens a host file beneath the root. flags are open(2) flags; the
+// caller closes the file.
+func (h *Host) Open(rel string, flags int) (*os.File, error) {
+	fd, err := h.openFd("open", rel, flags)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), clean(rel)), nil
+}
+
+// ReadFile reads a host control file from offset 0 to its end.
+func (h *Host) ReadFile(rel string) ([]byte, error) {
+	f, err := h.Open(rel, unix.O_RDONLY)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := PreadAll(f)
+	if err != nil {
+		return nil, &Error{Op: "read", Path: clean(rel), Err: err}
+	}
+	return b, nil
+}
+
+// Stat returns the host attributes of rel without following links.
+func (h *Host) Stat(rel string) (unix.Stat_t, error) {
+	var st unix.Stat_t
+	fd, err := h.openFd("stat", rel, unix.O_PATH)
+	if err != nil {
+		return st, err
+	}
+	defer unix.Close(fd)
+	if err := unix.Fstat(fd, &st); err != nil {
+		return st, &Error{Op: "stat", Path: clean(rel), Err: err}
+	}
+	return st, nil
+}
+
+// Entry is one name in a host directory.
+type Entry struct {
+	Name string
+	Ino  uint64 // 0 from Names
+	Mode uint32 // full st_mode from ReadDir; only the file type from Names
+}
+
+// IsDir reports whether the entry is a directory (a cgroup).
+func (e Entry) IsDir() bool { return e.Mode&unix.S_IFMT == unix.S_IFDIR }
+
+// ReadDir lists the host directory rel, sorted by name, without "." and
+// "..", with each entry's inode and mode: one open, one getdents walk,
+// one fstatat per entry on the same descriptor.
+func (h *Host) ReadDir(rel string) ([]Entry, error) {
+	return h.list(rel, true)
+}
+
+// Names lists the host directory rel, sorted, with each entry's file
+// type only (from getdents' d_type, no stat per entry): the cheap listing
+// for walks that need no attributes.
+func (h *Host) Names(rel string) ([]Entry, error) {
+	return h.list(rel, false)
+}
+
+func (h *Host) list(rel string, stat bool) ([]Entry, error) {
+	fd, err := h.openFd("readdir", rel, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, err
+	}
+	dir := os.NewFile(uintptr(fd), clean(rel))
+	defer dir.Close()
+	des, err := dir.ReadDir(-1)
+	if err != nil {
+		return nil, &Error{Op: "readdir", Path: clean(rel), Err: err}
+	}
+	out := make([]Entry, 0, len(des))
+	for _, de := range des {
+		e := Entry{Name: de.Name(), Mode: unix.S_IFREG}
+		if de.IsDir() {
+			e.Mode = unix.S_IFDIR
+		}
+		if stat {
+			// The name comes from the host directory itself, so it is a
+			// single component; AT_SYMLINK_NOFOLLOW keeps fstatat on
+			// this fd.
+			var st unix.Stat_t
+			if err := unix.Fstatat(fd, e.Name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				if errors.Is(err, unix.ENOENT) {
+					continue // removed on the host while we listed
+				}
+				return nil, &Error{Op: "stat", Path: Join(rel, e.Name), Err: err}
+			}
+			e.Ino, e.Mode = st.Ino, st.Mode
+		}
+		out = append(out, e)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// Mkdir creates the directory name in the host directory parent.
+func (h *Host) Mkdir(parent, name string, mode uint32) error {
+	return h.atParent("mkdir", parent, name, func(fd int) error {
+		return unix.Mkdirat(fd, name, mode)
+	})
+}
+
+// Rmdir removes the directory name from the host directory parent.
+func (h *Host) Rmdir(parent, name string) error {
+	return h.atParent("rmdir", parent, name, func(fd int) error {
+		return unix.Unlinkat(fd, name, unix.AT_REMOVEDIR)
+	})
+}
+
+// Rename renames oldName in oldParent to newName in newParent with
+// renameat2 flags. cgroup v2 refuses every rename (EPERM); v1 allows one
+// within a parent.
+func (h *Host) Rename(oldParent, oldName, newParent, newName string, flags uint) error {
+	return h.atParent("rename", oldParent, oldName, func(ofd int) error {
+		return h.atParent("rename", newParent, newName, func(nfd int) error {
+			return unix.Renameat2(ofd, oldName, nfd, newName, flags)
+		})
+	})
+}
+
+// atParent opens parent beneath the root and runs f on its fd. name must
+// already be a single valid component (see ValidName).
+func (h *Host) atParent(op, parent, name string, f func(fd int) error) error {
+	fd, err := h.openFd(op, parent, unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := f(fd); err != nil {
+		return &Error{Op: op, Path: Join(parent, name), Err: err}
+	}
+	return nil
+}
+
+// Chmod sets the permission bits of rel.
+func (h *Host) Chmod(rel string, mode uint32) error {
+	return h.onPath("chmod", rel, func(p string) error { return unix.Chmod(p, mode) })
+}
+
+// Chown sets the owner of rel; -1 leaves an id unchanged.
+func (h *Host) Chown(rel string, uid, gid int) error {
+	fd, err := h.openFd("chown", rel, unix.O_PATH)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := unix.Fchownat(fd, "", uid, gid, unix.AT_EMPTY_PATH); err != nil {
+		return &Error{Op: "chown", Path: clean(rel), Err: err}
+	}
+	return nil
+}
+
+// ChownTree gives the directory rel and every entry in it to uid:gid:
+// one open and one fchownat per entry, each entry named by the host's
+// own listing (a single component, never followed if a symlink).
+func (h *Host) ChownTree(rel string, uid, gid int) error {
+	fd, err := h.openFd("chown", rel, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return err
+	}
+	dir := os.NewFile(uintptr(fd), clean(rel))
+	defer dir.Close()
+	names, err := dir.Readdirnames(-1)
+	if err != nil {
+		return &Error{Op: "readdir", Path: clean(rel), Err: err}
+	}
+	if err := unix.Fchownat(fd, "", uid, gid, unix.AT_EMPTY_PATH); err != nil {
+		return &Error{Op: "chown", Path: clean(rel), Err: err}
+	}
+	for _, name := range names {
+		if err := unix.Fchownat(fd, name, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil && !errors.Is(err, unix.ENOENT) {
+			return &Error{Op: "chown", Path: Join(rel, name), Err: err}
+		}
+	}
+	return nil
+}
+
+// Utimes sets access and modification times of rel.
+func (h *Host) Utimes(rel string, ts []unix.Timespec) error {
+	return h.onPath("utimes", rel, func(p string) error {
+		return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, 0)
+	})
+}
+
+// onPath runs f on the /proc/self/fd path of an O_PATH fd of rel: the way
+// to chmod or utimes a file resolved with openat2 (fchmod and futimens
+// refuse O_PATH fds). The magic link is followed by the kernel, not by
+// a name a container chose.
+func (h *Host) onPath(op, rel string, f func(p string) error) error {
+	fd, err := h.openFd(op, rel, unix.O_PATH)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := f(fmt.Sprintf("/proc/self/fd/%d", fd)); err != nil {
+		return &Error{Op: op, Path: clean(rel), Err: err}
+	}
+	return nil
+}
+
+// Join joins a directory path of a tree ("" for its root) and a name.
+func Join(dir, name string) string {
+	if dir == "" || dir == "." {
+		return name
+	}
+	if name == "" {
+		return dir
+	}
+	return dir + "/" + name
+}
+
+// WriteFile writes data to the host file rel in one write(2).
+func (h *Host) WriteFile(rel string, data []byte) (int, error) {
+	f, err := h.Open(rel, unix.O_WRONLY)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return h.Write(f, clean(rel), data)
+}
+
+// Write writes data to the open host file f (named rel, for messages) in
+// one write(2) at offset 0, as cgroupfs takes each write whole. On a
+// tree of plain files (a fake hierarchy) the file is cut to what was
+// written, as if it were a control file that holds its last value.
+func (h *Host) Write(f *os.File, rel string, data []byte) (int, error) {
+	n, err := unix.Pwrite(int(f.Fd()), data, 0)
+	if err != nil {
+		return 0, &Error{Op: "write", Path: rel, Data: Shorten(data), Err: err}
+	}
+	if !h.cgroupfs {
+		_ = unix.Ftruncate(int(f.Fd()), int64(n))
+	}
+	return n, nil
+}
+
+// PreadAll reads a control file from offset 0 to its end.
+func PreadAll(f *os.File) ([]byte, error) {
+	buf := make([]byte, 0, 4096)
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, cap(buf))
+		}
+		n, err := unix.Pread(int(f.Fd()), buf[len(buf):cap(buf)], int64(len(buf)))
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return buf, nil
+		}
+		buf = buf[:len(buf)+n]
+	}
+}
+
+// Shorten keeps what a container wrote short enough for a log line.
+func Shorten(b []byte) string {
+	const max = 64
+	if len(b) > max {
+		return string(b[:max]) + "..."
+	}
+	return string(b)
+}
