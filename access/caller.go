@@ -3,11 +3,11 @@ package access
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 
-	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
 
-	"github.com/cgfs/cgfs/translate"
+	"github.com/cgfs/cgfs/access/proc"
 )
 
 // capSysAdmin is CAP_SYS_ADMIN's bit in the capability sets.
@@ -21,7 +21,7 @@ type Caller struct {
 	CapEff uint64 // effective capabilities, in its own user namespace
 	// UserNS is the thread's user namespace first, then its ancestors
 	// up to the server's own.
-	UserNS []UserNSLink
+	UserNS []proc.Ancestor
 }
 
 // HasCapSysAdmin reports whether CAP_SYS_ADMIN is effective for the
@@ -36,58 +36,141 @@ func (c Caller) String() string {
 	return fmt.Sprintf("tid=%d uid=%d gid=%d userns=%d", c.Tid, c.Uid, c.Gid, ns)
 }
 
-// NS identifies a namespace by its nsfs inode.
-type NS = translate.NS
-
 // ErrGone means the calling thread exited while it was being identified;
 // what was read may belong to another task reusing its id.
 var ErrGone = errors.New("caller exited during the request")
 
-// Identifier reads callers' credentials from a proc filesystem.
+// Identifier identifies the callers of FUSE requests.
 type Identifier struct {
-	proc string
-	fs   procfs.FS
+	procs *proc.Procs
+	// identified counts credential identifications, the costly part of
+	// a request (a pin, capget and a user namespace walk).
+	identified atomic.Int64
 }
 
-// NewIdentifier reads from the proc filesystem mounted at proc
-// ("/proc" on a real host).
-func NewIdentifier(proc string) (*Identifier, error) {
-	fs, err := procfs.NewFS(proc)
-	if err != nil {
-		return nil, err
-	}
-	return &Identifier{proc: proc, fs: fs}, nil
+// NewIdentifier identifies callers from the tasks procs reads.
+func NewIdentifier(procs *proc.Procs) *Identifier {
+	return &Identifier{procs: procs}
 }
+
+// Identifications is how many callers were identified so far.
+func (id *Identifier) Identifications() int64 { return id.identified.Load() }
+
+// ThreadGroup returns the host thread group id (the pid) of thread tid,
+// for log lines.
+func (id *Identifier) ThreadGroup(tid int) (int, error) { return id.procs.ThreadGroup(tid) }
 
 // Identify returns the credentials of host thread tid, whose fsuid and
-// fsgid (as the FUSE request header gives them) are uid and gid. The
-// thread is pinned (its /proc directory) before anything is read and
-// checked to be alive after, so a reused tid can never lend its
-// credentials to a request. /proc/TID/status is read only for
-// ThreadGroup, off the hot path.
+// fsgid (as the FUSE request header gives them) are uid and gid.
 func (id *Identifier) Identify(tid int, uid, gid uint32) (Caller, error) {
-	pin, err := translate.OpenTaskDir(id.proc, tid)
-	if err != nil {
-		if err == unix.ESRCH {
-			return Caller{}, ErrGone
-		}
-		return Caller{}, fmt.Errorf("pin %d: %w", tid, err)
-	}
-	defer pin.Close()
+	r := id.Request(tid, uid, gid)
+	defer r.Done()
+	return r.Caller()
+}
 
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3, Pid: int32(tid)}
+// Request is the caller of one FUSE request. It pins the calling thread
+// at most once, when a decision first needs to know who it is, and reads
+// each fact about it at most once; Done releases the pin. A Request
+// belongs to the goroutine serving its request.
+type Request struct {
+	id       *Identifier
+	tid      int
+	uid, gid uint32
+
+	pin    *proc.Pin
+	pinErr error
+
+	caller    *Caller
+	callerErr error
+	asked     bool // Caller was called: a decision needed the caller
+	thread    *proc.Thread
+	threadErr error
+}
+
+// Request starts the identification of host thread tid with fsuid uid
+// and fsgid gid, as a FUSE request header gives them. Nothing is read
+// yet.
+func (id *Identifier) Request(tid int, uid, gid uint32) *Request {
+	return &Request{id: id, tid: tid, uid: uid, gid: gid}
+}
+
+// Known is a request whose caller (and, for task files, thread) is
+// already known: for tests and for decisions about a caller identified
+// earlier.
+func Known(c Caller, th proc.Thread) *Request {
+	return &Request{tid: c.Tid, uid: c.Uid, gid: c.Gid, caller: &c, thread: &th}
+}
+
+// Tid is the calling thread's host id, known without identification.
+func (r *Request) Tid() int { return r.tid }
+
+// Done releases what the request holds.
+func (r *Request) Done() {
+	if r.pin != nil {
+		r.pin.Close()
+		r.pin = nil
+	}
+}
+
+func (r *Request) pinned() (*proc.Pin, error) {
+	if r.pin == nil && r.pinErr == nil {
+		if r.id == nil {
+			r.pinErr = errors.New("request without an identifier")
+		} else if r.pin, r.pinErr = r.id.procs.Pin(r.tid); r.pinErr == unix.ESRCH {
+			r.pinErr = ErrGone
+		}
+	}
+	return r.pin, r.pinErr
+}
+
+// Identified returns the caller if it has been identified already.
+func (r *Request) Identified() (Caller, bool) {
+	if r.caller != nil {
+		return *r.caller, true
+	}
+	return Caller{}, false
+}
+
+// Caller identifies the calling thread's credentials: the thread is
+// pinned (its /proc directory) before anything is read and checked to
+// be alive after, so a reused tid can never lend its credentials to a
+// request.
+func (r *Request) Caller() (Caller, error) {
+	r.asked = true
+	if r.caller != nil || r.callerErr != nil {
+		if r.callerErr != nil {
+			return Caller{}, r.callerErr
+		}
+		return *r.caller, nil
+	}
+	c, err := r.identify()
+	if err != nil {
+		r.callerErr = err
+		return Caller{}, err
+	}
+	r.caller = &c
+	return c, nil
+}
+
+func (r *Request) identify() (Caller, error) {
+	pin, err := r.pinned()
+	if err != nil {
+		return Caller{}, err
+	}
+	r.id.identified.Add(1)
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3, Pid: int32(r.tid)}
 	var caps [2]unix.CapUserData
 	if err := unix.Capget(&hdr, &caps[0]); err != nil {
 		if err == unix.ESRCH {
 			return Caller{}, ErrGone
 		}
-		return Caller{}, fmt.Errorf("capget %d: %w", tid, err)
+		return Caller{}, fmt.Errorf("capget %d: %w", r.tid, err)
 	}
 	nsfd, err := pin.Namespace("user")
 	if err != nil {
 		return Caller{}, ErrGone
 	}
-	userns, err := userNSChain(nsfd)
+	userns, err := proc.Ancestry(nsfd, proc.MaxDepth)
 	if err != nil {
 		return Caller{}, err
 	}
@@ -95,23 +178,33 @@ func (id *Identifier) Identify(tid int, uid, gid uint32) (Caller, error) {
 		return Caller{}, ErrGone
 	}
 	return Caller{
-		Tid:    tid,
-		Uid:    uid,
-		Gid:    gid,
+		Tid:    r.tid,
+		Uid:    r.uid,
+		Gid:    r.gid,
 		CapEff: uint64(caps[0].Effective) | uint64(caps[1].Effective)<<32,
 		UserNS: userns,
 	}, nil
 }
 
-// ThreadGroup returns the host thread group id (the pid) of thread tid.
-func (id *Identifier) ThreadGroup(tid int) (int, error) {
-	p, err := id.fs.Proc(tid)
-	if err != nil {
-		return 0, err
+// Thread identifies the calling thread as a reader or writer of task
+// ids: its thread group and pid namespace, read through the same pin.
+func (r *Request) Thread() (proc.Thread, error) {
+	if r.thread != nil || r.threadErr != nil {
+		if r.threadErr != nil {
+			return proc.Thread{}, r.threadErr
+		}
+		return *r.thread, nil
 	}
-	st, err := p.NewStatus()
+	pin, err := r.pinned()
 	if err != nil {
-		return 0, err
+		r.threadErr = err
+		return proc.Thread{}, err
 	}
-	return int(st.TGID), nil
+	th, err := pin.Thread()
+	if err != nil {
+		r.threadErr = ErrGone
+		return proc.Thread{}, ErrGone
+	}
+	r.thread = &th
+	return th, nil
 }

@@ -7,7 +7,7 @@ import (
 
 	"github.com/moby/sys/user"
 
-	"github.com/cgfs/cgfs/translate"
+	"github.com/cgfs/cgfs/access/proc"
 )
 
 // Owner is the container a view belongs to, taken from one of its
@@ -17,7 +17,7 @@ type Owner struct {
 	UserNS *os.File // the owner's user namespace (nsfs)
 	PidNS  *os.File // the owner's pid namespace (nsfs)
 	// Chain is the owner's user namespace, then its ancestors.
-	Chain []UserNSLink
+	Chain []proc.Ancestor
 	// IDs are the user namespace's id maps; nil when the owner is in the
 	// server's own user namespace.
 	IDs *user.IdentityMapping
@@ -25,36 +25,32 @@ type Owner struct {
 
 // OwnerOf pins host process pid and takes its namespaces and id maps;
 // it fails if the process exits meanwhile.
-func OwnerOf(pid int) (*Owner, error) {
-	pin, err := translate.OpenTaskDir("/proc", pid)
+func OwnerOf(procs *proc.Procs, pid int) (*Owner, error) {
+	pin, err := procs.Pin(pid)
 	if err != nil {
 		return nil, fmt.Errorf("process %d: %w", pid, err)
 	}
 	defer pin.Close()
 	o := &Owner{}
-	nsfd, err := pin.Namespace("user")
-	if err != nil {
+	if o.UserNS, err = pin.NamespaceFile("user"); err != nil {
 		return nil, err
 	}
-	o.UserNS = os.NewFile(uintptr(nsfd), "userns")
-	pidns, err := pin.Namespace("pid")
-	if err != nil {
+	if o.PidNS, err = pin.NamespaceFile("pid"); err != nil {
 		o.Close()
 		return nil, err
 	}
-	o.PidNS = os.NewFile(uintptr(pidns), "pidns")
-	if o.Chain, err = UserNSChainOf(o.UserNS); err != nil {
+	if o.Chain, err = proc.UserNSAncestry(int(o.UserNS.Fd())); err != nil {
 		o.Close()
 		return nil, err
 	}
 	if len(o.Chain) > 1 {
-		proc := "/proc/" + strconv.Itoa(pid)
-		uids, err := user.ParseIDMapFile(proc + "/uid_map")
+		dir := procs.Root() + "/" + strconv.Itoa(pid)
+		uids, err := user.ParseIDMapFile(dir + "/uid_map")
 		if err != nil {
 			o.Close()
 			return nil, err
 		}
-		gids, err := user.ParseIDMapFile(proc + "/gid_map")
+		gids, err := user.ParseIDMapFile(dir + "/gid_map")
 		if err != nil {
 			o.Close()
 			return nil, err
@@ -70,8 +66,8 @@ func OwnerOf(pid int) (*Owner, error) {
 
 // SelfOwner is the owner of a view without a container: the server's own
 // namespaces.
-func SelfOwner() (*Owner, error) {
-	return OwnerOf(os.Getpid())
+func SelfOwner(procs *proc.Procs) (*Owner, error) {
+	return OwnerOf(procs, os.Getpid())
 }
 
 // Close releases the namespace handles.

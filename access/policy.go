@@ -2,15 +2,17 @@ package access
 
 import (
 	"fmt"
-	"path"
-	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/access/proc"
 )
 
 // Rule names a reason for a refusal, as it appears in host logs and
-// metrics.
+// metrics. The access rules are here; the view names the answers it
+// makes itself (reserved names, container limits, ...) with rules of its
+// own.
 type Rule string
 
 const (
@@ -23,8 +25,9 @@ const (
 	RuleMode Rule = "mode"
 	// RuleRootLocked: the view root's resource-control files and
 	// attributes belong to the parent, as under nsdelegate: only
-	// cgroup.procs, cgroup.threads, cgroup.subtree_control and the host's
-	// /sys/kernel/cgroup/delegate files may be written there. EPERM.
+	// delegated files (cgroup.procs, cgroup.threads,
+	// cgroup.subtree_control, the host's /sys/kernel/cgroup/delegate) may
+	// be written there. EPERM.
 	RuleRootLocked Rule = "root-locked"
 	// RuleCommonAncestor: moving a task needs write access to
 	// cgroup.procs of the common ancestor of its source and destination
@@ -46,19 +49,37 @@ const (
 	RuleNotOwner Rule = "not-owner"
 )
 
-// Refusal is a request access refused. The container sees only Errno;
-// the host log gets the rule and the caller.
+// Refusal is an answer cgfs gives instead of the host: refused by an
+// access rule, or made by cgfs itself as the kernel would. The container
+// sees only Errno; the host log gets the rule, the detail and the caller.
 type Refusal struct {
 	Rule   Rule
 	Errno  syscall.Errno
-	Caller Caller
+	Detail string  // what the host log says besides the rule; may be empty
+	Caller *Caller // who was refused, when identified
 }
 
 func (r *Refusal) Error() string {
-	return fmt.Sprintf("refused by rule %s: %v (%s)", r.Rule, r.Errno, r.Caller)
+	s := fmt.Sprintf("refused by rule %s: %v", r.Rule, r.Errno)
+	if r.Detail != "" {
+		s += ": " + r.Detail
+	}
+	if r.Caller != nil {
+		s += " (" + r.Caller.String() + ")"
+	}
+	return s
 }
 
 func (r *Refusal) Unwrap() error { return r.Errno }
+
+// Refuse is a refusal by rule with errno; detail is for the host log.
+func Refuse(rule Rule, errno syscall.Errno, detail string) *Refusal {
+	return &Refusal{Rule: rule, Errno: errno, Detail: detail}
+}
+
+func refuse(rule Rule, errno syscall.Errno, c Caller) error {
+	return &Refusal{Rule: rule, Errno: errno, Caller: &c}
+}
 
 // Want is the access a request asks for, as in access(2).
 type Want uint32
@@ -69,48 +90,42 @@ const (
 	Exec  Want = 1
 )
 
-// Policy judges the callers of one view. Paths are the view's virtual
-// paths ("" is the view root); attributes are those the view shows.
+// Policy judges the callers of one view. It knows no paths: the view
+// tells it the facts of what a request touches.
 type Policy struct {
 	// owner is the user namespace owning the container, then its
 	// ancestors; the last is the server's own.
-	owner []UserNSLink
-	// delegate lists the files writable at the view root.
-	delegate map[string]bool
-	// v1 judges a cgroup v1 hierarchy, which has no containment of its
-	// own in the kernel.
-	v1 bool
+	owner []proc.Ancestor
 }
-
-// DefaultDelegate is what cgroup v2 lets a delegatee write at its root
-// when the host has no /sys/kernel/cgroup/delegate.
-var DefaultDelegate = []string{"cgroup.procs", "cgroup.threads", "cgroup.subtree_control"}
 
 // NewPolicy returns the policy of a view owned by the user namespace
-// chain owner (see UserNSChainOf); rootWritable names the files writable
-// at the view root (the host's /sys/kernel/cgroup/delegate).
-func NewPolicy(owner []UserNSLink, rootWritable []string) *Policy {
-	p := &Policy{owner: owner, delegate: map[string]bool{}}
-	for _, f := range append(rootWritable, DefaultDelegate...) {
-		p.delegate[f] = true
-	}
-	return p
+// chain owner (see proc.UserNSAncestry).
+func NewPolicy(owner []proc.Ancestor) *Policy {
+	return &Policy{owner: owner}
 }
 
-// NewPolicyV1 returns the policy of a cgroup v1 hierarchy of a view
-// owned by owner: at its root only tasks and cgroup.procs may be
-// written; release_agent, notify_on_release and devices.allow are
-// refused (see the rules).
-func NewPolicyV1(owner []UserNSLink) *Policy {
-	return &Policy{owner: owner, v1: true, delegate: map[string]bool{"tasks": true, "cgroup.procs": true}}
+// File is what a write to a control file touches, as the view describes
+// it.
+type File struct {
+	Attr *unix.Stat_t // the attributes the view shows
+	// AtRoot: the file is one of the view root's (the root's own
+	// resource controls belong to the parent).
+	AtRoot bool
+	// Delegated: writable at the view root by the container, as cgroup
+	// v2 delegation allows (cgroup.procs, ...).
+	Delegated bool
+	// Guard, when set, refuses the file to every caller but host root;
+	// GuardAll to host root too.
+	Guard    Rule
+	GuardAll bool
 }
 
 // level is how deep a namespace chain is below the server's namespace.
-func level(chain []UserNSLink) int { return len(chain) - 1 }
+func level(chain []proc.Ancestor) int { return len(chain) - 1 }
 
 // hostAdmin: CAP_SYS_ADMIN in the server's own user namespace. Host
 // root keeps full access: it could do all of it on the host directly.
-func (p *Policy) hostAdmin(c Caller) bool {
+func hostAdmin(c Caller) bool {
 	return level(c.UserNS) == 0 && c.HasCapSysAdmin()
 }
 
@@ -148,27 +163,35 @@ func (p *Policy) inside(c Caller) bool {
 	return false
 }
 
-// NoOutsiders is true when every caller is inside the owner's user
+// noOutsiders is true when every caller is inside the owner's user
 // namespace (the owner is the server's own namespace): then a request
 // that modes allow needs no caller identification.
-func (p *Policy) NoOutsiders() bool { return len(p.owner) == 1 }
+func (p *Policy) noOutsiders() bool { return len(p.owner) == 1 }
 
-func refuse(rule Rule, errno syscall.Errno, c Caller) error {
-	return &Refusal{Rule: rule, Errno: errno, Caller: c}
-}
-
-// MaySee allows looking at the tree at all (lookup, getattr).
-func (p *Policy) MaySee(c Caller) error {
+func (p *Policy) maySee(c Caller) error {
 	if p.inside(c) || p.capable(c) {
 		return nil
 	}
 	return refuse(RuleOutsider, unix.EACCES, c)
 }
 
-// MayAccess allows want (Read, Write, Exec bits) on a file or directory
+// MaySee allows looking at the tree at all (lookup, getattr). With no
+// possible outsiders nobody is identified.
+func (p *Policy) MaySee(r *Request) error {
+	if p.noOutsiders() {
+		return nil
+	}
+	c, err := r.Caller()
+	if err != nil {
+		return err
+	}
+	return p.maySee(c)
+}
+
+// mayAccess allows want (Read, Write, Exec bits) on a file or directory
 // whose shown attributes are st.
-func (p *Policy) MayAccess(c Caller, st *unix.Stat_t, want Want) error {
-	if err := p.MaySee(c); err != nil {
+func (p *Policy) mayAccess(c Caller, st *unix.Stat_t, want Want) error {
+	if err := p.maySee(c); err != nil {
 		return err
 	}
 	if p.capable(c) || modeAllows(c, st, want) {
@@ -177,56 +200,60 @@ func (p *Policy) MayAccess(c Caller, st *unix.Stat_t, want Want) error {
 	return refuse(RuleMode, unix.EACCES, c)
 }
 
-// MayRead allows reading a file or listing a directory. When no caller
-// can be an outsider and every class may read, the caller is not
-// identified at all (a cost of several syscalls per open).
-func (p *Policy) MayRead(st *unix.Stat_t, who func() (Caller, error)) error {
-	if p.NoOutsiders() && st.Mode&0o444 == 0o444 {
+// MayRead allows reading a file or listing a directory whose shown
+// attributes are st. When no caller can be an outsider and every class
+// may read, the caller is not identified at all.
+func (p *Policy) MayRead(r *Request, st *unix.Stat_t) error {
+	if p.noOutsiders() && st.Mode&0o444 == 0o444 {
 		return nil
 	}
-	c, err := who()
+	c, err := r.Caller()
 	if err != nil {
 		return err
 	}
-	return p.MayAccess(c, st, Read)
+	return p.mayAccess(c, st, Read)
 }
 
-// MayWriteFile allows opening the control file vpath for writing.
-func (p *Policy) MayWriteFile(c Caller, vpath string, st *unix.Stat_t) error {
-	if err := p.MaySee(c); err != nil {
+// MayWrite allows opening the control file f for writing.
+func (p *Policy) MayWrite(r *Request, f File) error {
+	c, err := r.Caller()
+	if err != nil {
 		return err
 	}
-	dir, name := path.Split(vpath)
-	if p.v1 && name == "cgroup.event_control" {
-		return refuse(RuleV1EventControl, unix.EPERM, c)
+	if err := p.maySee(c); err != nil {
+		return err
 	}
-	if p.v1 && !p.hostAdmin(c) {
-		switch {
-		case name == "release_agent" || name == "notify_on_release":
-			return refuse(RuleV1ReleaseAgent, unix.EPERM, c)
-		case name == "devices.allow" && dir != "":
-			return refuse(RuleV1DevicesAllow, unix.EPERM, c)
-		}
+	if f.Guard != "" && (f.GuardAll || !hostAdmin(c)) {
+		return refuse(f.Guard, unix.EPERM, c)
 	}
-	if dir == "" && !p.delegate[name] && !p.hostAdmin(c) {
+	if f.AtRoot && !f.Delegated && !hostAdmin(c) {
 		return refuse(RuleRootLocked, unix.EPERM, c)
 	}
-	return p.MayAccess(c, st, Write)
+	return p.mayAccess(c, f.Attr, Write)
 }
 
-// MayChangeEntries allows mkdir or rmdir in the directory whose shown
-// attributes are dir: write and search permission on it.
-func (p *Policy) MayChangeEntries(c Caller, dir *unix.Stat_t) error {
-	return p.MayAccess(c, dir, Write|Exec)
-}
-
-// MayChmod allows chmod (and utimes) of vpath: its owner or a
-// privileged caller, never at the view root.
-func (p *Policy) MayChmod(c Caller, vpath string, st *unix.Stat_t) error {
-	if err := p.MaySee(c); err != nil {
+// MayChangeEntries allows mkdir, rmdir or rename in the directory whose
+// shown attributes are dir: write and search permission on it.
+func (p *Policy) MayChangeEntries(r *Request, dir *unix.Stat_t) error {
+	c, err := r.Caller()
+	if err != nil {
 		return err
 	}
-	if atRoot(vpath, st) && !p.hostAdmin(c) {
+	return p.mayAccess(c, dir, Write|Exec)
+}
+
+// MayChmod allows chmod (and utimes) of a file or cgroup: its owner or a
+// privileged caller, never at the view root (the root itself or its
+// files).
+func (p *Policy) MayChmod(r *Request, st *unix.Stat_t, atRoot bool) error {
+	c, err := r.Caller()
+	if err != nil {
+		return err
+	}
+	if err := p.maySee(c); err != nil {
+		return err
+	}
+	if atRoot && !hostAdmin(c) {
 		return refuse(RuleRootLocked, unix.EPERM, c)
 	}
 	if p.capable(c) || c.Uid == st.Uid {
@@ -235,13 +262,17 @@ func (p *Policy) MayChmod(c Caller, vpath string, st *unix.Stat_t) error {
 	return refuse(RuleNotOwner, unix.EPERM, c)
 }
 
-// MayChown allows chown of vpath: a privileged caller, never at the
-// view root.
-func (p *Policy) MayChown(c Caller, vpath string, st *unix.Stat_t) error {
-	if err := p.MaySee(c); err != nil {
+// MayChown allows chown of a file or cgroup: a privileged caller, never
+// at the view root.
+func (p *Policy) MayChown(r *Request, st *unix.Stat_t, atRoot bool) error {
+	c, err := r.Caller()
+	if err != nil {
 		return err
 	}
-	if atRoot(vpath, st) && !p.hostAdmin(c) {
+	if err := p.maySee(c); err != nil {
+		return err
+	}
+	if atRoot && !hostAdmin(c) {
 		return refuse(RuleRootLocked, unix.EPERM, c)
 	}
 	if p.capable(c) {
@@ -251,43 +282,16 @@ func (p *Policy) MayChown(c Caller, vpath string, st *unix.Stat_t) error {
 }
 
 // MayMigrate allows opener (who opened the destination's cgroup.procs or
-// cgroup.threads) to move a task from the virtual cgroup from to to. A
-// caller without CAP_SYS_ADMIN over the owner namespace also needs write
-// access to the common ancestor's cgroup.procs, whose shown attributes
-// procsOf returns.
-func (p *Policy) MayMigrate(opener Caller, from, to string, procsOf func(cgroup string) (unix.Stat_t, error)) error {
-	if p.capable(opener) {
+// cgroup.threads: the kernel judges migrations with the opener's
+// credentials) to move a task whose source and destination cgroups have
+// a common ancestor whose cgroup.procs shows attributes common. A caller
+// without CAP_SYS_ADMIN over the owner namespace needs write access to
+// it.
+func (p *Policy) MayMigrate(opener Caller, common *unix.Stat_t) error {
+	if p.capable(opener) || modeAllows(opener, common, Write) {
 		return nil
 	}
-	common := commonAncestor(from, to)
-	st, err := procsOf(common)
-	if err != nil {
-		return err
-	}
-	if !modeAllows(opener, &st, Write) {
-		return refuse(RuleCommonAncestor, unix.EACCES, opener)
-	}
-	return nil
-}
-
-// commonAncestor of two virtual cgroup paths ("" is the root).
-func commonAncestor(a, b string) string {
-	as, bs := strings.Split(a, "/"), strings.Split(b, "/")
-	if a == "" || b == "" {
-		return ""
-	}
-	var common []string
-	for i := 0; i < len(as) && i < len(bs) && as[i] == bs[i]; i++ {
-		common = append(common, as[i])
-	}
-	return strings.Join(common, "/")
-}
-
-// atRoot: the view root itself or a control file in it (its child
-// cgroups are the container's own).
-func atRoot(vpath string, st *unix.Stat_t) bool {
-	dir, _ := path.Split(vpath)
-	return vpath == "" || (dir == "" && st.Mode&unix.S_IFMT != unix.S_IFDIR)
+	return refuse(RuleCommonAncestor, unix.EACCES, opener)
 }
 
 // modeAllows is generic_permission's mode check on the shown ids (the

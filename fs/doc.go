@@ -1,8 +1,9 @@
-// Package fs holds the FUSE nodes of a cgfs view.
+// Package fs holds the FUSE nodes of a cgfs mount.
 //
-// The package is thin on purpose: each operation takes the caller from
-// the request context, asks package access whether it may proceed and
-// package translate to do it on the host, and turns the result into an
-// errno in one place (errno.go). No path, pid or permission logic lives
-// here.
+// The package is thin on purpose: each operation starts one
+// access.Request for its caller (identified at most once, only if a
+// decision needs it), calls one method of the translate.View it serves
+// with plain values, and turns the result into an errno, a host log line
+// and a count in one place (errno.go). No file names, pid or permission
+// logic live here.
 package fs

@@ -17,27 +17,27 @@ import (
 // /sys/fs/cgroup, the container cannot change it.
 type layoutRoot struct {
 	gofs.Inode
-	m           *mount
-	hierarchies []Hierarchy
-	symlinks    map[string]string
-	attr        unix.Stat_t // shown attributes: the first hierarchy root's owner
+	m        *mount
+	views    []ViewAt
+	symlinks map[string]string
+	attr     unix.Stat_t // shown attributes: the first view root's owner
 }
 
 var _ = (gofs.NodeOnAdder)((*layoutRoot)(nil))
 
-// OnAdd makes the hierarchies' roots and the symlinks. Inode numbers of
-// different hierarchies never collide: each view adds its own base.
+// OnAdd makes the views' roots and the symlinks. Inode numbers of
+// different views never collide: each view adds its own base.
 func (r *layoutRoot) OnAdd(ctx context.Context) {
-	for _, h := range r.hierarchies {
-		st, err := h.View.Stat("")
+	for _, va := range r.views {
+		st, err := va.View.RootAttr()
 		if err != nil {
-			r.m.log.Error("hierarchy root", "name", h.Name, "err", err)
+			r.m.log.Error("hierarchy root", "name", va.Dir, "err", err)
 			continue
 		}
-		n := &node{m: r.m, h: &hierarchy{view: h.View, policy: h.Policy}}
+		n := &node{m: r.m, t: &tree{view: va.View}}
 		child := r.NewPersistentInode(ctx, n, gofs.StableAttr{Mode: unix.S_IFDIR, Ino: st.Ino})
-		n.h.root = child
-		r.AddChild(h.Name, child, false)
+		n.t.root = child
+		r.AddChild(va.Dir, child, false)
 	}
 	for name, target := range r.symlinks {
 		link := r.NewPersistentInode(ctx, &gofs.MemSymlink{Data: []byte(target)}, gofs.StableAttr{Mode: unix.S_IFLNK})
@@ -54,18 +54,15 @@ func (r *layoutRoot) Getattr(ctx context.Context, _ gofs.FileHandle, out *fuse.A
 	return 0
 }
 
-// The root's entries are the host's layout: nothing may be added or
-// removed (EACCES, as the host's root-owned tmpfs answers the container).
+// fixed refuses a change to the layout and logs it.
+func (r *layoutRoot) fixed(ctx context.Context, op, name string) syscall.Errno {
+	return r.m.errno(ctx, nil, op, name, translate.ErrLayoutRoot)
+}
 
 var _ = (gofs.NodeMkdirer)((*layoutRoot)(nil))
 
 func (r *layoutRoot) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	return nil, r.fixed(ctx, "mkdir", name)
-}
-
-// fixed refuses a change to the layout and logs it.
-func (r *layoutRoot) fixed(ctx context.Context, op, name string) syscall.Errno {
-	return r.m.errno(ctx, op, name, &translate.Error{Op: op, Path: name, Data: "the layout root is the host's", Err: syscall.EACCES})
 }
 
 var _ = (gofs.NodeCreater)((*layoutRoot)(nil))

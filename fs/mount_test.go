@@ -14,29 +14,25 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/access"
+	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/test/fake"
 	"github.com/cgfs/cgfs/translate"
+	"github.com/cgfs/cgfs/translate/host"
 )
 
 // fakeCgroup is a directory shaped like a cgroup2 cgroup: core files
 // with the text Linux 6.18 shows, a child, and a hidden leaf.
 func fakeCgroup(t *testing.T) string {
 	t.Helper()
-	root := t.TempDir()
 	files := map[string]string{
 		"cgroup.procs":           "",
 		"cgroup.max.descendants": "max\n",
 		"cgroup.stat":            "nr_descendants 2\nnr_dying_descendants 0\n",
 		"cgroup.events":          "populated 0\nfrozen 0\n",
 	}
+	root := t.TempDir()
 	for _, dir := range []string{"", "child", translate.LeafName} {
-		if err := os.MkdirAll(filepath.Join(root, dir), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		for name, text := range files {
-			if err := os.WriteFile(filepath.Join(root, dir, name), []byte(text), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
+		fake.Cgroup(t, filepath.Join(root, dir), files)
 	}
 	return root
 }
@@ -44,23 +40,34 @@ func fakeCgroup(t *testing.T) string {
 // testMount serves a fake cgroup over real FUSE, as the host's root.
 func testMount(t *testing.T, dir string) string {
 	t.Helper()
+	mnt, _ := testMountIdent(t, dir)
+	return mnt
+}
+
+// testMountIdent is testMount with the mount's caller identifier.
+func testMountIdent(t *testing.T, dir string) (string, *access.Identifier) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("CI=true: FUSE tests need root (DirectMount)")
 		}
 		t.Skip("FUSE tests need root (DirectMount)")
 	}
-	host, err := translate.OpenHost(dir)
+	h, err := host.Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { host.Close() })
-	owner, err := access.SelfOwner()
+	t.Cleanup(func() { h.Close() })
+	procs, err := proc.Open("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner, err := access.SelfOwner(procs)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(owner.Close)
-	ident, err := access.NewIdentifier("/proc")
+	view, err := translate.New(h, translate.Config{Policy: access.NewPolicy(owner.Chain), Procs: procs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,13 +76,12 @@ func testMount(t *testing.T, dir string) string {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	mnt := t.TempDir()
+	ident := access.NewIdentifier(procs)
 	server, err := Mount(mnt, Config{
-		Hierarchies: []Hierarchy{{
-			View:   translate.NewView(host, translate.ViewConfig{}),
-			Policy: access.NewPolicy(owner.Chain, nil),
-		}},
+		Views:      []ViewAt{{View: view}},
 		Identifier: ident,
 		Log:        log,
+		Debug:      os.Getenv("CGFS_DEBUG") != "",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +91,7 @@ func testMount(t *testing.T, dir string) string {
 			t.Errorf("unmount: %v", err)
 		}
 	})
-	return mnt
+	return mnt, ident
 }
 
 func TestListingHidesTheLeaf(t *testing.T) {

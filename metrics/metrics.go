@@ -10,8 +10,8 @@ type Metrics struct {
 	// failed, by view, operation and result (an errno name, or "ok").
 	// Reads that succeed are not counted.
 	operations *prometheus.CounterVec
-	// refusals counts requests refused by access rules, by view, rule
-	// and operation.
+	// refusals counts requests refused by a rule (of access, or one of
+	// the answers cgfs makes itself), by view, rule and operation.
 	refusals *prometheus.CounterVec
 }
 
@@ -26,40 +26,41 @@ func New(reg prometheus.Registerer) *Metrics {
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "cgfs",
 			Name:      "refusals_total",
-			Help:      "Requests refused by an access rule, by view, rule and operation.",
+			Help:      "Requests refused by a rule, by view, rule and operation.",
 		}, []string{"view", "rule", "op"}),
 	}
 	reg.MustRegister(m.operations, m.refusals)
 	return m
 }
 
-// View is the metrics of one view, labelled with its name.
-type View struct {
+// Counts are the counters of one view (or mount), labelled with its
+// name.
+type Counts struct {
 	m    *Metrics
 	name string
 }
 
-// View returns the metrics of the view called name (its host cgroup).
-func (m *Metrics) View(name string) *View {
+// For returns the counters of the view called name (its host cgroup).
+func (m *Metrics) For(name string) *Counts {
 	if m == nil {
 		return nil
 	}
-	return &View{m: m, name: name}
+	return &Counts{m: m, name: name}
 }
 
 // Operation counts one operation with its result ("ok" or an errno
 // name).
-func (v *View) Operation(op, result string) {
-	if v == nil {
+func (c *Counts) Operation(op, result string) {
+	if c == nil {
 		return
 	}
-	v.m.operations.WithLabelValues(v.name, op, result).Inc()
+	c.m.operations.WithLabelValues(c.name, op, result).Inc()
 }
 
 // Refusal counts one refusal by rule.
-func (v *View) Refusal(rule, op string) {
-	if v == nil {
+func (c *Counts) Refusal(rule, op string) {
+	if c == nil {
 		return
 	}
-	v.m.refusals.WithLabelValues(v.name, rule, op).Inc()
+	c.m.refusals.WithLabelValues(c.name, rule, op).Inc()
 }

@@ -11,7 +11,7 @@ import (
 func TestCounts(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	m := New(reg)
-	v := m.View("/sys/fs/cgroup/c1")
+	v := m.For("/sys/fs/cgroup/c1")
 	v.Operation("mkdir", "ok")
 	v.Operation("mkdir", "ok")
 	v.Operation("write", "EINVAL")
@@ -21,7 +21,7 @@ func TestCounts(t *testing.T) {
 # TYPE cgfs_operations_total counter
 cgfs_operations_total{op="mkdir",result="ok",view="/sys/fs/cgroup/c1"} 2
 cgfs_operations_total{op="write",result="EINVAL",view="/sys/fs/cgroup/c1"} 1
-# HELP cgfs_refusals_total Requests refused by an access rule, by view, rule and operation.
+# HELP cgfs_refusals_total Requests refused by a rule, by view, rule and operation.
 # TYPE cgfs_refusals_total counter
 cgfs_refusals_total{op="open",rule="root-locked",view="/sys/fs/cgroup/c1"} 1
 `
@@ -31,6 +31,6 @@ cgfs_refusals_total{op="open",rule="root-locked",view="/sys/fs/cgroup/c1"} 1
 	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
 		t.Errorf("lint: %v %v", problems, err)
 	}
-	var nilView *View
+	var nilView *Counts
 	nilView.Operation("mkdir", "ok") // a view without metrics counts nothing, safely
 }

@@ -1,283 +1,237 @@
 package translate
 
 import (
-	"bytes"
 	"os"
-	"path"
-	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/access"
+	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/translate/host"
 )
 
-// A controlFile is an interface file whose content or writes cgfs
-// computes rather than passing through, described as data. A nil render
-// passes reads through; a nil write passes writes through.
+// A controlFile is the whole behaviour of an interface file that cgfs
+// does more for than pass through: how it reads for a reader, how a
+// write is carried, whether it may be written at the view root, and
+// which rule guards it. Files without one are the host's, read and
+// written as they are.
 type controlFile struct {
-	match  func(name string) bool
-	render func(v *View, vdir string, f *os.File, r Reader) ([]byte, error)
-	write  func(v *View, vdir string, data []byte) (int, error)
+	// read computes what the reader of f reads; nil passes the host
+	// file through (by the kernel, with FUSE passthrough, when opened
+	// read-only).
+	read func(f *File) ([]byte, error)
+	// reader: read shows task ids in the reader's pid namespace, so the
+	// opener is identified as a reader at open.
+	reader bool
+	// write carries one write of at most a page to f; nil writes the
+	// host file once.
+	write func(f *File, r *access.Request, data []byte) (int, error)
+	// delegated: the container may write it at the view root, as cgroup
+	// v2 delegation allows (cgroup-v2.rst, "Delegation Containment").
+	delegated bool
+	// guard refuses the file to every caller but host root (to host
+	// root too with all), below the root only with belowRoot.
+	guard guard
 }
 
-func named(n string) func(string) bool { return func(s string) bool { return s == n } }
-
-var controlFiles = []controlFile{
-	// Tasks: merged with the hidden leaf, shown in the reader's pid
-	// namespace. Writes go through Migrate (fs needs the policy between
-	// resolving the pid and moving it).
-	{match: named("cgroup.procs"), render: renderTasks("cgroup.procs")},
-	{match: named("cgroup.threads"), render: renderTasks("cgroup.threads")},
-	{match: named("tasks"), render: renderTasks("tasks")}, // v1
-	// Hidden leaves appear and disappear with domain controllers.
-	{match: named("cgroup.subtree_control"), write: (*View).writeSubtreeControl},
-	// Descendant counts do not count hidden leaves.
-	{match: named("cgroup.stat"), render: renderStat},
-	// Limits the container sets leave room for the leaves.
-	{match: named("cgroup.max.descendants"), render: renderLimit(decodeDescendants), write: writeLimit("cgroup.max.descendants", encodeDescendants)},
-	{match: named("cgroup.max.depth"), render: renderLimit(decodeDepth), write: writeLimit("cgroup.max.depth", encodeDepth)},
-	// Non-hierarchical counters: H's plus its leaf's.
-	{match: func(n string) bool { return strings.HasSuffix(n, ".local") }, render: renderLocal},
+type guard struct {
+	rule           access.Rule
+	belowRoot, all bool
 }
 
-func controlFileOf(vpath string) *controlFile {
-	name := path.Base(vpath)
-	for i := range controlFiles {
-		if controlFiles[i].match(name) {
-			return &controlFiles[i]
+var (
+	controlFiles = map[string]*controlFile{}
+	// bySuffix holds files named by their end (memory.events.local).
+	bySuffix = map[string]*controlFile{}
+)
+
+// register makes cf the behaviour of the interface file name. Each
+// concern registers its files from an init function.
+func register(name string, cf *controlFile) {
+	if _, dup := controlFiles[name]; dup {
+		panic("translate: control file registered twice: " + name)
+	}
+	controlFiles[name] = cf
+}
+
+// registerSuffix makes cf the behaviour of every file whose name ends in
+// suffix.
+func registerSuffix(suffix string, cf *controlFile) { bySuffix[suffix] = cf }
+
+// controlFileOf returns the behaviour of the interface file name, nil
+// when it is passed through.
+func controlFileOf(name string) *controlFile {
+	if cf := controlFiles[name]; cf != nil {
+		return cf
+	}
+	for suffix, cf := range bySuffix {
+		if strings.HasSuffix(name, suffix) {
+			return cf
 		}
 	}
 	return nil
 }
 
-// Rendered reports whether reads of vpath are computed by cgfs (and so
-// may never be served by the kernel from the host file directly).
-func (v *View) Rendered(vpath string) bool {
-	cf := controlFileOf(vpath)
-	return cf != nil && cf.render != nil
-}
-
-// Render computes the content of the control file vpath, opened on the
-// host as f, for reader r.
-func (v *View) Render(vpath string, f *os.File, r Reader) ([]byte, error) {
-	cf := controlFileOf(vpath)
-	if cf == nil || cf.render == nil {
-		return preadAll(f)
-	}
-	return cf.render(v, parentOf(vpath), f, r)
-}
-
-// Write carries one write(2) to the control file vpath, opened on the
-// host as f. Like kernfs for cgroup files (atomic_write_len PAGE_SIZE),
-// a write larger than a page is E2BIG and changes nothing.
-func (v *View) Write(vpath string, f *os.File, data []byte) (int, error) {
-	if len(data) > os.Getpagesize() {
-		return 0, &Error{Op: "write", Path: vpath, Data: shortData(data), Err: unix.E2BIG}
-	}
-	if cf := controlFileOf(vpath); cf != nil && cf.write != nil {
-		return cf.write(v, parentOf(vpath), data)
-	}
-	n, err := unix.Pwrite(int(f.Fd()), data, 0)
-	if err != nil {
-		return 0, &Error{Op: "write", Path: vpath, Data: shortData(data), Err: err}
-	}
-	return n, nil
-}
-
-// parentOf is the virtual cgroup holding a control file.
-func parentOf(vpath string) string {
-	d := path.Dir(vpath)
-	if d == "." {
-		return ""
-	}
-	return d
-}
-
-func renderTasks(file string) func(v *View, vdir string, f *os.File, r Reader) ([]byte, error) {
-	return func(v *View, vdir string, f *os.File, r Reader) ([]byte, error) {
-		raw, err := preadAll(f)
-		if err != nil {
-			return nil, &Error{Op: "read", Path: Join(vdir, file), Err: err}
+// target describes the control file vpath (shown attributes st) to the
+// policy.
+func (v *View) target(vpath string, st *unix.Stat_t) access.File {
+	dir, name := split(vpath)
+	t := access.File{Attr: st, AtRoot: dir == "", Delegated: v.delegate[name]}
+	if cf := controlFileOf(name); cf != nil {
+		t.Delegated = t.Delegated || cf.delegated
+		if cf.guard.rule != "" && !(cf.guard.belowRoot && t.AtRoot) {
+			t.Guard, t.GuardAll = cf.guard.rule, cf.guard.all
 		}
-		dir := v.hostPath(vdir)
-		var leafRaw []byte
-		if v.hasLeaf(dir) {
-			leafRaw, _ = v.host.ReadFile(Join(Join(dir, LeafName), file))
-		}
-		if r.Level == 0 {
-			// The server's own namespace: the host's text, as it is.
-			return append(raw, leafRaw...), nil
-		}
-		ids := append(parseIDs(raw), parseIDs(leafRaw)...)
-		out := make([]byte, 0, len(raw)+16)
-		for _, id := range v.pids.Translate(ids, r) {
-			out = strconv.AppendInt(out, int64(id), 10)
-			out = append(out, '\n')
-		}
-		return out, nil
 	}
+	return t
 }
 
-// renderStat subtracts hidden leaves from nr_descendants.
-func renderStat(v *View, vdir string, f *os.File, _ Reader) ([]byte, error) {
-	raw, err := preadAll(f)
-	if err != nil {
-		return nil, &Error{Op: "read", Path: Join(vdir, "cgroup.stat"), Err: err}
-	}
-	leaves := v.countLeaves(v.hostPath(vdir))
-	if leaves == 0 {
-		return raw, nil
-	}
-	return mapKeyed(raw, func(key string, val int64) int64 {
-		if key == "nr_descendants" {
-			return max(val-int64(leaves), 0)
-		}
-		return val
-	}), nil
+// File is one open of an interface file: the host file opened for it
+// alone, so the host sees one open file per container open, as
+// natively. A File is safe for concurrent use.
+type File struct {
+	v      *View
+	cf     *controlFile // nil: passed through
+	vpath  string
+	cgroup string // the virtual cgroup holding the file
+	name   string
+	host   *os.File
+	// passthrough: opened read-only and passed through, so the kernel
+	// may serve reads from the host file itself.
+	passthrough bool
+	// opener is who opened the file for writing: the kernel judges
+	// migrations with the opener's credentials.
+	opener access.Caller
+	// reader is whose pid namespace task ids are shown in.
+	reader proc.Thread
+
+	// mu guards rendered: computed content is rendered at each read
+	// from offset 0 and served from rendered for later offsets.
+	mu       sync.Mutex
+	rendered []byte
 }
 
-// renderLocal adds the leaf's non-hierarchical counters to H's.
-func renderLocal(v *View, vdir string, f *os.File, _ Reader) ([]byte, error) {
-	raw, err := preadAll(f)
+// Open opens the interface file vpath for the request r with open(2)
+// flags: the one host open of this FUSE open. O_CREAT, O_EXCL and
+// O_TRUNC are dropped: the file exists (the FUSE kernel looked it up),
+// cgroupfs creates nothing and ignores truncation, and a refused open
+// must change nothing.
+func (v *View) Open(r *access.Request, vpath string, flags int) (*File, error) {
+	acc := flags & unix.O_ACCMODE
+	writes := acc == unix.O_WRONLY || acc == unix.O_RDWR || flags&unix.O_TRUNC != 0
+	reads := acc == unix.O_RDONLY || acc == unix.O_RDWR
+	hf, err := v.host.Open(vpath, flags&^(unix.O_CREAT|unix.O_EXCL|unix.O_TRUNC)|unix.O_NOFOLLOW)
 	if err != nil {
 		return nil, err
 	}
-	dir := v.hostPath(vdir)
-	if !v.hasLeaf(dir) {
-		return raw, nil
+	f := &File{v: v, vpath: vpath, host: hf}
+	f.cgroup, f.name = split(vpath)
+	f.cf = controlFileOf(f.name)
+	if err := f.judge(r, writes, reads); err != nil {
+		hf.Close()
+		return nil, err
 	}
-	leafRaw, err := v.host.ReadFile(Join(Join(dir, LeafName), path.Base(f.Name())))
-	if err != nil {
-		return raw, nil // the leaf lacks the file: nothing to add
-	}
-	add := keyed(leafRaw)
-	return mapKeyed(raw, func(key string, val int64) int64 { return val + add[key] }), nil
+	f.passthrough = acc == unix.O_RDONLY && (f.cf == nil || f.cf.read == nil)
+	return f, nil
 }
 
-// keyed parses flat-keyed cgroup text ("key value" lines) into numbers.
-func keyed(b []byte) map[string]int64 {
-	out := map[string]int64{}
-	for _, line := range bytes.Split(b, []byte("\n")) {
-		f := strings.Fields(string(line))
-		if len(f) == 2 {
-			if n, err := strconv.ParseInt(f[1], 10, 64); err == nil {
-				out[f[0]] = n
+// judge decides the open on the attributes of the file just opened
+// (opening a control file has no effect on the host).
+func (f *File) judge(r *access.Request, writes, reads bool) error {
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if writes {
+		if err := f.v.policy.MayWrite(r, f.v.target(f.vpath, &st)); err != nil {
+			return err
+		}
+		if f.opener, err = r.Caller(); err != nil { // identified above
+			return err
+		}
+	}
+	if reads {
+		if err := f.v.policy.MayRead(r, &st); err != nil {
+			return err
+		}
+		if f.cf != nil && f.cf.reader {
+			if f.reader, err = r.Thread(); err != nil {
+				return err
 			}
 		}
-	}
-	return out
-}
-
-// mapKeyed rewrites the numeric values of flat-keyed text, keeping
-// order and any line it cannot parse.
-func mapKeyed(b []byte, f func(key string, val int64) int64) []byte {
-	var out bytes.Buffer
-	for _, line := range bytes.SplitAfter(b, []byte("\n")) {
-		fields := strings.Fields(string(line))
-		if len(fields) == 2 {
-			if n, err := strconv.ParseInt(fields[1], 10, 64); err == nil {
-				out.WriteString(fields[0] + " " + strconv.FormatInt(f(fields[0], n), 10) + "\n")
-				continue
-			}
-		}
-		out.Write(line)
-	}
-	return out.Bytes()
-}
-
-// Limits below the view root are stored on the host so that hidden
-// leaves never use the container's allowance: a container value N of
-// cgroup.max.descendants is 2N+1 on the host (N visible cgroups, each
-// with a possible leaf, and the cgroup's own leaf), and N of
-// cgroup.max.depth is N+1 (a leaf is one level below its cgroup). cgfs
-// itself enforces N on the visible tree at mkdir (EAGAIN, as the
-// kernel). The view root's limits belong to the host and are shown and
-// enforced as they are.
-func encodeDescendants(n int64) int64 { return 2*n + 1 }
-func decodeDescendants(h int64) int64 { return max(h-1, 0) / 2 }
-func encodeDepth(n int64) int64       { return n + 1 }
-func decodeDepth(h int64) int64       { return max(h-1, 0) }
-
-func renderLimit(decode func(int64) int64) func(v *View, vdir string, f *os.File, _ Reader) ([]byte, error) {
-	return func(v *View, vdir string, f *os.File, _ Reader) ([]byte, error) {
-		raw, err := preadAll(f)
-		if err != nil || vdir == "" {
-			return raw, err
-		}
-		s := strings.TrimSpace(string(raw))
-		n, perr := strconv.ParseInt(s, 10, 64)
-		if perr != nil { // "max"
-			return raw, nil
-		}
-		return []byte(strconv.FormatInt(decode(n), 10) + "\n"), nil
-	}
-}
-
-func writeLimit(file string, encode func(int64) int64) func(v *View, vdir string, data []byte) (int, error) {
-	return func(v *View, vdir string, data []byte) (int, error) {
-		path := Join(v.hostPath(vdir), file)
-		s := strings.TrimSpace(string(data))
-		if vdir == "" || s == "max" {
-			return v.writeHost(path, data)
-		}
-		// The kernel's parser: an int in [0, INT_MAX] or "max".
-		n, err := strconv.ParseInt(s, 10, 32)
-		if err != nil || n < 0 {
-			return 0, &Error{Op: "write", Path: path, Data: shortData(data), Err: unix.EINVAL}
-		}
-		if _, err := v.writeHost(path, []byte(strconv.FormatInt(encode(n), 10))); err != nil {
-			return 0, err
-		}
-		return len(data), nil
-	}
-}
-
-// limitOf returns the container's limit in file of virtual cgroup vdir
-// (-1 for max).
-func (v *View) limitOf(vdir, file string, decode func(int64) int64) int64 {
-	raw, err := v.host.ReadFile(Join(v.hostPath(vdir), file))
-	if err != nil {
-		return -1
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(string(raw)), 10, 64)
-	if err != nil {
-		return -1
-	}
-	if vdir == "" {
-		return n
-	}
-	return decode(n)
-}
-
-// checkLimits refuses a new cgroup below vdir when an ancestor's
-// container limits are reached (EAGAIN, as cgroup_check_hierarchy_limits
-// answers). Limits at the view root are left to the kernel.
-func (v *View) checkLimits(vdir string) error {
-	depth := int64(1) // the new cgroup is one level below vdir
-	for a := vdir; a != ""; a = parentOf(a) {
-		if lim := v.limitOf(a, "cgroup.max.depth", decodeDepth); lim >= 0 && depth > lim {
-			return unix.EAGAIN
-		}
-		if lim := v.limitOf(a, "cgroup.max.descendants", decodeDescendants); lim >= 0 {
-			if v.visibleDescendants(a) >= lim {
-				return unix.EAGAIN
-			}
-		}
-		depth++
 	}
 	return nil
 }
 
-// visibleDescendants counts the container's cgroups below vdir.
-func (v *View) visibleDescendants(vdir string) int64 {
-	entries, err := v.host.Names(v.hostPath(vdir))
-	if err != nil {
-		return 0
+// Stat returns the attributes the view shows for the open file.
+func (f *File) Stat() (unix.Stat_t, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.host.Fd()), &st); err != nil {
+		return st, &host.Error{Op: "stat", Path: f.vpath, Err: err}
 	}
-	var n int64
-	for _, e := range entries {
-		if e.Mode&unix.S_IFMT == unix.S_IFDIR && e.Name != LeafName {
-			n += 1 + v.visibleDescendants(Join(vdir, e.Name))
-		}
-	}
-	return n
+	return f.v.show(st), nil
 }
+
+// PassthroughFd is the host descriptor the kernel may read from
+// directly, if the open allows it.
+func (f *File) PassthroughFd() (int, bool) { return int(f.host.Fd()), f.passthrough }
+
+// Read reads at off into dest. Host files are read with one pread(2): at
+// offset 0 cgroupfs produces the content afresh. Computed files are
+// rendered at offset 0 (and at the first read) and served from that
+// rendering at later offsets.
+func (f *File) Read(dest []byte, off int64) ([]byte, error) {
+	if f.cf == nil || f.cf.read == nil {
+		n, err := unix.Pread(int(f.host.Fd()), dest, off)
+		if err != nil {
+			return nil, &host.Error{Op: "read", Path: f.vpath, Err: err}
+		}
+		return dest[:n], nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if off == 0 || f.rendered == nil {
+		b, err := f.cf.read(f)
+		if err != nil {
+			return nil, err
+		}
+		f.rendered = b // a new slice each time: earlier answers stay intact
+	}
+	if off >= int64(len(f.rendered)) {
+		return nil, nil
+	}
+	return f.rendered[off:min(off+int64(len(dest)), int64(len(f.rendered)))], nil
+}
+
+// Write carries one write(2) for the request r. Like kernfs for cgroup
+// files (atomic_write_len PAGE_SIZE), a write larger than a page is E2BIG
+// and changes nothing, whatever the file.
+func (f *File) Write(r *access.Request, data []byte) (int, error) {
+	if len(data) > os.Getpagesize() {
+		return 0, refuse(RuleWriteSize, unix.E2BIG, "a write larger than a page to "+f.vpath)
+	}
+	if f.cf != nil && f.cf.write != nil {
+		return f.cf.write(f, r, data)
+	}
+	return f.v.host.Write(f.host, f.vpath, data)
+}
+
+// readHost reads the open host file from its start.
+func (f *File) readHost() ([]byte, error) {
+	b, err := host.PreadAll(f.host)
+	if err != nil {
+		return nil, &host.Error{Op: "read", Path: f.vpath, Err: err}
+	}
+	return b, nil
+}
+
+// PassthroughProbe opens a read-only host file of the view root, for
+// asking the kernel once whether it takes backing files.
+func (v *View) PassthroughProbe() (*os.File, error) {
+	return v.host.Open("cgroup.procs", unix.O_RDONLY) // every hierarchy has it
+}
+
+// Close releases the host file.
+func (f *File) Close() error { return f.host.Close() }

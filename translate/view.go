@@ -3,62 +3,93 @@ package translate
 import (
 	"errors"
 	"fmt"
-	"os"
+	"path"
+	"sync"
 
 	"github.com/moby/sys/user"
 	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/access"
+	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/translate/host"
 )
 
-// View is one container's cgroup tree as the container sees it: virtual
-// paths ("" for the view root, "a/b" below it) carried onto a Host. Each
-// mount has its own View; nothing is shared between views.
+// View is one container's cgroup tree as the container sees it, carried
+// onto one host hierarchy below the container's cgroup. Each mount has
+// its own views; nothing is shared between views. A View is safe for
+// concurrent use.
 type View struct {
-	host *Host
+	host   *host.Host
+	policy *access.Policy
+	procs  *proc.Procs
 	// ids maps the owner's user namespace; nil when the view has no
 	// container owner (ids are shown as they are).
 	ids              *user.IdentityMapping
 	rootUID, rootGID uint32 // host ids of the owner namespace's root
-	pids             *Pids  // nil: pids are not translated (fake hosts)
 	v1               bool
 	inoBase          uint64
-	migrations       migrations
+	controllers      proc.Controllers
+	cgroupPath       string
+	delegate         map[string]bool
+
+	// mu is the view lock (see the package doc).
+	mu sync.Mutex
 }
 
-// ViewConfig is how a view shows its host hierarchy.
-type ViewConfig struct {
+// Config is what a view serves and how.
+type Config struct {
+	// Policy judges the view's callers. Required.
+	Policy *access.Policy
+	// Procs reads the tasks of the host. Required.
+	Procs *proc.Procs
 	// IDs are the owner user namespace's id maps; nil shows host ids.
 	IDs *user.IdentityMapping
-	// Pids reads and caches task identities; nil serves no pid files
-	// (fake hierarchies in unit tests).
-	Pids *Pids
 	// V1 marks a cgroup v1 hierarchy: tasks files, no hidden leaves,
 	// cpuset children set up so tasks can join.
 	V1 bool
 	// InoBase is added to every inode number, so that hierarchies
 	// served side by side (whose numbers may collide) never share one.
 	InoBase uint64
+	// Controllers names the host hierarchy as /proc/PID/cgroup does, and
+	// CgroupPath is the view root's path in it ("/a/b"). A view without
+	// a CgroupPath (a tree that is not a cgroup) moves no tasks.
+	Controllers proc.Controllers
+	CgroupPath  string
+	// Delegate names files the container may write at the view root
+	// besides the core ones (the host's /sys/kernel/cgroup/delegate).
+	Delegate []string
 }
 
-// NewView returns the view of host as cfg says.
-func NewView(host *Host, cfg ViewConfig) *View {
-	v := &View{host: host, ids: cfg.IDs, pids: cfg.Pids, v1: cfg.V1, inoBase: cfg.InoBase}
+// New returns the view of h that cfg describes.
+func New(h *host.Host, cfg Config) (*View, error) {
+	if h == nil || cfg.Policy == nil || cfg.Procs == nil {
+		return nil, errors.New("a view needs a host, a policy and a proc filesystem")
+	}
+	v := &View{
+		host: h, policy: cfg.Policy, procs: cfg.Procs, ids: cfg.IDs, v1: cfg.V1,
+		inoBase: cfg.InoBase, controllers: cfg.Controllers, cgroupPath: cfg.CgroupPath,
+		delegate: map[string]bool{},
+	}
+	for _, f := range cfg.Delegate {
+		v.delegate[f] = true
+	}
 	if cfg.IDs != nil {
 		u, g := cfg.IDs.RootPair()
 		v.rootUID, v.rootGID = uint32(u), uint32(g)
 	}
-	return v
+	return v, nil
 }
+
+// Dir is the host directory of the view root, for messages.
+func (v *View) Dir() string { return v.host.Dir() }
 
 // show turns host attributes into the ones the container sees: what host
 // root owns appears owned by the owner namespace's root, so `ls -l`
 // inside shows root, not nobody.
-func (v *View) show(st unix.Stat_t, err error) (unix.Stat_t, error) {
-	if err != nil {
-		return st, err
-	}
+func (v *View) show(st unix.Stat_t) unix.Stat_t {
 	st.Ino += v.inoBase
 	if v.ids == nil {
-		return st, nil
+		return st
 	}
 	if st.Uid == 0 {
 		st.Uid = v.rootUID
@@ -66,44 +97,70 @@ func (v *View) show(st unix.Stat_t, err error) (unix.Stat_t, error) {
 	if st.Gid == 0 {
 		st.Gid = v.rootGID
 	}
-	return st, nil
+	return st
 }
 
-// Host is the host hierarchy behind the view.
-func (v *View) Host() *Host { return v.host }
-
-// hostPath maps a virtual path to the host path below the view root.
-func (v *View) hostPath(vpath string) string { return vpath }
-
-// Stat returns the attributes the view shows for vpath.
-func (v *View) Stat(vpath string) (unix.Stat_t, error) {
-	return v.show(v.host.Stat(v.hostPath(vpath)))
-}
-
-// Fstat returns the attributes the view shows for a file it opened.
-func (v *View) Fstat(f *os.File) (unix.Stat_t, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return st, &Error{Op: "stat", Path: f.Name(), Err: err}
+// stat returns the attributes the view shows for vpath.
+func (v *View) stat(vpath string) (unix.Stat_t, error) {
+	st, err := v.host.Stat(vpath)
+	if err != nil {
+		return st, err
 	}
-	return v.show(st, nil)
+	return v.show(st), nil
+}
+
+// RootAttr returns the attributes the view shows for its root.
+func (v *View) RootAttr() (unix.Stat_t, error) { return v.stat("") }
+
+// split is a virtual path's directory ("" for the root) and name.
+func split(vpath string) (dir, name string) {
+	dir, name = path.Split(vpath)
+	return path.Clean("/" + dir)[1:], name
+}
+
+// atRoot: the view root itself or a file in it (its child cgroups are
+// the container's own).
+func atRoot(vpath string, st *unix.Stat_t) bool {
+	dir, _ := split(vpath)
+	return vpath == "" || (dir == "" && st.Mode&unix.S_IFMT != unix.S_IFDIR)
 }
 
 // Lookup returns the attributes of name in the virtual directory dir.
-func (v *View) Lookup(dir, name string) (unix.Stat_t, error) {
-	if err := ValidName(name); err != nil {
+func (v *View) Lookup(r *access.Request, dir, name string) (unix.Stat_t, error) {
+	if err := v.policy.MaySee(r); err != nil {
 		return unix.Stat_t{}, err
 	}
-	if name == LeafName {
-		return unix.Stat_t{}, unix.ENOENT
+	if err := checkName(name, unix.ENOENT); err != nil {
+		return unix.Stat_t{}, err
 	}
-	return v.show(v.host.Stat(v.hostPath(Join(dir, name))))
+	return v.stat(host.Join(dir, name))
+}
+
+// Getattr returns the attributes of vpath, from the open file f when
+// there is one (no host lookup then).
+func (v *View) Getattr(r *access.Request, vpath string, f *File) (unix.Stat_t, error) {
+	if err := v.policy.MaySee(r); err != nil {
+		return unix.Stat_t{}, err
+	}
+	if f != nil {
+		return f.Stat()
+	}
+	return v.stat(vpath)
+}
+
+// OpenDir allows listing the virtual directory vpath.
+func (v *View) OpenDir(r *access.Request, vpath string) error {
+	st, err := v.stat(vpath)
+	if err != nil {
+		return err
+	}
+	return v.policy.MayRead(r, &st)
 }
 
 // List returns the entries of the virtual directory vpath, sorted,
-// without hidden leaves.
-func (v *View) List(vpath string) ([]Entry, error) {
-	entries, err := v.host.ReadDir(v.hostPath(vpath))
+// without hidden leaves. The opendir before it decided who may list.
+func (v *View) List(vpath string) ([]host.Entry, error) {
+	entries, err := v.host.ReadDir(vpath)
 	if err != nil {
 		return nil, err
 	}
@@ -117,141 +174,223 @@ func (v *View) List(vpath string) ([]Entry, error) {
 	return out, nil
 }
 
-// Open opens the file at vpath on the host with open(2) flags. O_CREAT
-// and O_EXCL are dropped: the file exists (the FUSE kernel looked it up)
-// and cgroupfs creates nothing.
-func (v *View) Open(vpath string, flags int) (*os.File, error) {
-	flags &^= unix.O_CREAT | unix.O_EXCL
-	return v.host.Open(v.hostPath(vpath), flags|unix.O_NOFOLLOW)
+// mayChangeEntries allows mkdir, rmdir and rename in the virtual
+// directory dir.
+func (v *View) mayChangeEntries(r *access.Request, dir string) error {
+	st, err := v.stat(dir)
+	if err != nil {
+		return err
+	}
+	return v.policy.MayChangeEntries(r, &st)
 }
 
-// Mkdir creates the cgroup name in the virtual directory dir for a
-// caller whose host fsuid/fsgid are uid/gid, and returns its attributes.
-// As the kernel does (cgroup_kn_set_ugid), the new cgroup and its files
-// belong to the creator unless that is host root.
-func (v *View) Mkdir(dir, name string, mode, uid, gid uint32) (unix.Stat_t, error) {
-	if err := ValidName(name); err != nil {
+// Mkdir creates the cgroup name in the virtual directory dir and returns
+// its attributes. As the kernel does (cgroup_kn_set_ugid), the new
+// cgroup and its files belong to the creator unless that is host root.
+func (v *View) Mkdir(r *access.Request, dir, name string, mode uint32) (unix.Stat_t, error) {
+	if err := v.mayChangeEntries(r, dir); err != nil {
 		return unix.Stat_t{}, err
 	}
-	if name == LeafName {
-		return unix.Stat_t{}, errReservedName
-	}
-	if err := v.checkLimits(dir); err != nil {
-		return unix.Stat_t{}, &Error{Op: "mkdir", Path: Join(dir, name), Data: "container limit reached", Err: err}
-	}
-	if err := v.host.Mkdir(v.hostPath(dir), name, mode); err != nil {
+	if err := checkName(name, unix.EINVAL); err != nil {
 		return unix.Stat_t{}, err
 	}
-	hp := v.hostPath(Join(dir, name))
+	creator, err := r.Caller() // identified by the check above
+	if err != nil {
+		return unix.Stat_t{}, err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.mkdirLocked(dir, name, mode, creator.Uid, creator.Gid)
+}
+
+func (v *View) mkdirLocked(dir, name string, mode, uid, gid uint32) (unix.Stat_t, error) {
+	if err := v.checkLimitsLocked(dir); err != nil {
+		return unix.Stat_t{}, err
+	}
+	if err := v.host.Mkdir(dir, name, mode); err != nil {
+		return unix.Stat_t{}, err
+	}
+	vpath := host.Join(dir, name)
 	if v.v1 {
-		if err := v.cloneCpuset(v.hostPath(dir), hp); err != nil {
+		if err := v.cloneCpuset(dir, vpath); err != nil {
 			return unix.Stat_t{}, err
 		}
 	}
 	if uid != 0 || gid != 0 {
-		entries, err := v.host.Names(hp)
-		if err != nil {
+		if err := v.host.ChownTree(vpath, int(uid), int(gid)); err != nil {
 			return unix.Stat_t{}, err
 		}
-		for _, e := range append(entries, Entry{Name: ""}) {
-			if err := v.host.Chown(Join(hp, e.Name), int(uid), int(gid)); err != nil {
-				return unix.Stat_t{}, err
-			}
-		}
 	}
-	return v.show(v.host.Stat(hp))
+	return v.stat(vpath)
 }
 
 // Rmdir removes the cgroup name from the virtual directory dir, and its
 // hidden leaf first when that is all it holds.
-func (v *View) Rmdir(dir, name string) error {
-	if err := ValidName(name); err != nil {
+func (v *View) Rmdir(r *access.Request, dir, name string) error {
+	if err := v.mayChangeEntries(r, dir); err != nil {
 		return err
 	}
-	if name == LeafName {
-		return unix.ENOENT
+	if err := checkName(name, unix.ENOENT); err != nil {
+		return err
 	}
-	vpath := Join(dir, name)
-	defer v.migrations.lock()()
-	hp := v.hostPath(vpath)
-	if v.hasLeaf(hp) {
-		children, err := v.host.Names(hp)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.rmdirLocked(dir, name)
+}
+
+func (v *View) rmdirLocked(dir, name string) error {
+	vpath := host.Join(dir, name)
+	if v.hasLeaf(vpath) {
+		children, err := v.host.Names(vpath)
 		if err != nil {
 			return err
 		}
 		for _, e := range children {
-			if e.Mode&unix.S_IFMT == unix.S_IFDIR && e.Name != LeafName {
-				return &Error{Op: "rmdir", Path: hp, Data: "has children", Err: unix.EBUSY}
+			if e.IsDir() && e.Name != LeafName {
+				return &host.Error{Op: "rmdir", Path: vpath, Data: "has children", Err: unix.EBUSY}
 			}
 		}
-		if err := v.host.Rmdir(hp, LeafName); err != nil && !errors.Is(err, unix.ENOENT) {
-			return err // EBUSY: the leaf holds processes, so V is populated
+		if err := v.host.Rmdir(vpath, LeafName); err != nil && !errors.Is(err, unix.ENOENT) {
+			return err // EBUSY: the leaf holds processes, so the cgroup is populated
 		}
 	}
-	return v.host.Rmdir(v.hostPath(dir), name)
+	return v.host.Rmdir(dir, name)
 }
 
-// Rename renames a cgroup; the host decides (cgroup v2 refuses).
-func (v *View) Rename(oldDir, oldName, newDir, newName string, flags uint) error {
-	if err := ValidName(oldName); err != nil {
+// Rename renames a cgroup; the host decides (cgroup v2 refuses every
+// rename with EPERM, v1 allows one within a parent).
+func (v *View) Rename(r *access.Request, oldDir, oldName, newDir, newName string, flags uint) error {
+	if err := v.mayChangeEntries(r, oldDir); err != nil {
 		return err
 	}
-	if err := ValidName(newName); err != nil {
-		return err
+	if newDir != oldDir {
+		if err := v.mayChangeEntries(r, newDir); err != nil {
+			return err
+		}
 	}
-	if oldName == LeafName || newName == LeafName {
-		return errReservedName
+	for _, name := range []string{oldName, newName} {
+		if err := checkName(name, unix.EINVAL); err != nil {
+			return err
+		}
 	}
-	return v.host.Rename(v.hostPath(oldDir), oldName, v.hostPath(newDir), newName, flags)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.host.Rename(oldDir, oldName, newDir, newName, flags)
 }
 
-// Chmod sets permission bits at vpath.
-func (v *View) Chmod(vpath string, mode uint32) error {
-	return v.host.Chmod(v.hostPath(vpath), mode)
+// MakeFile answers a request to make anything but a directory (op is
+// "create", "symlink", "link", "mknod") or to unlink a file, as
+// cgroupfs does: kernfs has no create op, so the VFS answers EACCES to
+// open(O_CREAT); it has no symlink, link, mknod or unlink op for cgroups,
+// so those are EPERM (measured on Linux 6.18).
+func (v *View) MakeFile(op string) error {
+	errno := unix.EPERM
+	if op == "create" {
+		errno = unix.EACCES
+	}
+	return refuse(RuleOnlyDirectories, errno, "cgroupfs makes only directories")
 }
 
-// Chown sets owner ids (host ids, as FUSE gives them; -1 keeps one) at
-// vpath. Ids the owner's user namespace does not map are EINVAL, as the
-// kernel answers a chown to an unmappable id.
-func (v *View) Chown(vpath string, uid, gid int) error {
+// Statfs returns the host filesystem's statistics.
+func (v *View) Statfs() (unix.Statfs_t, error) { return v.host.Statfs() }
+
+// Attrs is a change of attributes; nil fields are left alone. A time
+// whose Nsec is UTIME_NOW means "now", as utimensat(2) takes it.
+type Attrs struct {
+	Mode         *uint32 // permission bits
+	Uid, Gid     *uint32 // host ids, as FUSE gives them
+	Atime, Mtime *unix.Timespec
+	// Size is a truncation. cgroupfs ignores it; runtimes open control
+	// files with O_TRUNC, which the FUSE kernel sends as a setattr of
+	// the size and of mtime to now.
+	Size bool
+}
+
+func isNow(t *unix.Timespec) bool { return t == nil || t.Nsec == unix.UTIME_NOW }
+
+// Setattr changes the attributes of vpath (through the open file f, if
+// any) and returns the new ones.
+func (v *View) Setattr(r *access.Request, vpath string, f *File, a Attrs) (unix.Stat_t, error) {
+	if f != nil && a.Mode == nil && a.Uid == nil && a.Gid == nil && isNow(a.Atime) && isNow(a.Mtime) {
+		// A truncation of a file open for writing (open(O_TRUNC),
+		// ftruncate): its open was judged already, and cgroupfs ignores
+		// the size and keeps no times of its own.
+		return f.Stat()
+	}
+	if err := v.policy.MaySee(r); err != nil {
+		return unix.Stat_t{}, err
+	}
+	st, err := v.stat(vpath)
+	if err != nil {
+		return st, err
+	}
+	root := atRoot(vpath, &st)
+	if a.Size && f == nil {
+		// truncate(2) by path needs write permission, like an open.
+		if err := v.policy.MayWrite(r, v.target(vpath, &st)); err != nil {
+			return st, err
+		}
+	}
+	if a.Mode != nil || a.Atime != nil || a.Mtime != nil {
+		if err := v.policy.MayChmod(r, &st, root); err != nil {
+			return st, err
+		}
+	}
+	if a.Uid != nil || a.Gid != nil {
+		if err := v.policy.MayChown(r, &st, root); err != nil {
+			return st, err
+		}
+	}
+	if a.Mode != nil {
+		if err := v.host.Chmod(vpath, *a.Mode&0o7777); err != nil {
+			return st, err
+		}
+	}
+	if a.Uid != nil || a.Gid != nil {
+		if err := v.chown(vpath, a.Uid, a.Gid); err != nil {
+			return st, err
+		}
+	}
+	if a.Atime != nil || a.Mtime != nil {
+		ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
+		if a.Atime != nil {
+			ts[0] = *a.Atime
+		}
+		if a.Mtime != nil {
+			ts[1] = *a.Mtime
+		}
+		if err := v.host.Utimes(vpath, ts); err != nil {
+			return st, err
+		}
+	}
+	if f != nil {
+		return f.Stat()
+	}
+	return v.stat(vpath)
+}
+
+// chown sets owner ids (host ids; nil keeps one). Ids the owner's user
+// namespace does not map are EINVAL, as the kernel answers a chown to an
+// unmappable id.
+func (v *View) chown(vpath string, uid, gid *uint32) error {
+	u, g := -1, -1
+	if uid != nil {
+		u = int(*uid)
+	}
+	if gid != nil {
+		g = int(*gid)
+	}
 	if v.ids != nil {
-		u, g := uid, gid
-		if u == -1 {
-			u = int(v.rootUID)
+		cu, cg := u, g
+		if cu == -1 {
+			cu = int(v.rootUID)
 		}
-		if g == -1 {
-			g = int(v.rootGID)
+		if cg == -1 {
+			cg = int(v.rootGID)
 		}
-		if _, _, err := v.ids.ToContainer(u, g); err != nil {
-			return &Error{Op: "chown", Path: clean(vpath), Data: fmt.Sprintf("%d:%d is not mapped", uid, gid), Err: unix.EINVAL}
-		}
-	}
-	return v.host.Chown(v.hostPath(vpath), uid, gid)
-}
-
-// Utimes sets times at vpath.
-func (v *View) Utimes(vpath string, ts []unix.Timespec) error {
-	return v.host.Utimes(v.hostPath(vpath), ts)
-}
-
-// cloneCpuset gives a new v1 cpuset cgroup its parent's cpus and mems:
-// an empty cpuset takes no tasks (ENOSPC), so the container could not
-// use the cgroup it just made (what cgroup.clone_children would do).
-func (v *View) cloneCpuset(parent, child string) error {
-	for _, file := range []string{"cpuset.cpus", "cpuset.mems"} {
-		val, err := v.host.ReadFile(Join(parent, file))
-		if errors.Is(err, unix.ENOENT) {
-			return nil // not a cpuset hierarchy
-		}
-		if err != nil {
-			return err
-		}
-		if len(val) == 0 || val[0] == '\n' {
-			continue
-		}
-		if _, err := v.writeHost(Join(child, file), val); err != nil {
-			return err
+		if _, _, err := v.ids.ToContainer(cu, cg); err != nil {
+			return refuse(RuleUnmappedID, unix.EINVAL, fmt.Sprintf("%d:%d is not mapped in the owner's user namespace", u, g))
 		}
 	}
-	return nil
+	return v.host.Chown(vpath, u, g)
 }

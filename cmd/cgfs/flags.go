@@ -1,0 +1,53 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+)
+
+const usage = `usage: cgfs mount [--cgroup HOSTDIR] [--owner PID] [--metrics ADDR] [--debug] MOUNTPOINT
+
+With --cgroup, serves the host cgroup v2 directory HOSTDIR at MOUNTPOINT as
+the root of a cgroup tree. Without it, serves the cgroups of process PID in
+every hierarchy the host mounts, laid out as the host lays out
+/sys/fs/cgroup (v2 only, v1 or hybrid). Runs until SIGINT or SIGTERM.
+`
+
+// mountOptions is what `cgfs mount` was asked to do.
+type mountOptions struct {
+	hostDir    string // --cgroup
+	owner      int    // --owner; 0 for none
+	metrics    string // --metrics
+	debug      bool
+	mountpoint string
+}
+
+// parseMount parses `mount` and its flags.
+func parseMount(args []string, stderr io.Writer) (mountOptions, error) {
+	var o mountOptions
+	if len(args) == 0 || args[0] != "mount" {
+		fmt.Fprint(stderr, usage)
+		return o, usageError{"expected the subcommand mount"}
+	}
+	fl := flag.NewFlagSet("mount", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	fl.Usage = func() { fmt.Fprint(stderr, usage) }
+	fl.StringVar(&o.hostDir, "cgroup", "", "host cgroup v2 `directory` to serve as the view's root")
+	fl.IntVar(&o.owner, "owner", 0, "`pid` of a process of the container that owns the view")
+	fl.BoolVar(&o.debug, "debug", false, "log every FUSE request")
+	fl.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics (e.g. 127.0.0.1:9464; port 0 picks one)")
+	if err := fl.Parse(args[1:]); err != nil {
+		return o, usageError{err.Error()}
+	}
+	if fl.NArg() != 1 {
+		fl.Usage()
+		return o, usageError{"expected one MOUNTPOINT"}
+	}
+	o.mountpoint = fl.Arg(0)
+	if o.hostDir == "" && o.owner == 0 {
+		fl.Usage()
+		return o, usageError{"--cgroup HOSTDIR or --owner PID is required"}
+	}
+	return o, nil
+}

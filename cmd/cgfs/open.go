@@ -1,0 +1,111 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/cgfs/cgfs/access"
+	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/fs"
+	"github.com/cgfs/cgfs/translate"
+	"github.com/cgfs/cgfs/translate/host"
+	"github.com/cgfs/cgfs/translate/layout"
+)
+
+// openedViews are the views of one mount and what they hold open.
+type openedViews struct {
+	views    []fs.ViewAt
+	symlinks map[string]string
+	name     string // for logs and metrics
+	hosts    []*host.Host
+}
+
+func (o *openedViews) close() {
+	for _, h := range o.hosts {
+		h.Close()
+	}
+}
+
+// openViews opens what opts asks to serve: one cgroup v2 directory at
+// the mount root, or the owner's cgroup in every hierarchy the host
+// mounts, laid out as the host lays them out.
+func openViews(opts mountOptions, owner *access.Owner, procs *proc.Procs, log *slog.Logger) (*openedViews, error) {
+	o := &openedViews{name: opts.hostDir}
+	policy := access.NewPolicy(owner.Chain)
+	if opts.hostDir != "" {
+		h, err := host.Open(opts.hostDir)
+		if err != nil || !h.IsCgroup2() {
+			if h != nil {
+				h.Close()
+			}
+			return nil, usageError{fmt.Sprintf("cannot serve %s: it is not a directory on a cgroup2 filesystem", opts.hostDir)}
+		}
+		o.hosts = append(o.hosts, h)
+		cgPath, err := layout.Locate(opts.hostDir)
+		if err != nil {
+			o.close()
+			return nil, usageError{fmt.Sprintf("cannot serve %s: %v", opts.hostDir, err)}
+		}
+		v, err := translate.New(h, translate.Config{
+			Policy: policy, Procs: procs, IDs: owner.IDs,
+			CgroupPath: cgPath, Delegate: delegateFiles(log),
+		})
+		if err != nil {
+			o.close()
+			return nil, err
+		}
+		o.views = []fs.ViewAt{{View: v}}
+		return o, nil
+	}
+	l, err := layout.Discover(procs)
+	if err != nil {
+		return nil, err
+	}
+	o.symlinks = l.Symlinks
+	o.name = fmt.Sprintf("owner:%d", opts.owner)
+	for i, hier := range l.Hierarchies {
+		dir, cgPath, err := hier.DirOf(procs, opts.owner)
+		if err != nil {
+			o.close()
+			return nil, usageError{fmt.Sprintf("--owner %d: %v", opts.owner, err)}
+		}
+		h, err := host.Open(dir)
+		if err != nil {
+			o.close()
+			return nil, err
+		}
+		o.hosts = append(o.hosts, h)
+		cfg := translate.Config{
+			Policy: policy, Procs: procs, IDs: owner.IDs, V1: hier.V1,
+			Controllers: hier.Controllers, CgroupPath: cgPath,
+		}
+		if !hier.V1 {
+			cfg.Delegate = delegateFiles(log)
+		}
+		if hier.Name != "" {
+			// Hierarchies side by side: keep their inode numbers apart.
+			cfg.InoBase = uint64(i+1) << 48
+		}
+		v, err := translate.New(h, cfg)
+		if err != nil {
+			o.close()
+			return nil, err
+		}
+		o.views = append(o.views, fs.ViewAt{Dir: hier.Name, View: v})
+		log.Info("hierarchy", "name", hier.Name, "dir", dir, "v1", hier.V1)
+	}
+	return o, nil
+}
+
+// delegateFiles lists the files the host lets a delegatee write at its
+// root, from /sys/kernel/cgroup/delegate.
+func delegateFiles(log *slog.Logger) []string {
+	b, err := os.ReadFile("/sys/kernel/cgroup/delegate")
+	if err != nil {
+		log.Warn("no /sys/kernel/cgroup/delegate; only the core files are writable at a view root", "err", err)
+		return nil
+	}
+	return strings.Fields(string(b))
+}

@@ -1,0 +1,78 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/access"
+)
+
+// changes are the operations that change something: each success is
+// counted. Reads that succeed are not.
+var changes = map[string]bool{"mkdir": true, "rmdir": true, "rename": true, "setattr": true, "write": true}
+
+// errno is the one place a result becomes what the container sees. Every
+// error is logged on the host: refusals with the rule that refused them,
+// host errors with the host operation, path and data. A failed lookup of
+// a name that does not exist is the everyday answer and is not logged.
+func (m *mount) errno(ctx context.Context, r *access.Request, op, vpath string, err error) syscall.Errno {
+	if err == nil {
+		if changes[op] {
+			m.count.Operation(op, "ok")
+		}
+		return 0
+	}
+	var tid uint32
+	if fc, ok := fuse.FromContext(ctx); ok {
+		tid = fc.Pid
+	}
+	var ref *access.Refusal
+	if errors.As(err, &ref) {
+		m.count.Refusal(string(ref.Rule), op)
+		if op == "lookup" && ref.Errno == syscall.ENOENT {
+			return ref.Errno // the hidden leaf: not there, to the container
+		}
+		m.count.Operation(op, errName(ref.Errno))
+		caller := ""
+		if ref.Caller != nil {
+			caller = ref.Caller.String()
+		} else if r != nil {
+			if c, ok := r.Identified(); ok {
+				caller = c.String()
+			}
+		}
+		pid, _ := m.ident.ThreadGroup(int(tid))
+		m.log.Warn("refused", "rule", ref.Rule, "op", op, "path", "/"+vpath, "errno", errName(ref.Errno),
+			"detail", ref.Detail, "pid", pid, "tid", tid, "caller", caller)
+		return ref.Errno
+	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		if op == "lookup" && errno == syscall.ENOENT {
+			return errno
+		}
+		m.count.Operation(op, errName(errno))
+		m.log.Info("host refused", "op", op, "path", "/"+vpath, "errno", errName(errno),
+			"tid", tid, "detail", err.Error())
+		return errno
+	}
+	if errors.Is(err, access.ErrGone) {
+		// The caller is gone: nobody reads this answer.
+		return syscall.ESRCH
+	}
+	m.count.Operation(op, "EIO")
+	m.log.Error("internal error", "op", op, "path", "/"+vpath, "tid", tid, "err", err)
+	return syscall.EIO
+}
+
+func errName(e syscall.Errno) string {
+	if n := unix.ErrnoName(e); n != "" {
+		return n
+	}
+	return fmt.Sprintf("errno %d", int(e))
+}

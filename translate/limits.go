@@ -1,0 +1,108 @@
+package translate
+
+import (
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/access"
+	"github.com/cgfs/cgfs/translate/host"
+)
+
+// Limits below the view root are stored on the host so that hidden
+// leaves never use the container's allowance: a container value N of
+// cgroup.max.descendants is 2N+1 on the host (N visible cgroups, each
+// with a possible leaf, and the cgroup's own leaf), and N of
+// cgroup.max.depth is N+1 (a leaf is one level below its cgroup). cgfs
+// itself enforces N on the visible tree at mkdir (EAGAIN, as the
+// kernel). The view root's limits belong to the host and are shown and
+// enforced as they are.
+func init() {
+	register("cgroup.max.descendants", limitFile(decodeDescendants, encodeDescendants))
+	register("cgroup.max.depth", limitFile(decodeDepth, encodeDepth))
+}
+
+func encodeDescendants(n int64) int64 { return 2*n + 1 }
+func decodeDescendants(h int64) int64 { return max(h-1, 0) / 2 }
+func encodeDepth(n int64) int64       { return n + 1 }
+func decodeDepth(h int64) int64       { return max(h-1, 0) }
+
+func limitFile(decode, encode func(int64) int64) *controlFile {
+	return &controlFile{
+		read: func(f *File) ([]byte, error) {
+			raw, err := f.readHost()
+			if err != nil || f.cgroup == "" {
+				return raw, err
+			}
+			n, perr := strconv.ParseInt(strings.TrimSpace(string(raw)), 10, 64)
+			if perr != nil { // "max"
+				return raw, nil
+			}
+			return []byte(strconv.FormatInt(decode(n), 10) + "\n"), nil
+		},
+		write: func(f *File, _ *access.Request, data []byte) (int, error) {
+			v := f.v
+			v.mu.Lock() // mkdir reads the limits under the view lock
+			defer v.mu.Unlock()
+			if f.cgroup == "" || strings.TrimSpace(string(data)) == "max" {
+				return v.host.Write(f.host, f.vpath, data)
+			}
+			// The kernel's parser (cgroup_max_descendants_write,
+			// cgroup_max_depth_write): "max" or kstrtoint, negative
+			// ERANGE.
+			n, err := kstrtoint(data)
+			if err == nil && n < 0 {
+				err = unix.ERANGE
+			}
+			if err != nil {
+				return 0, refuse(RuleBadValue, err.(unix.Errno), "not a limit (data "+strconv.Quote(host.Shorten(data))+")")
+			}
+			if _, err := v.host.Write(f.host, f.vpath, []byte(strconv.FormatInt(encode(n), 10))); err != nil {
+				return 0, err
+			}
+			return len(data), nil
+		},
+	}
+}
+
+// limitOf returns the container's limit in file of virtual cgroup vdir
+// (-1 for max).
+func (v *View) limitOf(vdir, file string, decode func(int64) int64) int64 {
+	raw, err := v.host.ReadFile(host.Join(vdir, file))
+	if err != nil {
+		return -1
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(raw)), 10, 64)
+	if err != nil {
+		return -1
+	}
+	if vdir == "" {
+		return n
+	}
+	return decode(n)
+}
+
+// checkLimitsLocked refuses a new cgroup below vdir when an ancestor's
+// container limits are reached (EAGAIN, as cgroup_check_hierarchy_limits
+// answers). Limits at the view root are left to the kernel.
+func (v *View) checkLimitsLocked(vdir string) error {
+	depth := int64(1) // the new cgroup is one level below vdir
+	for a := vdir; a != ""; a, _ = split(a) {
+		if lim := v.limitOf(a, "cgroup.max.depth", decodeDepth); lim >= 0 && depth > lim {
+			return refuse(RuleContainerLimit, unix.EAGAIN, "cgroup.max.depth of /"+a+" reached")
+		}
+		if lim := v.limitOf(a, "cgroup.max.descendants", decodeDescendants); lim >= 0 && v.visibleDescendants(a) >= lim {
+			return refuse(RuleContainerLimit, unix.EAGAIN, "cgroup.max.descendants of /"+a+" reached")
+		}
+		depth++
+	}
+	return nil
+}
+
+// visibleDescendants counts the container's cgroups below vdir.
+func (v *View) visibleDescendants(vdir string) int64 {
+	var n int64 = -1 // vdir itself
+	_ = v.walk(vdir, func(string, bool) error { n++; return nil })
+	return max(n, 0)
+}

@@ -1,0 +1,174 @@
+package translate
+
+import (
+	"errors"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/access"
+	"github.com/cgfs/cgfs/translate/host"
+)
+
+// LeafName is the reserved name of hidden leaf cgroups. A virtual cgroup
+// V whose host cgroup H must hold processes while it enables domain
+// controllers for its children (which cgroup v2 forbids below the real
+// root) keeps those processes in H/LeafName. The view never lists it,
+// never finds it, and refuses to create it (EINVAL).
+//
+// Everything about leaves is derived from the host tree, so a restarted
+// server sees the same view: a leaf exists only while H needs one, and
+// Reconcile folds back any leaf that is no longer needed.
+const LeafName = ".cgfs-leaf"
+
+// cgroup.subtree_control is delegated at the root; a write that the
+// no-internal-process rule refuses moves the cgroup's processes into its
+// hidden leaf and is tried again.
+func init() {
+	register("cgroup.subtree_control", &controlFile{write: writeSubtreeControl, delegated: true})
+}
+
+// hasLeaf reports whether the virtual cgroup dir has a hidden leaf.
+func (v *View) hasLeaf(dir string) bool {
+	st, err := v.host.Stat(host.Join(dir, LeafName))
+	return err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR
+}
+
+// hostTasks reads the ids in a host task file of host directory dir.
+func (v *View) hostTasks(dir, file string) ([]int, error) {
+	b, err := v.host.ReadFile(host.Join(dir, file))
+	if err != nil {
+		return nil, err
+	}
+	return ParseIDs(b), nil
+}
+
+// moveAllLocked moves every process of host cgroup from into host cgroup
+// to. Processes that exit meanwhile are skipped.
+func (v *View) moveAllLocked(from, to string) error {
+	pids, err := v.hostTasks(from, "cgroup.procs")
+	if err != nil {
+		return err
+	}
+	procs := host.Join(to, "cgroup.procs")
+	for _, pid := range pids {
+		if _, err := v.host.WriteFile(procs, []byte(strconv.Itoa(pid))); err != nil && !errors.Is(err, unix.ESRCH) {
+			return err
+		}
+	}
+	return nil
+}
+
+// ensureLeafLocked makes the hidden leaf of cgroup dir if it has none.
+func (v *View) ensureLeafLocked(dir string) error {
+	if err := v.host.Mkdir(dir, LeafName, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+		return err
+	}
+	return nil
+}
+
+// foldLocked moves the leaf's processes back into cgroup dir and removes
+// the leaf, unless dir still enables domain controllers (the kernel
+// answers EBUSY, and the leaf stays).
+func (v *View) foldLocked(dir string) error {
+	if !v.hasLeaf(dir) {
+		return nil
+	}
+	leaf := host.Join(dir, LeafName)
+	if err := v.moveAllLocked(leaf, dir); err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			return nil // still needed
+		}
+		return err
+	}
+	if err := v.host.Rmdir(dir, LeafName); err != nil && !errors.Is(err, unix.ENOENT) {
+		if errors.Is(err, unix.EBUSY) {
+			return nil // a process arrived meanwhile; keep it
+		}
+		return err
+	}
+	return nil
+}
+
+// writeSubtreeControl carries a write to cgroup.subtree_control of f's
+// cgroup H. If the kernel refuses it with EBUSY because H holds
+// processes (the no internal process rule), they move into H's leaf and
+// the write is tried again; after a write that leaves no domain
+// controller enabled, the leaf is folded back. The kernel's EBUSY
+// decides which controllers need a leaf: threaded ones never do.
+func writeSubtreeControl(f *File, _ *access.Request, data []byte) (int, error) {
+	v, dir := f.v, f.cgroup
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	n, err := v.host.Write(f.host, f.vpath, data)
+	for try := 0; errors.Is(err, unix.EBUSY) && try < 3; try++ {
+		pids, lerr := v.hostTasks(dir, "cgroup.procs")
+		if lerr != nil || len(pids) == 0 || !strings.Contains(string(data), "+") {
+			break // EBUSY for another reason: the kernel's answer stands
+		}
+		if lerr := v.ensureLeafLocked(dir); lerr != nil {
+			return 0, lerr
+		}
+		if lerr := v.moveAllLocked(dir, host.Join(dir, LeafName)); lerr != nil {
+			_ = v.foldLocked(dir)
+			return 0, lerr
+		}
+		n, err = v.host.Write(f.host, f.vpath, data)
+	}
+	if err != nil {
+		_ = v.foldLocked(dir)
+		return 0, err
+	}
+	return n, v.foldLocked(dir)
+}
+
+// Reconcile folds back every leaf of the view that is no longer needed,
+// as after a server restart that interrupted a leaf operation. Leaves
+// whose cgroup still enables domain controllers stay.
+func (v *View) Reconcile() error {
+	if v.v1 {
+		return nil // no leaves on v1: no internal-process rule there
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.walk("", func(dir string, leaf bool) error {
+		if !leaf {
+			return nil
+		}
+		return v.foldLocked(dir)
+	})
+}
+
+// walk visits the virtual cgroup vdir and every visible cgroup below it,
+// each before its children, telling visit whether the cgroup has a
+// hidden leaf. A cgroup below vdir removed meanwhile (gone, or dying:
+// its files answer ENODEV) is skipped with what is below it. This is the
+// only walk of a tree in cgfs.
+func (v *View) walk(vdir string, visit func(vdir string, leaf bool) error) error {
+	entries, err := v.host.Names(vdir)
+	if err != nil {
+		return err
+	}
+	leaf := false
+	var children []string
+	for _, e := range entries {
+		switch {
+		case !e.IsDir():
+		case e.Name == LeafName:
+			leaf = true
+		default:
+			children = append(children, e.Name)
+		}
+	}
+	if err := visit(vdir, leaf); err != nil {
+		return err
+	}
+	for _, c := range children {
+		err := v.walk(host.Join(vdir, c), visit)
+		if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) {
+			return err
+		}
+	}
+	return nil
+}

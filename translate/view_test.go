@@ -1,0 +1,326 @@
+package translate
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/access"
+	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/test/fake"
+	"github.com/cgfs/cgfs/translate/host"
+)
+
+func openProcs(t testing.TB) *proc.Procs {
+	t.Helper()
+	p, err := proc.Open("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// self is the test process as a caller: host root in the server's
+// namespaces when the tests run as root.
+func self(t testing.TB, procs *proc.Procs) *access.Request {
+	t.Helper()
+	id := access.NewIdentifier(procs)
+	c, err := id.Identify(unix.Gettid(), uint32(os.Geteuid()), uint32(os.Getegid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	th, err := procs.Thread(unix.Gettid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return access.Known(c, th)
+}
+
+// newView serves a fake hierarchy (root, a, a/b; a has a hidden leaf
+// with counters of its own) to its owner, the test process.
+func newView(t testing.TB, cfg Config) (*View, string, *access.Request) {
+	t.Helper()
+	dir := fake.Hierarchy(t, "", "a", "a/b")
+	fake.Cgroup(t, filepath.Join(dir, "a", LeafName), fake.Files)
+	fake.Write(t, filepath.Join(dir, "a/memory.events.local"), "low 0\nhigh 2\nmax 1\noom 0\noom_kill 0\noom_group_kill 0\n")
+	fake.Write(t, filepath.Join(dir, "a", LeafName, "memory.events.local"), "low 0\nhigh 1\nmax 0\noom 1\noom_kill 1\noom_group_kill 0\n")
+	fake.Write(t, filepath.Join(dir, "cgroup.stat"), "nr_descendants 3\nnr_dying_descendants 0\n")
+	h, err := host.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	procs := openProcs(t)
+	r := self(t, procs)
+	if cfg.Procs == nil {
+		cfg.Procs = procs
+	}
+	if cfg.Policy == nil {
+		c, _ := r.Caller()
+		cfg.Policy = access.NewPolicy(c.UserNS[len(c.UserNS)-1:])
+	}
+	v, err := New(h, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, dir, r
+}
+
+func read(t testing.TB, v *View, r *access.Request, vpath string) string {
+	t.Helper()
+	f, err := v.Open(r, vpath, unix.O_RDONLY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b, err := f.Read(make([]byte, 1<<16), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func write(v *View, r *access.Request, vpath, data string) error {
+	f, err := v.Open(r, vpath, unix.O_WRONLY)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = f.Write(r, []byte(data))
+	return err
+}
+
+// ruleOf is the rule of a refusal, "" for other errors.
+func ruleOf(err error) access.Rule {
+	var ref *access.Refusal
+	if errors.As(err, &ref) {
+		return ref.Rule
+	}
+	return ""
+}
+
+func TestLeafIsInvisible(t *testing.T) {
+	v, _, r := newView(t, Config{})
+	entries, err := v.List("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Name == LeafName {
+			t.Errorf("List(a) shows the hidden leaf")
+		}
+	}
+	if _, err := v.Lookup(r, "a", LeafName); !errors.Is(err, unix.ENOENT) {
+		t.Errorf("Lookup(a, leaf) = %v, want ENOENT", err)
+	}
+	if _, err := v.Mkdir(r, "", LeafName, 0o755); !errors.Is(err, unix.EINVAL) || ruleOf(err) != RuleReservedName {
+		t.Errorf("Mkdir(leaf) = %v, want EINVAL by %s", err, RuleReservedName)
+	}
+	if err := v.Rmdir(r, "a", LeafName); !errors.Is(err, unix.ENOENT) {
+		t.Errorf("Rmdir(a, leaf) = %v, want ENOENT", err)
+	}
+	if err := v.Rename(r, "a", "b", "a", LeafName, 0); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("Rename(a/b, leaf) = %v, want EINVAL", err)
+	}
+}
+
+func TestLocalFilesMergeTheLeaf(t *testing.T) {
+	v, _, r := newView(t, Config{})
+	got := read(t, v, r, "a/memory.events.local")
+	want := "low 0\nhigh 3\nmax 1\noom 1\noom_kill 1\noom_group_kill 0\n"
+	if got != want {
+		t.Errorf("a/memory.events.local = %q, want %q", got, want)
+	}
+}
+
+func TestStatDoesNotCountLeaves(t *testing.T) {
+	v, _, r := newView(t, Config{})
+	// The fake root has a and a/b (2) plus a's leaf; the host says 3.
+	got := read(t, v, r, "cgroup.stat")
+	if want := "nr_descendants 2\nnr_dying_descendants 0\n"; got != want {
+		t.Errorf("cgroup.stat = %q, want %q", got, want)
+	}
+}
+
+func TestLimitsLeaveRoomForLeaves(t *testing.T) {
+	v, dir, r := newView(t, Config{})
+	if err := write(v, r, "a/cgroup.max.descendants", "1\n"); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "a/cgroup.max.descendants")); string(b) != "3" {
+		t.Errorf("host a/cgroup.max.descendants = %q, want 3", b)
+	}
+	if got := read(t, v, r, "a/cgroup.max.descendants"); got != "1\n" {
+		t.Errorf("view reads %q, want 1", got)
+	}
+	// a has one visible child (b): a second is over the container's 1.
+	if _, err := v.Mkdir(r, "a", "c", 0o755); !errors.Is(err, unix.EAGAIN) || ruleOf(err) != RuleContainerLimit {
+		t.Errorf("Mkdir over the limit = %v, want EAGAIN by %s", err, RuleContainerLimit)
+	}
+	// The kernel answers ERANGE to a negative limit (measured on 6.18).
+	if err := write(v, r, "a/cgroup.max.descendants", "-1"); !errors.Is(err, unix.ERANGE) {
+		t.Errorf("negative limit = %v, want ERANGE", err)
+	}
+	if err := write(v, r, "a/cgroup.max.descendants", strings.Repeat("1", 5000)); !errors.Is(err, unix.E2BIG) {
+		t.Errorf("a write over a page = %v, want E2BIG", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "a/cgroup.max.descendants")); string(b) != "3" {
+		t.Errorf("refused writes changed host a/cgroup.max.descendants to %q", b)
+	}
+	// The view root's limits are the host's, as they are.
+	fake.Write(t, filepath.Join(dir, "cgroup.max.depth"), "4\n")
+	if got := read(t, v, r, "cgroup.max.depth"); got != "4\n" {
+		t.Errorf("root cgroup.max.depth = %q, want the host's 4", got)
+	}
+}
+
+// TestLimitValuesAsTheKernelParses: what cgroup_max_descendants_write
+// answers on Linux 6.18 (measured natively).
+func TestLimitValuesAsTheKernelParses(t *testing.T) {
+	v, dir, r := newView(t, Config{})
+	for _, c := range []struct {
+		in   string
+		host string // host text after, "" when refused
+		want error
+	}{
+		{"0x10", "33", nil},
+		{"010", "17", nil},
+		{" 5 \n", "11", nil},
+		{"+3", "7", nil},
+		{"max", "max", nil},
+		{"-1", "", unix.ERANGE},
+		{"99999999999", "", unix.ERANGE},
+		{"1 2", "", unix.EINVAL},
+		{"abc", "", unix.EINVAL},
+		{"0b1", "", unix.EINVAL},
+	} {
+		fake.Write(t, filepath.Join(dir, "a/cgroup.max.descendants"), "before")
+		err := write(v, r, "a/cgroup.max.descendants", c.in)
+		b, _ := os.ReadFile(filepath.Join(dir, "a/cgroup.max.descendants"))
+		if c.want != nil {
+			if !errors.Is(err, c.want) || ruleOf(err) != RuleBadValue || string(b) != "before" {
+				t.Errorf("write %q = %v, host %q; want %v by %s, host unchanged", c.in, err, b, c.want, RuleBadValue)
+			}
+			continue
+		}
+		if err != nil || strings.TrimSpace(string(b)) != c.host {
+			t.Errorf("write %q = %v, host %q; want host %q", c.in, err, b, c.host)
+		}
+	}
+}
+
+func TestViewRefusesOddNamesWithoutTouchingHost(t *testing.T) {
+	v, dir, r := newView(t, Config{})
+	before, _ := os.ReadDir(dir)
+	for _, name := range []string{"..", "a\nb", strings.Repeat("y", 300), "x/y"} {
+		if _, err := v.Mkdir(r, "", name, 0o755); err == nil || ruleOf(err) != RuleBadName {
+			t.Errorf("Mkdir(%q) = %v, want a refusal by %s", name, err, RuleBadName)
+		}
+		if _, err := v.Lookup(r, "", name); err == nil {
+			t.Errorf("Lookup(%q) succeeded", name)
+		}
+	}
+	after, _ := os.ReadDir(dir)
+	if len(before) != len(after) {
+		t.Errorf("host root changed: %d entries before, %d after", len(before), len(after))
+	}
+}
+
+func TestOpenDropsCreateAndTruncate(t *testing.T) {
+	v, dir, r := newView(t, Config{})
+	if _, err := v.Open(r, "a/nothere", unix.O_WRONLY|unix.O_CREAT); !errors.Is(err, unix.ENOENT) {
+		t.Errorf("Open(O_CREAT) of a missing file = %v, want ENOENT", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "a/nothere")); !os.IsNotExist(err) {
+		t.Errorf("host file was created: %v", err)
+	}
+	f, err := v.Open(r, "a/cgroup.freeze", unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC)
+	if err != nil {
+		t.Fatalf("Open(O_WRONLY|O_CREAT|O_TRUNC) = %v", err)
+	}
+	f.Close()
+	if b, _ := os.ReadFile(filepath.Join(dir, "a/cgroup.freeze")); string(b) != "0\n" {
+		t.Errorf("an O_TRUNC open changed the host file to %q", b)
+	}
+}
+
+func TestValidName(t *testing.T) {
+	cases := []struct {
+		name string
+		want error
+	}{
+		{"child", nil},
+		{"with space", nil},
+		{"ünïcode", nil},
+		{strings.Repeat("x", 255), nil},
+		{strings.Repeat("x", 256), unix.ENAMETOOLONG},
+		{"", unix.EINVAL},
+		{".", unix.EINVAL},
+		{"..", unix.EINVAL},
+		{"a/b", unix.EINVAL},
+		{"a\nb", unix.EINVAL},
+		{"a\x00b", unix.EINVAL},
+	}
+	for _, c := range cases {
+		if got := ValidName(c.name); got != c.want {
+			t.Errorf("ValidName(%q) = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+func TestParseIDs(t *testing.T) {
+	cases := []struct {
+		in   string
+		want []int
+	}{
+		{"", []int{}},
+		{"1\n", []int{1}},
+		{"12\n7\n300000\n", []int{12, 7, 300000}},
+		{"5", []int{5}},
+	}
+	for _, c := range cases {
+		got := ParseIDs([]byte(c.in))
+		if len(got) != len(c.want) {
+			t.Errorf("ParseIDs(%q) = %v, want %v", c.in, got, c.want)
+			continue
+		}
+		for i := range got {
+			if got[i] != c.want[i] {
+				t.Errorf("ParseIDs(%q) = %v, want %v", c.in, got, c.want)
+			}
+		}
+	}
+}
+
+func TestParsePid(t *testing.T) {
+	cases := []struct {
+		in   string
+		want int
+		err  error
+	}{
+		{"42", 42, nil},
+		{" 42\n", 42, nil},
+		{"0", 0, nil},
+		{"", 0, unix.EINVAL},
+		{"1 2", 0, unix.EINVAL},
+		{"-1", 0, unix.EINVAL},
+		{"+3", 3, nil},
+		{"0x10", 16, nil},
+		{"010", 8, nil},
+		{"0b1", 0, unix.EINVAL},
+		{"1_000", 0, unix.EINVAL},
+		{"abc", 0, unix.EINVAL},
+		{"-+1", 0, unix.EINVAL},
+		{strings.Repeat("9", 40), 0, unix.EINVAL},
+	}
+	for _, c := range cases {
+		got, err := ParsePid([]byte(c.in))
+		if got != c.want || err != c.err {
+			t.Errorf("ParsePid(%q) = %d, %v; want %d, %v", c.in, got, err, c.want, c.err)
+		}
+	}
+}
