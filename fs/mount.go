@@ -103,7 +103,11 @@ func Mount(dir string, cfg Config) (*fuse.Server, error) {
 			// cgroup xattrs (systemd's trusted.delegate, ...) are not
 			// carried yet: the kernel answers EOPNOTSUPP.
 			DisableXAttrs: true,
-			Debug:         cfg.Debug,
+			// O_TRUNC comes inside OPEN (which judges writes anyway)
+			// instead of as a separate SETATTR of the size: runtimes
+			// open every control file with it.
+			ExtraCapabilities: fuse.CAP_ATOMIC_O_TRUNC,
+			Debug:             cfg.Debug,
 		},
 		EntryTimeout:    &entryTimeout,
 		AttrTimeout:     &attrTimeout,

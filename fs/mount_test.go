@@ -189,3 +189,25 @@ func TestWritesAndRefusals(t *testing.T) {
 		t.Errorf("a refused create left a host file: %v", err)
 	}
 }
+
+// TestOneIdentificationPerWrite: `echo 5 > child/cgroup.max.descendants`
+// (an O_WRONLY|O_TRUNC open, a setattr of the size, a write) identifies
+// its caller once, at the open.
+func TestOneIdentificationPerWrite(t *testing.T) {
+	dir := fakeCgroup(t)
+	mnt, ident := testMountIdent(t, dir)
+	p := filepath.Join(mnt, "child/cgroup.max.descendants")
+	if _, err := os.Stat(p); err != nil { // looked up before counting
+		t.Fatal(err)
+	}
+	before := ident.Identifications()
+	if err := os.WriteFile(p, []byte("5\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := ident.Identifications() - before; got != 1 {
+		t.Errorf("an O_TRUNC write identified its caller %d times, want 1", got)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "child/cgroup.max.descendants")); string(b) != "11" {
+		t.Errorf("host child/cgroup.max.descendants = %q, want 11 (2N+1)", b)
+	}
+}
