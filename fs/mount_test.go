@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -187,6 +188,54 @@ func TestWritesAndRefusals(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "new")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a refused create left a host file: %v", err)
+	}
+}
+
+// TestParallelReadsOfOneHandle: threads reading one open computed file
+// at once (run under -race: the server shares the handle's rendering).
+func TestParallelReadsOfOneHandle(t *testing.T) {
+	mnt := testMount(t, fakeCgroup(t))
+	f, err := os.Open(filepath.Join(mnt, "cgroup.stat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	want := "nr_descendants 1\nnr_dying_descendants 0\n"
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 64)
+			for i := range 100 {
+				off := int64((g + i) % 2 * 5)
+				n, err := f.ReadAt(buf, off)
+				if string(buf[:n]) != want[off:] {
+					t.Errorf("pread at %d = %q, %v; want %q", off, buf[:n], err, want[off:])
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// TestOversizedTaskWriteIsE2BIG: a pid padded past a page is refused
+// before it is parsed, as the kernel does, and moves nothing.
+func TestOversizedTaskWriteIsE2BIG(t *testing.T) {
+	dir := fakeCgroup(t)
+	mnt := testMount(t, dir)
+	f, err := os.OpenFile(filepath.Join(mnt, "child/cgroup.procs"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	_, err = f.Write([]byte(strings.Repeat(" ", 5000) + "0"))
+	if !errors.Is(err, unix.E2BIG) {
+		t.Errorf("5,001 bytes to cgroup.procs: %v, want E2BIG", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "child/cgroup.procs")); len(b) != 0 {
+		t.Errorf("host cgroup.procs = %q after a refused write", b)
 	}
 }
 

@@ -85,6 +85,11 @@ func TestContainerRootManagesItsSubtree(t *testing.T) {
 	// A controller for the child needs an empty root: the classic leaf.
 	c.expect(t, "OK", "mkdir", cg+"/leaf")
 	c.expect(t, "OK", "write", cg+"/leaf/cgroup.procs", "0")
+	// Runtimes open with O_TRUNC (opencontainers/cgroups WriteFile), at
+	// the root too: the truncation is no write of its own.
+	c.expect(t, "OK", "truncwrite", cg+"/cgroup.procs", "0")
+	c.expect(t, "OK", "truncwrite", cg+"/leaf/cgroup.procs", "0")
+	c.expect(t, "EPERM", "truncwrite", cg+"/cgroup.max.depth", "3")
 	if got := c.do(t, "cgroup"); got != "0::/leaf" {
 		t.Errorf("container's /proc/self/cgroup after moving itself = %q, want 0::/leaf", got)
 	}

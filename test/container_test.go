@@ -176,6 +176,17 @@ func containerOp(op []string, children *[]*exec.Cmd) string {
 		return "OK" + string(b)
 	case "write":
 		return errAnswer(writeFile(arg(1), arg(2)))
+	case "truncwrite":
+		// As runtimes write control files: O_WRONLY|O_TRUNC.
+		f, err := os.OpenFile(arg(1), os.O_WRONLY|os.O_TRUNC, 0)
+		if err != nil {
+			return errAnswer(err)
+		}
+		_, err = f.Write([]byte(arg(2)))
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		return errAnswer(err)
 	case "mkdir":
 		return errAnswer(unix.Mkdir(arg(1), 0o755))
 	case "rmdir":

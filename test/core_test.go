@@ -1,6 +1,7 @@
 package test
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -226,6 +228,10 @@ func TestKernelErrnos(t *testing.T) {
 		{"out of range", func(r string) error { return writeFile(filepath.Join(r, "child/cgroup.freeze"), "2") }, unix.ERANGE},
 		{"write larger than a page", func(r string) error { return writeFile(filepath.Join(r, "child/cgroup.max.descendants"), big) }, unix.E2BIG},
 		{"two pids in one write", func(r string) error { return writeFile(filepath.Join(r, "child/cgroup.procs"), "1 2") }, unix.EINVAL},
+		{"a pid padded past a page", func(r string) error {
+			return writeFile(filepath.Join(r, "child/cgroup.procs"), strings.Repeat(" ", 5000)+"0")
+		}, unix.E2BIG},
+		{"negative limit", func(r string) error { return writeFile(filepath.Join(r, "child/cgroup.max.descendants"), "-1") }, unix.ERANGE},
 		{"no such pid", func(r string) error { return writeFile(filepath.Join(r, "child/cgroup.procs"), "999999999") }, unix.ESRCH},
 		{"write a read-only file", func(r string) error { return writeFile(filepath.Join(r, "child/cgroup.controllers"), "x") }, unix.EINVAL},
 		{"rmdir populated", func(r string) error { return unix.Rmdir(filepath.Join(r, "busy")) }, unix.EBUSY},
@@ -376,4 +382,54 @@ func TestRefusesNonCgroup2(t *testing.T) {
 			_ = unix.Unmount(mnt, unix.MNT_DETACH)
 		}
 	}
+}
+
+// TestConcurrentMkdirsUnderAContainerLimit: a limit set through the view
+// holds when 32 mkdirs race for it. The kernel serialises mkdirs in one
+// directory, so they race in two: v/a and v/b under v's limit (the
+// host's own limit there, 2N+1, would let more through).
+func TestConcurrentMkdirsUnderAContainerLimit(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	host := newCgroup(t, l)
+	s := mountView(t, host)
+	for _, d := range []string{"v", "v/a", "v/b"} {
+		if err := os.Mkdir(s.path(d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustWrite(t, s.path("v/cgroup.max.descendants"), "3")
+	var wg sync.WaitGroup
+	errs := make([]error, 32)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = unix.Mkdir(s.path(fmt.Sprintf("v/%c/c%d", "ab"[i%2], i)), 0o755)
+		}()
+	}
+	wg.Wait()
+	made := 0
+	for _, err := range errs {
+		switch errnoOf(err) {
+		case 0:
+			made++
+		case unix.EAGAIN:
+		default:
+			t.Errorf("mkdir: %v, want EAGAIN or success", err)
+		}
+	}
+	hostDirs := 0
+	for _, d := range []string{"v/a", "v/b"} {
+		entries, _ := os.ReadDir(filepath.Join(host, d))
+		for _, e := range entries {
+			if e.IsDir() {
+				hostDirs++
+			}
+		}
+	}
+	if made != 1 || hostDirs != 1 {
+		t.Errorf("32 racing mkdirs under a limit of 3 with 2 cgroups made: %d succeeded, %d new cgroups on the host; want 1", made, hostDirs)
+	}
+	s.waitLog(t, "rule=container-limit")
 }
