@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
@@ -46,9 +48,11 @@ func (m *mount) errno(ctx context.Context, r *access.Request, op, vpath string, 
 				caller = c.String()
 			}
 		}
-		pid, _ := m.ident.ThreadGroup(int(tid))
-		m.log.Warn("refused", "rule", ref.Rule, "op", op, "path", "/"+vpath, "errno", errName(ref.Errno),
-			"detail", ref.Detail, "pid", pid, "tid", tid, "caller", caller)
+		if n, ok := m.logs.take(); ok {
+			pid, _ := m.ident.ThreadGroup(int(tid))
+			m.log.Warn("refused", "rule", ref.Rule, "op", op, "path", "/"+vpath, "errno", errName(ref.Errno),
+				"detail", ref.Detail, "pid", pid, "tid", tid, "caller", caller, "suppressed", n)
+		}
 		return ref.Errno
 	}
 	var errno syscall.Errno
@@ -57,8 +61,10 @@ func (m *mount) errno(ctx context.Context, r *access.Request, op, vpath string, 
 			return errno
 		}
 		m.count.Operation(op, errName(errno))
-		m.log.Info("host refused", "op", op, "path", "/"+vpath, "errno", errName(errno),
-			"tid", tid, "detail", err.Error())
+		if n, ok := m.logs.take(); ok {
+			m.log.Info("host refused", "op", op, "path", "/"+vpath, "errno", errName(errno),
+				"tid", tid, "detail", err.Error(), "suppressed", n)
+		}
 		return errno
 	}
 	if errors.Is(err, access.ErrGone) {
@@ -66,8 +72,48 @@ func (m *mount) errno(ctx context.Context, r *access.Request, op, vpath string, 
 		return syscall.ESRCH
 	}
 	m.count.Operation(op, "EIO")
-	m.log.Error("internal error", "op", op, "path", "/"+vpath, "tid", tid, "err", err)
+	if n, ok := m.logs.take(); ok {
+		m.log.Error("internal error", "op", op, "path", "/"+vpath, "tid", tid, "err", err, "suppressed", n)
+	}
 	return syscall.EIO
+}
+
+// Log lines for what a container causes are rate-limited per mount: a
+// burst of logBurst, then logRate a second. Metrics count every answer;
+// a line that is written says how many were suppressed before it.
+const (
+	logBurst = 100
+	logRate  = 2.0 // lines per second
+)
+
+// logBudget is a token bucket for one mount's log lines.
+type logBudget struct {
+	mu         sync.Mutex
+	tokens     float64
+	last       time.Time
+	suppressed int
+}
+
+// take reports whether a line may be written now, and how many were
+// suppressed since the last one written.
+func (b *logBudget) take() (suppressed int, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now()
+	if b.last.IsZero() {
+		b.tokens = logBurst
+	} else {
+		b.tokens = min(logBurst, b.tokens+now.Sub(b.last).Seconds()*logRate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		b.suppressed++
+		return 0, false
+	}
+	b.tokens--
+	n := b.suppressed
+	b.suppressed = 0
+	return n, true
 }
 
 func errName(e syscall.Errno) string {

@@ -32,6 +32,8 @@ func (h *handle) PassthroughFd() (int, bool) { return h.f.PassthroughFd() }
 var _ = (gofs.FileReader)((*handle)(nil))
 
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	_, end := h.m.start(ctx)
+	defer end()
 	b, err := h.f.Read(dest, off)
 	if err != nil {
 		return nil, h.m.errno(ctx, nil, "read", h.vpath, err)
@@ -44,8 +46,8 @@ var _ = (gofs.FileWriter)((*handle)(nil))
 // Write is one write(2): the view parses each write on its own, as the
 // kernel does, and answers with the kernel's errno.
 func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	r := h.m.request(ctx)
-	defer r.Done()
+	r, end := h.m.start(ctx)
+	defer end()
 	n, err := h.f.Write(r, data)
 	if errno := h.m.errno(ctx, r, "write", h.vpath, err); errno != 0 {
 		return 0, errno

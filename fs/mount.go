@@ -50,16 +50,30 @@ type mount struct {
 	// passthrough is set once the kernel accepted a backing file: then
 	// read-only opens are served by FUSE passthrough instead of DIRECT_IO.
 	passthrough atomic.Bool
+	// inflight bounds the requests of this mount served at once: the
+	// server's work for one container is bounded, whatever it sends.
+	inflight chan struct{}
+	logs     logBudget
 }
 
-// request starts the identification of the caller of the request in
-// ctx; the caller calls Done on it.
-func (m *mount) request(ctx context.Context) *access.Request {
-	fc, ok := fuse.FromContext(ctx)
-	if !ok {
-		return m.ident.Request(0, 0, 0) // identifies as nobody: pin of tid 0 fails
+// MaxInFlight is how many requests of one mount are served at once; more
+// wait for a slot (the kernel keeps them queued).
+const MaxInFlight = 64
+
+// start begins serving the request in ctx: it waits for one of the
+// mount's in-flight slots and starts the identification of the caller.
+// end releases both.
+func (m *mount) start(ctx context.Context) (r *access.Request, end func()) {
+	m.inflight <- struct{}{}
+	if fc, ok := fuse.FromContext(ctx); ok {
+		r = m.ident.Request(int(fc.Pid), fc.Uid, fc.Gid)
+	} else {
+		r = m.ident.Request(0, 0, 0) // identifies as nobody: a pin of tid 0 fails
 	}
-	return m.ident.Request(int(fc.Pid), fc.Uid, fc.Gid)
+	return r, func() {
+		r.Done()
+		<-m.inflight
+	}
 }
 
 // Kernel cache lifetimes. Attributes and names may be cached briefly;
@@ -81,7 +95,7 @@ func Mount(dir string, cfg Config) (*fuse.Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &mount{ident: cfg.Identifier, count: cfg.Metrics, log: cfg.Log}
+	m := &mount{ident: cfg.Identifier, count: cfg.Metrics, log: cfg.Log, inflight: make(chan struct{}, MaxInFlight)}
 	var root gofs.InodeEmbedder
 	rootIno := st.Ino
 	if len(cfg.Views) == 1 && cfg.Views[0].Dir == "" {

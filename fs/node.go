@@ -43,8 +43,8 @@ func (n *node) child(ctx context.Context, st *unix.Stat_t, out *fuse.EntryOut) *
 var _ = (gofs.NodeLookuper)((*node)(nil))
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	r := n.m.request(ctx)
-	defer r.Done()
+	r, end := n.m.start(ctx)
+	defer end()
 	vp := n.vpath()
 	st, err := n.t.view.Lookup(r, vp, name)
 	if err != nil {
@@ -56,8 +56,8 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 var _ = (gofs.NodeGetattrer)((*node)(nil))
 
 func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	r := n.m.request(ctx)
-	defer r.Done()
+	r, end := n.m.start(ctx)
+	defer end()
 	vp := n.vpath()
 	st, err := n.t.view.Getattr(r, vp, fileOf(fh))
 	if err != nil {
@@ -71,8 +71,8 @@ var _ = (gofs.NodeSetattrer)((*node)(nil))
 
 // Setattr carries chmod, chown, utimes and truncation to the view.
 func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	r := n.m.request(ctx)
-	defer r.Done()
+	r, end := n.m.start(ctx)
+	defer end()
 	var a translate.Attrs
 	if mode, ok := in.GetMode(); ok {
 		a.Mode = &mode
@@ -109,8 +109,8 @@ func setTime(in *fuse.SetAttrIn, set, now uint32, sec uint64, nsec uint32) *unix
 var _ = (gofs.NodeOpendirer)((*node)(nil))
 
 func (n *node) Opendir(ctx context.Context) syscall.Errno {
-	r := n.m.request(ctx)
-	defer r.Done()
+	r, end := n.m.start(ctx)
+	defer end()
 	vp := n.vpath()
 	return n.m.errno(ctx, r, "opendir", vp, n.t.view.OpenDir(r, vp))
 }
@@ -118,6 +118,8 @@ func (n *node) Opendir(ctx context.Context) syscall.Errno {
 var _ = (gofs.NodeReaddirer)((*node)(nil))
 
 func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	_, end := n.m.start(ctx)
+	defer end()
 	vp := n.vpath()
 	entries, err := n.t.view.List(vp)
 	if err != nil {
@@ -139,8 +141,8 @@ func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 var _ = (gofs.NodeMkdirer)((*node)(nil))
 
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	r := n.m.request(ctx)
-	defer r.Done()
+	r, end := n.m.start(ctx)
+	defer end()
 	vp := n.vpath()
 	st, err := n.t.view.Mkdir(r, vp, name, mode)
 	if errno := n.m.errno(ctx, r, "mkdir", join(vp, name), err); errno != 0 {
@@ -152,8 +154,8 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 var _ = (gofs.NodeRmdirer)((*node)(nil))
 
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
-	r := n.m.request(ctx)
-	defer r.Done()
+	r, end := n.m.start(ctx)
+	defer end()
 	vp := n.vpath()
 	return n.m.errno(ctx, r, "rmdir", join(vp, name), n.t.view.Rmdir(r, vp, name))
 }
@@ -165,8 +167,8 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if !ok || other.t != n.t {
 		return syscall.EXDEV // another view: another hierarchy
 	}
-	r := n.m.request(ctx)
-	defer r.Done()
+	r, end := n.m.start(ctx)
+	defer end()
 	vp := n.vpath()
 	err := n.t.view.Rename(r, vp, name, other.vpath(), newName, uint(flags))
 	return n.m.errno(ctx, r, "rename", join(vp, name), err)
@@ -211,6 +213,8 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 var _ = (gofs.NodeStatfser)((*node)(nil))
 
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	_, end := n.m.start(ctx)
+	defer end()
 	st, err := n.t.view.Statfs()
 	if err != nil {
 		return n.m.errno(ctx, nil, "statfs", n.vpath(), err)
@@ -227,8 +231,8 @@ var _ = (gofs.NodeOpener)((*node)(nil))
 // Open opens the host file for this open alone; the kernel page cache
 // never answers a read (see openFlags).
 func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	r := n.m.request(ctx)
-	defer r.Done()
+	r, end := n.m.start(ctx)
+	defer end()
 	vp := n.vpath()
 	f, err := n.t.view.Open(r, vp, int(flags))
 	if err != nil {

@@ -138,6 +138,9 @@ func errAnswer(err error) string {
 	return err.Error()
 }
 
+// heldFds are the files "openhold" keeps open.
+var heldFds []int
+
 func containerOp(op []string, children *[]*exec.Cmd) string {
 	arg := func(i int) string {
 		if i < len(op) {
@@ -176,6 +179,39 @@ func containerOp(op []string, children *[]*exec.Cmd) string {
 		return "OK" + string(b)
 	case "write":
 		return errAnswer(writeFile(arg(1), arg(2)))
+	case "writeloop":
+		// Writes DATA to PATH N times; answers the last result and how
+		// many writes gave it.
+		n, _ := strconv.Atoi(arg(3))
+		last, same := "", 0
+		for range n {
+			got := errAnswer(writeFile(arg(1), arg(2)))
+			if got != last {
+				last, same = got, 0
+			}
+			same++
+		}
+		return fmt.Sprintf("%s %d", last, same)
+	case "openhold":
+		// Opens PATH with open(2) flags FLAGS (decimal) N times and keeps
+		// the files open; answers "OK n", or the errno and how many
+		// opened before it.
+		flags, _ := strconv.Atoi(arg(2))
+		n, _ := strconv.Atoi(arg(3))
+		for i := range n {
+			fd, err := unix.Open(arg(1), flags|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return fmt.Sprintf("%s %d", errAnswer(err), i)
+			}
+			heldFds = append(heldFds, fd)
+		}
+		return fmt.Sprintf("OK %d", n)
+	case "closeheld":
+		for _, fd := range heldFds {
+			unix.Close(fd)
+		}
+		heldFds = nil
+		return "OK"
 	case "truncwrite":
 		// As runtimes write control files: O_WRONLY|O_TRUNC.
 		f, err := os.OpenFile(arg(1), os.O_WRONLY|os.O_TRUNC, 0)

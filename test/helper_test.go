@@ -23,8 +23,8 @@ import (
 const helperEnv = "CGFS_TEST_HELPER"
 
 // helperMain runs one operation and prints "OK" (with what was read) or
-// the errno's name. Operations: read PATH, write PATH DATA, mkdir PATH,
-// rmdir PATH.
+// the errno's name. Operations: read PATH, write PATH DATA, open PATH
+// FLAGS, mkdir PATH, rmdir PATH.
 func helperMain(args []string) int {
 	if len(args) < 2 {
 		fmt.Println("usage: op path [data]")
@@ -53,6 +53,13 @@ func helperMain(args []string) int {
 			return 2
 		}
 		err = writeFile(path, args[2])
+	case "open":
+		// open PATH FLAGS: open(2) with FLAGS (decimal), then close.
+		flags, _ := strconv.Atoi(args[2])
+		var fd int
+		if fd, err = unix.Open(path, flags|unix.O_CLOEXEC, 0); err == nil {
+			unix.Close(fd)
+		}
 	case "mkdir":
 		err = unix.Mkdir(path, 0o755)
 	case "rmdir":

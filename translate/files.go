@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -118,19 +119,31 @@ type File struct {
 // O_TRUNC are dropped: the file exists (the FUSE kernel looked it up),
 // cgroupfs creates nothing and ignores truncation, and a refused open
 // must change nothing.
+//
+// Every open is judged whatever its access mode: mode 3 (O_WRONLY|O_RDWR,
+// which Linux takes as "neither, but needs both permissions") is judged
+// as a read and as a write. A container holds at most its limit of open
+// files (ENFILE beyond).
 func (v *View) Open(r *access.Request, vpath string, flags int) (*File, error) {
 	acc := flags & unix.O_ACCMODE
-	writes := acc == unix.O_WRONLY || acc == unix.O_RDWR || flags&unix.O_TRUNC != 0
-	reads := acc == unix.O_RDONLY || acc == unix.O_RDWR
+	writes := acc != unix.O_RDONLY || flags&unix.O_TRUNC != 0
+	reads := acc != unix.O_WRONLY
+	if writes && v.readOnly {
+		return nil, errReadOnly
+	}
+	if !v.limits.takeFile() {
+		return nil, refuse(RuleOpenFiles, unix.ENFILE, fmt.Sprintf("the container holds %d open files", v.limits.OpenFiles))
+	}
 	hf, err := v.host.Open(vpath, flags&^(unix.O_CREAT|unix.O_EXCL|unix.O_TRUNC)|unix.O_NOFOLLOW)
 	if err != nil {
+		v.limits.giveFile()
 		return nil, err
 	}
 	f := &File{v: v, vpath: vpath, host: hf}
 	f.cgroup, f.name = split(vpath)
 	f.cf = controlFileOf(f.name)
 	if err := f.judge(r, writes, reads); err != nil {
-		hf.Close()
+		f.Close()
 		return nil, err
 	}
 	f.passthrough = acc == unix.O_RDONLY && (f.cf == nil || f.cf.read == nil)
@@ -234,4 +247,7 @@ func (v *View) PassthroughProbe() (*os.File, error) {
 }
 
 // Close releases the host file.
-func (f *File) Close() error { return f.host.Close() }
+func (f *File) Close() error {
+	f.v.limits.giveFile()
+	return f.host.Close()
+}

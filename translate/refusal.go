@@ -45,7 +45,15 @@ const (
 	// RuleUnmappedID: a chown to an id the owner's user namespace does
 	// not map (EINVAL, as the kernel answers).
 	RuleUnmappedID access.Rule = "unmapped-id"
+	// RuleOpenFiles: the container holds as many open files of its
+	// views as it may (ENFILE: the table of this "system" is full).
+	RuleOpenFiles access.Rule = "open-files"
+	// RuleReadOnly: a hierarchy the host serves read-only, because the
+	// owner has no cgroup of its own there (EROFS).
+	RuleReadOnly access.Rule = "read-only"
 )
+
+var errReadOnly = refuse(RuleReadOnly, unix.EROFS, "the host serves this hierarchy read-only: the owner has no cgroup of its own in it")
 
 func refuse(rule access.Rule, errno syscall.Errno, detail string) error {
 	return access.Refuse(rule, errno, detail)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path"
 	"sync"
+	"sync/atomic"
 
 	"github.com/moby/sys/user"
 	"golang.org/x/sys/unix"
@@ -31,6 +32,8 @@ type View struct {
 	controllers      proc.Controllers
 	cgroupPath       string
 	delegate         map[string]bool
+	readOnly         bool
+	limits           *Limits
 
 	// mu is the view lock (see the package doc).
 	mu sync.Mutex
@@ -58,6 +61,13 @@ type Config struct {
 	// Delegate names files the container may write at the view root
 	// besides the core ones (the host's /sys/kernel/cgroup/delegate).
 	Delegate []string
+	// ReadOnly serves the hierarchy without letting anyone change it
+	// (EROFS): for a hierarchy where the owner has no cgroup of its own
+	// and the host asked to share it anyway.
+	ReadOnly bool
+	// Limits bounds what the container holds; views of one mount share
+	// it. Nil gives the view limits of its own, with the defaults.
+	Limits *Limits
 }
 
 // New returns the view of h that cfg describes.
@@ -68,7 +78,13 @@ func New(h *host.Host, cfg Config) (*View, error) {
 	v := &View{
 		host: h, policy: cfg.Policy, procs: cfg.Procs, ids: cfg.IDs, v1: cfg.V1,
 		inoBase: cfg.InoBase, controllers: cfg.Controllers, cgroupPath: cfg.CgroupPath,
-		delegate: map[string]bool{},
+		delegate: map[string]bool{}, readOnly: cfg.ReadOnly, limits: cfg.Limits,
+	}
+	if v.limits == nil {
+		v.limits = &Limits{}
+	}
+	if v.limits.OpenFiles == 0 {
+		v.limits.OpenFiles = DefaultOpenFiles
 	}
 	for _, f := range cfg.Delegate {
 		v.delegate[f] = true
@@ -188,6 +204,9 @@ func (v *View) mayChangeEntries(r *access.Request, dir string) error {
 // its attributes. As the kernel does (cgroup_kn_set_ugid), the new
 // cgroup and its files belong to the creator unless that is host root.
 func (v *View) Mkdir(r *access.Request, dir, name string, mode uint32) (unix.Stat_t, error) {
+	if v.readOnly {
+		return unix.Stat_t{}, errReadOnly
+	}
 	if err := v.mayChangeEntries(r, dir); err != nil {
 		return unix.Stat_t{}, err
 	}
@@ -227,6 +246,9 @@ func (v *View) mkdirLocked(dir, name string, mode, uid, gid uint32) (unix.Stat_t
 // Rmdir removes the cgroup name from the virtual directory dir, and its
 // hidden leaf first when that is all it holds.
 func (v *View) Rmdir(r *access.Request, dir, name string) error {
+	if v.readOnly {
+		return errReadOnly
+	}
 	if err := v.mayChangeEntries(r, dir); err != nil {
 		return err
 	}
@@ -260,6 +282,9 @@ func (v *View) rmdirLocked(dir, name string) error {
 // Rename renames a cgroup; the host decides (cgroup v2 refuses every
 // rename with EPERM, v1 allows one within a parent).
 func (v *View) Rename(r *access.Request, oldDir, oldName, newDir, newName string, flags uint) error {
+	if v.readOnly {
+		return errReadOnly
+	}
 	if err := v.mayChangeEntries(r, oldDir); err != nil {
 		return err
 	}
@@ -284,6 +309,9 @@ func (v *View) Rename(r *access.Request, oldDir, oldName, newDir, newName string
 // open(O_CREAT); it has no symlink, link, mknod or unlink op for cgroups,
 // so those are EPERM (measured on Linux 6.18).
 func (v *View) MakeFile(op string) error {
+	if v.readOnly {
+		return errReadOnly
+	}
 	errno := unix.EPERM
 	if op == "create" {
 		errno = unix.EACCES
@@ -311,6 +339,9 @@ func isNow(t *unix.Timespec) bool { return t == nil || t.Nsec == unix.UTIME_NOW 
 // Setattr changes the attributes of vpath (through the open file f, if
 // any) and returns the new ones.
 func (v *View) Setattr(r *access.Request, vpath string, f *File, a Attrs) (unix.Stat_t, error) {
+	if v.readOnly {
+		return unix.Stat_t{}, errReadOnly
+	}
 	if f != nil && a.Mode == nil && a.Uid == nil && a.Gid == nil && isNow(a.Atime) && isNow(a.Mtime) {
 		// A truncation of a file open for writing (open(O_TRUNC),
 		// ftruncate): its open was judged already, and cgroupfs ignores
@@ -394,3 +425,25 @@ func (v *View) chown(vpath string, uid, gid *uint32) error {
 	}
 	return v.host.Chown(vpath, u, g)
 }
+
+// Limits bounds what one container may hold of the server. The views of
+// one mount share one Limits.
+type Limits struct {
+	// OpenFiles is how many interface files the container may hold open
+	// at once across its views (ENFILE beyond); 0 means DefaultOpenFiles.
+	OpenFiles int
+	open      atomic.Int64
+}
+
+// DefaultOpenFiles is the open-file limit of a container that sets none.
+const DefaultOpenFiles = 4096
+
+func (l *Limits) takeFile() bool {
+	if l.open.Add(1) > int64(l.OpenFiles) {
+		l.open.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (l *Limits) giveFile() { l.open.Add(-1) }

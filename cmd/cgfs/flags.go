@@ -4,9 +4,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+
+	"github.com/cgfs/cgfs/translate"
 )
 
-const usage = `usage: cgfs mount [--cgroup HOSTDIR] [--owner PID] [--metrics ADDR] [--debug] MOUNTPOINT
+const usage = `usage: cgfs mount [--cgroup HOSTDIR] [--owner PID] [--max-open-files N] [--metrics ADDR] [--debug] MOUNTPOINT
 
 With --cgroup, serves the host cgroup v2 directory HOSTDIR at MOUNTPOINT as
 the root of a cgroup tree. Without it, serves the cgroups of process PID in
@@ -19,6 +21,7 @@ type mountOptions struct {
 	hostDir    string // --cgroup
 	owner      int    // --owner; 0 for none
 	metrics    string // --metrics
+	maxOpen    int    // --max-open-files
 	debug      bool
 	mountpoint string
 }
@@ -36,6 +39,7 @@ func parseMount(args []string, stderr io.Writer) (mountOptions, error) {
 	fl.StringVar(&o.hostDir, "cgroup", "", "host cgroup v2 `directory` to serve as the view's root")
 	fl.IntVar(&o.owner, "owner", 0, "`pid` of a process of the container that owns the view")
 	fl.BoolVar(&o.debug, "debug", false, "log every FUSE request")
+	fl.IntVar(&o.maxOpen, "max-open-files", translate.DefaultOpenFiles, "how many files the container may hold open in its views at once (ENFILE beyond)")
 	fl.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics (e.g. 127.0.0.1:9464; port 0 picks one)")
 	if err := fl.Parse(args[1:]); err != nil {
 		return o, usageError{err.Error()}
@@ -45,6 +49,9 @@ func parseMount(args []string, stderr io.Writer) (mountOptions, error) {
 		return o, usageError{"expected one MOUNTPOINT"}
 	}
 	o.mountpoint = fl.Arg(0)
+	if o.maxOpen < 1 {
+		return o, usageError{"--max-open-files must be at least 1"}
+	}
 	if o.hostDir == "" && o.owner == 0 {
 		fl.Usage()
 		return o, usageError{"--cgroup HOSTDIR or --owner PID is required"}

@@ -34,6 +34,7 @@ func (o *openedViews) close() {
 func openViews(opts mountOptions, owner *access.Owner, procs *proc.Procs, log *slog.Logger) (*openedViews, error) {
 	o := &openedViews{name: opts.hostDir}
 	policy := access.NewPolicy(owner.Chain)
+	limits := &translate.Limits{OpenFiles: opts.maxOpen} // one container: shared by its views
 	if opts.hostDir != "" {
 		h, err := host.Open(opts.hostDir)
 		if err != nil || !h.IsCgroup2() {
@@ -50,7 +51,7 @@ func openViews(opts mountOptions, owner *access.Owner, procs *proc.Procs, log *s
 		}
 		v, err := translate.New(h, translate.Config{
 			Policy: policy, Procs: procs, IDs: owner.IDs,
-			CgroupPath: cgPath, Delegate: delegateFiles(log),
+			CgroupPath: cgPath, Delegate: delegateFiles(log), Limits: limits,
 		})
 		if err != nil {
 			o.close()
@@ -79,7 +80,7 @@ func openViews(opts mountOptions, owner *access.Owner, procs *proc.Procs, log *s
 		o.hosts = append(o.hosts, h)
 		cfg := translate.Config{
 			Policy: policy, Procs: procs, IDs: owner.IDs, V1: hier.V1,
-			Controllers: hier.Controllers, CgroupPath: cgPath,
+			Controllers: hier.Controllers, CgroupPath: cgPath, Limits: limits,
 		}
 		if !hier.V1 {
 			cfg.Delegate = delegateFiles(log)

@@ -1,0 +1,93 @@
+package test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The attacks an outside audit found (cgfs issue 11), each asserting the
+// errno the container gets, that the host is unchanged, and that the
+// server still serves afterwards. The earlier catalogue is
+// TestAttackCatalogue and TestV1Refusals.
+
+// TestLogFloodIsBounded: a container refused in a loop gets every
+// refusal counted, but the host log only a bounded number of lines, the
+// next of which says how many were suppressed.
+func TestLogFloodIsBounded(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	host, c, s := containerWithView(t, l, containerBase, "--metrics", "127.0.0.1:0")
+	c.expect(t, "OK", "mkdir", cg+"/child")
+	before := snapshot(t, host)
+	const n = 3000
+	start := time.Now()
+	c.expect(t, fmt.Sprintf("EINVAL %d", n), "writeloop", cg+"/child/cgroup.procs", "x", fmt.Sprint(n))
+	elapsed := time.Since(start)
+	before.check(t, host, "the flood")
+	if got := metricValue(s.scrape(t), "cgfs_refusals_total", `rule="bad-value"`); got != n {
+		t.Errorf("cgfs_refusals_total{rule=bad-value} = %v after %d refused writes, want exactly %d", got, n, n)
+	}
+	// The budget: a burst of 100 lines, then 2 a second.
+	lines := strings.Count(s.log.String(), "msg=refused")
+	if bound := 100 + int(elapsed.Seconds()*2) + 2; lines > bound {
+		t.Errorf("%d refusals in %v wrote %d log lines, want at most %d", n, elapsed.Round(time.Millisecond), lines, bound)
+	}
+	time.Sleep(time.Second) // a token comes back
+	c.expect(t, "EINVAL", "write", cg+"/child/cgroup.procs", "y")
+	s.waitLog(t, "suppressed=")
+	c.expect(t, "OK", "mkdir", cg+"/still-served")
+}
+
+// TestOpenModeThreeIsJudged: an open with access mode 3
+// (O_WRONLY|O_RDWR, "neither, but needs both permissions") is judged as a
+// read and as a write, so another container reaching the mount cannot
+// pin the server's files with it.
+func TestOpenModeThreeIsJudged(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	other := newCgroup(t, l)
+	host, c, s := containerWithView(t, l, containerBase)
+	b := startContainer(t, other, otherBase)
+	if got := b.do(t, "attach", s.mnt); got != "OK" {
+		t.Fatalf("attach in the second container: %s", got)
+	}
+	c.expect(t, "OK", "mkdir", cg+"/child")
+	before := snapshot(t, host)
+	for _, f := range []string{"cgroup.procs", "cgroup.events", "child/cgroup.events"} {
+		// The owner's lookup leaves the name in the kernel's dentry
+		// cache, shared by every user of the mount: the other
+		// container's open then comes without a lookup.
+		if got := c.do(t, "read", cg+"/"+f); !strings.HasPrefix(got, "OK") {
+			t.Fatalf("read %s in the owner: %s", f, got)
+		}
+		b.expect(t, "EACCES 0", "openhold", cg+"/"+f, "3", "1")
+		b.expect(t, "EACCES 0", "openhold", cg+"/"+f, "0", "1")
+	}
+	c.expect(t, "OK", "as", "1000", "open", cg+"/child/cgroup.events", "0")
+	c.expect(t, "EACCES", "as", "1000", "open", cg+"/child/cgroup.events", "3") // a user may read it, not write
+	c.expect(t, "OK 1", "openhold", cg+"/cgroup.procs", "3", "1")               // the owner's root may both
+	c.expect(t, "OK", "closeheld")
+	s.waitLog(t, "rule=outside-owner-userns")
+	before.check(t, host, "the opens")
+	c.expect(t, "OK", "mkdir", cg+"/still-served")
+}
+
+// TestOpenFilesAreBounded: the owner holds at most its limit of open
+// files (ENFILE beyond), and is served again once it closes them.
+func TestOpenFilesAreBounded(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	host, c, s := containerWithView(t, l, containerBase, "--max-open-files", "16")
+	before := snapshot(t, host)
+	c.expect(t, "OK 16", "openhold", cg+"/cgroup.events", "0", "16")
+	c.expect(t, "ENFILE 0", "openhold", cg+"/cgroup.events", "0", "1")
+	c.expect(t, "ENFILE 0", "openhold", cg+"/cgroup.procs", "1", "1")
+	s.waitLog(t, "rule=open-files")
+	c.expect(t, "OK", "closeheld")
+	c.expect(t, "OK 16", "openhold", cg+"/cgroup.events", "0", "16")
+	c.expect(t, "OK", "closeheld")
+	before.check(t, host, "the opens")
+	c.expect(t, "OK", "mkdir", cg+"/still-served")
+}
