@@ -2,6 +2,7 @@ package test
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -90,4 +91,59 @@ func TestOpenFilesAreBounded(t *testing.T) {
 	c.expect(t, "OK", "closeheld")
 	before.check(t, host, "the opens")
 	c.expect(t, "OK", "mkdir", cg+"/still-served")
+}
+
+// TestOwnCgroupfsMountGivesNothing: the container's root can mount
+// cgroupfs itself (its cgroup namespace is its own), but the host files
+// of the cgroups it made and delegated through cgfs stay host root's, so
+// there it can write none of them; through cgfs the same writes are
+// judged as always.
+func TestOwnCgroupfsMountGivesNothing(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	host, c, _ := containerWithView(t, l, containerBase)
+	c.expect(t, "OK", "mkdir", cg+"/child")
+	c.expect(t, "OK", "mkdir", cg+"/sub")
+	c.expect(t, "OK", "chownR", cg+"/sub", "1000", "1000")
+	c.expect(t, "1000:1000 755", "stat", cg+"/sub")
+	native := publicDir(t)
+	c.expect(t, "OK", "nativemount", "cgroup2", "", native)
+	before := snapshot(t, host)
+	for _, f := range []string{"child/cgroup.max.descendants", "child/cgroup.max.depth", "child/cgroup.freeze",
+		"sub/cgroup.procs", "sub/cgroup.max.descendants", "cgroup.max.descendants", "cgroup.subtree_control"} {
+		c.expect(t, "EACCES", "write", native+"/"+f, "1")
+	}
+	c.expect(t, "EACCES", "mkdir", native+"/child/natively")
+	c.expect(t, "EACCES", "as", "1000", "mkdir", native+"/sub/natively")
+	before.check(t, host, "writes through the container's own cgroupfs")
+	// Through cgfs they are judged as always.
+	c.expect(t, "OK", "write", cg+"/child/cgroup.max.descendants", "1")
+	c.expect(t, "OK", "as", "1000", "mkdir", cg+"/sub/mine")
+	c.expect(t, "1000:1000 755", "stat", cg+"/sub/mine")
+	if owner := hostOwner(t, filepath.Join(host, "sub/mine/cgroup.procs")); owner != 0 {
+		t.Errorf("host owner of a cgroup user 1000 made = %d, want host root", owner)
+	}
+}
+
+// TestOwnV1MountGivesNothing: the same on cgroup v1, where the kernel
+// itself contains nothing: notify_on_release (CVE-2022-0492) and raw
+// limits of a cgroup the container made stay out of its reach.
+func TestOwnV1MountGivesNothing(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	dirs, c, _ := v1Container(t, l)
+	c.expect(t, "OK", "mkdir", cg+"/memory/child")
+	c.expect(t, "OK", "newcgroupns")
+	native := publicDir(t)
+	c.expect(t, "OK", "nativemount", "cgroup", "memory", native)
+	if got := c.do(t, "ls", native); got != "child" {
+		t.Fatalf("the container's own memory cgroupfs lists %q, want its cgroup with child", got)
+	}
+	before := snapshot(t, dirs["memory"])
+	for _, f := range []string{"child/notify_on_release", "child/memory.limit_in_bytes", "child/tasks", "child/cgroup.procs"} {
+		c.expect(t, "EACCES", "write", native+"/"+f, "1")
+	}
+	c.expect(t, "EACCES", "mkdir", native+"/child/natively")
+	before.check(t, dirs["memory"], "writes through the container's own v1 cgroupfs")
+	c.expect(t, "OK", "write", cg+"/memory/child/memory.limit_in_bytes", "67108864")
 }

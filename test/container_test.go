@@ -179,6 +179,14 @@ func containerOp(op []string, children *[]*exec.Cmd) string {
 		return "OK" + string(b)
 	case "write":
 		return errAnswer(writeFile(arg(1), arg(2)))
+	case "newcgroupns":
+		// A cgroup namespace of its own, rooted where this thread is now
+		// in every hierarchy (the container's root may, as an attacker
+		// would before mounting cgroupfs itself).
+		return errAnswer(unix.Unshare(unix.CLONE_NEWCGROUP))
+	case "nativemount":
+		// Mounts cgroupfs itself: nativemount FSTYPE OPTIONS DIR.
+		return errAnswer(unix.Mount("none", arg(3), arg(1), 0, arg(2)))
 	case "writeloop":
 		// Writes DATA to PATH N times; answers the last result and how
 		// many writes gave it.

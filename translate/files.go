@@ -184,6 +184,11 @@ func (f *File) Stat() (unix.Stat_t, error) {
 	if err := unix.Fstat(int(f.host.Fd()), &st); err != nil {
 		return st, &host.Error{Op: "stat", Path: f.vpath, Err: err}
 	}
+	owner, err := host.Xattr(f.host, ownerXattr)
+	if err != nil {
+		return st, err
+	}
+	parseOwner(owner).apply(&st)
 	return f.v.show(st), nil
 }
 

@@ -118,10 +118,11 @@ func (v *View) show(st unix.Stat_t) unix.Stat_t {
 
 // stat returns the attributes the view shows for vpath.
 func (v *View) stat(vpath string) (unix.Stat_t, error) {
-	st, err := v.host.Stat(vpath)
+	st, owner, err := v.host.StatXattr(vpath, ownerXattr)
 	if err != nil {
 		return st, err
 	}
+	parseOwner(owner).apply(&st)
 	return v.show(st), nil
 }
 
@@ -236,7 +237,7 @@ func (v *View) mkdirLocked(dir, name string, mode, uid, gid uint32) (unix.Stat_t
 		}
 	}
 	if uid != 0 || gid != 0 {
-		if err := v.host.ChownTree(vpath, int(uid), int(gid)); err != nil {
+		if err := v.giveTree(vpath, uid, gid); err != nil {
 			return unix.Stat_t{}, err
 		}
 	}
@@ -373,7 +374,8 @@ func (v *View) Setattr(r *access.Request, vpath string, f *File, a Attrs) (unix.
 		}
 	}
 	if a.Mode != nil {
-		if err := v.host.Chmod(vpath, *a.Mode&0o7777); err != nil {
+		mode := *a.Mode & 0o7777
+		if err := v.setOwner(vpath, func(o *shownOwner) { o.mode, o.hasMode = mode, true }); err != nil {
 			return st, err
 		}
 	}
@@ -400,9 +402,9 @@ func (v *View) Setattr(r *access.Request, vpath string, f *File, a Attrs) (unix.
 	return v.stat(vpath)
 }
 
-// chown sets owner ids (host ids; nil keeps one). Ids the owner's user
-// namespace does not map are EINVAL, as the kernel answers a chown to an
-// unmappable id.
+// chown sets the owner ids the view shows (host ids; nil keeps one).
+// Ids the owner's user namespace does not map are EINVAL, as the kernel
+// answers a chown to an unmappable id.
 func (v *View) chown(vpath string, uid, gid *uint32) error {
 	u, g := -1, -1
 	if uid != nil {
@@ -423,7 +425,14 @@ func (v *View) chown(vpath string, uid, gid *uint32) error {
 			return refuse(RuleUnmappedID, unix.EINVAL, fmt.Sprintf("%d:%d is not mapped in the owner's user namespace", u, g))
 		}
 	}
-	return v.host.Chown(vpath, u, g)
+	return v.setOwner(vpath, func(o *shownOwner) {
+		if uid != nil {
+			o.uid, o.hasUID = *uid, true
+		}
+		if gid != nil {
+			o.gid, o.hasGID = *gid, true
+		}
+	})
 }
 
 // Limits bounds what one container may hold of the server. The views of

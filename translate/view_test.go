@@ -2,6 +2,7 @@ package translate
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -322,5 +323,49 @@ func TestParsePid(t *testing.T) {
 		if got != c.want || err != c.err {
 			t.Errorf("ParsePid(%q) = %d, %v; want %d, %v", c.in, got, err, c.want, c.err)
 		}
+	}
+}
+
+// TestOwnershipIsTheViews: a cgroup made for a container uid, and a
+// chown or chmod through the view, change what the view shows and never
+// the host files' owner or mode.
+func TestOwnershipIsTheViews(t *testing.T) {
+	v, dir, r := newView(t, Config{})
+	c, _ := r.Caller()
+	th, _ := r.Thread()
+	c.Uid, c.Gid = 100000, 100000
+	creator := access.Known(c, th)
+	st, err := v.Mkdir(creator, "", "mine", 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Uid != 100000 || st.Gid != 100000 {
+		t.Errorf("the new cgroup shows %d:%d, want its creator 100000:100000", st.Uid, st.Gid)
+	}
+	hostOwner := func(p string) string {
+		var hs unix.Stat_t
+		if err := unix.Lstat(filepath.Join(dir, p), &hs); err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("%d:%d %o", hs.Uid, hs.Gid, hs.Mode&0o7777)
+	}
+	fake.Write(t, filepath.Join(dir, "mine/cgroup.procs"), "")
+	before := hostOwner("mine/cgroup.procs")
+	mode, uid := uint32(0o600), uint32(101000)
+	if _, err := v.Setattr(r, "mine/cgroup.procs", nil, Attrs{Mode: &mode, Uid: &uid}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := v.stat("mine/cgroup.procs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Uid != 101000 || got.Mode&0o7777 != 0o600 {
+		t.Errorf("after chown 101000 and chmod 600 the view shows %d %o", got.Uid, got.Mode&0o7777)
+	}
+	if after := hostOwner("mine/cgroup.procs"); after != before {
+		t.Errorf("the host file changed from %s to %s", before, after)
+	}
+	if hostOwner("mine") != hostOwner("") {
+		t.Errorf("the new cgroup's host owner %s differs from its parent's %s", hostOwner("mine"), hostOwner(""))
 	}
 }

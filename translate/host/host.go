@@ -241,29 +241,63 @@ func (h *Host) atParent(op, parent, name string, f func(fd int) error) error {
 	return nil
 }
 
-// Chmod sets the permission bits of rel.
-func (h *Host) Chmod(rel string, mode uint32) error {
-	return h.onPath("chmod", rel, func(p string) error { return unix.Chmod(p, mode) })
-}
-
-// Chown sets the owner of rel; -1 leaves an id unchanged.
-func (h *Host) Chown(rel string, uid, gid int) error {
-	fd, err := h.openFd("chown", rel, unix.O_PATH)
+// StatXattr returns the host attributes of rel and the value of its
+// extended attribute name (nil when it has none): one openat2.
+func (h *Host) StatXattr(rel, name string) (unix.Stat_t, []byte, error) {
+	var st unix.Stat_t
+	fd, err := h.openFd("stat", rel, unix.O_PATH)
 	if err != nil {
-		return err
+		return st, nil, err
 	}
 	defer unix.Close(fd)
-	if err := unix.Fchownat(fd, "", uid, gid, unix.AT_EMPTY_PATH); err != nil {
-		return &Error{Op: "chown", Path: clean(rel), Err: err}
+	if err := unix.Fstat(fd, &st); err != nil {
+		return st, nil, &Error{Op: "stat", Path: clean(rel), Err: err}
 	}
-	return nil
+	// getxattr refuses O_PATH descriptors; the kernel follows the fd's
+	// magic link to the very file opened.
+	val, err := getxattr(fmt.Sprintf("/proc/self/fd/%d", fd), name, unix.Getxattr)
+	if err != nil {
+		return st, nil, &Error{Op: "getxattr", Path: clean(rel), Err: err}
+	}
+	return st, val, nil
 }
 
-// ChownTree gives the directory rel and every entry in it to uid:gid:
-// one open and one fchownat per entry, each entry named by the host's
-// own listing (a single component, never followed if a symlink).
-func (h *Host) ChownTree(rel string, uid, gid int) error {
-	fd, err := h.openFd("chown", rel, unix.O_RDONLY|unix.O_DIRECTORY)
+// Xattr returns the value of the extended attribute name of the open
+// host file f (nil when it has none).
+func Xattr(f *os.File, name string) ([]byte, error) {
+	val, err := getxattr(name, name, func(_, attr string, dest []byte) (int, error) {
+		return unix.Fgetxattr(int(f.Fd()), attr, dest)
+	})
+	if err != nil {
+		return nil, &Error{Op: "getxattr", Path: f.Name(), Err: err}
+	}
+	return val, nil
+}
+
+// getxattr reads an attribute with get, nil when there is none.
+func getxattr(path, name string, get func(path, name string, dest []byte) (int, error)) ([]byte, error) {
+	buf := make([]byte, 256)
+	n, err := get(path, name, buf)
+	switch {
+	case err == unix.ENODATA:
+		return nil, nil
+	case err != nil:
+		return nil, err
+	}
+	return buf[:n], nil
+}
+
+// SetXattr sets the extended attribute name of rel to val.
+func (h *Host) SetXattr(rel, name string, val []byte) error {
+	return h.onPath("setxattr", rel, func(p string) error { return unix.Setxattr(p, name, val, 0) })
+}
+
+// SetXattrTree sets the extended attribute name to val on the directory
+// rel and on every entry in it: one open, one setxattr per entry, each
+// entry named by the host's own listing (a single component, never
+// followed if a symlink).
+func (h *Host) SetXattrTree(rel, name string, val []byte) error {
+	fd, err := h.openFd("setxattr", rel, unix.O_RDONLY|unix.O_DIRECTORY)
 	if err != nil {
 		return err
 	}
@@ -273,12 +307,13 @@ func (h *Host) ChownTree(rel string, uid, gid int) error {
 	if err != nil {
 		return &Error{Op: "readdir", Path: clean(rel), Err: err}
 	}
-	if err := unix.Fchownat(fd, "", uid, gid, unix.AT_EMPTY_PATH); err != nil {
-		return &Error{Op: "chown", Path: clean(rel), Err: err}
+	if err := unix.Fsetxattr(fd, name, val, 0); err != nil {
+		return &Error{Op: "setxattr", Path: clean(rel), Err: err}
 	}
-	for _, name := range names {
-		if err := unix.Fchownat(fd, name, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil && !errors.Is(err, unix.ENOENT) {
-			return &Error{Op: "chown", Path: Join(rel, name), Err: err}
+	for _, e := range names {
+		p := fmt.Sprintf("/proc/self/fd/%d/%s", fd, e)
+		if err := unix.Lsetxattr(p, name, val, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+			return &Error{Op: "setxattr", Path: Join(rel, e), Err: err}
 		}
 	}
 	return nil
