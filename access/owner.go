@@ -21,6 +21,9 @@ type Owner struct {
 	// IDs are the user namespace's id maps; nil when the owner is in the
 	// server's own user namespace.
 	IDs *user.IdentityMapping
+	// Thread is the owner process as a reader of task ids: its pid
+	// namespace and how deep that is below the server's.
+	Thread proc.Thread
 }
 
 // OwnerOf pins host process pid and takes its namespaces and id maps;
@@ -40,6 +43,10 @@ func OwnerOf(procs *proc.Procs, pid int) (*Owner, error) {
 		return nil, err
 	}
 	if o.Chain, err = proc.UserNSAncestry(int(o.UserNS.Fd())); err != nil {
+		o.Close()
+		return nil, err
+	}
+	if o.Thread, err = pin.Thread(); err != nil {
 		o.Close()
 		return nil, err
 	}

@@ -2,10 +2,14 @@ package test
 
 import (
 	"fmt"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The attacks an outside audit found (cgfs issue 11), each asserting the
@@ -146,4 +150,121 @@ func TestOwnV1MountGivesNothing(t *testing.T) {
 	c.expect(t, "EACCES", "mkdir", native+"/child/natively")
 	before.check(t, dirs["memory"], "writes through the container's own v1 cgroupfs")
 	c.expect(t, "OK", "write", cg+"/memory/child/memory.limit_in_bytes", "67108864")
+}
+
+// mountFails runs `cgfs mount ARGS... MNT` and expects it to refuse with
+// exit status 2 and a message holding every one of want.
+func mountFails(t *testing.T, want []string, args ...string) {
+	t.Helper()
+	mnt := publicDir(t)
+	var out lockedBuffer
+	cmd := exec.Command(cgfsBin, append(append([]string{"mount"}, args...), mnt)...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(10 * time.Second):
+		// It serves: the refusal did not come.
+		_ = cmd.Process.Kill()
+		<-done
+		_ = unix.Unmount(mnt, unix.MNT_DETACH)
+		t.Fatalf("cgfs mount %v served; want it refused", args)
+	}
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+		t.Errorf("cgfs mount %v: %v, want exit status 2\n%s", args, err, out.String())
+	}
+	for _, w := range want {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("cgfs mount %v said %q, want it to name %q", args, out.String(), w)
+		}
+	}
+}
+
+// TestSharedCgroupIsRefused: a view whose root holds a host process, or
+// is a hierarchy's root, would let the container reconfigure, freeze and
+// join host processes. cgfs refuses it, naming the hierarchy; --shared
+// serves it read-only.
+func TestSharedCgroupIsRefused(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	shared := newCgroup(t, l)
+	c := startContainer(t, shared, containerBase)
+	hostSleeper := startSleeper(t, shared)
+	owner := strconv.Itoa(c.pid())
+	mountFails(t, []string{"hierarchy .", strconv.Itoa(hostSleeper.Process.Pid), "--shared ."}, "--cgroup", shared, "--owner", owner)
+
+	// With --shared the host says it wants exactly that: read-only.
+	s := mountView(t, shared, "--owner", owner, "--shared", ".")
+	if got := c.do(t, "attach", s.mnt); got != "OK" {
+		t.Fatalf("attach: %s", got)
+	}
+	before := snapshot(t, shared)
+	c.expect(t, "EROFS", "mkdir", cg+"/child")
+	c.expect(t, "EROFS", "write", cg+"/cgroup.procs", "0")
+	c.expect(t, "EROFS", "write", cg+"/cgroup.subtree_control", "+pids")
+	c.expect(t, "EROFS", "chmod", cg+"/cgroup.procs", "666")
+	if got := c.do(t, "read", cg+"/cgroup.procs"); !strings.HasPrefix(got, "OK") {
+		t.Errorf("reading the shared cgroup: %s", got)
+	}
+	before.check(t, shared, "the container on a read-only shared cgroup")
+	if got := hostCgroupOf(t, hostSleeper.Process.Pid); got != cgroupPath(l, shared) {
+		t.Errorf("the host process moved to %s", got)
+	}
+	s.waitLog(t, "rule=read-only")
+
+	// The hierarchy's root as the owner's cgroup (on a hybrid host the
+	// refusal names the first hierarchy found without a cgroup of the
+	// owner's own, which may be a v1 one).
+	atRoot := startContainer(t, l.cgroup2, containerBase)
+	mountFails(t, []string{"hierarchy", "--shared"}, "--owner", strconv.Itoa(atRoot.pid()))
+}
+
+// TestV1HierarchyWithoutOwnCgroupIsRefused: on a v1 host a runtime
+// often leaves a container in the host's cgroup of some hierarchies
+// (cpu, blkio, name=systemd): cgfs refuses to serve it there unless
+// --shared names that hierarchy, which is then read-only.
+func TestV1HierarchyWithoutOwnCgroupIsRefused(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	if _, ok := l.v1["cpu"]; !ok {
+		t.Skip("no cgroup v1 cpu hierarchy on this machine (the VM lane is pure cgroup v2)")
+	}
+	// The cgroups come first, so that they are removed after the
+	// container is gone.
+	dirs := map[string]string{}
+	for name, root := range l.v1 {
+		if name == "cpu" {
+			continue // left where the test runs, with host processes
+		}
+		dir := newCgroupIn(t, root)
+		if name == "cpuset" {
+			for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+				mustWrite(t, filepath.Join(dir, f), readFile(t, filepath.Join(root, f)))
+			}
+		}
+		dirs[name] = dir
+	}
+	c := startContainer(t, newCgroup(t, l), containerBase)
+	for _, dir := range dirs {
+		mustWrite(t, filepath.Join(dir, "cgroup.procs"), strconv.Itoa(c.pid()))
+	}
+	owner := strconv.Itoa(c.pid())
+	mountFails(t, []string{"hierarchy cpu", "--shared cpu"}, "--owner", owner)
+
+	s := mountView(t, "", "--owner", owner, "--shared", "cpu")
+	if got := c.do(t, "attach", s.mnt); got != "OK" {
+		t.Fatalf("attach: %s", got)
+	}
+	cpuRoot := l.v1["cpu"]
+	before := snapshot(t, cpuRoot)
+	c.expect(t, "EROFS", "mkdir", cg+"/cpu/child")
+	c.expect(t, "EROFS", "write", cg+"/cpu/cpu.shares", "2")
+	c.expect(t, "EROFS", "write", cg+"/cpu/cgroup.procs", "1")
+	c.expect(t, "OK", "mkdir", cg+"/memory/child") // its own hierarchies are its own
+	before.check(t, cpuRoot, "the container on the shared cpu hierarchy")
 }

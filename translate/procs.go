@@ -179,6 +179,26 @@ func (v *View) cgroupOf(tid int) (string, error) {
 	return strings.TrimSuffix(rel, "/"+LeafName), nil
 }
 
+// Foreign finds a task in the view that the owner, reading task ids as
+// th, cannot see: a process outside the owner's namespaces, which the
+// container must not be able to freeze, limit or move. It walks the
+// view once (at mount).
+func (v *View) Foreign(th proc.Thread) (tid int, found bool, err error) {
+	tids, err := v.tasks("")
+	if err != nil {
+		return 0, false, err
+	}
+	for _, tid := range tids {
+		if _, ok := v.procs.NumberIn(tid, th); !ok {
+			if pin, err := v.procs.Pin(tid); err == nil { // not one that just exited
+				pin.Close()
+				return tid, true, nil
+			}
+		}
+	}
+	return 0, false, nil
+}
+
 // tasks lists the host tids of every task in the virtual cgroup vdir
 // and below, hidden leaves included.
 func (v *View) tasks(vdir string) ([]int, error) {

@@ -8,12 +8,17 @@ import (
 	"github.com/cgfs/cgfs/translate"
 )
 
-const usage = `usage: cgfs mount [--cgroup HOSTDIR] [--owner PID] [--max-open-files N] [--metrics ADDR] [--debug] MOUNTPOINT
+const usage = `usage: cgfs mount [--cgroup HOSTDIR] [--owner PID] [--shared NAME]... [--max-open-files N] [--metrics ADDR] [--debug] MOUNTPOINT
 
 With --cgroup, serves the host cgroup v2 directory HOSTDIR at MOUNTPOINT as
 the root of a cgroup tree. Without it, serves the cgroups of process PID in
 every hierarchy the host mounts, laid out as the host lays out
 /sys/fs/cgroup (v2 only, v1 or hybrid). Runs until SIGINT or SIGTERM.
+
+A hierarchy where the owner has no cgroup of its own (its cgroup is the
+hierarchy's root, or holds processes outside its namespaces) is refused,
+unless --shared NAME names it (its directory in the layout, or "." for
+--cgroup's and a cgroup v2 only host's): then it is served read-only.
 `
 
 // mountOptions is what `cgfs mount` was asked to do.
@@ -22,6 +27,7 @@ type mountOptions struct {
 	owner      int    // --owner; 0 for none
 	metrics    string // --metrics
 	maxOpen    int    // --max-open-files
+	shared     names  // --shared
 	debug      bool
 	mountpoint string
 }
@@ -39,6 +45,7 @@ func parseMount(args []string, stderr io.Writer) (mountOptions, error) {
 	fl.StringVar(&o.hostDir, "cgroup", "", "host cgroup v2 `directory` to serve as the view's root")
 	fl.IntVar(&o.owner, "owner", 0, "`pid` of a process of the container that owns the view")
 	fl.BoolVar(&o.debug, "debug", false, "log every FUSE request")
+	fl.Var(&o.shared, "shared", "serve hierarchy `NAME` read-only although the owner has no cgroup of its own there (repeatable)")
 	fl.IntVar(&o.maxOpen, "max-open-files", translate.DefaultOpenFiles, "how many files the container may hold open in its views at once (ENFILE beyond)")
 	fl.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics (e.g. 127.0.0.1:9464; port 0 picks one)")
 	if err := fl.Parse(args[1:]); err != nil {
@@ -57,4 +64,23 @@ func parseMount(args []string, stderr io.Writer) (mountOptions, error) {
 		return o, usageError{"--cgroup HOSTDIR or --owner PID is required"}
 	}
 	return o, nil
+}
+
+// names is a repeatable flag.
+type names []string
+
+func (n *names) String() string { return fmt.Sprint(*n) }
+
+func (n *names) Set(s string) error {
+	*n = append(*n, s)
+	return nil
+}
+
+func (n names) has(s string) bool {
+	for _, x := range n {
+		if x == s {
+			return true
+		}
+	}
+	return false
 }

@@ -49,10 +49,11 @@ func openViews(opts mountOptions, owner *access.Owner, procs *proc.Procs, log *s
 			o.close()
 			return nil, usageError{fmt.Sprintf("cannot serve %s: %v", opts.hostDir, err)}
 		}
-		v, err := translate.New(h, translate.Config{
+		cfg := translate.Config{
 			Policy: policy, Procs: procs, IDs: owner.IDs,
 			CgroupPath: cgPath, Delegate: delegateFiles(log), Limits: limits,
-		})
+		}
+		v, err := openView(h, cfg, ".", opts, owner, log)
 		if err != nil {
 			o.close()
 			return nil, err
@@ -89,7 +90,11 @@ func openViews(opts mountOptions, owner *access.Owner, procs *proc.Procs, log *s
 			// Hierarchies side by side: keep their inode numbers apart.
 			cfg.InoBase = uint64(i+1) << 48
 		}
-		v, err := translate.New(h, cfg)
+		name := hier.Name
+		if name == "" {
+			name = "."
+		}
+		v, err := openView(h, cfg, name, opts, owner, log)
 		if err != nil {
 			o.close()
 			return nil, err
@@ -98,6 +103,37 @@ func openViews(opts mountOptions, owner *access.Owner, procs *proc.Procs, log *s
 		log.Info("hierarchy", "name", hier.Name, "dir", dir, "v1", hier.V1)
 	}
 	return o, nil
+}
+
+// openView makes the view of one hierarchy, called name in messages and
+// --shared. A container owner must have a cgroup of its own there: not
+// the hierarchy's root, and holding no process outside the owner's
+// namespaces, or the container could reconfigure, freeze and join host
+// processes. Unless --shared names the hierarchy, that is refused; with
+// it the hierarchy is served read-only.
+func openView(h *host.Host, cfg translate.Config, name string, opts mountOptions, owner *access.Owner, log *slog.Logger) (*translate.View, error) {
+	v, err := translate.New(h, cfg)
+	if err != nil || opts.owner == 0 {
+		return v, err // a view of the host's own needs no such care
+	}
+	why := ""
+	if cfg.CgroupPath == "/" {
+		why = "the owner's cgroup is the hierarchy's root"
+	} else if tid, found, err := v.Foreign(owner.Thread); err != nil {
+		return nil, err
+	} else if found {
+		why = fmt.Sprintf("the owner's cgroup %s holds task %d, which is outside the owner's namespaces", cfg.CgroupPath, tid)
+	}
+	switch {
+	case why == "":
+		return v, nil
+	case opts.shared.has(name):
+		log.Warn("serving read-only: the owner has no cgroup of its own here", "hierarchy", name, "why", why)
+		cfg.ReadOnly = true
+		return translate.New(h, cfg)
+	}
+	return nil, usageError{fmt.Sprintf("--owner %d: hierarchy %s: %s; give the container a cgroup of its own there, or pass --shared %s to serve it read-only",
+		opts.owner, name, why, name)}
 }
 
 // delegateFiles lists the files the host lets a delegatee write at its
