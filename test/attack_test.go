@@ -2,6 +2,7 @@ package test
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -267,4 +268,35 @@ func TestV1HierarchyWithoutOwnCgroupIsRefused(t *testing.T) {
 	c.expect(t, "EROFS", "write", cg+"/cpu/cgroup.procs", "1")
 	c.expect(t, "OK", "mkdir", cg+"/memory/child") // its own hierarchies are its own
 	before.check(t, cpuRoot, "the container on the shared cpu hierarchy")
+}
+
+// TestV1DescendantsAreBounded: v1 has no cgroup.max.descendants, and
+// every memory cgroup takes one of the kernel's 65,535 memcg ids: cgfs
+// keeps a limit of its own on v1 (500 by default), so one container
+// cannot stop memory cgroup creation on the whole host.
+func TestV1DescendantsAreBounded(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	dirs, c, s := v1Container(t, l)
+	c.expect(t, "OK", "mkdir", cg+"/memory/a")
+	c.expect(t, "EAGAIN 499", "mkdirmany", cg+"/memory/a", "600")
+	c.expect(t, "EAGAIN", "mkdir", cg+"/memory/more")
+	s.waitLog(t, "rule=v1-descendants")
+	entries, err := os.ReadDir(filepath.Join(dirs["memory"], "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	made := 0
+	for _, e := range entries {
+		if e.IsDir() {
+			made++
+		}
+	}
+	if made != 499 {
+		t.Errorf("the host has %d cgroups below memory/a, want 499 (500 with a)", made)
+	}
+	// Room comes back with an rmdir; other hierarchies have their own.
+	c.expect(t, "OK", "rmdir", cg+"/memory/a/c0")
+	c.expect(t, "OK", "mkdir", cg+"/memory/more")
+	c.expect(t, "OK", "mkdir", cg+"/pids/own-count")
 }

@@ -179,6 +179,16 @@ func containerOp(op []string, children *[]*exec.Cmd) string {
 		return "OK" + string(b)
 	case "write":
 		return errAnswer(writeFile(arg(1), arg(2)))
+	case "mkdirmany":
+		// Makes DIR/c0 ... DIR/c(N-1); answers "OK N", or the errno and
+		// how many were made before it.
+		n, _ := strconv.Atoi(arg(2))
+		for i := range n {
+			if err := unix.Mkdir(fmt.Sprintf("%s/c%d", arg(1), i), 0o755); err != nil {
+				return fmt.Sprintf("%s %d", errAnswer(err), i)
+			}
+		}
+		return fmt.Sprintf("OK %d", n)
 	case "newcgroupns":
 		// A cgroup namespace of its own, rooted where this thread is now
 		// in every hierarchy (the container's root may, as an attacker

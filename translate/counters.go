@@ -24,19 +24,13 @@ func readStat(f *File) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	leaves := 0 // the cgroup's own leaf is a descendant on the host too
-	_ = f.v.walk(f.cgroup, func(_ string, leaf bool) error {
-		if leaf {
-			leaves++
-		}
-		return nil
-	})
+	leaves := f.v.leaves.under(f.cgroup) // its own leaf is a descendant on the host too
 	if leaves == 0 {
 		return raw, nil
 	}
 	return mapKeyed(raw, func(key string, val int64) int64 {
 		if key == "nr_descendants" {
-			return max(val-int64(leaves), 0)
+			return max(val-leaves, 0)
 		}
 		return val
 	}), nil

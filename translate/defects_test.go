@@ -2,7 +2,6 @@ package translate
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -44,49 +43,10 @@ func TestParallelReadsOfOneFile(t *testing.T) {
 	wg.Wait()
 }
 
-// TestConcurrentMkdirsUnderALimit: the container's limit holds when
-// many mkdirs race (they run under the view lock).
-func TestConcurrentMkdirsUnderALimit(t *testing.T) {
-	v, dir, r := newView(t, Config{})
-	if _, err := v.Mkdir(r, "", "c", 0o755); err != nil {
-		t.Fatal(err)
-	}
-	fake.Write(t, filepath.Join(dir, "c/cgroup.max.descendants"), "max\n")
-	if err := write(v, r, "c/cgroup.max.descendants", "1"); err != nil {
-		t.Fatal(err)
-	}
-	c, _ := r.Caller()
-	th, _ := r.Thread()
-	var wg sync.WaitGroup
-	errs := make([]error, 32)
-	for i := range errs {
-		wg.Add(1)
-		go func() { // a request per goroutine, as FUSE serves them
-			defer wg.Done()
-			_, errs[i] = v.Mkdir(access.Known(c, th), "c", fmt.Sprintf("x%d", i), 0o755)
-		}()
-	}
-	wg.Wait()
-	made := 0
-	for _, err := range errs {
-		switch {
-		case err == nil:
-			made++
-		case !errors.Is(err, unix.EAGAIN):
-			t.Errorf("mkdir: %v, want EAGAIN or success", err)
-		}
-	}
-	entries, _ := os.ReadDir(filepath.Join(dir, "c"))
-	dirs := 0
-	for _, e := range entries {
-		if e.IsDir() {
-			dirs++
-		}
-	}
-	if made != 1 || dirs != 1 {
-		t.Errorf("32 concurrent mkdirs under a limit of 1: %d succeeded, %d on the host; want 1", made, dirs)
-	}
-}
+// 32 racing mkdirs under a container limit (defect 2 of the review)
+// are tested on real cgroups (test.TestConcurrentMkdirsUnderAContainerLimit):
+// the limit is judged on the kernel's nr_descendants, which a fake tree
+// does not keep.
 
 // TestOversizedWritesChangeNothing: any write over a page is E2BIG, the
 // task files' included (the kernel answers so before parsing).

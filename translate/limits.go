@@ -100,9 +100,37 @@ func (v *View) checkLimitsLocked(vdir string) error {
 	return nil
 }
 
-// visibleDescendants counts the container's cgroups below vdir.
+// visibleDescendants counts the container's cgroups below vdir: the
+// host's count (cgroup.stat nr_descendants) less the hidden leaves.
 func (v *View) visibleDescendants(vdir string) int64 {
-	var n int64 = -1 // vdir itself
-	_ = v.walk(vdir, func(string, bool) error { n++; return nil })
-	return max(n, 0)
+	raw, err := v.host.ReadFile(host.Join(vdir, "cgroup.stat"))
+	if err != nil {
+		return 0
+	}
+	return max(keyed(raw)["nr_descendants"]-v.leaves.under(vdir), 0)
+}
+
+// DefaultV1Descendants is how many cgroups a container may make below a
+// v1 view root unless told otherwise. cgroup v1 has no
+// cgroup.max.descendants, and every memory cgroup takes one of the
+// kernel's 65,535 memcg ids: without a limit of cgfs's own one container
+// could stop every memory cgroup creation on the host.
+const DefaultV1Descendants = 500
+
+// checkV1LimitLocked refuses a new cgroup in a v1 view that has as many
+// as it may (EAGAIN, as the kernel answers a v2 limit). The count is
+// kept as cgfs makes and removes cgroups, and made anew by a walk only
+// when it says the limit is reached (the host may have removed some).
+func (v *View) checkV1LimitLocked() error {
+	if v.v1Count < 0 || v.v1Count >= v.v1Limit {
+		n := -1 // the root itself
+		if err := v.walk("", func(string, bool) error { n++; return nil }); err != nil {
+			return err
+		}
+		v.v1Count = n
+	}
+	if v.v1Count >= v.v1Limit {
+		return refuse(RuleV1Descendants, unix.EAGAIN, strconv.Itoa(v.v1Limit)+" cgroups below the view root: its v1 descendant limit")
+	}
+	return nil
 }

@@ -45,6 +45,9 @@ const (
 	// RuleUnmappedID: a chown to an id the owner's user namespace does
 	// not map (EINVAL, as the kernel answers).
 	RuleUnmappedID access.Rule = "unmapped-id"
+	// RuleV1Descendants: a mkdir past the descendant limit cgfs keeps on
+	// v1 views, which have none of their own (EAGAIN).
+	RuleV1Descendants access.Rule = "v1-descendants"
 	// RuleOpenFiles: the container holds as many open files of its
 	// views as it may (ENFILE: the table of this "system" is full).
 	RuleOpenFiles access.Rule = "open-files"

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -29,11 +30,59 @@ func init() {
 	register("cgroup.subtree_control", &controlFile{write: writeSubtreeControl, delegated: true})
 }
 
-// hasLeaf reports whether the virtual cgroup dir has a hidden leaf.
-func (v *View) hasLeaf(dir string) bool {
-	st, err := v.host.Stat(host.Join(dir, LeafName))
-	return err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR
+// leafIndex is which virtual cgroups have a hidden leaf. Only cgfs makes
+// and removes leaves, so the index is kept as it does, after one walk
+// when the view is made: no read ever walks the tree to find them.
+type leafIndex struct {
+	mu sync.Mutex // a leaf in the lock order
+	m  map[string]bool
 }
+
+func (x *leafIndex) set(dir string, has bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if has {
+		x.m[dir] = true
+	} else {
+		delete(x.m, dir)
+	}
+}
+
+func (x *leafIndex) has(dir string) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.m[dir]
+}
+
+// under counts the leaves of vdir and of the cgroups below it.
+func (x *leafIndex) under(vdir string) int64 {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var n int64
+	for dir := range x.m {
+		if vdir == "" || dir == vdir || strings.HasPrefix(dir, vdir+"/") {
+			n++
+		}
+	}
+	return n
+}
+
+// indexLeaves walks the view once to find the leaves it has.
+func (v *View) indexLeaves() error {
+	v.leaves.m = map[string]bool{}
+	if v.v1 {
+		return nil // no leaves on v1: no internal-process rule there
+	}
+	return v.walk("", func(dir string, leaf bool) error {
+		if leaf {
+			v.leaves.set(dir, true)
+		}
+		return nil
+	})
+}
+
+// hasLeaf reports whether the virtual cgroup dir has a hidden leaf.
+func (v *View) hasLeaf(dir string) bool { return v.leaves.has(dir) }
 
 // hostTasks reads the ids in a host task file of host directory dir.
 func (v *View) hostTasks(dir, file string) ([]int, error) {
@@ -65,6 +114,7 @@ func (v *View) ensureLeafLocked(dir string) error {
 	if err := v.host.Mkdir(dir, LeafName, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
 		return err
 	}
+	v.leaves.set(dir, true)
 	return nil
 }
 
@@ -88,6 +138,7 @@ func (v *View) foldLocked(dir string) error {
 		}
 		return err
 	}
+	v.leaves.set(dir, false)
 	return nil
 }
 
@@ -132,19 +183,30 @@ func (v *View) Reconcile() error {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return v.walk("", func(dir string, leaf bool) error {
-		if !leaf {
-			return nil
+	if err := v.indexLeaves(); err != nil {
+		return err
+	}
+	v.leaves.mu.Lock()
+	dirs := make([]string, 0, len(v.leaves.m))
+	for dir := range v.leaves.m {
+		dirs = append(dirs, dir)
+	}
+	v.leaves.mu.Unlock()
+	for _, dir := range dirs {
+		if err := v.foldLocked(dir); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) {
+			return err
 		}
-		return v.foldLocked(dir)
-	})
+	}
+	return nil
 }
 
 // walk visits the virtual cgroup vdir and every visible cgroup below it,
 // each before its children, telling visit whether the cgroup has a
 // hidden leaf. A cgroup below vdir removed meanwhile (gone, or dying:
 // its files answer ENODEV) is skipped with what is below it. This is the
-// only walk of a tree in cgfs.
+// only walk of a tree in cgfs, and no request of a container makes it:
+// it runs when a view is made (the leaf index, Foreign) and, on v1, when
+// a container reaches its descendant limit.
 func (v *View) walk(vdir string, visit func(vdir string, leaf bool) error) error {
 	entries, err := v.host.Names(vdir)
 	if err != nil {

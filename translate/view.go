@@ -34,6 +34,10 @@ type View struct {
 	delegate         map[string]bool
 	readOnly         bool
 	limits           *Limits
+	leaves           leafIndex
+	// v1Limit bounds the cgroups below a v1 view root; v1Count is how
+	// many there are, -1 until counted (under the view lock).
+	v1Limit, v1Count int
 
 	// mu is the view lock (see the package doc).
 	mu sync.Mutex
@@ -68,6 +72,9 @@ type Config struct {
 	// Limits bounds what the container holds; views of one mount share
 	// it. Nil gives the view limits of its own, with the defaults.
 	Limits *Limits
+	// V1Descendants bounds the cgroups below a v1 view root (EAGAIN
+	// beyond); 0 means DefaultV1Descendants.
+	V1Descendants int
 }
 
 // New returns the view of h that cfg describes.
@@ -85,6 +92,13 @@ func New(h *host.Host, cfg Config) (*View, error) {
 	}
 	if v.limits.OpenFiles == 0 {
 		v.limits.OpenFiles = DefaultOpenFiles
+	}
+	v.v1Limit, v.v1Count = cfg.V1Descendants, -1
+	if v.v1Limit == 0 {
+		v.v1Limit = DefaultV1Descendants
+	}
+	if err := v.indexLeaves(); err != nil {
+		return nil, err
 	}
 	for _, f := range cfg.Delegate {
 		v.delegate[f] = true
@@ -227,8 +241,16 @@ func (v *View) mkdirLocked(dir, name string, mode, uid, gid uint32) (unix.Stat_t
 	if err := v.checkLimitsLocked(dir); err != nil {
 		return unix.Stat_t{}, err
 	}
+	if v.v1 {
+		if err := v.checkV1LimitLocked(); err != nil {
+			return unix.Stat_t{}, err
+		}
+	}
 	if err := v.host.Mkdir(dir, name, mode); err != nil {
 		return unix.Stat_t{}, err
+	}
+	if v.v1 {
+		v.v1Count++
 	}
 	vpath := host.Join(dir, name)
 	if v.v1 {
@@ -276,8 +298,15 @@ func (v *View) rmdirLocked(dir, name string) error {
 		if err := v.host.Rmdir(vpath, LeafName); err != nil && !errors.Is(err, unix.ENOENT) {
 			return err // EBUSY: the leaf holds processes, so the cgroup is populated
 		}
+		v.leaves.set(vpath, false)
 	}
-	return v.host.Rmdir(dir, name)
+	if err := v.host.Rmdir(dir, name); err != nil {
+		return err
+	}
+	if v.v1 && v.v1Count > 0 {
+		v.v1Count--
+	}
+	return nil
 }
 
 // Rename renames a cgroup; the host decides (cgroup v2 refuses every

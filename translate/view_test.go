@@ -49,7 +49,9 @@ func newView(t testing.TB, cfg Config) (*View, string, *access.Request) {
 	fake.Cgroup(t, filepath.Join(dir, "a", LeafName), fake.Files)
 	fake.Write(t, filepath.Join(dir, "a/memory.events.local"), "low 0\nhigh 2\nmax 1\noom 0\noom_kill 0\noom_group_kill 0\n")
 	fake.Write(t, filepath.Join(dir, "a", LeafName, "memory.events.local"), "low 0\nhigh 1\nmax 0\noom 1\noom_kill 1\noom_group_kill 0\n")
+	// The kernel's counts: the root has a, a/b and a's leaf below it.
 	fake.Write(t, filepath.Join(dir, "cgroup.stat"), "nr_descendants 3\nnr_dying_descendants 0\n")
+	fake.Write(t, filepath.Join(dir, "a/cgroup.stat"), "nr_descendants 2\nnr_dying_descendants 0\n")
 	h, err := host.Open(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -367,5 +369,32 @@ func TestOwnershipIsTheViews(t *testing.T) {
 	}
 	if hostOwner("mine") != hostOwner("") {
 		t.Errorf("the new cgroup's host owner %s differs from its parent's %s", hostOwner("mine"), hostOwner(""))
+	}
+}
+
+// TestV1DescendantLimit: v1 has no cgroup.max.descendants; cgfs keeps a
+// limit of its own there, recounting when the host removed cgroups.
+func TestV1DescendantLimit(t *testing.T) {
+	v, dir, r := newView(t, Config{V1: true, V1Descendants: 4}) // a and a/b count
+	for _, name := range []string{"c", "d"} {
+		if _, err := v.Mkdir(r, "", name, 0o755); err != nil {
+			t.Fatalf("mkdir %s under the limit: %v", name, err)
+		}
+	}
+	if _, err := v.Mkdir(r, "a", "e", 0o755); !errors.Is(err, unix.EAGAIN) || ruleOf(err) != RuleV1Descendants {
+		t.Errorf("a fifth cgroup under a v1 limit of 4 = %v, want EAGAIN by %s", err, RuleV1Descendants)
+	}
+	if err := v.Rmdir(r, "", "c"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Mkdir(r, "", "e", 0o755); err != nil {
+		t.Errorf("mkdir after an rmdir: %v", err)
+	}
+	// The host removes one behind cgfs's back: the recount finds room.
+	if err := os.Remove(filepath.Join(dir, "d")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Mkdir(r, "", "f", 0o755); err != nil {
+		t.Errorf("mkdir after the host removed a cgroup: %v", err)
 	}
 }

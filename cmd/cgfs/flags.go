@@ -8,7 +8,7 @@ import (
 	"github.com/cgfs/cgfs/translate"
 )
 
-const usage = `usage: cgfs mount [--cgroup HOSTDIR] [--owner PID] [--shared NAME]... [--max-open-files N] [--metrics ADDR] [--debug] MOUNTPOINT
+const usage = `usage: cgfs mount [--cgroup HOSTDIR] [--owner PID] [--shared NAME]... [--max-open-files N] [--v1-max-descendants N] [--metrics ADDR] [--debug] MOUNTPOINT
 
 With --cgroup, serves the host cgroup v2 directory HOSTDIR at MOUNTPOINT as
 the root of a cgroup tree. Without it, serves the cgroups of process PID in
@@ -28,6 +28,7 @@ type mountOptions struct {
 	metrics    string // --metrics
 	maxOpen    int    // --max-open-files
 	shared     names  // --shared
+	v1Max      int    // --v1-max-descendants
 	debug      bool
 	mountpoint string
 }
@@ -46,6 +47,7 @@ func parseMount(args []string, stderr io.Writer) (mountOptions, error) {
 	fl.IntVar(&o.owner, "owner", 0, "`pid` of a process of the container that owns the view")
 	fl.BoolVar(&o.debug, "debug", false, "log every FUSE request")
 	fl.Var(&o.shared, "shared", "serve hierarchy `NAME` read-only although the owner has no cgroup of its own there (repeatable)")
+	fl.IntVar(&o.v1Max, "v1-max-descendants", translate.DefaultV1Descendants, "how many cgroups the container may make below each cgroup v1 view root (EAGAIN beyond)")
 	fl.IntVar(&o.maxOpen, "max-open-files", translate.DefaultOpenFiles, "how many files the container may hold open in its views at once (ENFILE beyond)")
 	fl.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics (e.g. 127.0.0.1:9464; port 0 picks one)")
 	if err := fl.Parse(args[1:]); err != nil {
@@ -56,6 +58,9 @@ func parseMount(args []string, stderr io.Writer) (mountOptions, error) {
 		return o, usageError{"expected one MOUNTPOINT"}
 	}
 	o.mountpoint = fl.Arg(0)
+	if o.v1Max < 1 {
+		return o, usageError{"--v1-max-descendants must be at least 1"}
+	}
 	if o.maxOpen < 1 {
 		return o, usageError{"--max-open-files must be at least 1"}
 	}

@@ -82,6 +82,7 @@ func openViews(opts mountOptions, owner *access.Owner, procs *proc.Procs, log *s
 		cfg := translate.Config{
 			Policy: policy, Procs: procs, IDs: owner.IDs, V1: hier.V1,
 			Controllers: hier.Controllers, CgroupPath: cgPath, Limits: limits,
+			V1Descendants: opts.v1Max,
 		}
 		if !hier.V1 {
 			cfg.Delegate = delegateFiles(log)
