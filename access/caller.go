@@ -3,6 +3,7 @@ package access
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -184,6 +185,23 @@ func (r *Request) identify() (Caller, error) {
 		CapEff: uint64(caps[0].Effective) | uint64(caps[1].Effective)<<32,
 		UserNS: userns,
 	}, nil
+}
+
+// PidNamespace opens the calling thread's pid namespace, through the
+// same pin.
+func (r *Request) PidNamespace() (*os.File, error) {
+	pin, err := r.pinned()
+	if err != nil {
+		return nil, err
+	}
+	f, err := pin.NamespaceFile("pid")
+	if err != nil || !pin.Alive() {
+		if f != nil {
+			f.Close()
+		}
+		return nil, ErrGone
+	}
+	return f, nil
 }
 
 // Thread identifies the calling thread as a reader or writer of task

@@ -44,6 +44,11 @@ const (
 	// of the writer, which the kernel would look up in the server's own
 	// fd table; cgfs never writes it for anyone. EPERM.
 	RuleV1EventControl Rule = "v1-event-control"
+	// RuleV1TaskOwner: on cgroup v1 a writer who is not root may move
+	// only tasks whose real or saved uid is its own (the kernel's
+	// __cgroup1_procs_write); root of the owner namespace may move any.
+	// EACCES.
+	RuleV1TaskOwner Rule = "v1-task-owner"
 	// RuleNotOwner: only the file's owner or a privileged caller may
 	// chmod; only a privileged caller may chown. EPERM.
 	RuleNotOwner Rule = "not-owner"
@@ -292,6 +297,16 @@ func (p *Policy) MayMigrate(opener Caller, common *unix.Stat_t) error {
 		return nil
 	}
 	return refuse(RuleCommonAncestor, unix.EACCES, opener)
+}
+
+// MayMoveV1Task allows opener to move, on cgroup v1, a task whose real
+// and saved uids (host ids) are uid and suid: the kernel's rule for
+// writers that are not root, with the owner namespace's root as root.
+func (p *Policy) MayMoveV1Task(opener Caller, uid, suid uint32) error {
+	if p.capable(opener) || opener.Uid == uid || opener.Uid == suid {
+		return nil
+	}
+	return refuse(RuleV1TaskOwner, unix.EACCES, opener)
 }
 
 // modeAllows is generic_permission's mode check on the shown ids (the

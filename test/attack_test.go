@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -299,4 +300,147 @@ func TestV1DescendantsAreBounded(t *testing.T) {
 	c.expect(t, "OK", "rmdir", cg+"/memory/a/c0")
 	c.expect(t, "OK", "mkdir", cg+"/memory/more")
 	c.expect(t, "OK", "mkdir", cg+"/pids/own-count")
+}
+
+// forkHostAt starts a host process that gets host pid want (the host's
+// next pid set, retried if another process takes it first).
+func forkHostAt(t *testing.T, want int) *exec.Cmd {
+	t.Helper()
+	for range 50 {
+		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(want-1)), 0); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("sleep", "1000")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if cmd.Process.Pid == want {
+			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+			return cmd
+		}
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
+	t.Fatalf("no host process got pid %d", want)
+	return nil
+}
+
+// TestReusedIDNeverMovesAHostProcess holds the server's write of a
+// migration (a ptrace hold at the write's entry, after every check) while
+// the task the container named dies, a host process takes its host pid
+// and a container process its container id. The host process must stay
+// where it is; the container process that took the id is put back
+// where it was born, and the container is told ESRCH.
+func TestReusedIDNeverMovesAHostProcess(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	host, c, s := containerWithView(t, l, containerBase)
+	c.expect(t, "OK", "mkdir", cg+"/c1")
+	warm := c.do(t, "spawn") // the first move starts what migrations need
+	c.expect(t, "OK", "write", cg+"/c1/cgroup.procs", warm)
+	victim := c.do(t, "spawn")
+	victimHost := hostPidOf(t, c, victim)
+	dest := filepath.Join(host, "c1/cgroup.procs")
+	before := strings.Fields(readFile(t, dest))
+
+	hold := holdWrite(t, s.cmd.Process.Pid, dest)
+	c.expect(t, "OK", "bgwrite", cg+"/c1/cgroup.procs", victim)
+	hold.Held(t, 20*time.Second)
+	// The window, held open: the named task dies and both its ids are
+	// taken again.
+	c.expect(t, "OK", "killreap", victim)
+	hostProc := forkHostAt(t, victimHost)
+	hostHome := hostCgroupOf(t, hostProc.Process.Pid)
+	stranger := c.do(t, "forkat", victim)
+	if stranger != victim {
+		t.Fatalf("the container's new process got id %s, want %s", stranger, victim)
+	}
+	strangerHost := hostPidOf(t, c, stranger)
+	strangerHome := hostCgroupOf(t, strangerHost)
+	hold.Release(t)
+
+	if got := c.do(t, "bgwait"); got != "ESRCH" {
+		t.Errorf("the container's write of a task that died = %q, want ESRCH", got)
+	}
+	if got := hostCgroupOf(t, hostProc.Process.Pid); got != hostHome {
+		t.Errorf("a host process that took a dead task's pid was moved from %s to %s", hostHome, got)
+	}
+	if got := hostCgroupOf(t, strangerHost); got != strangerHome {
+		t.Errorf("the container process that took the id is in %s, want it back in %s", got, strangerHome)
+	}
+	if got := strings.Fields(readFile(t, dest)); !slices.Equal(got, before) {
+		t.Errorf("c1/cgroup.procs on the host = %v, want %v as before", got, before)
+	}
+	s.waitLog(t, "rule=task-reused")
+	c.expect(t, "OK", "write", cg+"/c1/cgroup.procs", "0") // still served
+}
+
+// TestV1TaskOwnership: on v1 the kernel lets a writer that is not root
+// move only tasks whose uid or saved uid is its own. cgfs writes as host
+// root, so it applies the rule itself: a container user given a
+// delegated cgroup cannot move the container root's processes between
+// its own cgroups (and freeze them there).
+func TestV1TaskOwnership(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	dirs, c, s := v1Container(t, l)
+	for _, h := range []string{"memory", "freezer"} {
+		c.expect(t, "OK", "mkdir", cg+"/"+h+"/sub")
+		c.expect(t, "OK", "chownR", cg+"/"+h+"/sub", "1000", "1000")
+		c.expect(t, "OK", "as", "1000", "mkdir", cg+"/"+h+"/sub/a")
+		c.expect(t, "OK", "as", "1000", "mkdir", cg+"/"+h+"/sub/b")
+	}
+	rootTask := c.do(t, "spawn") // the container's root's
+	c.expect(t, "OK", "write", cg+"/memory/sub/a/cgroup.procs", rootTask)
+	c.expect(t, "OK", "write", cg+"/freezer/sub/a/cgroup.procs", rootTask)
+	before := snapshot(t, dirs["memory"])
+	// Common ancestor sub is the user's: only the task's owner stops it.
+	c.expect(t, "EACCES", "as", "1000", "write", cg+"/memory/sub/b/cgroup.procs", rootTask)
+	c.expect(t, "EACCES", "as", "1000", "write", cg+"/freezer/sub/b/tasks", rootTask)
+	before.check(t, dirs["memory"], "a container user moving root's task")
+	s.waitLog(t, "rule=v1-task-owner")
+	// The container's root may move any of its tasks.
+	c.expect(t, "OK", "write", cg+"/memory/sub/b/cgroup.procs", rootTask)
+}
+
+// cpuTicks is the CPU time process pid has used, in clock ticks.
+func cpuTicks(t *testing.T, pid int) int {
+	t.Helper()
+	b := readFile(t, fmt.Sprintf("/proc/%d/stat", pid))
+	f := strings.Fields(b[strings.LastIndexByte(b, ')')+1:])
+	utime, _ := strconv.Atoi(f[11])
+	stime, _ := strconv.Atoi(f[12])
+	return utime + stime
+}
+
+// TestServerWorkDoesNotGrowWithTheTree: the server's CPU is not the
+// container's. A write naming no task and a read of cgroup.stat cost
+// the server the same with 300 cgroups in the view as with none (they
+// walked the view, and then every process of the host).
+func TestServerWorkDoesNotGrowWithTheTree(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	_, c, s := containerWithView(t, l, containerBase)
+	c.expect(t, "OK", "mkdir", cg+"/big")
+	const n = 1000
+	cost := func(op ...string) int {
+		before := cpuTicks(t, s.cmd.Process.Pid)
+		if got := c.do(t, op...); !strings.HasPrefix(got, "ESRCH") && got != "OK" {
+			t.Fatalf("%v: %s", op, got)
+		}
+		return cpuTicks(t, s.cmd.Process.Pid) - before
+	}
+	write := []string{"writeloop", cg + "/cgroup.procs", "99999", fmt.Sprint(n)}
+	stat := []string{"readloopall", cg + "/cgroup.stat", fmt.Sprint(n)}
+	flatWrite, flatStat := cost(write...), cost(stat...)
+	c.expect(t, "OK 300", "mkdirmany", cg+"/big", "300")
+	bigWrite, bigStat := cost(write...), cost(stat...)
+	t.Logf("server CPU for %d ops, in ticks: pid writes %d flat, %d with 300 cgroups; cgroup.stat reads %d flat, %d with 300",
+		n, flatWrite, bigWrite, flatStat, bigStat)
+	if bigWrite > 3*flatWrite+20 {
+		t.Errorf("%d refused pid writes cost the server %d ticks with 300 cgroups, %d with none: it grows with the tree", n, bigWrite, flatWrite)
+	}
+	if bigStat > 3*flatStat+20 {
+		t.Errorf("%d cgroup.stat reads cost the server %d ticks with 300 cgroups, %d with none: it grows with the tree", n, bigStat, flatStat)
+	}
 }

@@ -2,6 +2,7 @@ package test
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -141,6 +142,12 @@ func errAnswer(err error) string {
 // heldFds are the files "openhold" keeps open.
 var heldFds []int
 
+// bg is the write "bgwrite" started, and its output.
+var bg struct {
+	cmd *exec.Cmd
+	out *bytes.Buffer
+}
+
 func containerOp(op []string, children *[]*exec.Cmd) string {
 	arg := func(i int) string {
 		if i < len(op) {
@@ -179,6 +186,57 @@ func containerOp(op []string, children *[]*exec.Cmd) string {
 		return "OK" + string(b)
 	case "write":
 		return errAnswer(writeFile(arg(1), arg(2)))
+	case "bgwrite":
+		// Starts "write PATH DATA" in a child process (forked from this
+		// thread: it shares the view) and answers at once; bgwait waits.
+		bg.cmd = exec.Command("/proc/self/exe", "write", arg(1), arg(2))
+		bg.cmd.Env = append(os.Environ(), helperEnv+"=1")
+		bg.out = &bytes.Buffer{}
+		bg.cmd.Stdout = bg.out
+		if err := bg.cmd.Start(); err != nil {
+			return err.Error()
+		}
+		return "OK"
+	case "bgwait":
+		if bg.cmd == nil {
+			return "no bgwrite"
+		}
+		_ = bg.cmd.Wait()
+		bg.cmd = nil
+		return strings.TrimSpace(bg.out.String())
+	case "killreap":
+		// Kills a child "spawn" made and reaps it: its id is free then.
+		pid, _ := strconv.Atoi(arg(1))
+		for i, c := range *children {
+			if c.Process.Pid == pid {
+				_ = c.Process.Kill()
+				_ = c.Wait()
+				*children = append((*children)[:i], (*children)[i+1:]...)
+				return "OK"
+			}
+		}
+		return "no such child"
+	case "forkat":
+		// Spawns a child that gets id N in this pid namespace (the
+		// namespace's next id set, as checkpoint/restore does).
+		want, _ := strconv.Atoi(arg(1))
+		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(want-1)), 0); err != nil {
+			return "ns_last_pid: " + errAnswer(err)
+		}
+		cmd := exec.Command("sleep", "1000")
+		if err := cmd.Start(); err != nil {
+			return err.Error()
+		}
+		*children = append(*children, cmd)
+		return strconv.Itoa(cmd.Process.Pid)
+	case "readloopall":
+		// Reads PATH N times; answers OK and the last answer's errno.
+		n, _ := strconv.Atoi(arg(2))
+		var err error
+		for range n {
+			_, err = os.ReadFile(arg(1))
+		}
+		return errAnswer(err)
 	case "mkdirmany":
 		// Makes DIR/c0 ... DIR/c(N-1); answers "OK N", or the errno and
 		// how many were made before it.

@@ -40,6 +40,9 @@ func helperMain(args []string) int {
 	if op == "forklimit" {
 		return forkLimit(path)
 	}
+	if op == "hold" && len(args) == 3 {
+		return holdMain(args[1:])
+	}
 	var err error
 	var out string
 	switch op {

@@ -3,6 +3,7 @@ package translate
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/cgfs/cgfs/access"
 	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/translate/host"
+	"github.com/cgfs/cgfs/translate/pidns"
 )
 
 // Task files list the tasks of a cgroup in the reader's pid namespace,
@@ -52,32 +54,62 @@ func readTasks(f *File) ([]byte, error) {
 
 // writeTasks moves a task into f's cgroup: the id is read in the
 // writer's pid namespace (0 is the writer itself: its thread for
-// threads, its process otherwise), must name a task the writer sees
-// inside the view, and the opener must be allowed the move.
+// threads, its process otherwise), must name a task inside the view, and
+// the opener must be allowed the move.
 func writeTasks(threads bool) func(f *File, r *access.Request, data []byte) (int, error) {
 	return func(f *File, r *access.Request, data []byte) (int, error) {
 		n, err := ParsePid(data)
 		if err != nil {
 			return 0, refuse(RuleBadValue, unix.EINVAL, "not one task id (data "+strconv.Quote(host.Shorten(data))+")")
 		}
+		v := f.v
+		if v.cgroupPath == "" {
+			return 0, errNoCgroup
+		}
 		w, err := r.Thread()
 		if err != nil {
 			return 0, err
 		}
-		v := f.v
+		switch {
+		case n == 0 && threads:
+			n = w.OwnTid
+		case n == 0:
+			n = w.OwnPid
+		}
+		m, err := v.movers.For(w, r.PidNamespace)
+		if err != nil {
+			return 0, err
+		}
 		v.mu.Lock()
 		defer v.mu.Unlock()
-		if err := v.migrateLocked(f, w, n, threads); err != nil {
+		if err := v.migrateLocked(f, m, n); err != nil {
 			return 0, err
 		}
 		return len(data), nil
 	}
 }
 
-// migrateLocked resolves number, written by w, to a host task in the
-// view, lets the policy judge the move for f's opener, and writes it.
-func (v *View) migrateLocked(f *File, w proc.Thread, number int, threads bool) error {
-	tid, from, err := v.resolveLocked(w, number, threads)
+var (
+	errNoSuchTask = refuse(RuleNoSuchTask, unix.ESRCH, "no such task in the writer's pid namespace")
+	errOutside    = refuse(RuleTaskOutside, unix.ENOENT, "task outside the view")
+	errNoCgroup   = errors.New("the view is not rooted at a cgroup: it moves no tasks")
+)
+
+// migrateLocked moves the task numbered n in m's pid namespace into f's
+// cgroup. The task is pinned through that namespace's own proc
+// filesystem (no walk, and it can only be one of the namespace's tasks),
+// checked to be inside the view, judged for f's opener, and the id is
+// written from inside the namespace, where the kernel resolves it again:
+// a reused id can only ever be another task of that namespace. If the
+// pinned task died before the kernel moved it and another took its id in
+// that window, the other is put back where it was born.
+func (v *View) migrateLocked(f *File, m pidns.Mover, n int) error {
+	pin, err := m.Pin(n)
+	if err != nil {
+		return errNoSuchTask
+	}
+	defer pin.Close()
+	from, err := v.cgroupOfPin(pin)
 	if err != nil {
 		return err
 	}
@@ -88,7 +120,82 @@ func (v *View) migrateLocked(f *File, w proc.Thread, number int, threads bool) e
 	if err := v.policy.MayMigrate(f.opener, &common); err != nil {
 		return err
 	}
-	return v.moveLocked(f, tid)
+	if v.v1 {
+		uid, suid, err := pin.UIDs()
+		if err != nil || !pin.Alive() {
+			return errNoSuchTask
+		}
+		if err := v.policy.MayMoveV1Task(f.opener, uid, suid); err != nil {
+			return err
+		}
+	}
+	err = m.Write(v.root, f.vpath, n)
+	if errors.Is(err, unix.EBUSY) && f.name == "cgroup.procs" && !v.v1 {
+		// The cgroup enables domain controllers for its children (no
+		// internal processes): the process goes into its hidden leaf.
+		if lerr := v.ensureLeafLocked(f.cgroup); lerr != nil {
+			return lerr
+		}
+		err = m.Write(v.root, host.Join(host.Join(f.cgroup, LeafName), f.name), n)
+	}
+	if err != nil {
+		return err
+	}
+	if pin.Alive() {
+		// Ids are not reused while a task lives: the kernel moved ours.
+		return nil
+	}
+	return v.undoStrangerLocked(m, n, f.cgroup)
+}
+
+// undoStrangerLocked looks, after a move whose pinned task died, for a
+// task that took its id n meanwhile and was moved into the cgroup dest
+// instead; it is put back in its parent's cgroup, where it was born.
+func (v *View) undoStrangerLocked(m pidns.Mover, n int, dest string) error {
+	pin, err := m.Pin(n)
+	if err != nil {
+		return errNoSuchTask // nobody took the id: the task died, nothing moved
+	}
+	defer pin.Close()
+	at, err := v.cgroupOfPin(pin)
+	if err != nil || at != dest {
+		return errNoSuchTask
+	}
+	ppid, err := pin.Parent()
+	if err != nil {
+		return errNoSuchTask
+	}
+	parent, err := m.Pin(ppid)
+	if err != nil {
+		return errNoSuchTask
+	}
+	defer parent.Close()
+	home, err := v.hostCgroupOfPin(parent)
+	if err != nil || !pin.Alive() {
+		return errNoSuchTask
+	}
+	back := fmt.Sprintf("task %d exited during its move and task %d took its id; moved back to %s", n, n, home)
+	if err := v.moveBackLocked(m, n, home); err != nil {
+		back = fmt.Sprintf("task %d exited during its move and task %d took its id; moving it back to %s failed: %v", n, n, home, err)
+	}
+	return refuse(RuleTaskReused, unix.ESRCH, back)
+}
+
+// moveBackLocked writes id n (in m's namespace) into the host cgroup at
+// path home of the hierarchy (inside the view or not).
+func (v *View) moveBackLocked(m pidns.Mover, n int, home string) error {
+	if rel, ok := v.virtualOf(home); ok {
+		return m.Write(v.root, host.Join(rel, "cgroup.procs"), n)
+	}
+	if v.outer == nil {
+		return errors.New("no access to the hierarchy outside the view")
+	}
+	f, err := v.outer.Open(host.Join(strings.TrimPrefix(home, "/"), "cgroup.procs"), unix.O_WRONLY)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return m.WriteFile(f, n)
 }
 
 // commonAncestor of two virtual cgroup paths ("" is the root).
@@ -104,72 +211,29 @@ func commonAncestor(a, b string) string {
 	return strings.Join(common, "/")
 }
 
-var (
-	errNoSuchTask = refuse(RuleNoSuchTask, unix.ESRCH, "no such task in the writer's pid namespace")
-	errOutside    = refuse(RuleTaskOutside, unix.ENOENT, "task outside the view")
-	errNoCgroup   = errors.New("the view is not rooted at a cgroup: it moves no tasks")
-)
-
-// resolveLocked maps number, written by w into a task file of this view
-// (threads: one thread moves), to a host task inside the view's subtree.
-// It returns the host tid to write and the task's current cgroup as a
-// virtual path.
-func (v *View) resolveLocked(w proc.Thread, number int, threads bool) (tid int, from string, err error) {
-	if v.cgroupPath == "" {
-		return 0, "", errNoCgroup
-	}
-	switch {
-	case number == 0 && threads:
-		tid = w.Tid
-	case number == 0:
-		tid = w.Tgid
-	default:
-		if tid, err = v.findLocked(w, number); err != nil {
-			return 0, "", err
-		}
-	}
-	from, err = v.cgroupOf(tid)
-	return tid, from, err
-}
-
-// findLocked looks for the task numbered n in w's pid namespace among
-// the view's tasks; failing that, it tells ESRCH from ENOENT by looking
-// at every process on the host.
-func (v *View) findLocked(w proc.Thread, n int) (int, error) {
-	tids, err := v.tasks("")
-	if err != nil {
-		return 0, err
-	}
-	for _, tid := range tids {
-		if got, ok := v.procs.NumberIn(tid, w); ok && got == n {
-			return tid, nil
-		}
-	}
-	pids, err := v.procs.AllPids()
-	if err != nil {
-		return 0, err
-	}
-	for _, pid := range pids {
-		if got, ok := v.procs.NumberIn(pid, w); ok && got == n {
-			return 0, errOutside
-		}
-	}
-	return 0, errNoSuchTask
-}
-
-// cgroupOf returns the virtual path of host task tid's cgroup (a task in
-// a hidden leaf is, to the container, in the leaf's cgroup), or ENOENT
-// if the task is outside the view.
-func (v *View) cgroupOf(tid int) (string, error) {
-	p, err := v.procs.CgroupIn(tid, v.controllers)
+// hostCgroupOfPin is the pinned task's cgroup in the view's hierarchy,
+// as the server's cgroup namespace shows it.
+func (v *View) hostCgroupOfPin(pin *proc.Pin) (string, error) {
+	lines, err := pin.Cgroups()
 	if err != nil {
 		return "", errNoSuchTask
 	}
-	root := v.cgroupPath
-	if p == root {
-		return "", nil
+	p, ok := v.controllers.In(lines)
+	if !ok || !pin.Alive() {
+		return "", errNoSuchTask
 	}
-	rel, ok := strings.CutPrefix(p, strings.TrimSuffix(root, "/")+"/")
+	return p, nil
+}
+
+// cgroupOfPin is the virtual path of the pinned task's cgroup (a task in
+// a hidden leaf is, to the container, in the leaf's cgroup), or ENOENT
+// if the task is outside the view.
+func (v *View) cgroupOfPin(pin *proc.Pin) (string, error) {
+	p, err := v.hostCgroupOfPin(pin)
+	if err != nil {
+		return "", err
+	}
+	rel, ok := v.virtualOf(p)
 	if !ok {
 		return "", errOutside
 	}
@@ -177,6 +241,15 @@ func (v *View) cgroupOf(tid int) (string, error) {
 		return "", nil
 	}
 	return strings.TrimSuffix(rel, "/"+LeafName), nil
+}
+
+// virtualOf is the path below the view root of the host cgroup p, if it
+// is inside the view.
+func (v *View) virtualOf(p string) (string, bool) {
+	if p == v.cgroupPath {
+		return "", true
+	}
+	return strings.CutPrefix(p, strings.TrimSuffix(v.cgroupPath, "/")+"/")
 }
 
 // Foreign finds a task in the view that the owner, reading task ids as
@@ -222,34 +295,6 @@ func (v *View) tasks(vdir string) ([]int, error) {
 		return nil
 	})
 	return out, err
-}
-
-// moveLocked writes host task tid into f (the destination's task file).
-// The task is pinned and re-checked to be inside the view after the pin,
-// so a pid reused in between cannot be moved. A process the kernel
-// refuses because the cgroup enables domain controllers for its children
-// (EBUSY, no internal processes) goes into the cgroup's hidden leaf.
-func (v *View) moveLocked(f *File, tid int) error {
-	id := strconv.Itoa(tid)
-	pin, err := v.procs.Pin(tid)
-	if err != nil {
-		return errNoSuchTask
-	}
-	defer pin.Close()
-	if _, err := v.cgroupOf(tid); err != nil {
-		return err
-	}
-	if !pin.Alive() { // the cgroup read above may have been a new task's
-		return errNoSuchTask
-	}
-	_, err = v.host.Write(f.host, f.vpath, []byte(id))
-	if errors.Is(err, unix.EBUSY) && f.name == "cgroup.procs" && !v.v1 {
-		if lerr := v.ensureLeafLocked(f.cgroup); lerr != nil {
-			return lerr
-		}
-		_, err = v.host.WriteFile(host.Join(host.Join(f.cgroup, LeafName), f.name), []byte(id))
-	}
-	return err
 }
 
 // ParsePid parses what a writer wrote to a task file as the kernel's

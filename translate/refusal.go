@@ -45,6 +45,10 @@ const (
 	// RuleUnmappedID: a chown to an id the owner's user namespace does
 	// not map (EINVAL, as the kernel answers).
 	RuleUnmappedID access.Rule = "unmapped-id"
+	// RuleTaskReused: the task a write named exited before the kernel
+	// moved it, and another task took its id (ESRCH, as if the kernel
+	// had found none); the other task is put back.
+	RuleTaskReused access.Rule = "task-reused"
 	// RuleV1Descendants: a mkdir past the descendant limit cgfs keeps on
 	// v1 views, which have none of their own (EAGAIN).
 	RuleV1Descendants access.Rule = "v1-descendants"

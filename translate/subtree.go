@@ -2,7 +2,6 @@ package translate
 
 import (
 	"errors"
-	"strconv"
 	"strings"
 	"sync"
 
@@ -93,20 +92,16 @@ func (v *View) hostTasks(dir, file string) ([]int, error) {
 	return ParseIDs(b), nil
 }
 
-// moveAllLocked moves every process of host cgroup from into host cgroup
-// to. Processes that exit meanwhile are skipped.
+// moveAllLocked moves every process of cgroup from into cgroup to, from
+// inside the owner's pid namespace (so a listed id reused meanwhile can
+// only name one of the container's own tasks). Processes that exit
+// meanwhile are skipped.
 func (v *View) moveAllLocked(from, to string) error {
-	pids, err := v.hostTasks(from, "cgroup.procs")
+	m, err := v.movers.Owner()
 	if err != nil {
 		return err
 	}
-	procs := host.Join(to, "cgroup.procs")
-	for _, pid := range pids {
-		if _, err := v.host.WriteFile(procs, []byte(strconv.Itoa(pid))); err != nil && !errors.Is(err, unix.ESRCH) {
-			return err
-		}
-	}
-	return nil
+	return m.MoveAll(v.root, from, to)
 }
 
 // ensureLeafLocked makes the hidden leaf of cgroup dir if it has none.

@@ -13,6 +13,7 @@ import (
 	"github.com/cgfs/cgfs/access"
 	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/translate/host"
+	"github.com/cgfs/cgfs/translate/pidns"
 )
 
 // View is one container's cgroup tree as the container sees it, carried
@@ -35,6 +36,9 @@ type View struct {
 	readOnly         bool
 	limits           *Limits
 	leaves           leafIndex
+	movers           *pidns.Pool
+	root             int        // the view's root among movers'
+	outer            *host.Host // the hierarchy's root, for putting a stranger back
 	// v1Limit bounds the cgroups below a v1 view root; v1Count is how
 	// many there are, -1 until counted (under the view lock).
 	v1Limit, v1Count int
@@ -75,6 +79,14 @@ type Config struct {
 	// V1Descendants bounds the cgroups below a v1 view root (EAGAIN
 	// beyond); 0 means DefaultV1Descendants.
 	V1Descendants int
+	// Movers moves tasks from inside the writers' pid namespaces; the
+	// views of one container share it. Nil moves them as the server
+	// (right for a view of the host's own).
+	Movers *pidns.Pool
+	// Outer is the root of the whole hierarchy (its mount), opened only
+	// to put back a task moved in by a reused id; nil leaves such a
+	// task where it is (and says so).
+	Outer *host.Host
 }
 
 // New returns the view of h that cfg describes.
@@ -100,6 +112,11 @@ func New(h *host.Host, cfg Config) (*View, error) {
 	if err := v.indexLeaves(); err != nil {
 		return nil, err
 	}
+	v.movers, v.outer = cfg.Movers, cfg.Outer
+	if v.movers == nil {
+		v.movers = pidns.Inline(cfg.Procs)
+	}
+	v.root = v.movers.AddRoot(h)
 	for _, f := range cfg.Delegate {
 		v.delegate[f] = true
 	}

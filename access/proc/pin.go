@@ -90,3 +90,31 @@ func (t *Pin) Status() (tgid int, nspid []int, err error) {
 func (t *Pin) Cgroups() ([]procfs.Cgroup, error) {
 	return t.p.Cgroups(t.tid)
 }
+
+// UIDs reads the task's real and saved user ids, as the server's user
+// namespace sees them. Check Alive after it.
+func (t *Pin) UIDs() (uid, suid uint32, err error) {
+	proc, err := t.p.fs.Proc(t.tid)
+	if err != nil {
+		return 0, 0, err
+	}
+	st, err := proc.NewStatus()
+	if err != nil {
+		return 0, 0, err
+	}
+	return uint32(st.UIDs[0]), uint32(st.UIDs[2]), nil
+}
+
+// Parent reads the id of the task's parent, in the pid namespace of the
+// proc filesystem it was pinned through. Check Alive after it.
+func (t *Pin) Parent() (int, error) {
+	proc, err := t.p.fs.Proc(t.tid)
+	if err != nil {
+		return 0, err
+	}
+	st, err := proc.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return st.PPID, nil
+}

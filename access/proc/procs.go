@@ -38,6 +38,9 @@ type Thread struct {
 	Tgid  int
 	PidNS NS
 	Level int
+	// OwnTid and OwnPid are the thread's and its process's ids in its
+	// own pid namespace: what a write of "0" names there.
+	OwnTid, OwnPid int
 }
 
 // Thread identifies host thread tid as a reader or writer of task ids.
@@ -66,10 +69,24 @@ func (t *Pin) Thread() (Thread, error) {
 	if err != nil {
 		return Thread{}, err
 	}
+	th := Thread{Tid: t.tid, Tgid: tgid, PidNS: ns, Level: len(nspid) - 1, OwnTid: nspid[len(nspid)-1]}
+	th.OwnPid = th.OwnTid
+	if tgid != t.tid {
+		// The leader's id cannot be reused while this thread lives.
+		leader, err := t.p.fs.Proc(tgid)
+		if err != nil {
+			return Thread{}, err
+		}
+		st, err := leader.NewStatus()
+		if err != nil || len(st.NSpids) == 0 {
+			return Thread{}, fmt.Errorf("thread group %d: %v", tgid, err)
+		}
+		th.OwnPid = int(st.NSpids[len(st.NSpids)-1])
+	}
 	if !t.Alive() {
 		return Thread{}, fmt.Errorf("task %d exited while being read", t.tid)
 	}
-	return Thread{Tid: t.tid, Tgid: tgid, PidNS: ns, Level: len(nspid) - 1}, nil
+	return th, nil
 }
 
 // NumberIn returns the number host task tid has in th's pid namespace,

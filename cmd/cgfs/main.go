@@ -22,6 +22,7 @@ import (
 
 	"github.com/cgfs/cgfs/access"
 	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/translate/pidns"
 )
 
 // usageError is a mistake in how cgfs was called: exit code 2.
@@ -30,6 +31,10 @@ type usageError struct{ msg string }
 func (e usageError) Error() string { return e.msg }
 
 func main() {
+	if pidns.IsHelper() {
+		// A helper in a container's pid namespace (translate/pidns).
+		os.Exit(pidns.HelperMain())
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	err := run(os.Args[1:], log, os.Stderr)
 	var ue usageError

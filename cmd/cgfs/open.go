@@ -12,6 +12,7 @@ import (
 	"github.com/cgfs/cgfs/translate"
 	"github.com/cgfs/cgfs/translate/host"
 	"github.com/cgfs/cgfs/translate/layout"
+	"github.com/cgfs/cgfs/translate/pidns"
 )
 
 // openedViews are the views of one mount and what they hold open.
@@ -20,12 +21,32 @@ type openedViews struct {
 	symlinks map[string]string
 	name     string // for logs and metrics
 	hosts    []*host.Host
+	movers   *pidns.Pool
 }
 
 func (o *openedViews) close() {
+	if o.movers != nil {
+		o.movers.Close()
+	}
 	for _, h := range o.hosts {
 		h.Close()
 	}
+}
+
+// outer opens the root of a hierarchy's mount, for putting back a task
+// moved in by a reused id; nil if the server's mount is not the
+// hierarchy's root.
+func (o *openedViews) outer(h layout.Hierarchy, log *slog.Logger) *host.Host {
+	if h.Root != "/" {
+		return nil
+	}
+	r, err := host.Open(h.MountPoint)
+	if err != nil {
+		log.Warn("cannot open the hierarchy's root", "mount", h.MountPoint, "err", err)
+		return nil
+	}
+	o.hosts = append(o.hosts, r)
+	return r
 }
 
 // openViews opens what opts asks to serve: one cgroup v2 directory at
@@ -35,16 +56,24 @@ func openViews(opts mountOptions, owner *access.Owner, procs *proc.Procs, log *s
 	o := &openedViews{name: opts.hostDir}
 	policy := access.NewPolicy(owner.Chain)
 	limits := &translate.Limits{OpenFiles: opts.maxOpen} // one container: shared by its views
+	if opts.owner != 0 {
+		// Tasks are moved from inside the container's pid namespaces.
+		var err error
+		if o.movers, err = pidns.NewPool(procs, owner.PidNS, owner.Thread); err != nil {
+			return nil, err
+		}
+	}
 	if opts.hostDir != "" {
 		h, err := host.Open(opts.hostDir)
 		if err != nil || !h.IsCgroup2() {
 			if h != nil {
 				h.Close()
 			}
+			o.close()
 			return nil, usageError{fmt.Sprintf("cannot serve %s: it is not a directory on a cgroup2 filesystem", opts.hostDir)}
 		}
 		o.hosts = append(o.hosts, h)
-		cgPath, err := layout.Locate(opts.hostDir)
+		cgPath, mount, err := layout.Locate(opts.hostDir)
 		if err != nil {
 			o.close()
 			return nil, usageError{fmt.Sprintf("cannot serve %s: %v", opts.hostDir, err)}
@@ -52,6 +81,7 @@ func openViews(opts mountOptions, owner *access.Owner, procs *proc.Procs, log *s
 		cfg := translate.Config{
 			Policy: policy, Procs: procs, IDs: owner.IDs,
 			CgroupPath: cgPath, Delegate: delegateFiles(log), Limits: limits,
+			Movers: o.movers, Outer: o.outer(mount, log),
 		}
 		v, err := openView(h, cfg, ".", opts, owner, log)
 		if err != nil {
@@ -63,6 +93,7 @@ func openViews(opts mountOptions, owner *access.Owner, procs *proc.Procs, log *s
 	}
 	l, err := layout.Discover(procs)
 	if err != nil {
+		o.close()
 		return nil, err
 	}
 	o.symlinks = l.Symlinks
@@ -82,7 +113,7 @@ func openViews(opts mountOptions, owner *access.Owner, procs *proc.Procs, log *s
 		cfg := translate.Config{
 			Policy: policy, Procs: procs, IDs: owner.IDs, V1: hier.V1,
 			Controllers: hier.Controllers, CgroupPath: cgPath, Limits: limits,
-			V1Descendants: opts.v1Max,
+			V1Descendants: opts.v1Max, Movers: o.movers, Outer: o.outer(hier, log),
 		}
 		if !hier.V1 {
 			cfg.Delegate = delegateFiles(log)

@@ -51,12 +51,22 @@ func Open(dir string) (*Host, error) {
 	if err != nil {
 		return nil, &Error{Op: "open", Path: dir, Err: err}
 	}
-	h := &Host{root: os.NewFile(uintptr(fd), dir), dir: dir}
+	return FromFile(os.NewFile(uintptr(fd), dir)), nil
+}
+
+// FromFile roots a Host at the open directory f (a root handed to a
+// helper process).
+func FromFile(f *os.File) *Host {
+	h := &Host{root: f, dir: f.Name()}
 	if st, err := h.Statfs(); err == nil {
 		h.cgroupfs = st.Type == unix.CGROUP2_SUPER_MAGIC || st.Type == unix.CGROUP_SUPER_MAGIC
 	}
-	return h, nil
+	return h
 }
+
+// Root is the directory the Host is rooted at, for handing to a helper
+// process.
+func (h *Host) Root() *os.File { return h.root }
 
 // Close releases the root fd.
 func (h *Host) Close() error { return h.root.Close() }

@@ -132,15 +132,15 @@ func (h Hierarchy) DirOf(procs *proc.Procs, pid int) (dir, cgroupPath string, er
 }
 
 // Locate finds the cgroup2 mount holding directory dir and returns dir's
-// path within the hierarchy ("/a/b").
-func Locate(dir string) (string, error) {
+// path within the hierarchy ("/a/b") and the mount.
+func Locate(dir string) (cgroupPath string, mount Hierarchy, err error) {
 	real, err := filepath.EvalSymlinks(dir)
 	if err != nil {
-		return "", err
+		return "", Hierarchy{}, err
 	}
 	mounts, err := procfs.GetMounts()
 	if err != nil {
-		return "", err
+		return "", Hierarchy{}, err
 	}
 	best, bestRoot := "", ""
 	for _, m := range mounts {
@@ -154,11 +154,11 @@ func Locate(dir string) (string, error) {
 		}
 	}
 	if best == "" {
-		return "", fmt.Errorf("%s: no cgroup2 mount holds it", dir)
+		return "", Hierarchy{}, fmt.Errorf("%s: no cgroup2 mount holds it", dir)
 	}
 	rel, err := filepath.Rel(best, real)
 	if err != nil {
-		return "", err
+		return "", Hierarchy{}, err
 	}
-	return filepath.Join(bestRoot, rel), nil
+	return filepath.Join(bestRoot, rel), Hierarchy{MountPoint: best, Root: bestRoot}, nil
 }

@@ -33,7 +33,7 @@ func TestMountIs(t *testing.T) {
 }
 
 func TestLocateRefusesANonCgroup(t *testing.T) {
-	if p, err := Locate(t.TempDir()); err == nil {
+	if p, _, err := Locate(t.TempDir()); err == nil {
 		t.Errorf("Locate(a temporary directory) = %q, want an error", p)
 	}
 }

@@ -1,0 +1,226 @@
+package pidns
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/translate/host"
+)
+
+// helper is the server's side of a helper process in a pid namespace.
+type helper struct {
+	conn *os.File // SOCK_SEQPACKET: one message each way per call
+	cmd  *exec.Cmd
+	// procfs is the namespace's own proc filesystem, reached through the
+	// helper's root; procs reads tasks there, by their ids there.
+	procfs *os.File
+	procs  *proc.Procs
+	used   int // for eviction, under Pool.mu
+
+	mu     sync.Mutex // one call at a time
+	broken atomic.Bool
+	exited chan struct{} // closed once the helper is reaped
+}
+
+// ready waits for the helper to mount the namespace's proc filesystem
+// and opens it.
+func (h *helper) ready() error {
+	buf := make([]byte, 256)
+	n, err := unix.Read(int(h.conn.Fd()), buf)
+	if err != nil || string(buf[:max(n, 0)]) != "ready" {
+		return fmt.Errorf("helper did not start: %q %v", buf[:max(n, 0)], err)
+	}
+	fd, err := unix.Open(fmt.Sprintf("/proc/%d/root/proc", h.cmd.Process.Pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("the helper's proc filesystem: %w", err)
+	}
+	h.procfs = os.NewFile(uintptr(fd), "helper proc")
+	h.procs, err = proc.Open(fmt.Sprintf("/proc/self/fd/%d", fd))
+	return err
+}
+
+func (h *helper) dead() bool { return h.broken.Load() }
+
+// close ends the helper and reaps it: a helper left to be reaped by
+// whoever inherits it would hold up the end of the container's pid
+// namespace (the kernel waits for every task of it to be reaped).
+func (h *helper) close() {
+	h.broken.Store(true)
+	h.conn.Close() // the helper exits at end of file
+	if h.procfs != nil {
+		h.procfs.Close()
+	}
+	select {
+	case <-h.exited:
+	case <-time.After(time.Second):
+		_ = h.cmd.Process.Kill()
+		<-h.exited
+	}
+}
+
+func (h *helper) Pin(n int) (*proc.Pin, error) { return h.procs.Pin(n) }
+
+func (h *helper) Write(root int, rel string, n int) error {
+	return h.call(rel, n, nil, "W", strconv.Itoa(root), rel, strconv.Itoa(n))
+}
+
+func (h *helper) WriteFile(f *os.File, n int) error {
+	return h.call(f.Name(), n, f, "F", strconv.Itoa(n))
+}
+
+func (h *helper) MoveAll(root int, from, to string) error {
+	return h.call(from, -1, nil, "M", strconv.Itoa(root), from, to)
+}
+
+// call sends one request (and fd, if any) and waits for its errno.
+func (h *helper) call(what string, n int, fd *os.File, fields ...string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var oob []byte
+	if fd != nil {
+		oob = unix.UnixRights(int(fd.Fd()))
+	}
+	msg := []byte(strings.Join(fields, "\x00"))
+	if err := retry(func() error { return unix.Sendmsg(int(h.conn.Fd()), msg, oob, nil, 0) }); err != nil {
+		h.broken.Store(true)
+		return fmt.Errorf("helper: %w", err)
+	}
+	buf := make([]byte, 32)
+	var m int
+	err := retry(func() (err error) { m, err = unix.Read(int(h.conn.Fd()), buf); return err })
+	if err != nil || m == 0 {
+		h.broken.Store(true)
+		return fmt.Errorf("helper gone: %v", err)
+	}
+	e, err := strconv.Atoi(string(buf[:m]))
+	if err != nil {
+		return fmt.Errorf("helper answered %q", buf[:m])
+	}
+	if e != 0 {
+		data := ""
+		if n >= 0 {
+			data = strconv.Itoa(n)
+		}
+		return &host.Error{Op: "write", Path: what, Data: data, Err: syscall.Errno(e)}
+	}
+	return nil
+}
+
+// retry calls f again while it is interrupted.
+func retry(f func() error) error {
+	for {
+		if err := f(); err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// IsHelper reports whether this process was started as a helper; the
+// cgfs command then runs HelperMain and nothing else.
+func IsHelper() bool { return os.Getenv(helperEnv) != "" }
+
+// HelperMain is a helper process: descriptor 3 is its connection to the
+// server, 4 and on the view roots. It mounts its pid namespace's proc
+// filesystem over /proc (its mount namespace is private) and then writes
+// ids as asked until the server goes.
+func HelperMain() int {
+	nroots, _ := strconv.Atoi(os.Getenv(helperEnv))
+	conn := 3
+	roots := make([]*host.Host, nroots)
+	for i := range roots {
+		roots[i] = host.FromFile(os.NewFile(uintptr(4+i), "root"+strconv.Itoa(i)))
+	}
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		_, _ = unix.Write(conn, []byte("mount proc: "+err.Error()))
+		return 1
+	}
+	if _, err := unix.Write(conn, []byte("ready")); err != nil {
+		return 1
+	}
+	buf := make([]byte, 3*4096)
+	oob := make([]byte, unix.CmsgSpace(4))
+	for {
+		n, oobn, _, _, err := unix.Recvmsg(conn, buf, oob, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n == 0 {
+			return 0 // the server is gone
+		}
+		errno := serve(roots, strings.Split(string(buf[:n]), "\x00"), oob[:oobn])
+		if _, err := unix.Write(conn, []byte(strconv.Itoa(int(errno)))); err != nil {
+			return 0
+		}
+	}
+}
+
+// serve carries one request out in the helper and returns its errno.
+func serve(roots []*host.Host, f []string, oob []byte) syscall.Errno {
+	arg := func(i int) string {
+		if i < len(f) {
+			return f[i]
+		}
+		return ""
+	}
+	root := func() *host.Host {
+		i, err := strconv.Atoi(arg(1))
+		if err != nil || i < 0 || i >= len(roots) {
+			return nil
+		}
+		return roots[i]
+	}
+	switch arg(0) {
+	case "W": // W root rel id
+		r := root()
+		if r == nil {
+			return unix.EINVAL
+		}
+		_, err := r.WriteFile(arg(2), []byte(arg(3)))
+		return errnoIn(err)
+	case "F": // F id, with a descriptor
+		msgs, err := unix.ParseSocketControlMessage(oob)
+		if err != nil || len(msgs) != 1 {
+			return unix.EINVAL
+		}
+		fds, err := unix.ParseUnixRights(&msgs[0])
+		if err != nil || len(fds) != 1 {
+			return unix.EINVAL
+		}
+		defer unix.Close(fds[0])
+		_, err = unix.Pwrite(fds[0], []byte(arg(1)), 0)
+		return errnoIn(err)
+	case "M": // M root from to
+		r := root()
+		if r == nil {
+			return unix.EINVAL
+		}
+		err := moveAll(r.ReadFile, func(rel string, n int) error {
+			_, err := r.WriteFile(rel, []byte(strconv.Itoa(n)))
+			return err
+		}, arg(2), arg(3))
+		return errnoIn(err)
+	}
+	return unix.EINVAL
+}
+
+func errnoIn(err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno
+	}
+	return unix.EIO
+}

@@ -1,0 +1,256 @@
+package pidns
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/translate/host"
+)
+
+// A Mover moves tasks named by their ids in one pid namespace.
+type Mover interface {
+	// Pin pins the task numbered n in the namespace (ESRCH if none).
+	Pin(n int) (*proc.Pin, error)
+	// Write writes the id n to the file rel beneath view root root, in
+	// one write(2) made from inside the namespace.
+	Write(root int, rel string, n int) error
+	// WriteFile writes the id n to the open host file f, from inside the
+	// namespace.
+	WriteFile(f *os.File, n int) error
+	// MoveAll moves every process of cgroup from (beneath view root
+	// root) that the namespace can see into cgroup to. Processes that
+	// exit meanwhile are skipped.
+	MoveAll(root int, from, to string) error
+}
+
+// MaxHelpers bounds the helpers of one pool (one per pid namespace a
+// writer is in); the least recently used one that is not the owner's
+// makes way.
+const MaxHelpers = 8
+
+// Pool gives, for the views of one container, the Mover of each pid
+// namespace a writer is in. It is safe for concurrent use.
+type Pool struct {
+	procs *proc.Procs
+	roots []*host.Host
+	// owner is the owner's pid namespace (held open) and where it is.
+	owner   *os.File
+	ownerNS proc.NS
+	ownerAt int // its level below the server's; 0: the server's own
+
+	mu      sync.Mutex
+	helpers map[proc.NS]*helper
+	clock   int
+}
+
+// NewPool makes the pool of a container whose owner reads task ids as
+// owner, in the pid namespace ns (the pool holds a copy until Close).
+func NewPool(procs *proc.Procs, ns *os.File, owner proc.Thread) (*Pool, error) {
+	fd, err := unix.FcntlInt(ns.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &Pool{procs: procs, owner: os.NewFile(uintptr(fd), "owner pidns"), ownerNS: owner.PidNS,
+		ownerAt: owner.Level, helpers: map[proc.NS]*helper{}}, nil
+}
+
+// Inline is the pool of a view of the server's own: every Mover is the
+// server itself.
+func Inline(procs *proc.Procs) *Pool {
+	return &Pool{procs: procs, helpers: map[proc.NS]*helper{}}
+}
+
+// AddRoot makes h one of the pool's view roots and returns its index.
+// All roots are added before the first helper starts.
+func (p *Pool) AddRoot(h *host.Host) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.roots = append(p.roots, h)
+	return len(p.roots) - 1
+}
+
+// Owner is the Mover of the owner's pid namespace: leaf changes move the
+// container's processes with it.
+func (p *Pool) Owner() (Mover, error) {
+	if p.ownerAt == 0 {
+		return inline{p}, nil
+	}
+	return p.helper(p.ownerNS, func() (*os.File, error) { return p.owner, nil })
+}
+
+// For is the Mover of the pid namespace writer w names tasks in; open
+// opens that namespace if a helper must be started there.
+func (p *Pool) For(w proc.Thread, open func() (*os.File, error)) (Mover, error) {
+	if w.Level == 0 {
+		return inline{p}, nil
+	}
+	return p.helper(w.PidNS, open)
+}
+
+func (p *Pool) helper(ns proc.NS, open func() (*os.File, error)) (*helper, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.clock++
+	if h := p.helpers[ns]; h != nil && !h.dead() {
+		h.used = p.clock
+		return h, nil
+	}
+	if len(p.helpers) >= MaxHelpers {
+		p.evictLocked()
+	}
+	f, err := open()
+	if err != nil {
+		return nil, err
+	}
+	if f != p.owner {
+		defer f.Close()
+	}
+	h, err := startHelper(f, p.roots)
+	if err != nil {
+		return nil, err
+	}
+	if old := p.helpers[ns]; old != nil {
+		old.close()
+	}
+	h.used = p.clock
+	p.helpers[ns] = h
+	return h, nil
+}
+
+func (p *Pool) evictLocked() {
+	var oldest proc.NS
+	first := true
+	for ns, h := range p.helpers {
+		if ns == p.ownerNS {
+			continue
+		}
+		if first || h.used < p.helpers[oldest].used {
+			oldest, first = ns, false
+		}
+	}
+	if !first {
+		p.helpers[oldest].close()
+		delete(p.helpers, oldest)
+	}
+}
+
+// Close ends every helper and releases the owner's namespace.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for ns, h := range p.helpers {
+		h.close()
+		delete(p.helpers, ns)
+	}
+	if p.owner != nil {
+		p.owner.Close()
+		p.owner = nil
+	}
+}
+
+// inline moves tasks as the server: ids are the server's own.
+type inline struct{ p *Pool }
+
+func (m inline) Pin(n int) (*proc.Pin, error) { return m.p.procs.Pin(n) }
+
+func (m inline) Write(root int, rel string, n int) error {
+	_, err := m.p.roots[root].WriteFile(rel, []byte(strconv.Itoa(n)))
+	return err
+}
+
+func (m inline) WriteFile(f *os.File, n int) error {
+	if _, err := f.WriteAt([]byte(strconv.Itoa(n)), 0); err != nil {
+		return &host.Error{Op: "write", Path: f.Name(), Data: strconv.Itoa(n), Err: errnoOf(err)}
+	}
+	return nil
+}
+
+func (m inline) MoveAll(root int, from, to string) error {
+	h := m.p.roots[root]
+	return moveAll(func(rel string) ([]byte, error) { return h.ReadFile(rel) },
+		func(rel string, n int) error { _, err := h.WriteFile(rel, []byte(strconv.Itoa(n))); return err }, from, to)
+}
+
+// moveAll moves every id in from/cgroup.procs into to/cgroup.procs.
+func moveAll(read func(rel string) ([]byte, error), write func(rel string, n int) error, from, to string) error {
+	b, err := read(host.Join(from, "cgroup.procs"))
+	if err != nil {
+		return err
+	}
+	for _, field := range strings.Fields(string(b)) {
+		n, err := strconv.Atoi(field)
+		if err != nil {
+			continue
+		}
+		if err := write(host.Join(to, "cgroup.procs"), n); err != nil && !errors.Is(err, unix.ESRCH) {
+			return err
+		}
+	}
+	return nil
+}
+
+func errnoOf(err error) error {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno
+	}
+	return err
+}
+
+// helperEnv makes the cgfs binary a helper (see IsHelper).
+const helperEnv = "CGFS_PIDNS_HELPER"
+
+// startHelper starts a helper in the pid namespace ns, holding roots.
+func startHelper(ns *os.File, roots []*host.Host) (*helper, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	conn, child := os.NewFile(uintptr(fds[0]), "helper"), os.NewFile(uintptr(fds[1]), "helper")
+	defer child.Close()
+	cmd := exec.Command("/proc/self/exe")
+	cmd.Env = []string{helperEnv + "=" + strconv.Itoa(len(roots))}
+	cmd.ExtraFiles = []*os.File{child}
+	for _, r := range roots {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, r.Root())
+	}
+	cmd.Stderr = os.Stderr
+	// A private mount namespace (Go makes / rprivate in it) for the
+	// namespace's own proc filesystem.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+	started := make(chan error, 1)
+	go func() {
+		// The thread that enters the namespace has its children made
+		// there; it is never unlocked, so it ends with this goroutine.
+		runtime.LockOSThread()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWPID); err != nil {
+			started <- fmt.Errorf("setns(pid): %w", err)
+			return
+		}
+		started <- cmd.Start()
+	}()
+	if err := <-started; err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("starting a helper in the pid namespace: %w", err)
+	}
+	h := &helper{conn: conn, cmd: cmd, exited: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait() // reaped here, not by whoever inherits it
+		close(h.exited)
+	}()
+	if err := h.ready(); err != nil {
+		h.close()
+		return nil, err
+	}
+	return h, nil
+}
