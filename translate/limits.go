@@ -3,6 +3,7 @@ package translate
 import (
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -119,10 +120,13 @@ const DefaultV1Descendants = 500
 
 // checkV1LimitLocked refuses a new cgroup in a v1 view that has as many
 // as it may (EAGAIN, as the kernel answers a v2 limit). The count is
-// kept as cgfs makes and removes cgroups, and made anew by a walk only
-// when it says the limit is reached (the host may have removed some).
+// kept as cgfs makes and removes cgroups, and made anew by a walk when
+// it says the limit is reached (the host may have removed some), at
+// most once a second: a container pressing at its limit makes the
+// server walk no more often than that.
 func (v *View) checkV1LimitLocked() error {
-	if v.v1Count < 0 || v.v1Count >= v.v1Limit {
+	if v.v1Count < 0 || v.v1Count >= v.v1Limit && time.Since(v.v1Counted) > time.Second {
+		v.v1Counted = time.Now()
 		n := -1 // the root itself
 		if err := v.walk("", func(string, bool) error { n++; return nil }); err != nil {
 			return err

@@ -77,6 +77,9 @@ func writeTasks(threads bool) func(f *File, r *access.Request, data []byte) (int
 			n = w.OwnPid
 		}
 		m, err := v.movers.For(w, r.PidNamespace)
+		if errors.Is(err, pidns.ErrTooManyStarts) {
+			return 0, refuse(RulePidNamespaces, unix.EAGAIN, "writes from new pid namespaces faster than helpers may start")
+		}
 		if err != nil {
 			return 0, err
 		}

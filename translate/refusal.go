@@ -49,6 +49,9 @@ const (
 	// moved it, and another task took its id (ESRCH, as if the kernel
 	// had found none); the other task is put back.
 	RuleTaskReused access.Rule = "task-reused"
+	// RulePidNamespaces: task writes from new pid namespaces faster than
+	// the server starts helpers for them (EAGAIN; pidns.HelperStarts).
+	RulePidNamespaces access.Rule = "pid-namespaces"
 	// RuleV1Descendants: a mkdir past the descendant limit cgfs keeps on
 	// v1 views, which have none of their own (EAGAIN).
 	RuleV1Descendants access.Rule = "v1-descendants"

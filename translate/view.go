@@ -6,6 +6,7 @@ import (
 	"path"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/moby/sys/user"
 	"golang.org/x/sys/unix"
@@ -40,8 +41,10 @@ type View struct {
 	root             int        // the view's root among movers'
 	outer            *host.Host // the hierarchy's root, for putting a stranger back
 	// v1Limit bounds the cgroups below a v1 view root; v1Count is how
-	// many there are, -1 until counted (under the view lock).
+	// many there are, -1 until counted at v1Counted (under the view
+	// lock).
 	v1Limit, v1Count int
+	v1Counted        time.Time
 
 	// mu is the view lock (see the package doc).
 	mu sync.Mutex

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -35,8 +36,16 @@ type Mover interface {
 
 // MaxHelpers bounds the helpers of one pool (one per pid namespace a
 // writer is in); the least recently used one that is not the owner's
-// makes way.
-const MaxHelpers = 8
+// makes way. Starting one costs the server a fork and exec, so a
+// container that makes pid namespaces to write from gets at most
+// HelperStarts a second (after a burst of MaxHelpers) and then EAGAIN.
+const (
+	MaxHelpers   = 8
+	HelperStarts = 2.0
+)
+
+// ErrTooManyStarts refuses a helper start over the rate.
+var ErrTooManyStarts = errors.New("helpers started too fast for this container")
 
 // Pool gives, for the views of one container, the Mover of each pid
 // namespace a writer is in. It is safe for concurrent use.
@@ -51,6 +60,9 @@ type Pool struct {
 	mu      sync.Mutex
 	helpers map[proc.NS]*helper
 	clock   int
+	// starts is a token bucket of helper starts.
+	starts    float64
+	lastStart time.Time
 }
 
 // NewPool makes the pool of a container whose owner reads task ids as
@@ -105,6 +117,9 @@ func (p *Pool) helper(ns proc.NS, open func() (*os.File, error)) (*helper, error
 		h.used = p.clock
 		return h, nil
 	}
+	if !p.mayStartLocked() {
+		return nil, ErrTooManyStarts
+	}
 	if len(p.helpers) >= MaxHelpers {
 		p.evictLocked()
 	}
@@ -125,6 +140,22 @@ func (p *Pool) helper(ns proc.NS, open func() (*os.File, error)) (*helper, error
 	h.used = p.clock
 	p.helpers[ns] = h
 	return h, nil
+}
+
+// mayStartLocked takes a token from the bucket of helper starts.
+func (p *Pool) mayStartLocked() bool {
+	now := time.Now()
+	if p.lastStart.IsZero() {
+		p.starts = MaxHelpers
+	} else {
+		p.starts = min(MaxHelpers, p.starts+now.Sub(p.lastStart).Seconds()*HelperStarts)
+	}
+	p.lastStart = now
+	if p.starts < 1 {
+		return false
+	}
+	p.starts--
+	return true
 }
 
 func (p *Pool) evictLocked() {

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/translate/host"
@@ -92,5 +93,28 @@ func TestHelperResolvesIDsInItsNamespace(t *testing.T) {
 		t.Error("no Mover for the server's namespace")
 	} else if _, ok := m.(inline); !ok {
 		t.Errorf("the Mover of the server's namespace is %T, want the server itself", m)
+	}
+}
+
+// TestHelperStartsAreRateLimited: a burst of MaxHelpers starts, then
+// HelperStarts a second.
+func TestHelperStartsAreRateLimited(t *testing.T) {
+	p := Inline(nil)
+	for i := range MaxHelpers {
+		if !p.mayStartLocked() {
+			t.Fatalf("start %d of the burst refused", i+1)
+		}
+	}
+	if p.mayStartLocked() {
+		t.Error("a start past the burst allowed at once")
+	}
+	p.lastStart = p.lastStart.Add(-time.Second) // a second passes
+	for i := range int(HelperStarts) {
+		if !p.mayStartLocked() {
+			t.Errorf("start %d of the next second refused", i+1)
+		}
+	}
+	if p.mayStartLocked() {
+		t.Error("more starts in a second than HelperStarts")
 	}
 }
