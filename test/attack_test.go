@@ -236,25 +236,7 @@ func TestV1HierarchyWithoutOwnCgroupIsRefused(t *testing.T) {
 	if _, ok := l.v1["cpu"]; !ok {
 		t.Skip("no cgroup v1 cpu hierarchy on this machine (the VM lane is pure cgroup v2)")
 	}
-	// The cgroups come first, so that they are removed after the
-	// container is gone.
-	dirs := map[string]string{}
-	for name, root := range l.v1 {
-		if name == "cpu" {
-			continue // left where the test runs, with host processes
-		}
-		dir := newCgroupIn(t, root)
-		if name == "cpuset" {
-			for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
-				mustWrite(t, filepath.Join(dir, f), readFile(t, filepath.Join(root, f)))
-			}
-		}
-		dirs[name] = dir
-	}
-	c := startContainer(t, newCgroup(t, l), containerBase)
-	for _, dir := range dirs {
-		mustWrite(t, filepath.Join(dir, "cgroup.procs"), strconv.Itoa(c.pid()))
-	}
+	_, c := v1Cgroups(t, l, "cpu") // cpu is left where the test runs, with host processes
 	owner := strconv.Itoa(c.pid())
 	mountFails(t, []string{"hierarchy cpu", "--shared cpu"}, "--owner", owner)
 

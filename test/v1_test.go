@@ -18,11 +18,28 @@ import (
 // the host dirs by hierarchy name.
 func v1Container(t *testing.T, l lane) (map[string]string, *container, *server) {
 	t.Helper()
+	dirs, c := v1Cgroups(t, l, "")
+	s := mountView(t, "", "--owner", strconv.Itoa(c.pid()))
+	if got := c.do(t, "attach", s.mnt); got != "OK" {
+		t.Fatalf("attach: %s", got)
+	}
+	return dirs, c, s
+}
+
+// v1Cgroups makes a test cgroup in every v1 hierarchy of the host but
+// skip, and in cgroup2, and starts a container in all of them. It returns
+// the host dirs by hierarchy name. The cgroups come first, so that they
+// are removed after the container is gone.
+func v1Cgroups(t *testing.T, l lane, skip string) (map[string]string, *container) {
+	t.Helper()
 	if len(l.v1) == 0 {
 		t.Skip("no cgroup v1 hierarchies on this machine (the VM lane is pure cgroup v2)")
 	}
 	dirs := map[string]string{}
 	for name, root := range l.v1 {
+		if name == skip {
+			continue
+		}
 		dir := newCgroupIn(t, root)
 		if name == "cpuset" {
 			// A task can only join a v1 cpuset that has cpus and mems.
@@ -40,11 +57,7 @@ func v1Container(t *testing.T, l lane) (map[string]string, *container, *server) 
 			mustWrite(t, filepath.Join(dir, "cgroup.procs"), strconv.Itoa(c.pid()))
 		}
 	}
-	s := mountView(t, "", "--owner", strconv.Itoa(c.pid()))
-	if got := c.do(t, "attach", s.mnt); got != "OK" {
-		t.Fatalf("attach: %s", got)
-	}
-	return dirs, c, s
+	return dirs, c
 }
 
 func TestV1LayoutMirrorsTheHost(t *testing.T) {
