@@ -3,7 +3,10 @@ package fs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -85,9 +88,20 @@ var (
 	negativeTimeout = time.Duration(0)
 )
 
-// Mount serves cfg's views at dir. It returns once the mount is live;
-// the caller waits on the server and unmounts it.
-func Mount(dir string, cfg Config) (*fuse.Server, error) {
+// Mounted is a cgfs filesystem being served: a FUSE connection whose
+// mount is made detached (fsmount(2)), mounted nowhere, then moved where
+// it belongs, in the server's mount namespace or a container's.
+type Mounted struct {
+	server *fuse.Server
+	mount  *os.File // the detached mount, until moved or taken
+	conn   uint32   // the connection's number, for aborting it
+	path   string   // where MoveTo put it
+	done   chan struct{}
+}
+
+// Serve serves cfg's views on a new FUSE filesystem whose mount is not
+// attached anywhere yet: no host path ever shows it until MoveTo.
+func Serve(cfg Config) (*Mounted, error) {
 	if len(cfg.Views) == 0 {
 		return nil, errors.New("nothing to serve")
 	}
@@ -108,12 +122,12 @@ func Mount(dir string, cfg Config) (*fuse.Server, error) {
 		// never meet 1.
 		rootIno = 1
 	}
+	dev, mnt, err := newFUSE()
+	if err != nil {
+		return nil, err
+	}
 	opts := &gofs.Options{
 		MountOptions: fuse.MountOptions{
-			DirectMount: true,
-			AllowOther:  true,
-			FsName:      "cgfs",
-			Name:        "cgfs",
 			// cgroup xattrs (systemd's trusted.delegate, ...) are not
 			// carried yet: the kernel answers EOPNOTSUPP.
 			DisableXAttrs: true,
@@ -128,12 +142,162 @@ func Mount(dir string, cfg Config) (*fuse.Server, error) {
 		NegativeTimeout: &negativeTimeout,
 		RootStableAttr:  &gofs.StableAttr{Mode: unix.S_IFDIR, Ino: rootIno},
 	}
-	server, err := gofs.Mount(dir, root, opts)
+	// go-fuse serves a /dev/fuse descriptor that is mounted already.
+	server, err := gofs.Mount(fmt.Sprintf("/dev/fd/%d", dev.Fd()), root, opts)
+	if err != nil {
+		mnt.Close()
+		dev.Close()
+		return nil, err
+	}
+	var mst unix.Stat_t
+	if err := unix.Fstat(int(mnt.Fd()), &mst); err != nil {
+		mnt.Close()
+		return nil, err
+	}
+	served := &Mounted{server: server, mount: mnt, conn: unix.Minor(mst.Dev), done: make(chan struct{})}
+	go func() {
+		server.Wait()
+		dev.Close()
+		close(served.done)
+	}()
+	m.passthrough.Store(probePassthrough(server, cfg.Views[0].View))
+	return served, nil
+}
+
+// newFUSE opens /dev/fuse and makes a FUSE filesystem on it with the new
+// mount API: its mount is detached (fsmount(2)).
+func newFUSE() (dev, mnt *os.File, err error) {
+	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("/dev/fuse: %w", err)
+	}
+	dev = os.NewFile(uintptr(fd), "/dev/fuse")
+	fsfd, err := unix.Fsopen("fuse", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		dev.Close()
+		return nil, nil, fmt.Errorf("fsopen fuse: %w", err)
+	}
+	defer unix.Close(fsfd)
+	for _, kv := range [][2]string{{"fd", fmt.Sprint(fd)}, {"rootmode", "40000"}, {"user_id", "0"},
+		{"group_id", "0"}, {"source", "cgfs"}, {"subtype", "cgfs"}} {
+		if err := unix.FsconfigSetString(fsfd, kv[0], kv[1]); err != nil {
+			dev.Close()
+			return nil, nil, fmt.Errorf("fsconfig %s: %w", kv[0], err)
+		}
+	}
+	// Callers whose uid is not the server's (a container's root mapped
+	// to 100000) must reach it.
+	if err := unix.FsconfigSetFlag(fsfd, "allow_other"); err != nil {
+		dev.Close()
+		return nil, nil, fmt.Errorf("fsconfig allow_other: %w", err)
+	}
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		dev.Close()
+		return nil, nil, fmt.Errorf("fsconfig create: %w", err)
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
+	if err != nil {
+		dev.Close()
+		return nil, nil, fmt.Errorf("fsmount: %w", err)
+	}
+	return dev, os.NewFile(uintptr(mfd), "cgfs mount"), nil
+}
+
+// MoveTo attaches the mount at path in the caller's mount namespace.
+func (m *Mounted) MoveTo(path string) error {
+	if m.mount == nil {
+		return errors.New("the mount was moved or taken already")
+	}
+	if err := unix.MoveMount(int(m.mount.Fd()), "", unix.AT_FDCWD, path, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("move_mount to %s: %w", path, err)
+	}
+	m.mount.Close()
+	m.mount, m.path = nil, path
+	return nil
+}
+
+// Take hands the detached mount over, to be moved into another mount
+// namespace (move_mount(2) there); the caller closes it. Once every
+// mount of it is gone the connection ends.
+func (m *Mounted) Take() *os.File {
+	f := m.mount
+	m.mount = nil
+	return f
+}
+
+// Done is closed when the connection ends: its last mount is gone, or it
+// was stopped.
+func (m *Mounted) Done() <-chan struct{} { return m.done }
+
+// Stop ends serving: the mount MoveTo made is taken away (lazily, if
+// busy), and the connection is aborted, so copies of it that live on in
+// other mount namespaces see ENOTCONN at once. It waits for the server.
+func (m *Mounted) Stop() {
+	if m.mount != nil {
+		m.mount.Close()
+		m.mount = nil
+	}
+	if m.path != "" {
+		if err := unix.Unmount(m.path, 0); err != nil {
+			_ = unix.Unmount(m.path, unix.MNT_DETACH)
+		}
+		m.path = ""
+	}
+	select {
+	case <-m.done:
+		return
+	case <-time.After(100 * time.Millisecond):
+	}
+	_ = abort(m.conn)
+	<-m.done
+}
+
+// fusectl is a private mount of the FUSE control filesystem, made once
+// (fsmount(2), mounted nowhere), through which connections are aborted.
+var fusectl struct {
+	once sync.Once
+	fd   int
+	err  error
+}
+
+// abort aborts FUSE connection conn, as writing its fusectl abort file
+// does.
+func abort(conn uint32) error {
+	fusectl.once.Do(func() {
+		fsfd, err := unix.Fsopen("fusectl", unix.FSOPEN_CLOEXEC)
+		if err != nil {
+			fusectl.err = err
+			return
+		}
+		defer unix.Close(fsfd)
+		if fusectl.err = unix.FsconfigCreate(fsfd); fusectl.err != nil {
+			return
+		}
+		fusectl.fd, fusectl.err = unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, 0)
+	})
+	if fusectl.err != nil {
+		return fmt.Errorf("fusectl: %w", fusectl.err)
+	}
+	fd, err := unix.Openat(fusectl.fd, fmt.Sprintf("%d/abort", conn), unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	_, err = unix.Write(fd, []byte("1"))
+	return err
+}
+
+// Mount serves cfg's views at dir, in the caller's mount namespace.
+func Mount(dir string, cfg Config) (*Mounted, error) {
+	m, err := Serve(cfg)
 	if err != nil {
 		return nil, err
 	}
-	m.passthrough.Store(probePassthrough(server, cfg.Views[0].View))
-	return server, nil
+	if err := m.MoveTo(dir); err != nil {
+		m.Stop()
+		return nil, err
+	}
+	return m, nil
 }
 
 // probePassthrough asks the kernel for a backing file once: go-fuse

@@ -8,21 +8,14 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/access"
 	"github.com/cgfs/cgfs/fs"
 	"github.com/cgfs/cgfs/metrics"
 )
-
-// detachWait is how long an unmounted server waits for the copies of its
-// mount that containers still hold before it closes the connection (they
-// see ENOTCONN then).
-const detachWait = 2 * time.Second
 
 // serve mounts the views at opts.mountpoint and serves them until SIGINT
 // or SIGTERM, then unmounts.
@@ -54,7 +47,7 @@ func serve(opts mountOptions, o *openedViews, ident *access.Identifier, log *slo
 			log.Warn("reconciling hidden leaves", "hierarchy", va.Dir, "err", err)
 		}
 	}
-	server, err := fs.Mount(opts.mountpoint, fs.Config{
+	m, err := fs.Mount(opts.mountpoint, fs.Config{
 		Views:      o.views,
 		Symlinks:   o.symlinks,
 		Identifier: ident,
@@ -67,34 +60,15 @@ func serve(opts mountOptions, o *openedViews, ident *access.Identifier, log *slo
 	}
 	log.Info("serving", "view", o.name, "mountpoint", opts.mountpoint)
 
-	served := make(chan struct{})
-	go func() { server.Wait(); close(served) }()
 	select {
-	case <-served:
+	case <-m.Done():
 		return nil // unmounted from outside
 	case s := <-sig:
 		log.Info("unmounting", "signal", s.String(), "mountpoint", opts.mountpoint)
 	}
-	unmount(opts.mountpoint, log)
-	select {
-	case <-served:
-	case <-time.After(detachWait):
-		// Copies of the mount live on in other mount namespaces (a
-		// container bound it): they keep the connection open. Returning
-		// ends the process, which closes /dev/fuse.
-		log.Warn("mount still in use elsewhere; closing the connection", "mountpoint", opts.mountpoint)
-	}
+	// Copies of the mount that live on in other mount namespaces (a
+	// container bound it) see ENOTCONN from now on.
+	m.Stop()
 	log.Info("unmounted", "mountpoint", opts.mountpoint)
 	return nil
-}
-
-// unmount takes the mount away in the server's mount namespace; if it is
-// busy here it is detached lazily.
-func unmount(mnt string, log *slog.Logger) {
-	if err := unix.Unmount(mnt, 0); err != nil {
-		log.Warn("unmount busy, detaching", "mountpoint", mnt, "err", err)
-		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
-			log.Error("detach failed", "mountpoint", mnt, "err", err)
-		}
-	}
 }
