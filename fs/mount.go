@@ -142,11 +142,11 @@ func Serve(cfg Config) (*Mounted, error) {
 		NegativeTimeout: &negativeTimeout,
 		RootStableAttr:  &gofs.StableAttr{Mode: unix.S_IFDIR, Ino: rootIno},
 	}
-	// go-fuse serves a /dev/fuse descriptor that is mounted already.
-	server, err := gofs.Mount(fmt.Sprintf("/dev/fd/%d", dev.Fd()), root, opts)
+	// go-fuse serves a /dev/fuse descriptor that is mounted already,
+	// and owns it from here on: it closes it when serving ends or fails.
+	server, err := gofs.Mount(fmt.Sprintf("/dev/fd/%d", dev), root, opts)
 	if err != nil {
 		mnt.Close()
-		dev.Close()
 		return nil, err
 	}
 	var mst unix.Stat_t
@@ -157,7 +157,6 @@ func Serve(cfg Config) (*Mounted, error) {
 	served := &Mounted{server: server, mount: mnt, conn: unix.Minor(mst.Dev), done: make(chan struct{})}
 	go func() {
 		server.Wait()
-		dev.Close()
 		close(served.done)
 	}()
 	m.passthrough.Store(probePassthrough(server, cfg.Views[0].View))
@@ -165,42 +164,42 @@ func Serve(cfg Config) (*Mounted, error) {
 }
 
 // newFUSE opens /dev/fuse and makes a FUSE filesystem on it with the new
-// mount API: its mount is detached (fsmount(2)).
-func newFUSE() (dev, mnt *os.File, err error) {
+// mount API: its mount is detached (fsmount(2)). The /dev/fuse
+// descriptor is a bare number: go-fuse wraps and closes it.
+func newFUSE() (dev int, mnt *os.File, err error) {
 	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, nil, fmt.Errorf("/dev/fuse: %w", err)
+		return -1, nil, fmt.Errorf("/dev/fuse: %w", err)
 	}
-	dev = os.NewFile(uintptr(fd), "/dev/fuse")
 	fsfd, err := unix.Fsopen("fuse", unix.FSOPEN_CLOEXEC)
 	if err != nil {
-		dev.Close()
-		return nil, nil, fmt.Errorf("fsopen fuse: %w", err)
+		unix.Close(fd)
+		return -1, nil, fmt.Errorf("fsopen fuse: %w", err)
 	}
 	defer unix.Close(fsfd)
 	for _, kv := range [][2]string{{"fd", fmt.Sprint(fd)}, {"rootmode", "40000"}, {"user_id", "0"},
 		{"group_id", "0"}, {"source", "cgfs"}, {"subtype", "cgfs"}} {
 		if err := unix.FsconfigSetString(fsfd, kv[0], kv[1]); err != nil {
-			dev.Close()
-			return nil, nil, fmt.Errorf("fsconfig %s: %w", kv[0], err)
+			unix.Close(fd)
+			return -1, nil, fmt.Errorf("fsconfig %s: %w", kv[0], err)
 		}
 	}
 	// Callers whose uid is not the server's (a container's root mapped
 	// to 100000) must reach it.
 	if err := unix.FsconfigSetFlag(fsfd, "allow_other"); err != nil {
-		dev.Close()
-		return nil, nil, fmt.Errorf("fsconfig allow_other: %w", err)
+		unix.Close(fd)
+		return -1, nil, fmt.Errorf("fsconfig allow_other: %w", err)
 	}
 	if err := unix.FsconfigCreate(fsfd); err != nil {
-		dev.Close()
-		return nil, nil, fmt.Errorf("fsconfig create: %w", err)
+		unix.Close(fd)
+		return -1, nil, fmt.Errorf("fsconfig create: %w", err)
 	}
 	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
 	if err != nil {
-		dev.Close()
-		return nil, nil, fmt.Errorf("fsmount: %w", err)
+		unix.Close(fd)
+		return -1, nil, fmt.Errorf("fsmount: %w", err)
 	}
-	return dev, os.NewFile(uintptr(mfd), "cgfs mount"), nil
+	return fd, os.NewFile(uintptr(mfd), "cgfs mount"), nil
 }
 
 // MoveTo attaches the mount at path in the caller's mount namespace.

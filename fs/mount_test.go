@@ -21,6 +21,44 @@ import (
 	"github.com/cgfs/cgfs/translate/host"
 )
 
+// The test process serves the mounts it reads, so its opens of mounted
+// files must stay out of Go's netpoller: os.Open registers a FUSE file
+// with epoll, the kernel asks this same process a FUSE_POLL, and a
+// stop-the-world pause in between leaves nobody to answer it. These
+// helpers open blocking descriptors the runtime never polls.
+
+func openMounted(t *testing.T, path string, flags int) (*os.File, error) {
+	t.Helper()
+	fd, err := unix.Open(path, flags|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+func readMounted(t *testing.T, path string) ([]byte, error) {
+	t.Helper()
+	f, err := openMounted(t, path, unix.O_RDONLY)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
+}
+
+func writeMounted(t *testing.T, path string, data []byte) error {
+	t.Helper()
+	f, err := openMounted(t, path, unix.O_WRONLY|unix.O_TRUNC)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
 // fakeCgroup is a directory shaped like a cgroup2 cgroup: core files
 // with the text Linux 6.18 shows, a child, and a hidden leaf.
 func fakeCgroup(t *testing.T) string {
@@ -133,7 +171,7 @@ func TestReadsAreNeverCached(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, "cgroup.events"), []byte(text), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		b, err := os.ReadFile(filepath.Join(mnt, "cgroup.events"))
+		b, err := readMounted(t, filepath.Join(mnt, "cgroup.events"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -142,7 +180,7 @@ func TestReadsAreNeverCached(t *testing.T) {
 		}
 	}
 	// cgroup.stat leaves the hidden leaf out of nr_descendants.
-	b, err := os.ReadFile(filepath.Join(mnt, "cgroup.stat"))
+	b, err := readMounted(t, filepath.Join(mnt, "cgroup.stat"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +192,7 @@ func TestReadsAreNeverCached(t *testing.T) {
 func TestWritesAndRefusals(t *testing.T) {
 	dir := fakeCgroup(t)
 	mnt := testMount(t, dir)
-	if err := os.WriteFile(filepath.Join(mnt, "child/cgroup.max.descendants"), []byte("4"), 0o644); err != nil {
+	if err := writeMounted(t, filepath.Join(mnt, "child/cgroup.max.descendants"), []byte("4")); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(filepath.Join(dir, "child/cgroup.max.descendants")); string(b) != "9" {
@@ -166,7 +204,7 @@ func TestWritesAndRefusals(t *testing.T) {
 		want syscall.Errno
 	}{
 		{"create a file", func() error {
-			f, err := os.OpenFile(filepath.Join(mnt, "new"), os.O_CREATE|os.O_WRONLY, 0o644)
+			f, err := openMounted(t, filepath.Join(mnt, "new"), unix.O_CREAT|unix.O_WRONLY)
 			if err == nil {
 				f.Close()
 			}
@@ -176,7 +214,7 @@ func TestWritesAndRefusals(t *testing.T) {
 		{"symlink", func() error { return os.Symlink("/", filepath.Join(mnt, "l")) }, unix.EPERM},
 		{"mkdir the leaf name", func() error { return os.Mkdir(filepath.Join(mnt, translate.LeafName), 0o755) }, unix.EINVAL},
 		{"write over a page", func() error {
-			return os.WriteFile(filepath.Join(mnt, "child/cgroup.max.descendants"), make([]byte, 5000), 0o644)
+			return writeMounted(t, filepath.Join(mnt, "child/cgroup.max.descendants"), make([]byte, 5000))
 		}, unix.E2BIG},
 		{"name too long", func() error { return os.Mkdir(filepath.Join(mnt, strings.Repeat("n", 300)), 0o755) }, unix.ENAMETOOLONG},
 	}
@@ -196,7 +234,7 @@ func TestWritesAndRefusals(t *testing.T) {
 // at once (run under -race: the server shares the handle's rendering).
 func TestParallelReadsOfOneHandle(t *testing.T) {
 	mnt := testMount(t, fakeCgroup(t))
-	f, err := os.Open(filepath.Join(mnt, "cgroup.stat"))
+	f, err := openMounted(t, filepath.Join(mnt, "cgroup.stat"), unix.O_RDONLY)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +264,7 @@ func TestParallelReadsOfOneHandle(t *testing.T) {
 func TestOversizedTaskWriteIsE2BIG(t *testing.T) {
 	dir := fakeCgroup(t)
 	mnt := testMount(t, dir)
-	f, err := os.OpenFile(filepath.Join(mnt, "child/cgroup.procs"), os.O_WRONLY, 0)
+	f, err := openMounted(t, filepath.Join(mnt, "child/cgroup.procs"), unix.O_WRONLY)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +289,7 @@ func TestOneIdentificationPerWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := ident.Identifications()
-	if err := os.WriteFile(p, []byte("5\n"), 0o644); err != nil {
+	if err := writeMounted(t, p, []byte("5\n")); err != nil {
 		t.Fatal(err)
 	}
 	if got := ident.Identifications() - before; got != 1 {
