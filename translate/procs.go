@@ -353,3 +353,21 @@ func ParseIDs(b []byte) []int {
 	}
 	return ids
 }
+
+// Enter moves host process pid (the server's own id for it) into the
+// view root, or into its hidden leaf when the root enables domain
+// controllers (never EBUSY): a process joining the container from the
+// host's side, as cgfs exec does. Only the host's root asks.
+func (v *View) Enter(pid int) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	id := []byte(strconv.Itoa(pid))
+	_, err := v.host.WriteFile("cgroup.procs", id)
+	if errors.Is(err, unix.EBUSY) && !v.v1 {
+		if err := v.ensureLeafLocked(""); err != nil {
+			return err
+		}
+		_, err = v.host.WriteFile(host.Join(LeafName, "cgroup.procs"), id)
+	}
+	return err
+}
