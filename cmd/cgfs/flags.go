@@ -23,12 +23,12 @@ unless --shared NAME names it (its directory in the layout, or "." for
 
 // mountOptions is what `cgfs mount` was asked to do.
 type mountOptions struct {
-	hostDir    string // --cgroup
-	owner      int    // --owner; 0 for none
-	metrics    string // --metrics
-	maxOpen    int    // --max-open-files
-	shared     names  // --shared
-	v1Max      int    // --v1-max-descendants
+	hostDir    string   // --cgroup
+	owner      int      // --owner; 0 for none
+	metrics    string   // --metrics
+	maxOpen    int      // --max-open-files
+	shared     []string // --shared
+	v1Max      int      // --v1-max-descendants
 	debug      bool
 	mountpoint string
 }
@@ -36,17 +36,13 @@ type mountOptions struct {
 // parseMount parses `mount` and its flags.
 func parseMount(args []string, stderr io.Writer) (mountOptions, error) {
 	var o mountOptions
-	if len(args) == 0 || args[0] != "mount" {
-		fmt.Fprint(stderr, usage)
-		return o, usageError{"expected the subcommand mount"}
-	}
 	fl := flag.NewFlagSet("mount", flag.ContinueOnError)
 	fl.SetOutput(stderr)
 	fl.Usage = func() { fmt.Fprint(stderr, usage) }
 	fl.StringVar(&o.hostDir, "cgroup", "", "host cgroup v2 `directory` to serve as the view's root")
 	fl.IntVar(&o.owner, "owner", 0, "`pid` of a process of the container that owns the view")
 	fl.BoolVar(&o.debug, "debug", false, "log every FUSE request")
-	fl.Var(&o.shared, "shared", "serve hierarchy `NAME` read-only although the owner has no cgroup of its own there (repeatable)")
+	fl.Var((*names)(&o.shared), "shared", "serve hierarchy `NAME` read-only although the owner has no cgroup of its own there (repeatable)")
 	fl.IntVar(&o.v1Max, "v1-max-descendants", translate.DefaultV1Descendants, "how many cgroups the container may make below each cgroup v1 view root (EAGAIN beyond)")
 	fl.IntVar(&o.maxOpen, "max-open-files", translate.DefaultOpenFiles, "how many files the container may hold open in its views at once (ENFILE beyond)")
 	fl.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics (e.g. 127.0.0.1:9464; port 0 picks one)")
@@ -79,13 +75,4 @@ func (n *names) String() string { return fmt.Sprint(*n) }
 func (n *names) Set(s string) error {
 	*n = append(*n, s)
 	return nil
-}
-
-func (n names) has(s string) bool {
-	for _, x := range n {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -1,16 +1,22 @@
-// Command cgfs serves a container's own cgroup tree over FUSE.
+// Command cgfs gives containers their own cgroup trees over FUSE.
 //
-//	cgfs mount [--cgroup HOSTDIR] [--owner PID] [--metrics ADDR] [--debug] MOUNTPOINT
+//	cgfs mount [--cgroup HOSTDIR] [--owner PID] [OPTIONS] MOUNTPOINT
+//	cgfs run [OPTIONS] -- CMD...
+//	cgfs exec NAME -- CMD...
+//	cgfs daemon [--socket PATH] [--metrics ADDR]
+//	cgfs attach|detach|list ...
+//	cgfs oci-hook | lxc-hook
 //
-// serves the host cgroup2 directory HOSTDIR (or, without --cgroup, the
-// owner's cgroup in every hierarchy the host mounts) at MOUNTPOINT in
-// the foreground until SIGINT or SIGTERM, then unmounts and exits 0.
-// Usage errors and a HOSTDIR that is not a cgroup2 directory exit 2;
-// failures while serving exit 1.
+// mount serves one view in the foreground; run starts a container with
+// its own cgroups and the view at its /sys/fs/cgroup; exec runs a command
+// in one; the daemon serves many containers' views, which attach, detach
+// and list manage and the hooks put in place for runc and LXC. Usage
+// errors exit 2, failures 1; run and exec exit with the command's status.
 //
-// main.go wires the steps together; flags.go parses the command line,
-// open.go opens the hierarchies into views, serve.go mounts and serves
-// them.
+// main.go dispatches; flags.go and serve.go are mount, runcmd.go run,
+// execcmd.go exec, daemoncmd.go the daemon, its clients and the hooks.
+// The work is in internal/: serve (views on FUSE mounts), launch
+// (containers), control (the socket), daemon (the daemon's views).
 package main
 
 import (
@@ -20,8 +26,7 @@ import (
 	"log/slog"
 	"os"
 
-	"github.com/cgfs/cgfs/access"
-	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
 	"github.com/cgfs/cgfs/translate/pidns"
 )
 
@@ -31,48 +36,42 @@ type usageError struct{ msg string }
 func (e usageError) Error() string { return e.msg }
 
 func main() {
-	if pidns.IsHelper() {
+	switch {
+	case pidns.IsHelper():
 		// A helper in a container's pid namespace (translate/pidns).
 		os.Exit(pidns.HelperMain())
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	err := run(os.Args[1:], log, os.Stderr)
+	code, err := run(os.Args[1:], log, os.Stderr)
 	var ue usageError
+	var se serve.UsageError
 	switch {
 	case err == nil:
-	case errors.As(err, &ue):
+	case errors.As(err, &ue), errors.As(err, &se):
 		fmt.Fprintf(os.Stderr, "cgfs: %v\n", err)
 		os.Exit(2)
 	default:
 		fmt.Fprintf(os.Stderr, "cgfs: %v\n", err)
 		os.Exit(1)
 	}
+	os.Exit(code)
 }
 
-// run does one cgfs command; every cleanup it defers runs before it
-// returns.
-func run(args []string, log *slog.Logger, stderr io.Writer) error {
-	opts, err := parseMount(args, stderr)
-	if err != nil {
-		return err
+// run does one cgfs command and returns the exit status it asks for;
+// every cleanup it defers runs before it returns.
+func run(args []string, log *slog.Logger, stderr io.Writer) (int, error) {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 0, usageError{"expected the subcommand mount"}
 	}
-	procs, err := proc.Open("/proc")
-	if err != nil {
-		return err
-	}
-	var owner *access.Owner
-	if opts.owner != 0 {
-		if owner, err = access.OwnerOf(procs, opts.owner); err != nil {
-			return usageError{fmt.Sprintf("--owner %d: %v", opts.owner, err)}
+	switch args[0] {
+	case "mount":
+		opts, err := parseMount(args, stderr)
+		if err != nil {
+			return 0, err
 		}
-	} else if owner, err = access.SelfOwner(procs); err != nil {
-		return err
+		return 0, mountCmd(opts, log)
 	}
-	defer owner.Close()
-	views, err := openViews(opts, owner, procs, log)
-	if err != nil {
-		return err
-	}
-	defer views.close()
-	return serve(opts, views, access.NewIdentifier(procs), log)
+	fmt.Fprint(stderr, usage)
+	return 0, usageError{"unknown subcommand " + args[0]}
 }

@@ -13,25 +13,34 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cgfs/cgfs/access"
-	"github.com/cgfs/cgfs/fs"
+	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
 	"github.com/cgfs/cgfs/metrics"
 )
 
-// serve mounts the views at opts.mountpoint and serves them until SIGINT
-// or SIGTERM, then unmounts.
-func serve(opts mountOptions, o *openedViews, ident *access.Identifier, log *slog.Logger) error {
+// mountCmd is `cgfs mount`: it serves the views opts asks for at
+// opts.mountpoint until SIGINT or SIGTERM, then unmounts.
+func mountCmd(opts mountOptions, log *slog.Logger) error {
+	procs, err := proc.Open("/proc")
+	if err != nil {
+		return err
+	}
+	views, err := serve.Open(procs, serve.Options{
+		Owner: opts.owner, HostDir: opts.hostDir, Shared: opts.shared,
+		MaxOpen: opts.maxOpen, V1Max: opts.v1Max, Debug: opts.debug, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer views.Close()
 	reg := prometheus.NewRegistry()
-	counts := metrics.New(reg).For(o.name)
+	counts := metrics.New(reg).For(views.Name)
 	if opts.metrics != "" {
-		ln, err := net.Listen("tcp", opts.metrics)
+		ln, err := listenMetrics(opts.metrics, reg, log)
 		if err != nil {
-			return usageError{fmt.Sprintf("--metrics %s: %v", opts.metrics, err)}
+			return err
 		}
 		defer ln.Close()
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		go func() { _ = http.Serve(ln, mux) }()
-		log.Info("metrics listening", "addr", ln.Addr().String())
 	}
 
 	// Signals are caught before the mount exists: a SIGTERM that comes
@@ -40,26 +49,15 @@ func serve(opts mountOptions, o *openedViews, ident *access.Identifier, log *slo
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sig)
 
-	// Leaves left by an earlier server that are no longer needed are
-	// folded back before anyone looks.
-	for _, va := range o.views {
-		if err := va.View.Reconcile(); err != nil {
-			log.Warn("reconciling hidden leaves", "hierarchy", va.Dir, "err", err)
-		}
-	}
-	m, err := fs.Mount(opts.mountpoint, fs.Config{
-		Views:      o.views,
-		Symlinks:   o.symlinks,
-		Identifier: ident,
-		Metrics:    counts,
-		Log:        log,
-		Debug:      opts.debug,
-	})
+	m, err := views.Serve(access.NewIdentifier(procs), counts)
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", opts.mountpoint, err)
 	}
-	log.Info("serving", "view", o.name, "mountpoint", opts.mountpoint)
-
+	if err := m.MoveTo(opts.mountpoint); err != nil {
+		m.Stop()
+		return err
+	}
+	log.Info("serving", "view", views.Name, "mountpoint", opts.mountpoint)
 	select {
 	case <-m.Done():
 		return nil // unmounted from outside
@@ -71,4 +69,17 @@ func serve(opts mountOptions, o *openedViews, ident *access.Identifier, log *slo
 	m.Stop()
 	log.Info("unmounted", "mountpoint", opts.mountpoint)
 	return nil
+}
+
+// listenMetrics serves /metrics at addr.
+func listenMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, usageError{fmt.Sprintf("--metrics %s: %v", addr, err)}
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	go func() { _ = http.Serve(ln, mux) }()
+	log.Info("metrics listening", "addr", ln.Addr().String())
+	return ln, nil
 }

@@ -1,0 +1,284 @@
+// Package serve serves one container's cgroup tree: it takes the owner
+// process, opens the host hierarchies for it (refusing any where the
+// owner has no cgroup of its own), and serves the views on a FUSE mount
+// that is born detached, to be moved onto a path or into the
+// container's own mount namespace.
+package serve
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/cgfs/cgfs/access"
+	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/fs"
+	"github.com/cgfs/cgfs/metrics"
+	"github.com/cgfs/cgfs/translate"
+	"github.com/cgfs/cgfs/translate/host"
+	"github.com/cgfs/cgfs/translate/layout"
+	"github.com/cgfs/cgfs/translate/pidns"
+)
+
+// Options is what to serve for one container.
+type Options struct {
+	// Name is the view's name in logs, metrics and the daemon's list; ""
+	// names it after HostDir or the owner.
+	Name string
+	// Owner is a process of the container; 0 serves the server's own
+	// namespaces (the host's).
+	Owner int
+	// HostDir serves one cgroup v2 directory at the mount root; "" serves
+	// the owner's cgroup in every hierarchy the host mounts.
+	HostDir string
+	// Shared names hierarchies to serve read-only although the owner has
+	// no cgroup of its own there (their layout names; "." for HostDir's
+	// or a cgroup v2 only host's).
+	Shared []string
+	// MaxOpen and V1Max are the container's bounds; 0 takes the
+	// defaults (translate.DefaultOpenFiles, DefaultV1Descendants).
+	MaxOpen, V1Max int
+	// Debug logs every FUSE request.
+	Debug bool
+	Log   *slog.Logger
+}
+
+// UsageError is a mistake in what was asked: a command exits 2 for it.
+type UsageError struct{ Msg string }
+
+func (e UsageError) Error() string { return e.Msg }
+
+// Views are the views of one container and what they hold open. Close
+// releases them.
+type Views struct {
+	Name     string
+	Owner    *access.Owner
+	opts     Options
+	views    []fs.ViewAt
+	symlinks map[string]string
+	hosts    []*host.Host
+	movers   *pidns.Pool
+	procs    *proc.Procs
+	log      *slog.Logger
+}
+
+// Open takes the owner (the server's own namespaces without one) and
+// opens the views o asks for.
+func Open(procs *proc.Procs, o Options) (*Views, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	v := &Views{Name: o.Name, opts: o, procs: procs, log: o.Log}
+	var err error
+	if o.Owner != 0 {
+		if v.Owner, err = access.OwnerOf(procs, o.Owner); err != nil {
+			return nil, UsageError{fmt.Sprintf("--owner %d: %v", o.Owner, err)}
+		}
+	} else if v.Owner, err = access.SelfOwner(procs); err != nil {
+		return nil, err
+	}
+	if err := v.open(); err != nil {
+		v.Close()
+		return nil, err
+	}
+	// Leaves left by an earlier server that are no longer needed are
+	// folded back before anyone looks.
+	for _, va := range v.views {
+		if err := va.View.Reconcile(); err != nil {
+			v.log.Warn("reconciling hidden leaves", "hierarchy", va.Dir, "err", err)
+		}
+	}
+	return v, nil
+}
+
+// Close releases what the views hold.
+func (v *Views) Close() {
+	if v.movers != nil {
+		v.movers.Close()
+	}
+	for _, h := range v.hosts {
+		h.Close()
+	}
+	v.hosts = nil
+	if v.Owner != nil {
+		v.Owner.Close()
+	}
+}
+
+// Serve serves the views on a new, detached FUSE mount.
+func (v *Views) Serve(ident *access.Identifier, counts *metrics.Counts) (*fs.Mounted, error) {
+	return fs.Serve(fs.Config{
+		Views:      v.views,
+		Symlinks:   v.symlinks,
+		Identifier: ident,
+		Metrics:    counts,
+		Log:        v.log,
+		Debug:      v.opts.Debug,
+	})
+}
+
+// Enter puts host process pid into the container's cgroup in every
+// hierarchy, as one of the container's own (its root, or its hidden
+// leaf when the root enables domain controllers).
+func (v *Views) Enter(pid int) error {
+	for _, va := range v.views {
+		if err := va.View.Enter(pid); err != nil {
+			return fmt.Errorf("hierarchy %s: %w", va.Dir, err)
+		}
+	}
+	return nil
+}
+
+// outer opens the root of a hierarchy's mount, for putting back a task
+// moved in by a reused id; nil if the server's mount is not the
+// hierarchy's root.
+func (v *Views) outer(h layout.Hierarchy) *host.Host {
+	if h.Root != "/" {
+		return nil
+	}
+	r, err := host.Open(h.MountPoint)
+	if err != nil {
+		v.log.Warn("cannot open the hierarchy's root", "mount", h.MountPoint, "err", err)
+		return nil
+	}
+	v.hosts = append(v.hosts, r)
+	return r
+}
+
+func (v *Views) open() error {
+	o := v.opts
+	policy := access.NewPolicy(v.Owner.Chain)
+	limits := &translate.Limits{OpenFiles: o.MaxOpen} // one container: shared by its views
+	if o.Owner != 0 {
+		// Tasks are moved from inside the container's pid namespaces.
+		var err error
+		if v.movers, err = pidns.NewPool(v.procs, v.Owner.PidNS, v.Owner.Thread); err != nil {
+			return err
+		}
+	}
+	if o.HostDir != "" {
+		if v.Name == "" {
+			v.Name = o.HostDir
+		}
+		h, err := host.Open(o.HostDir)
+		if err != nil || !h.IsCgroup2() {
+			if h != nil {
+				h.Close()
+			}
+			return UsageError{fmt.Sprintf("cannot serve %s: it is not a directory on a cgroup2 filesystem", o.HostDir)}
+		}
+		v.hosts = append(v.hosts, h)
+		cgPath, mount, err := layout.Locate(o.HostDir)
+		if err != nil {
+			return UsageError{fmt.Sprintf("cannot serve %s: %v", o.HostDir, err)}
+		}
+		view, err := v.view(h, translate.Config{
+			Policy: policy, Procs: v.procs, IDs: v.Owner.IDs,
+			CgroupPath: cgPath, Delegate: delegateFiles(v.log), Limits: limits,
+			Movers: v.movers, Outer: v.outer(mount),
+		}, ".")
+		if err != nil {
+			return err
+		}
+		v.views = []fs.ViewAt{{View: view}}
+		return nil
+	}
+	l, err := layout.Discover(v.procs)
+	if err != nil {
+		return err
+	}
+	v.symlinks = l.Symlinks
+	if v.Name == "" {
+		v.Name = fmt.Sprintf("owner:%d", o.Owner)
+	}
+	owner := o.Owner
+	if owner == 0 {
+		owner = os.Getpid()
+	}
+	for i, hier := range l.Hierarchies {
+		dir, cgPath, err := hier.DirOf(v.procs, owner)
+		if err != nil {
+			return UsageError{fmt.Sprintf("--owner %d: %v", o.Owner, err)}
+		}
+		h, err := host.Open(dir)
+		if err != nil {
+			return err
+		}
+		v.hosts = append(v.hosts, h)
+		cfg := translate.Config{
+			Policy: policy, Procs: v.procs, IDs: v.Owner.IDs, V1: hier.V1,
+			Controllers: hier.Controllers, CgroupPath: cgPath, Limits: limits,
+			V1Descendants: o.V1Max, Movers: v.movers, Outer: v.outer(hier),
+		}
+		if !hier.V1 {
+			cfg.Delegate = delegateFiles(v.log)
+		}
+		if hier.Name != "" {
+			// Hierarchies side by side: keep their inode numbers apart.
+			cfg.InoBase = uint64(i+1) << 48
+		}
+		name := hier.Name
+		if name == "" {
+			name = "."
+		}
+		view, err := v.view(h, cfg, name)
+		if err != nil {
+			return err
+		}
+		v.views = append(v.views, fs.ViewAt{Dir: hier.Name, View: view})
+		v.log.Debug("hierarchy", "view", v.Name, "name", hier.Name, "dir", dir, "v1", hier.V1)
+	}
+	return nil
+}
+
+// view makes the view of one hierarchy, called name in messages and
+// --shared. A container owner must have a cgroup of its own there: not
+// the hierarchy's root, and holding no process outside the owner's
+// namespaces, or the container could reconfigure, freeze and join host
+// processes. Unless --shared names the hierarchy, that is refused; with
+// it the hierarchy is served read-only.
+func (v *Views) view(h *host.Host, cfg translate.Config, name string) (*translate.View, error) {
+	view, err := translate.New(h, cfg)
+	if err != nil || v.opts.Owner == 0 {
+		return view, err // a view of the host's own needs no such care
+	}
+	why := ""
+	if cfg.CgroupPath == "/" {
+		why = "the owner's cgroup is the hierarchy's root"
+	} else if tid, found, err := view.Foreign(v.Owner.Thread); err != nil {
+		return nil, err
+	} else if found {
+		why = fmt.Sprintf("the owner's cgroup %s holds task %d, which is outside the owner's namespaces", cfg.CgroupPath, tid)
+	}
+	switch {
+	case why == "":
+		return view, nil
+	case has(v.opts.Shared, name):
+		v.log.Warn("serving read-only: the owner has no cgroup of its own here", "hierarchy", name, "why", why)
+		cfg.ReadOnly = true
+		return translate.New(h, cfg)
+	}
+	return nil, UsageError{fmt.Sprintf("--owner %d: hierarchy %s: %s; give the container a cgroup of its own there, or pass --shared %s to serve it read-only",
+		v.opts.Owner, name, why, name)}
+}
+
+func has(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// delegateFiles lists the files the host lets a delegatee write at its
+// root, from /sys/kernel/cgroup/delegate.
+func delegateFiles(log *slog.Logger) []string {
+	b, err := os.ReadFile("/sys/kernel/cgroup/delegate")
+	if err != nil {
+		log.Warn("no /sys/kernel/cgroup/delegate; only the core files are writable at a view root", "err", err)
+		return nil
+	}
+	return strings.Fields(string(b))
+}
