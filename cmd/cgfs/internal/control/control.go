@@ -1,0 +1,207 @@
+// Package control is how cgfs commands talk to a cgfs that serves views
+// (the daemon, or cgfs run for its one container): one request and one
+// answer, JSON, over a unix SOCK_SEQPACKET socket, with a descriptor
+// passed alongside where one is handed over. Only host root may ask: the
+// peer's credentials (SO_PEERCRED) are checked on every connection.
+package control
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// Dir holds the sockets cgfs listens on.
+const Dir = "/run/cgfs"
+
+// DefaultSocket is where the daemon listens unless told otherwise.
+const DefaultSocket = Dir + "/daemon.sock"
+
+// DaemonSocket is where the daemon listens: $CGFS_SOCKET, or
+// DefaultSocket.
+func DaemonSocket() string {
+	if s := os.Getenv("CGFS_SOCKET"); s != "" {
+		return s
+	}
+	return DefaultSocket
+}
+
+// RunSocket is where cgfs run listens for its container called name.
+func RunSocket(name string) string { return filepath.Join(Dir, "run", name+".sock") }
+
+// Request is one thing asked of a server.
+type Request struct {
+	// Op is attach (serve a new view; its mount comes back as a
+	// descriptor), detach (stop serving one), list, lookup (the answer
+	// names the container's init), or enter (put host process Pid into
+	// the container's cgroups, as one of its own).
+	Op   string `json:"op"`
+	Name string `json:"name,omitempty"`
+	// Owner is a process of the container to serve (attach), as the
+	// host's pid namespace names it.
+	Owner int `json:"owner,omitempty"`
+	// Cgroup serves one cgroup v2 directory instead of the owner's
+	// layout (attach).
+	Cgroup string `json:"cgroup,omitempty"`
+	// Shared names hierarchies to serve read-only (attach).
+	Shared []string `json:"shared,omitempty"`
+	// Pid is the host process to enter.
+	Pid int `json:"pid,omitempty"`
+}
+
+// Answer is a server's reply.
+type Answer struct {
+	Error string `json:"error,omitempty"`
+	// Usage marks an Error that is the asker's mistake (exit status 2).
+	Usage bool       `json:"usage,omitempty"`
+	Views []ViewInfo `json:"views,omitempty"`
+	Init  int        `json:"init,omitempty"`
+}
+
+// ViewInfo is one served view in a list.
+type ViewInfo struct {
+	Name  string `json:"name"`
+	Owner int    `json:"owner"`
+}
+
+// Handler answers a request from the host process peer; a descriptor it
+// returns goes with the answer (and is closed after).
+type Handler func(req Request, peer int) (Answer, *os.File)
+
+// Serve listens on path (made 0600, in a 0700 directory) and answers
+// each connection with h until the listener is closed.
+func Serve(path string, h Handler, log *slog.Logger) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	if c, err := net.Dial("unixpacket", path); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("%s: something listens there already", path)
+	}
+	_ = os.Remove(path)
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := ln.AcceptUnix()
+			if err != nil {
+				return // closed
+			}
+			go answer(c, h, log)
+		}
+	}()
+	return ln, nil
+}
+
+func answer(c *net.UnixConn, h Handler, log *slog.Logger) {
+	defer c.Close()
+	send := func(a Answer, fd *os.File) {
+		b, _ := json.Marshal(a)
+		var oob []byte
+		if fd != nil {
+			oob = unix.UnixRights(int(fd.Fd()))
+			defer fd.Close()
+		}
+		if _, _, err := c.WriteMsgUnix(b, oob, nil); err != nil {
+			log.Warn("answering", "err", err)
+		}
+	}
+	// The request is read before anything is judged, so that a refused
+	// asker is not left writing into a closed socket.
+	buf := make([]byte, 64<<10)
+	n, err := c.Read(buf)
+	if err != nil {
+		return
+	}
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	var cred *unix.Ucred
+	_ = raw.Control(func(fd uintptr) {
+		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	})
+	if err != nil || cred.Uid != 0 {
+		// The sockets are root's alone anyway; the kernel tells who asks.
+		if err == nil {
+			log.Warn("refused a control request: only host root may ask", "uid", cred.Uid, "pid", cred.Pid)
+		}
+		send(Answer{Error: "only root may ask cgfs", Usage: true}, nil)
+		return
+	}
+	var req Request
+	if err := json.Unmarshal(buf[:n], &req); err != nil {
+		send(Answer{Error: "a request cgfs does not understand: " + err.Error(), Usage: true}, nil)
+		return
+	}
+	a, fd := h(req, int(cred.Pid))
+	send(a, fd)
+}
+
+// ErrNotRunning means nothing listens on the socket.
+var ErrNotRunning = errors.New("not running")
+
+// Ask sends req to the server at path and returns its answer and the
+// descriptor that came with it, if any.
+func Ask(path string, req Request) (Answer, *os.File, error) {
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ECONNREFUSED) {
+			return Answer{}, nil, fmt.Errorf("%s: %w", path, ErrNotRunning)
+		}
+		return Answer{}, nil, err
+	}
+	defer c.Close()
+	b, _ := json.Marshal(req)
+	if _, err := c.Write(b); err != nil {
+		return Answer{}, nil, err
+	}
+	buf := make([]byte, 1<<20)
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return Answer{}, nil, err
+	}
+	var a Answer
+	if err := json.Unmarshal(buf[:n], &a); err != nil {
+		return Answer{}, nil, fmt.Errorf("the answer: %w", err)
+	}
+	var fd *os.File
+	if oobn > 0 {
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		if err == nil && len(msgs) == 1 {
+			if fds, err := unix.ParseUnixRights(&msgs[0]); err == nil && len(fds) == 1 {
+				fd = os.NewFile(uintptr(fds[0]), "cgfs view")
+			}
+		}
+	}
+	return a, fd, nil
+}
+
+// Err is the answer's error, if it carries one.
+func (a Answer) Err() error {
+	if a.Error == "" {
+		return nil
+	}
+	if a.Usage {
+		return UsageError(a.Error)
+	}
+	return errors.New(a.Error)
+}
+
+// UsageError is an error that is the asker's mistake.
+type UsageError string
+
+func (e UsageError) Error() string { return string(e) }

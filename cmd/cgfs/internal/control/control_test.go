@@ -1,0 +1,146 @@
+package control
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+func serveTest(t *testing.T, h Handler) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "sub", "c.sock")
+	ln, err := Serve(path, h, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return path
+}
+
+// TestAskCarriesRequestAnswerAndDescriptor: the handler sees the request
+// and the asker's pid; the asker gets the answer and a working
+// descriptor.
+func TestAskCarriesRequestAnswerAndDescriptor(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("only root may ask; not root")
+	}
+	var got Request
+	var peer int
+	path := serveTest(t, func(req Request, p int) (Answer, *os.File) {
+		got, peer = req, p
+		r, w, err := os.Pipe()
+		if err != nil {
+			return Answer{Error: err.Error()}, nil
+		}
+		w.WriteString("through the socket")
+		w.Close()
+		return Answer{Init: 42, Views: []ViewInfo{{Name: "a", Owner: 7}}}, r
+	})
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("socket %v, %v; want mode 0600", st, err)
+	}
+	a, fd, err := Ask(path, Request{Op: "lookup", Name: "a"})
+	if err != nil || a.Err() != nil {
+		t.Fatal(err, a.Err())
+	}
+	if got.Op != "lookup" || got.Name != "a" || peer != os.Getpid() {
+		t.Errorf("handler saw %+v from pid %d, want lookup a from %d", got, peer, os.Getpid())
+	}
+	if a.Init != 42 || len(a.Views) != 1 || a.Views[0] != (ViewInfo{"a", 7}) {
+		t.Errorf("answer %+v", a)
+	}
+	if fd == nil {
+		t.Fatal("no descriptor came with the answer")
+	}
+	defer fd.Close()
+	if b, _ := io.ReadAll(fd); string(b) != "through the socket" {
+		t.Errorf("descriptor reads %q", b)
+	}
+}
+
+// TestGarbageIsAUsageError: bytes that are not a request get an answer
+// that says so, and the handler never runs.
+func TestGarbageIsAUsageError(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("only root may ask; not root")
+	}
+	path := serveTest(t, func(Request, int) (Answer, *os.File) {
+		t.Error("the handler ran for garbage")
+		return Answer{}, nil
+	})
+	for _, junk := range [][]byte{[]byte("{\"op\":"), []byte("\x00\xff"), []byte(strings.Repeat("[", 70000))} {
+		c, err := net.Dial("unixpacket", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write(junk); err != nil {
+			c.Close()
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4096)
+		n, err := c.Read(buf)
+		c.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var a Answer
+		if err := json.Unmarshal(buf[:n], &a); err != nil || !a.Usage || !strings.Contains(a.Error, "does not understand") {
+			t.Errorf("%d garbage bytes: answer %s (%v)", len(junk), buf[:n], err)
+		}
+	}
+}
+
+// TestOnlyRootMayAsk: a non-root asker is turned away even if it can
+// reach the socket.
+func TestOnlyRootMayAsk(t *testing.T) {
+	if os.Getenv("CGFS_CONTROL_ASK") != "" {
+		a, _, err := Ask(os.Getenv("CGFS_CONTROL_ASK"), Request{Op: "list"})
+		if err != nil {
+			os.Stderr.WriteString(err.Error())
+			os.Exit(3)
+		}
+		os.Stdout.WriteString(a.Error)
+		os.Exit(0)
+	}
+	if os.Getuid() != 0 {
+		t.Skip("needs root to ask as another user")
+	}
+	path := serveTest(t, func(Request, int) (Answer, *os.File) {
+		t.Error("the handler ran for a non-root asker")
+		return Answer{}, nil
+	})
+	// Let nobody reach it: the refusal must come from the peer check.
+	for p := path; p != os.TempDir(); p = filepath.Dir(p) {
+		os.Chmod(p, 0o777)
+		if p == "/" {
+			break
+		}
+	}
+	os.Chmod(path, 0o777)
+	// The test binary sits in a directory only root may enter.
+	exe := filepath.Join(filepath.Dir(path), "asker")
+	b, err := os.ReadFile(os.Args[0])
+	if err == nil {
+		err = os.WriteFile(exe, b, 0o755)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run", "^TestOnlyRootMayAsk$")
+	cmd.Env = append(os.Environ(), "CGFS_CONTROL_ASK="+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("asking as nobody: %v %s", err, err.(*exec.ExitError).Stderr)
+	}
+	if string(out) != "only root may ask cgfs" {
+		t.Errorf("nobody was answered %q", out)
+	}
+}
