@@ -26,6 +26,8 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/launch"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
 	"github.com/cgfs/cgfs/translate/pidns"
 )
@@ -40,14 +42,24 @@ func main() {
 	case pidns.IsHelper():
 		// A helper in a container's pid namespace (translate/pidns).
 		os.Exit(pidns.HelperMain())
+	case launch.IsInit():
+		// A container's init, until it becomes the command.
+		os.Exit(launch.InitMain())
+	case os.Getenv(joinEnv) != "":
+		// cgfs exec, inside the container, until it becomes the command.
+		if err := joinMain(os.Args[1:]); err != nil {
+			fmt.Fprintf(os.Stderr, "cgfs exec: %v\n", err)
+			os.Exit(126)
+		}
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	code, err := run(os.Args[1:], log, os.Stderr)
 	var ue usageError
 	var se serve.UsageError
+	var ce control.UsageError
 	switch {
 	case err == nil:
-	case errors.As(err, &ue), errors.As(err, &se):
+	case errors.As(err, &ue), errors.As(err, &se), errors.As(err, &ce):
 		fmt.Fprintf(os.Stderr, "cgfs: %v\n", err)
 		os.Exit(2)
 	default:
@@ -61,8 +73,8 @@ func main() {
 // every cleanup it defers runs before it returns.
 func run(args []string, log *slog.Logger, stderr io.Writer) (int, error) {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return 0, usageError{"expected the subcommand mount"}
+		fmt.Fprint(stderr, usage+"\n"+runUsage+"\n"+execUsage)
+		return 0, usageError{"expected a subcommand: mount, run, exec"}
 	}
 	switch args[0] {
 	case "mount":
@@ -71,7 +83,20 @@ func run(args []string, log *slog.Logger, stderr io.Writer) (int, error) {
 			return 0, err
 		}
 		return 0, mountCmd(opts, log)
+	case "run":
+		opts, err := parseRun(args[1:], stderr)
+		if err != nil {
+			return 0, err
+		}
+		// The command's own output is what a user of cgfs run reads:
+		// cgfs says only what went wrong, unless CGFS_LOG=debug or info.
+		level := slog.LevelError
+		_ = level.UnmarshalText([]byte(os.Getenv("CGFS_LOG")))
+		quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+		return runCmd(opts, quiet)
+	case "exec":
+		return execCmd(args[1:])
 	}
-	fmt.Fprint(stderr, usage)
+	fmt.Fprint(stderr, usage+"\n"+runUsage+"\n"+execUsage)
 	return 0, usageError{"unknown subcommand " + args[0]}
 }

@@ -1,0 +1,167 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/launch"
+)
+
+const execUsage = `usage: cgfs exec NAME -- CMD...
+
+Runs CMD in the running container NAME: its namespaces, as its root,
+and a cgroup the container sees as its root (its hidden leaf when the
+root enables domain controllers). Exits with CMD's status.
+`
+
+// joinEnv makes the cgfs binary the first thing cgfs exec runs inside a
+// container (see joinMain).
+const joinEnv = "CGFS_EXEC_JOIN"
+
+// execCmd is `cgfs exec`. It finds the container's init through whoever
+// serves NAME (cgfs run, or the daemon), joins the container's cgroup
+// namespace on this thread, and starts nsenter into the rest (a user and
+// a mount namespace are entered only by a process with one thread).
+// nsenter forks this binary (a descriptor: no host path exists in
+// there) inside the container's pid namespace; cgfs exec has the server
+// put exactly that process into the container's root cgroup, tells it
+// to go on, and it becomes CMD. Neither cgfs exec nor nsenter, host
+// processes, ever sits in the container's cgroups.
+func execCmd(args []string) (int, error) {
+	if len(args) < 2 || args[0] == "--" {
+		fmt.Fprint(os.Stderr, execUsage)
+		return 0, usageError{"expected NAME -- CMD"}
+	}
+	name, cmd := args[0], args[1:]
+	if cmd[0] == "--" {
+		cmd = cmd[1:]
+	}
+	if len(cmd) == 0 {
+		return 0, usageError{"expected a command after --"}
+	}
+	socket := control.RunSocket(name)
+	a, _, err := control.Ask(socket, control.Request{Op: "lookup", Name: name})
+	if errors.Is(err, control.ErrNotRunning) {
+		socket = control.DaemonSocket()
+		a, _, err = control.Ask(socket, control.Request{Op: "lookup", Name: name})
+	}
+	if errors.Is(err, control.ErrNotRunning) {
+		return 0, usageError{fmt.Sprintf("no container %s: neither cgfs run nor the cgfs daemon serves it", name)}
+	}
+	if err != nil {
+		return 0, err
+	}
+	if err := a.Err(); err != nil {
+		return 0, err
+	}
+	nsenter, err := exec.LookPath("nsenter")
+	if err != nil {
+		return 0, err
+	}
+	self, err := os.Open("/proc/self/exe")
+	if err != nil {
+		return 0, err
+	}
+	goRead, goWrite, err := os.Pipe()
+	if err != nil {
+		return 0, err
+	}
+	c := exec.Command(nsenter, "-t", strconv.Itoa(a.Init), "-U", "-m", "-p", "-u", "-i", "-r", "-w", "--",
+		"/proc/self/fd/3", "--")
+	c.Args = append(c.Args, cmd...)
+	c.Env = append(launch.Env(), joinEnv+"=1")
+	c.ExtraFiles = []*os.File{self, goRead} // 3 and 4
+	c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := startInCgroupNS(c, a.Init); err != nil {
+		return 0, err
+	}
+	goRead.Close()
+	self.Close()
+	inside, err := forkedChild(c.Process.Pid)
+	if err == nil {
+		var ea control.Answer
+		if ea, _, err = control.Ask(socket, control.Request{Op: "enter", Name: name, Pid: inside}); err == nil {
+			err = ea.Err()
+		}
+	}
+	if err != nil {
+		goWrite.Close() // it exits without running the command
+		_ = c.Wait()
+		return 0, fmt.Errorf("joining the container's cgroups: %w", err)
+	}
+	_, _ = goWrite.Write([]byte("go"))
+	goWrite.Close()
+	err = c.Wait()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), nil
+	}
+	return 0, err
+}
+
+// startInCgroupNS starts c from a thread that has joined the cgroup
+// namespace of process pid: c inherits it.
+func startInCgroupNS(c *exec.Cmd, pid int) error {
+	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/cgroup", pid))
+	if err != nil {
+		return fmt.Errorf("the container's cgroup namespace: %w", err)
+	}
+	defer ns.Close()
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread goes with this goroutine
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWCGROUP); err != nil {
+			done <- fmt.Errorf("joining the container's cgroup namespace: %w", err)
+			return
+		}
+		done <- c.Start()
+	}()
+	return <-done
+}
+
+// forkedChild waits for process pid (nsenter) to fork, and returns the
+// child.
+func forkedChild(pid int) (int, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+		if err != nil {
+			return 0, err
+		}
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			return strconv.Atoi(f[0])
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return 0, errors.New("nsenter did not fork")
+}
+
+// joinMain runs inside the container for cgfs exec, as its root: it
+// waits (descriptor 4) until cgfs exec has had it put into the
+// container's cgroups, and becomes the command.
+func joinMain(args []string) error {
+	if len(args) < 2 || args[0] != "--" {
+		return usageError{"the command to run comes after --"}
+	}
+	ok, _ := io.ReadAll(os.NewFile(4, "go"))
+	if string(ok) != "go" {
+		return errors.New("not placed in the container's cgroups")
+	}
+	os.Unsetenv(joinEnv)
+	path, err := exec.LookPath(args[1])
+	if err != nil {
+		return err
+	}
+	return syscall.Exec(path, args[1:], os.Environ())
+}

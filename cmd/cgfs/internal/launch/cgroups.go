@@ -1,0 +1,326 @@
+package launch
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/translate/layout"
+)
+
+// Limits are what a container may use, set on its cgroups where it
+// cannot change them (the view root's resource files are root-locked).
+type Limits struct {
+	Memory int64   // bytes; 0 for none
+	Pids   int64   // tasks; 0 for none
+	CPUs   float64 // CPUs of bandwidth; 0 for none
+}
+
+// cgroups are a container's cgroup in every hierarchy, by hierarchy.
+type cgroups struct {
+	dirs    map[string]string // hierarchy mount point -> the container's cgroup
+	parents []string          // the parents (removed when no container is left in them)
+	v2      string            // the cgroup v2 one, "" if the host has none
+	v2Mount string            // and its hierarchy's mount point
+}
+
+// makeCgroups makes, in every hierarchy the host mounts, the cgroup
+// parent/name below the hierarchy's root (never the root itself), and
+// sets lim on the hierarchies that have the controllers.
+func makeCgroups(procs *proc.Procs, parent, name string, lim Limits) (*cgroups, error) {
+	l, err := layout.Discover(procs)
+	if err != nil {
+		return nil, err
+	}
+	cg := &cgroups{dirs: map[string]string{}}
+	for _, h := range l.Hierarchies {
+		if h.Root != "/" {
+			return nil, fmt.Errorf("the server sees %s from %s, not its root: run it in the host's cgroup namespace", h.MountPoint, h.Root)
+		}
+		p := filepath.Join(h.MountPoint, parent)
+		// Every level of the parent, deepest first, is removed when no
+		// container is left in it.
+		for q := p; q != h.MountPoint; q = filepath.Dir(q) {
+			cg.parents = append(cg.parents, q)
+		}
+		dir := filepath.Join(p, name)
+		if err := mkdirIn(p, dir); err != nil {
+			cg.remove()
+			if errors.Is(err, os.ErrExist) {
+				return nil, fmt.Errorf("a container named %s runs already (%s exists)", name, dir)
+			}
+			return nil, err
+		}
+		cg.dirs[h.MountPoint] = dir
+		if !h.V1 {
+			cg.v2, cg.v2Mount = dir, h.MountPoint
+		}
+		if _, err := os.Stat(filepath.Join(dir, "cpuset.cpus")); err == nil && h.V1 {
+			// A v1 cpuset takes no task until it has cpus and mems.
+			// Every level from the hierarchy's root down gets its parent's.
+			var levels []string
+			for q := dir; q != h.MountPoint; q = filepath.Dir(q) {
+				levels = append([]string{q}, levels...)
+			}
+			for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+				for _, d := range levels {
+					if err := copyFile(filepath.Join(filepath.Dir(d), f), filepath.Join(d, f)); err != nil {
+						cg.remove()
+						return nil, err
+					}
+				}
+			}
+		}
+	}
+	if cg.v2 != "" {
+		// The container may hand on every controller the host offers.
+		b, _ := os.ReadFile(filepath.Join(cg.v2Mount, "cgroup.controllers"))
+		for _, c := range strings.Fields(string(b)) {
+			if err := enableDown(cg.v2Mount, cg.v2, c); err != nil {
+				cg.remove()
+				return nil, err
+			}
+		}
+	}
+	if err := cg.limit(lim); err != nil {
+		cg.remove()
+		return nil, err
+	}
+	return cg, nil
+}
+
+func copyFile(from, to string) error {
+	b, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	if len(strings.TrimSpace(string(b))) == 0 {
+		return nil
+	}
+	return os.WriteFile(to, b, 0)
+}
+
+// limit sets the limits on the hierarchy that has each controller: a v1
+// hierarchy of its own, else cgroup v2 (enabling the controller from
+// the root down).
+func (cg *cgroups) limit(lim Limits) error {
+	type limit struct {
+		ctrl       string
+		v1, v2     map[string]string
+		configured bool
+	}
+	var todo []limit
+	if lim.Memory > 0 {
+		n := strconv.FormatInt(lim.Memory, 10)
+		todo = append(todo, limit{"memory", map[string]string{"memory.limit_in_bytes": n}, map[string]string{"memory.max": n}, true})
+	}
+	if lim.Pids > 0 {
+		n := strconv.FormatInt(lim.Pids, 10)
+		todo = append(todo, limit{"pids", map[string]string{"pids.max": n}, map[string]string{"pids.max": n}, true})
+	}
+	if lim.CPUs > 0 {
+		quota := strconv.FormatInt(int64(lim.CPUs*100000), 10)
+		todo = append(todo, limit{"cpu", map[string]string{"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": quota},
+			map[string]string{"cpu.max": quota + " 100000"}, true})
+	}
+	for _, t := range todo {
+		dir, v1 := cg.withController(t.ctrl)
+		if dir == "" {
+			return fmt.Errorf("the host has no %s controller to limit the container with", t.ctrl)
+		}
+		files := t.v2
+		if v1 {
+			files = t.v1
+		} else if err := enableDown(cg.v2Mount, dir, t.ctrl); err != nil {
+			return err
+		}
+		for f, val := range files {
+			if err := os.WriteFile(filepath.Join(dir, f), []byte(val), 0); err != nil {
+				return fmt.Errorf("%s: %w", filepath.Join(dir, f), err)
+			}
+		}
+	}
+	return nil
+}
+
+// withController is the container's cgroup in the hierarchy that has
+// controller ctrl: a v1 hierarchy of its own, or cgroup v2 if its root
+// offers it.
+func (cg *cgroups) withController(ctrl string) (dir string, v1 bool) {
+	for mnt, d := range cg.dirs {
+		if d == cg.v2 {
+			continue
+		}
+		var st unix.Statfs_t
+		if unix.Statfs(mnt, &st) == nil && st.Type == unix.CGROUP_SUPER_MAGIC {
+			if _, err := os.Stat(filepath.Join(d, ctrl+".stat")); err == nil {
+				return d, true
+			}
+			if _, err := os.Stat(filepath.Join(d, ctrl+".max")); err == nil {
+				return d, true
+			}
+			if _, err := os.Stat(filepath.Join(d, ctrl+".limit_in_bytes")); err == nil {
+				return d, true
+			}
+			if _, err := os.Stat(filepath.Join(d, ctrl+".shares")); err == nil {
+				return d, true
+			}
+		}
+	}
+	if cg.v2 != "" {
+		b, _ := os.ReadFile(filepath.Join(cg.v2Mount, "cgroup.controllers"))
+		for _, c := range strings.Fields(string(b)) {
+			if c == ctrl {
+				return cg.v2, false
+			}
+		}
+	}
+	return "", false
+}
+
+// enableDown enables controller ctrl in cgroup.subtree_control from the
+// hierarchy root down to dir's parent.
+func enableDown(root, dir, ctrl string) error {
+	rel, err := filepath.Rel(root, filepath.Dir(dir))
+	if err != nil {
+		return err
+	}
+	at := root
+	parts := []string{""}
+	if rel != "." {
+		parts = append(parts, strings.Split(rel, "/")...)
+	}
+	for _, part := range parts {
+		at = filepath.Join(at, part)
+		if err := os.WriteFile(filepath.Join(at, "cgroup.subtree_control"), []byte("+"+ctrl), 0); err != nil {
+			return fmt.Errorf("enabling %s in %s: %w", ctrl, at, err)
+		}
+	}
+	return nil
+}
+
+// join moves host process pid into the container's v1 cgroups (cgroup v2
+// placed it at clone time).
+func (cg *cgroups) join(pid int) error {
+	for _, d := range cg.dirs {
+		if d == cg.v2 {
+			continue
+		}
+		if err := os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+			return fmt.Errorf("%s: %w", d, err)
+		}
+	}
+	return nil
+}
+
+// remove kills what is left in the container's cgroups and removes them,
+// deepest first, hidden leaves and all.
+func (cg *cgroups) remove() error {
+	var errs []error
+	for _, d := range cg.dirs {
+		if err := removeTree(d); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, p := range cg.parents {
+		// Only what a cgfs run made, unless another container is in it
+		// now: a parent the host had already is the host's.
+		if _, err := unix.Getxattr(p, madeXattr, nil); err == nil {
+			_ = unix.Rmdir(p)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// madeXattr marks a parent cgroup that a cgfs run made (trusted.*
+// xattrs are kept by cgroupfs, v1 and v2, and only host root sets them).
+const madeXattr = "trusted.cgfs.made"
+
+// mkdirIn makes parent (every missing level, each marked as made by
+// cgfs) and dir in it. Another container's cgfs run removes the parent
+// when it leaves it empty, which may happen between the two: then the
+// parent is made again.
+func mkdirIn(parent, dir string) error {
+	for try := 0; ; try++ {
+		if err := mkdirMarked(parent); err != nil {
+			return err
+		}
+		err := os.Mkdir(dir, 0o755)
+		if !errors.Is(err, os.ErrNotExist) || try == 10 {
+			return err
+		}
+	}
+}
+
+// mkdirMarked makes dir and the levels above it that are missing, and
+// marks the ones it made with madeXattr.
+func mkdirMarked(dir string) error {
+	if st, err := os.Stat(dir); err == nil && st.IsDir() {
+		return nil
+	}
+	if err := mkdirMarked(filepath.Dir(dir)); err != nil {
+		return err
+	}
+	err := unix.Mkdir(dir, 0o755)
+	if err == unix.EEXIST {
+		return nil
+	}
+	if err != nil {
+		return &os.PathError{Op: "mkdir", Path: dir, Err: err}
+	}
+	if err := unix.Setxattr(dir, madeXattr, []byte("1"), 0); err != nil {
+		_ = unix.Rmdir(dir)
+		return &os.PathError{Op: "marking", Path: dir, Err: err}
+	}
+	return nil
+}
+
+// removeTree empties and removes the cgroup dir and everything below it.
+func removeTree(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			if err := removeTree(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := unix.Rmdir(dir)
+		if err == nil || err == unix.ENOENT {
+			return nil
+		}
+		if err != unix.EBUSY || time.Now().After(deadline) {
+			return fmt.Errorf("removing %s: %w", dir, err)
+		}
+		killAll(dir)
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// killAll kills every process left in the cgroup dir.
+func killAll(dir string) {
+	if os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0) == nil {
+		return
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	for _, f := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(f); err == nil && pid > 0 {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+	}
+}

@@ -1,0 +1,159 @@
+package launch
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// initEnv makes the cgfs binary a container's init (see IsInit).
+const initEnv = "CGFS_INIT"
+
+// initConfig is what the init of a container does, handed over in
+// initEnv.
+type initConfig struct {
+	Name   string   // the hostname
+	Rootfs string   // "" for the host's filesystem
+	Cmd    []string // what it becomes
+	Env    []string
+}
+
+// IsInit reports whether this process is a container's init; the cgfs
+// command then runs InitMain and nothing else.
+func IsInit() bool { return os.Getenv(initEnv) != "" }
+
+// InitMain is a container's init, run as root of its new namespaces. It
+// waits on descriptor 3 for its view (a detached mount), puts it at
+// /sys/fs/cgroup with a fresh /proc (and the root file system, with
+// Rootfs), takes a cgroup namespace of its own (rooted at the cgroups
+// its parent put it in), and becomes the command. What fails is said on
+// descriptor 3; a successful exec closes it.
+func InitMain() int {
+	runtime.LockOSThread() // namespaces and mounts are this thread's
+	conn := 3
+	fail := func(format string, args ...any) int {
+		msg := fmt.Sprintf(format, args...)
+		_, _ = unix.Write(conn, []byte(msg))
+		return 127
+	}
+	var cfg initConfig
+	if err := json.Unmarshal([]byte(os.Getenv(initEnv)), &cfg); err != nil || len(cfg.Cmd) == 0 {
+		return fail("bad init configuration: %v", err)
+	}
+	view, err := recvFd(conn)
+	if err != nil {
+		return fail("waiting for the view: %v", err)
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fail("making / private: %v", err)
+	}
+	root := "/"
+	if cfg.Rootfs != "" {
+		root = cfg.Rootfs
+		if err := prepareRootfs(root); err != nil {
+			return fail("%v", err)
+		}
+	}
+	target := filepath.Join(root, "sys/fs/cgroup")
+	if err := unix.MoveMount(view, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fail("putting the view at %s: %v", target, err)
+	}
+	unix.Close(view)
+	if err := unix.Mount("proc", filepath.Join(root, "proc"), "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fail("mounting /proc: %v", err)
+	}
+	if cfg.Rootfs != "" {
+		if err := pivot(root); err != nil {
+			return fail("%v", err)
+		}
+	}
+	if err := unix.Sethostname([]byte(cfg.Name)); err != nil {
+		return fail("hostname: %v", err)
+	}
+	// Rooted where the parent put this process: its own cgroups.
+	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
+		return fail("cgroup namespace: %v", err)
+	}
+	for _, kv := range cfg.Env {
+		if p, ok := strings.CutPrefix(kv, "PATH="); ok {
+			os.Setenv("PATH", p) // where the command is looked up
+		}
+	}
+	path, err := exec.LookPath(cfg.Cmd[0])
+	if err != nil {
+		return fail("%v", err)
+	}
+	unix.CloseOnExec(conn)
+	err = syscall.Exec(path, cfg.Cmd, cfg.Env)
+	return fail("exec %s: %v", path, err)
+}
+
+// prepareRootfs makes root a mount of its own with /dev (the host's,
+// whose devices the container's uids mostly cannot open) and a /sys
+// holding an empty fs/cgroup for the view.
+func prepareRootfs(root string) error {
+	if err := unix.Mount(root, root, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("binding the root file system %s: %w", root, err)
+	}
+	if err := unix.Mount("/dev", filepath.Join(root, "dev"), "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("binding /dev: %w", err)
+	}
+	sys := filepath.Join(root, "sys")
+	if err := unix.Mount("tmpfs", sys, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=755"); err != nil {
+		return fmt.Errorf("a tmpfs at %s: %w", sys, err)
+	}
+	return os.MkdirAll(filepath.Join(sys, "fs/cgroup"), 0o755)
+}
+
+// pivot makes root the root file system and drops the old one.
+func pivot(root string) error {
+	old := filepath.Join(root, ".cgfs-oldroot")
+	if err := os.MkdirAll(old, 0o700); err != nil {
+		return err
+	}
+	if err := unix.PivotRoot(root, old); err == unix.EINVAL {
+		// The one case a careful caller meets: the host runs from its
+		// initramfs, whose root no pivot_root may leave.
+		return fmt.Errorf("pivot_root to %s: %w (is the host's / the initramfs? --rootfs needs a real root file system)", root, err)
+	} else if err != nil {
+		return fmt.Errorf("pivot_root to %s: %w", root, err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return err
+	}
+	if err := unix.Unmount("/.cgfs-oldroot", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("dropping the old root: %w", err)
+	}
+	return os.Remove("/.cgfs-oldroot")
+}
+
+// recvFd receives one descriptor on the socket conn.
+func recvFd(conn int) (int, error) {
+	buf := make([]byte, 16)
+	oob := make([]byte, unix.CmsgSpace(4))
+	for {
+		_, oobn, _, _, err := unix.Recvmsg(conn, buf, oob, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return -1, err
+		}
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		if err != nil || len(msgs) != 1 {
+			return -1, fmt.Errorf("no descriptor came")
+		}
+		fds, err := unix.ParseUnixRights(&msgs[0])
+		if err != nil || len(fds) != 1 {
+			return -1, fmt.Errorf("no descriptor came")
+		}
+		return fds[0], nil
+	}
+}

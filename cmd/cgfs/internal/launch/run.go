@@ -1,0 +1,203 @@
+package launch
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/access/proc"
+)
+
+// IDMap maps the container's ids 0.. onto Count host ids from HostID.
+type IDMap struct{ HostID, Count int }
+
+// Options is what cgfs run starts.
+type Options struct {
+	Name   string
+	Parent string // the container's cgroup is Parent/Name below each hierarchy's root
+	Limits Limits
+	Map    IDMap
+	Rootfs string   // "" shows the host's file system
+	Cmd    []string // what runs as the container's init
+	Log    *slog.Logger
+	// View gives the container its view once its init exists: a
+	// detached mount to move onto /sys/fs/cgroup, and a stop to call
+	// when the container is gone.
+	View func(init int) (mount *os.File, stop func(), err error)
+	// Started is told the container init's host pid and the cgroups
+	// (for cgfs exec) once it runs; its return is called at the end.
+	Started func(init int) (end func())
+}
+
+// Run starts the container and waits for it; it returns the command's
+// exit status (128+N for a signal N), and removes what it made.
+func Run(o Options) (int, error) {
+	procs, err := proc.Open("/proc")
+	if err != nil {
+		return 0, err
+	}
+	cg, err := makeCgroups(procs, o.Parent, o.Name, o.Limits)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		if err := cg.remove(); err != nil {
+			o.Log.Error("removing the container's cgroups", "err", err)
+		}
+	}()
+
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	conn, child := os.NewFile(uintptr(fds[0]), "init"), os.NewFile(uintptr(fds[1]), "init")
+	defer conn.Close()
+	cfg, _ := json.Marshal(initConfig{Name: o.Name, Rootfs: o.Rootfs, Cmd: o.Cmd, Env: containerEnv()})
+	cmd := exec.Command("/proc/self/exe")
+	cmd.Env = []string{initEnv + "=" + string(cfg)}
+	cmd.ExtraFiles = []*os.File{child}
+	attr := &syscall.SysProcAttr{
+		Cloneflags: syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS | syscall.CLONE_NEWPID |
+			syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,
+		UidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: o.Map.HostID, Size: o.Map.Count}},
+		GidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: o.Map.HostID, Size: o.Map.Count}},
+		GidMappingsEnableSetgroups: true,
+		Credential:                 &syscall.Credential{Uid: 0, Gid: 0},
+		Pdeathsig:                  syscall.SIGKILL,
+	}
+	if cg.v2 != "" {
+		// cgroup v2 places the init at clone time; v1 ones after.
+		fd, err := unix.Open(cg.v2, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return 0, err
+		}
+		defer unix.Close(fd)
+		attr.UseCgroupFD, attr.CgroupFD = true, fd
+	}
+	var term *terminal
+	if isTerminal(os.Stdin) {
+		if term, err = newTerminal(o.Map.HostID); err != nil {
+			return 0, err
+		}
+		defer term.close()
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = term.slave, term.slave, term.slave
+		attr.Setsid, attr.Setctty, attr.Ctty = true, true, 0
+	} else {
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	}
+	cmd.SysProcAttr = attr
+	if err := cmd.Start(); err != nil {
+		child.Close()
+		return 0, fmt.Errorf("starting the container: %w", err)
+	}
+	child.Close()
+	init := cmd.Process.Pid
+	started := false
+	defer func() {
+		if !started {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}()
+	if err := cg.join(init); err != nil {
+		return 0, err
+	}
+	mount, stop, err := o.View(init)
+	if err != nil {
+		return 0, err
+	}
+	defer stop()
+	// The init puts the view in place and execs the command; the exec
+	// closes its end, an error comes as a message.
+	if err := unix.Sendmsg(int(conn.Fd()), []byte("view"), unix.UnixRights(int(mount.Fd())), nil, 0); err != nil {
+		mount.Close()
+		return 0, fmt.Errorf("handing the view to the container: %w", err)
+	}
+	mount.Close()
+	if msg, err := readMsg(conn); err != nil || msg != "" {
+		if err == nil {
+			err = errors.New(msg)
+		}
+		return 0, fmt.Errorf("starting the container: %w", err)
+	}
+	started = true
+	if o.Started != nil {
+		defer o.Started(init)()
+	}
+	stopSignals := forwardSignals(cmd.Process)
+	defer stopSignals()
+	if term != nil {
+		term.copy()
+	}
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, nil
+	case errors.As(err, &ee):
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal()), nil
+		}
+		return ee.ExitCode(), nil
+	}
+	return 0, err
+}
+
+// readMsg reads one message, "" at end of file.
+func readMsg(f *os.File) (string, error) {
+	buf := make([]byte, 4096)
+	for {
+		n, err := unix.Read(int(f.Fd()), buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		return string(buf[:n]), nil
+	}
+}
+
+// containerEnv is the command's environment: the terminal's type and a
+// plain PATH and HOME.
+func containerEnv() []string { return Env() }
+
+// Env is the environment of a container's processes: the terminal's
+// type and a plain PATH and HOME.
+func Env() []string {
+	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"}
+	if t := os.Getenv("TERM"); t != "" {
+		env = append(env, "TERM="+t)
+	}
+	return env
+}
+
+// forwardSignals passes the signals cgfs run gets on to the container's
+// init (as an ancestor namespace sends them: only those it handles reach
+// it, and SIGKILL).
+func forwardSignals(p *os.Process) (stop func()) {
+	sig := make(chan os.Signal, 8)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case s := <-sig:
+				_ = p.Signal(s)
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(sig)
+		close(done)
+	}
+}

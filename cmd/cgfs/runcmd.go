@@ -1,0 +1,204 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cgfs/cgfs/access"
+	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/launch"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
+	"github.com/cgfs/cgfs/metrics"
+)
+
+const runUsage = `usage: cgfs run [--name N] [--parent P] [--memory BYTES] [--pids N] [--cpus N] [--map HOSTID:COUNT] [--rootfs DIR] [--metrics ADDR] -- CMD...
+
+Starts CMD as root of new user (0 -> HOSTID, COUNT ids; default
+100000:65536), mount, pid, cgroup, uts and ipc namespaces, in a cgroup of
+its own (P/N below every hierarchy's root; default cgfs/cgfs-PID) with the
+limits set on it, its /sys/fs/cgroup that cgroup's view and a fresh /proc;
+the host's file system otherwise, or DIR as its root. Exits with CMD's
+status and removes what it made.
+`
+
+type runOptions struct {
+	launch.Options
+	metrics string
+}
+
+func parseRun(args []string, stderr io.Writer) (runOptions, error) {
+	var o runOptions
+	fl := flag.NewFlagSet("run", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	fl.Usage = func() { fmt.Fprint(stderr, runUsage) }
+	fl.StringVar(&o.Name, "name", fmt.Sprintf("cgfs-%d", os.Getpid()), "the container's `name` (its cgroup and hostname)")
+	fl.StringVar(&o.Parent, "parent", "cgfs", "the `cgroup` below every hierarchy's root that holds containers")
+	memory := fl.String("memory", "", "memory limit in `bytes` (K, M, G suffixes)")
+	fl.Int64Var(&o.Limits.Pids, "pids", 0, "most `tasks` the container may have")
+	fl.Float64Var(&o.Limits.CPUs, "cpus", 0, "CPU bandwidth in `CPUs` (0.5 is half of one)")
+	idmap := fl.String("map", "100000:65536", "the host ids the container's 0.. map to, `HOSTID:COUNT`")
+	fl.StringVar(&o.Rootfs, "rootfs", "", "the container's root file system `DIR` (the host's by default)")
+	fl.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics")
+	if err := fl.Parse(args); err != nil {
+		return o, usageError{err.Error()}
+	}
+	o.Cmd = fl.Args()
+	if len(o.Cmd) == 0 {
+		fl.Usage()
+		return o, usageError{"expected a command after --"}
+	}
+	if err := checkName(o.Name); err != nil {
+		return o, err
+	}
+	var err error
+	if o.Parent, err = checkParent(o.Parent); err != nil {
+		return o, err
+	}
+	if *memory != "" {
+		if o.Limits.Memory, err = parseBytes(*memory); err != nil {
+			return o, usageError{fmt.Sprintf("--memory %s: %v", *memory, err)}
+		}
+	}
+	h, c, ok := strings.Cut(*idmap, ":")
+	o.Map.HostID, err = strconv.Atoi(h)
+	if !ok || err != nil {
+		return o, usageError{"--map wants HOSTID:COUNT, not " + *idmap}
+	}
+	if o.Map.Count, err = strconv.Atoi(c); err != nil || o.Map.Count < 1 || o.Map.HostID < 1 {
+		return o, usageError{"--map wants HOSTID:COUNT with both above 0, not " + *idmap}
+	}
+	if int64(o.Map.HostID)+int64(o.Map.Count) > 1<<32-1 {
+		return o, usageError{"--map " + *idmap + " goes past the last id, 4294967294"}
+	}
+	if o.Limits.Pids < 0 || o.Limits.CPUs < 0 {
+		return o, usageError{"--pids and --cpus may not be negative"}
+	}
+	return o, nil
+}
+
+// checkParent is the parent cgroup path, relative to each hierarchy's
+// root and never above it.
+func checkParent(p string) (string, error) {
+	clean := strings.TrimPrefix(filepath.Clean("/"+p), "/")
+	if clean == "" || strings.ContainsAny(p, "\n\x00") || p != strings.TrimPrefix(p, "../") || strings.Contains("/"+p+"/", "/../") {
+		return "", usageError{fmt.Sprintf("--parent %q: a cgroup path below the hierarchy roots, without .. or newline", p)}
+	}
+	return clean, nil
+}
+
+// checkName refuses a container name that is no plain cgroup name.
+func checkName(n string) error {
+	if n == "" || n == "." || n == ".." || strings.ContainsAny(n, "/\n\x00") || len(n) > 64 {
+		return usageError{fmt.Sprintf("--name %q: a name is up to 64 bytes, without / or newline", n)}
+	}
+	return nil
+}
+
+// parseBytes parses 67108864, 64M, 1G.
+func parseBytes(s string) (int64, error) {
+	mult := int64(1)
+	switch {
+	case strings.HasSuffix(s, "K"):
+		mult, s = 1<<10, strings.TrimSuffix(s, "K")
+	case strings.HasSuffix(s, "M"):
+		mult, s = 1<<20, strings.TrimSuffix(s, "M")
+	case strings.HasSuffix(s, "G"):
+		mult, s = 1<<30, strings.TrimSuffix(s, "G")
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("not a positive number of bytes")
+	}
+	if n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("more bytes than a limit holds")
+	}
+	return n * mult, nil
+}
+
+// runCmd is `cgfs run`.
+func runCmd(o runOptions, log *slog.Logger) (int, error) {
+	procs, err := proc.Open("/proc")
+	if err != nil {
+		return 0, err
+	}
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
+	if o.metrics != "" {
+		ln, err := listenMetrics(o.metrics, reg, log)
+		if err != nil {
+			return 0, err
+		}
+		defer ln.Close()
+	}
+	o.Log = log
+	var views *serve.Views
+	daemonServes := false
+	o.View = func(init int) (*os.File, func(), error) {
+		// The daemon serves the view when one runs; else this process.
+		a, view, err := control.Ask(control.DaemonSocket(), control.Request{Op: "attach", Name: o.Name, Owner: init})
+		if err == nil {
+			if err := a.Err(); err != nil {
+				return nil, nil, err
+			}
+			daemonServes = true
+			log.Info("the daemon serves the view", "name", o.Name)
+			return view, func() {}, nil // it drops the view with the container
+		}
+		if !errors.Is(err, control.ErrNotRunning) {
+			log.Warn("asking the daemon; serving the view here", "err", err)
+		}
+		views, err = serve.Open(procs, serve.Options{Name: o.Name, Owner: init, Log: log})
+		if err != nil {
+			return nil, nil, err
+		}
+		served, err := views.Serve(access.NewIdentifier(procs), m.For(o.Name))
+		if err != nil {
+			views.Close()
+			return nil, nil, err
+		}
+		return served.Take(), func() { served.Stop(); views.Close() }, nil
+	}
+	o.Started = func(init int) func() {
+		if daemonServes {
+			return func() {} // cgfs exec asks the daemon
+		}
+		// cgfs exec finds the container here.
+		ln, err := control.Serve(control.RunSocket(o.Name), func(req control.Request, _ int) (control.Answer, *os.File) {
+			switch req.Op {
+			case "list":
+				return control.Answer{Views: []control.ViewInfo{{Name: o.Name, Owner: init}}}, nil
+			case "lookup", "enter":
+				if req.Name != o.Name {
+					return control.Answer{Error: "no container " + req.Name + " here", Usage: true}, nil
+				}
+				if req.Op == "enter" {
+					if err := views.Enter(req.Pid); err != nil {
+						return control.Answer{Error: err.Error()}, nil
+					}
+				}
+				return control.Answer{Init: init}, nil
+			}
+			return control.Answer{Error: "cgfs run answers list, lookup and enter, not " + req.Op, Usage: true}, nil
+		}, log)
+		if err != nil {
+			log.Error("cgfs exec will not find the container", "err", err)
+			return func() {}
+		}
+		return func() {
+			ln.Close()
+			_ = os.Remove(control.RunSocket(o.Name))
+		}
+	}
+	return launch.Run(o.Options)
+}
