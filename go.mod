@@ -3,6 +3,7 @@ module github.com/cgfs/cgfs
 go 1.26.8
 
 require (
+	github.com/coreos/go-systemd/v22 v22.7.0
 	github.com/hanwen/go-fuse/v2 v2.12.1
 	github.com/moby/sys/user v0.5.0
 	github.com/prometheus/client_golang v1.25.0

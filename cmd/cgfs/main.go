@@ -73,8 +73,8 @@ func main() {
 // every cleanup it defers runs before it returns.
 func run(args []string, log *slog.Logger, stderr io.Writer) (int, error) {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage+"\n"+runUsage+"\n"+execUsage)
-		return 0, usageError{"expected a subcommand: mount, run, exec"}
+		fmt.Fprint(stderr, usage+"\n"+runUsage+"\n"+execUsage+"\n"+daemonUsage)
+		return 0, usageError{"expected a subcommand: mount, run, exec, daemon, attach, detach, list, oci-hook, lxc-hook"}
 	}
 	switch args[0] {
 	case "mount":
@@ -96,7 +96,21 @@ func run(args []string, log *slog.Logger, stderr io.Writer) (int, error) {
 		return runCmd(opts, quiet)
 	case "exec":
 		return execCmd(args[1:])
+	case "daemon":
+		return 0, daemonCmd(args[1:], log, stderr)
+	case "attach":
+		opts, err := parseAttach(args[1:], stderr)
+		if err != nil {
+			return 0, err
+		}
+		return 0, attach(opts)
+	case "detach", "list":
+		return 0, simpleCmd(args[0], args[1:], os.Stdout, stderr)
+	case "oci-hook":
+		return 0, ociHookCmd(args[1:], os.Stdin)
+	case "lxc-hook":
+		return 0, lxcHookCmd(args[1:])
 	}
-	fmt.Fprint(stderr, usage+"\n"+runUsage+"\n"+execUsage)
+	fmt.Fprint(stderr, usage+"\n"+runUsage+"\n"+execUsage+"\n"+daemonUsage)
 	return 0, usageError{"unknown subcommand " + args[0]}
 }

@@ -1,0 +1,271 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"syscall"
+
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/daemon"
+	"github.com/cgfs/cgfs/metrics"
+)
+
+const daemonUsage = `usage: cgfs daemon [--socket PATH] [--metrics ADDR]
+       cgfs attach --name N --owner PID [--cgroup DIR] [--shared NAME]... --target PATH [--in PID] [--socket PATH]
+       cgfs detach [--socket PATH] NAME
+       cgfs list [--socket PATH]
+
+The daemon serves many containers' views, each on its own FUSE mount.
+attach asks it for a new view of the container PID is in and puts it at
+PATH in this process's mount namespace (or in the mount namespace of
+process --in, through nsenter); detach stops serving one; list lists
+them. Only root may ask.
+`
+
+// daemonCmd is `cgfs daemon`: it serves views until SIGINT or SIGTERM.
+func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
+	fl := flag.NewFlagSet("daemon", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	fl.Usage = func() { fmt.Fprint(stderr, daemonUsage) }
+	socket := fl.String("socket", control.DaemonSocket(), "listen on the unix socket `PATH`")
+	metricsAddr := fl.String("metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics")
+	if err := fl.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	procs, err := proc.Open("/proc")
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	d := daemon.New(procs, metrics.New(reg), log)
+	defer d.Close()
+	if *metricsAddr != "" {
+		ln, err := listenMetrics(*metricsAddr, reg, log)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	ln, err := control.Serve(*socket, d.Handle, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ln.Close()
+		_ = os.Remove(*socket)
+	}()
+	log.Info("daemon listening", "socket", *socket)
+	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyReady) // Type=notify
+	s := <-sig
+	log.Info("stopping", "signal", s.String(), "views", len(d.List()))
+	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
+	return nil
+}
+
+// attachOptions is what attach asks.
+type attachOptions struct {
+	req    control.Request
+	target string
+	in     int
+	socket string
+}
+
+func parseAttach(args []string, stderr io.Writer) (attachOptions, error) {
+	var o attachOptions
+	fl := flag.NewFlagSet("attach", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	fl.Usage = func() { fmt.Fprint(stderr, daemonUsage) }
+	fl.StringVar(&o.req.Name, "name", "", "the view's `name`")
+	fl.IntVar(&o.req.Owner, "owner", 0, "`pid` of a process of the container")
+	fl.StringVar(&o.req.Cgroup, "cgroup", "", "serve the cgroup v2 `DIR` (default: the owner's cgroups)")
+	fl.Var((*names)(&o.req.Shared), "shared", "serve hierarchy `NAME` read-only (repeatable)")
+	fl.StringVar(&o.target, "target", "", "where to put the view, `PATH`")
+	fl.IntVar(&o.in, "in", 0, "put it in the mount namespace of process `PID`")
+	fl.StringVar(&o.socket, "socket", control.DaemonSocket(), "the daemon's socket `PATH`")
+	if err := fl.Parse(args); err != nil {
+		return o, usageError{err.Error()}
+	}
+	if o.req.Name == "" || o.req.Owner <= 0 || o.target == "" {
+		fl.Usage()
+		return o, usageError{"attach needs --name, --owner and --target"}
+	}
+	if err := checkName(o.req.Name); err != nil {
+		return o, err
+	}
+	o.req.Op = "attach"
+	return o, nil
+}
+
+// attach asks the daemon for a view and puts it in place.
+func attach(o attachOptions) error {
+	a, view, err := control.Ask(o.socket, o.req)
+	if err != nil {
+		if errors.Is(err, control.ErrNotRunning) {
+			return usageError{fmt.Sprintf("the cgfs daemon is not running (%v): start it with cgfs daemon", err)}
+		}
+		return err
+	}
+	if err := a.Err(); err != nil {
+		return err
+	}
+	if view == nil {
+		return errors.New("the daemon sent no view")
+	}
+	defer view.Close()
+	if o.in == 0 {
+		return moveMount(view, o.target)
+	}
+	return moveMountIn(view, o.in, o.target)
+}
+
+// moveMount puts the detached mount view at target in this process's
+// mount namespace.
+func moveMount(view *os.File, target string) error {
+	if err := unix.MoveMount(int(view.Fd()), "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("putting the view at %s: %w", target, err)
+	}
+	return nil
+}
+
+// moveMountIn puts view at target in the mount namespace of process
+// pid. A thread may enter another mount namespace once it shares its
+// root and working directory with no other (unshare(CLONE_FS)); this
+// one does, makes the move there, and is never used again (its
+// goroutine stays locked to it, so the thread ends with it).
+func moveMountIn(view *os.File, pid int, target string) error {
+	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/mnt", pid))
+	if err != nil {
+		return fmt.Errorf("the mount namespace of %d: %w", pid, err)
+	}
+	defer ns.Close()
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread goes with this goroutine
+		if err := unix.Unshare(unix.CLONE_FS); err != nil {
+			done <- fmt.Errorf("unshare(CLONE_FS): %w", err)
+			return
+		}
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNS); err != nil {
+			done <- fmt.Errorf("entering the mount namespace of %d: %w", pid, err)
+			return
+		}
+		done <- moveMount(view, target)
+	}()
+	return <-done
+}
+
+// simpleCmd is `cgfs detach` and `cgfs list`.
+func simpleCmd(op string, args []string, stdout, stderr io.Writer) error {
+	fl := flag.NewFlagSet(op, flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	fl.Usage = func() { fmt.Fprint(stderr, daemonUsage) }
+	socket := fl.String("socket", control.DaemonSocket(), "the daemon's socket `PATH`")
+	if err := fl.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	req := control.Request{Op: op}
+	if op == "detach" {
+		if fl.NArg() != 1 {
+			return usageError{"detach NAME"}
+		}
+		req.Name = fl.Arg(0)
+	}
+	a, _, err := control.Ask(*socket, req)
+	if errors.Is(err, control.ErrNotRunning) {
+		return usageError{fmt.Sprintf("the cgfs daemon is not running (%v)", err)}
+	}
+	if err != nil {
+		return err
+	}
+	if err := a.Err(); err != nil {
+		return err
+	}
+	for _, v := range a.Views {
+		fmt.Fprintf(stdout, "%s\t%d\n", v.Name, v.Owner)
+	}
+	return nil
+}
+
+// ociState is what an OCI runtime gives a hook on stdin.
+type ociState struct {
+	ID     string `json:"id"`
+	Pid    int    `json:"pid"`
+	Bundle string `json:"bundle"`
+}
+
+// ociHookCmd is `cgfs oci-hook`, a createRuntime hook: it runs in the
+// runtime's namespaces as its root once the container's namespaces
+// exist, before pivot_root, and puts a view of the container's cgroups at
+// the root file system's /sys/fs/cgroup in the container's mount
+// namespace.
+func ociHookCmd(args []string, stdin io.Reader) error {
+	socket := control.DaemonSocket()
+	if len(args) == 2 && args[0] == "--socket" {
+		socket = args[1]
+	}
+	var st ociState
+	if err := json.NewDecoder(stdin).Decode(&st); err != nil {
+		return fmt.Errorf("the container's state on stdin: %w", err)
+	}
+	b, err := os.ReadFile(filepath.Join(st.Bundle, "config.json"))
+	if err != nil {
+		return err
+	}
+	var cfg struct {
+		Root struct {
+			Path string `json:"path"`
+		} `json:"root"`
+	}
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return fmt.Errorf("%s/config.json: %w", st.Bundle, err)
+	}
+	rootfs := cfg.Root.Path
+	if !filepath.IsAbs(rootfs) {
+		rootfs = filepath.Join(st.Bundle, rootfs)
+	}
+	return attach(attachOptions{
+		req:    control.Request{Op: "attach", Name: st.ID, Owner: st.Pid},
+		target: filepath.Join(rootfs, "sys/fs/cgroup"),
+		in:     st.Pid,
+		socket: socket,
+	})
+}
+
+// lxcHookCmd is `cgfs lxc-hook`, an lxc.hook.start-host hook: it runs in
+// the host's namespaces as root once the container is set up, just
+// before its init starts (LXC_PID), and puts a view of the container's
+// cgroups at /sys/fs/cgroup in the container's mount namespace.
+func lxcHookCmd(args []string) error {
+	socket := control.DaemonSocket()
+	if len(args) >= 2 && args[0] == "--socket" {
+		socket = args[1]
+	}
+	pid, err := strconv.Atoi(os.Getenv("LXC_PID"))
+	if err != nil || pid <= 0 {
+		return usageError{"cgfs lxc-hook is an lxc.hook.start-host hook: LXC_PID is not set"}
+	}
+	name := os.Getenv("LXC_NAME")
+	return attach(attachOptions{
+		req:    control.Request{Op: "attach", Name: "lxc-" + name, Owner: pid},
+		target: "/sys/fs/cgroup",
+		in:     pid,
+		socket: socket,
+	})
+}
