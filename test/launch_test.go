@@ -375,7 +375,8 @@ func TestRunKeepsParentsTheHostHad(t *testing.T) {
 }
 
 // TestRunPassesSignalsAndSurvivesKill: SIGTERM to cgfs run reaches the
-// command (which exits 42); kill -9 of the container's init ends cgfs
+// command (which exits 42); a second SIGTERM kills an init that ignores
+// the first; kill -9 of the container's init ends cgfs
 // run with 137, and everything is removed either way.
 func TestRunPassesSignalsAndSurvivesKill(t *testing.T) {
 	requireRoot(t)
@@ -387,6 +388,31 @@ func TestRunPassesSignalsAndSurvivesKill(t *testing.T) {
 	}
 	if err := run.Wait(); err == nil || err.(*exec.ExitError).ExitCode() != 42 {
 		t.Errorf("cgfs run after SIGTERM: %v, want the command's exit status 42", err)
+	}
+
+	// An init that ignores SIGTERM (sleep as PID 1): the second one kills.
+	run = exec.Command(cgfsBin, "run", "--name", "deaf", "--parent", parent, "--", "sleep", "1000")
+	run.Stdout, run.Stderr = os.Stderr, os.Stderr
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitExec(t, nil, "deaf", "echo up", "up")
+	for range 2 {
+		if err := run.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- run.Wait() }()
+	select {
+	case err := <-exited:
+		if err == nil || err.(*exec.ExitError).ExitCode() != 137 {
+			t.Errorf("cgfs run -- sleep after two SIGTERMs: %v, want 137", err)
+		}
+	case <-time.After(20 * time.Second):
+		_ = run.Process.Kill()
+		t.Fatalf("cgfs run -- sleep did not end after two SIGTERMs")
 	}
 
 	run = startRun(t, nil, "--name", "kill", "--parent", parent)

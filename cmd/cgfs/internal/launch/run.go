@@ -39,6 +39,12 @@ type Options struct {
 // Run starts the container and waits for it; it returns the command's
 // exit status (128+N for a signal N), and removes what it made.
 func Run(o Options) (int, error) {
+	// Caught from the start, so that a signal while the container is
+	// made does not end cgfs run before it removes what it made; they
+	// reach the container once it runs.
+	sig := make(chan os.Signal, 8)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
+	defer signal.Stop(sig)
 	procs, err := proc.Open("/proc")
 	if err != nil {
 		return 0, err
@@ -131,7 +137,7 @@ func Run(o Options) (int, error) {
 	if o.Started != nil {
 		defer o.Started(init)()
 	}
-	stopSignals := forwardSignals(cmd.Process)
+	stopSignals := forwardSignals(sig, cmd.Process, o.Log)
 	defer stopSignals()
 	if term != nil {
 		term.copy()
@@ -181,23 +187,29 @@ func Env() []string {
 
 // forwardSignals passes the signals cgfs run gets on to the container's
 // init (as an ancestor namespace sends them: only those it handles reach
-// it, and SIGKILL).
-func forwardSignals(p *os.Process) (stop func()) {
-	sig := make(chan os.Signal, 8)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
+// it, and SIGKILL). An init that ignores them (sleep, or a shell with no
+// trap, as PID 1) would never stop, so a second SIGINT, SIGTERM, SIGHUP
+// or SIGQUIT kills it, as a second Ctrl-C does in compose.
+func forwardSignals(sig <-chan os.Signal, p *os.Process, log *slog.Logger) (stop func()) {
 	done := make(chan struct{})
 	go func() {
+		stops := 0
 		for {
 			select {
 			case s := <-sig:
+				switch s {
+				case syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT:
+					stops++
+				}
+				if stops >= 2 {
+					log.Warn("a second signal to stop: killing the container", "signal", s.String())
+					s = syscall.SIGKILL
+				}
 				_ = p.Signal(s)
 			case <-done:
 				return
 			}
 		}
 	}()
-	return func() {
-		signal.Stop(sig)
-		close(done)
-	}
+	return func() { close(done) }
 }
