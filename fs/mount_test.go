@@ -149,8 +149,9 @@ func TestListingHidesTheLeaf(t *testing.T) {
 	if !slices.Equal(names, want) {
 		t.Errorf("listing = %v, want %v", names, want)
 	}
-	if _, err := os.Stat(filepath.Join(mnt, translate.LeafName)); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("stat of the leaf = %v, want ENOENT", err)
+	// Never listed, but the leaf path resolves: a read-only directory.
+	if st, err := os.Stat(filepath.Join(mnt, translate.LeafName)); err != nil || !st.IsDir() || st.Mode().Perm()&0o222 != 0 {
+		t.Errorf("stat of the leaf path = %v, %v; want a read-only directory", st, err)
 	}
 	var vs, hs unix.Stat_t
 	if err := unix.Stat(filepath.Join(mnt, "child"), &vs); err != nil {
@@ -212,7 +213,10 @@ func TestWritesAndRefusals(t *testing.T) {
 		}, unix.EACCES},
 		{"unlink a control file", func() error { return os.Remove(filepath.Join(mnt, "cgroup.procs")) }, unix.EPERM},
 		{"symlink", func() error { return os.Symlink("/", filepath.Join(mnt, "l")) }, unix.EPERM},
-		{"mkdir the leaf name", func() error { return os.Mkdir(filepath.Join(mnt, translate.LeafName), 0o755) }, unix.EINVAL},
+		// The root has a leaf: its leaf path exists.
+		{"mkdir the leaf name", func() error { return os.Mkdir(filepath.Join(mnt, translate.LeafName), 0o755) }, unix.EEXIST},
+		{"mkdir the leaf name where there is no leaf", func() error { return os.Mkdir(filepath.Join(mnt, "child", translate.LeafName), 0o755) }, unix.EINVAL},
+		{"mkdir in the leaf path", func() error { return os.Mkdir(filepath.Join(mnt, translate.LeafName, "x"), 0o755) }, unix.EPERM},
 		{"write over a page", func() error {
 			return writeMounted(t, filepath.Join(mnt, "child/cgroup.max.descendants"), make([]byte, 5000))
 		}, unix.E2BIG},

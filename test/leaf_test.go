@@ -123,10 +123,22 @@ func TestNoInternalProcessConstraintDisappears(t *testing.T) {
 		t.Errorf("v/c/cgroup.controllers = %q, want %s", got, ctrl)
 	}
 
-	// The reserved name.
-	c.expect(t, "EINVAL", "mkdir", cg+"/v/"+leafName)
-	c.expect(t, "ENOENT", "read", cg+"/v/"+leafName+"/cgroup.procs")
-	c.expect(t, "ENOENT", "rmdir", cg+"/v/"+leafName)
+	// The reserved name: never listed, never made or removed, but the
+	// path /proc/self/cgroup shows a process in v's leaf resolves,
+	// read-only, to what v shows.
+	if got := c.do(t, "read", "/proc/"+pid+"/cgroup"); !strings.Contains(got, "0::/v/"+leafName) {
+		t.Errorf("/proc/%s/cgroup = %q, want it in /v/%s", pid, got, leafName)
+	}
+	if got, want := pidList(t, c.do(t, "read", cg+"/v/"+leafName+"/cgroup.procs")), pidList(t, c.do(t, "read", cg+"/v/cgroup.procs")); !slices.Equal(got, want) || !slices.Contains(got, pid) {
+		t.Errorf("v/%s/cgroup.procs = %v, want v's %v, with %s", leafName, got, want, pid)
+	}
+	c.expect(t, "EEXIST", "mkdir", cg+"/v/"+leafName)
+	c.expect(t, "EINVAL", "mkdir", cg+"/v/c/"+leafName)
+	c.expect(t, "ENOENT", "read", cg+"/v/c/"+leafName+"/cgroup.procs")
+	c.expect(t, "EPERM", "rmdir", cg+"/v/"+leafName)
+	c.expect(t, "EPERM", "mkdir", cg+"/v/"+leafName+"/x")
+	c.expect(t, "EPERM", "write", cg+"/v/"+leafName+"/cgroup.procs", pid)
+	c.expect(t, "ENOENT", "read", cg+"/v/"+leafName+"/c/cgroup.procs")
 
 	// cgroup.stat counts what the container sees.
 	stat := strings.TrimPrefix(c.do(t, "read", cg+"/cgroup.stat"), "OK")

@@ -102,6 +102,9 @@ type File struct {
 	// passthrough: opened read-only and passed through, so the kernel
 	// may serve reads from the host file itself.
 	passthrough bool
+	// leafPath: opened through a leaf path (read-only), shown with its
+	// inode numbers.
+	leafPath bool
 	// opener is who opened the file for writing: the kernel judges
 	// migrations with the opener's credentials.
 	opener access.Caller
@@ -131,6 +134,16 @@ func (v *View) Open(r *access.Request, vpath string, flags int) (*File, error) {
 	if writes && v.readOnly {
 		return nil, errReadOnly
 	}
+	real, through, err := v.leafPath(vpath)
+	switch {
+	case err != nil:
+		return nil, err
+	case through && writes:
+		return nil, errLeafPath
+	case through && isLeafDir(vpath):
+		return nil, refuse(RuleLeafPath, unix.EISDIR, "a leaf path is a directory")
+	}
+	vpath = real
 	if !v.limits.takeFile() {
 		return nil, refuse(RuleOpenFiles, unix.ENFILE, fmt.Sprintf("the container holds %d open files", v.limits.OpenFiles))
 	}
@@ -139,7 +152,7 @@ func (v *View) Open(r *access.Request, vpath string, flags int) (*File, error) {
 		v.limits.giveFile()
 		return nil, err
 	}
-	f := &File{v: v, vpath: vpath, host: hf}
+	f := &File{v: v, vpath: vpath, host: hf, leafPath: through}
 	f.cgroup, f.name = split(vpath)
 	f.cf = controlFileOf(f.name)
 	if err := f.judge(r, writes, reads); err != nil {
@@ -189,7 +202,12 @@ func (f *File) Stat() (unix.Stat_t, error) {
 		return st, err
 	}
 	parseOwner(owner).apply(&st)
-	return f.v.show(st), nil
+	st = f.v.show(st)
+	if f.leafPath {
+		st.Ino += LeafPathIno
+		st.Mode &^= 0o222
+	}
+	return st, nil
 }
 
 // PassthroughFd is the host descriptor the kernel may read from

@@ -181,8 +181,18 @@ func (v *View) Lookup(r *access.Request, dir, name string) (unix.Stat_t, error) 
 	if err := v.policy.MaySee(r); err != nil {
 		return unix.Stat_t{}, err
 	}
+	real, through, err := v.leafPath(dir)
+	if err != nil {
+		return unix.Stat_t{}, err
+	}
+	if !through && name == LeafName && v.hasLeaf(dir) {
+		return v.leafPathStat(dir, true)
+	}
 	if err := checkName(name, unix.ENOENT); err != nil {
 		return unix.Stat_t{}, err
+	}
+	if through {
+		return v.leafPathStat(host.Join(real, name), false)
 	}
 	return v.stat(host.Join(dir, name))
 }
@@ -196,12 +206,24 @@ func (v *View) Getattr(r *access.Request, vpath string, f *File) (unix.Stat_t, e
 	if f != nil {
 		return f.Stat()
 	}
+	return v.shownStat(vpath)
+}
+
+// shownStat is what the view shows for vpath, through a leaf path too.
+func (v *View) shownStat(vpath string) (unix.Stat_t, error) {
+	real, through, err := v.leafPath(vpath)
+	if err != nil {
+		return unix.Stat_t{}, err
+	}
+	if through {
+		return v.leafPathStat(real, isLeafDir(vpath))
+	}
 	return v.stat(vpath)
 }
 
 // OpenDir allows listing the virtual directory vpath.
 func (v *View) OpenDir(r *access.Request, vpath string) error {
-	st, err := v.stat(vpath)
+	st, err := v.shownStat(vpath)
 	if err != nil {
 		return err
 	}
@@ -211,14 +233,23 @@ func (v *View) OpenDir(r *access.Request, vpath string) error {
 // List returns the entries of the virtual directory vpath, sorted,
 // without hidden leaves. The opendir before it decided who may list.
 func (v *View) List(vpath string) ([]host.Entry, error) {
-	entries, err := v.host.ReadDir(vpath)
+	real, through, err := v.leafPath(vpath)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := v.host.ReadDir(real)
 	if err != nil {
 		return nil, err
 	}
 	out := entries[:0]
 	for _, e := range entries {
-		if e.Name != LeafName {
+		switch {
+		case e.Name == LeafName:
+		case !through:
 			e.Ino += v.inoBase
+			out = append(out, e)
+		case !e.IsDir(): // a leaf path shows files only
+			e.Ino += v.inoBase + LeafPathIno
 			out = append(out, e)
 		}
 	}
@@ -228,6 +259,11 @@ func (v *View) List(vpath string) ([]host.Entry, error) {
 // mayChangeEntries allows mkdir, rmdir and rename in the virtual
 // directory dir.
 func (v *View) mayChangeEntries(r *access.Request, dir string) error {
+	if _, through, err := v.leafPath(dir); err != nil {
+		return err
+	} else if through {
+		return errLeafPath
+	}
 	st, err := v.stat(dir)
 	if err != nil {
 		return err
@@ -294,6 +330,9 @@ func (v *View) Rmdir(r *access.Request, dir, name string) error {
 	}
 	if err := v.mayChangeEntries(r, dir); err != nil {
 		return err
+	}
+	if name == LeafName && v.hasLeaf(dir) {
+		return errLeafPath
 	}
 	if err := checkName(name, unix.ENOENT); err != nil {
 		return err
@@ -400,6 +439,11 @@ func (v *View) Setattr(r *access.Request, vpath string, f *File, a Attrs) (unix.
 	}
 	if err := v.policy.MaySee(r); err != nil {
 		return unix.Stat_t{}, err
+	}
+	if _, through, err := v.leafPath(vpath); err != nil {
+		return unix.Stat_t{}, err
+	} else if through {
+		return unix.Stat_t{}, errLeafPath
 	}
 	st, err := v.stat(vpath)
 	if err != nil {

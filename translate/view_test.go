@@ -118,17 +118,89 @@ func TestLeafIsInvisible(t *testing.T) {
 			t.Errorf("List(a) shows the hidden leaf")
 		}
 	}
-	if _, err := v.Lookup(r, "a", LeafName); !errors.Is(err, unix.ENOENT) {
-		t.Errorf("Lookup(a, leaf) = %v, want ENOENT", err)
+	// a/b has no leaf: its leaf path does not exist.
+	if _, err := v.Lookup(r, "a/b", LeafName); !errors.Is(err, unix.ENOENT) {
+		t.Errorf("Lookup(a/b, leaf) = %v, want ENOENT", err)
 	}
 	if _, err := v.Mkdir(r, "", LeafName, 0o755); !errors.Is(err, unix.EINVAL) || ruleOf(err) != RuleReservedName {
 		t.Errorf("Mkdir(leaf) = %v, want EINVAL by %s", err, RuleReservedName)
 	}
-	if err := v.Rmdir(r, "a", LeafName); !errors.Is(err, unix.ENOENT) {
-		t.Errorf("Rmdir(a, leaf) = %v, want ENOENT", err)
+	if err := v.Rmdir(r, "a", LeafName); !errors.Is(err, unix.EPERM) || ruleOf(err) != RuleLeafPath {
+		t.Errorf("Rmdir(a, leaf) = %v, want EPERM by %s", err, RuleLeafPath)
+	}
+	if err := v.Rmdir(r, "a/b", LeafName); !errors.Is(err, unix.ENOENT) {
+		t.Errorf("Rmdir(a/b, leaf) = %v, want ENOENT", err)
 	}
 	if err := v.Rename(r, "a", "b", "a", LeafName, 0); !errors.Is(err, unix.EINVAL) {
 		t.Errorf("Rename(a/b, leaf) = %v, want EINVAL", err)
+	}
+}
+
+// TestLeafPath: the path a process in a's leaf reads in /proc/self/cgroup
+// resolves, showing a's files (merged, as a shows them) read-only, and no
+// cgroups.
+func TestLeafPath(t *testing.T) {
+	v, _, r := newView(t, Config{})
+	lp := "a/" + LeafName
+	a, err := v.Lookup(r, "", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := v.Lookup(r, "a", LeafName)
+	if err != nil {
+		t.Fatalf("Lookup(a, leaf) = %v, want the leaf path", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR || st.Mode&0o222 != 0 || st.Ino == a.Ino {
+		t.Errorf("leaf path: mode %o ino %d (a's %d), want a read-only directory of its own inode", st.Mode, st.Ino, a.Ino)
+	}
+	if got, want := read(t, v, r, lp+"/memory.events.local"), read(t, v, r, "a/memory.events.local"); got != want {
+		t.Errorf("%s/memory.events.local = %q, want a's %q", lp, got, want)
+	}
+	fst, err := v.Lookup(r, lp, "cgroup.freeze")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ast, _ := v.Lookup(r, "a", "cgroup.freeze")
+	if fst.Ino != ast.Ino+LeafPathIno || fst.Mode&0o222 != 0 {
+		t.Errorf("leaf path cgroup.freeze: ino %d mode %o, want %d, read-only", fst.Ino, fst.Mode, ast.Ino+LeafPathIno)
+	}
+	if got, _ := v.Getattr(r, lp+"/cgroup.freeze", nil); got.Ino != fst.Ino {
+		t.Errorf("Getattr ino %d, Lookup ino %d", got.Ino, fst.Ino)
+	}
+	entries, err := v.List(lp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			t.Errorf("List(%s) shows the cgroup %s", lp, e.Name)
+		}
+	}
+	if len(entries) == 0 {
+		t.Errorf("List(%s) is empty", lp)
+	}
+	for _, name := range []string{"b", LeafName} {
+		if _, err := v.Lookup(r, lp, name); !errors.Is(err, unix.ENOENT) {
+			t.Errorf("Lookup(%s, %s) = %v, want ENOENT", lp, name, err)
+		}
+	}
+	if _, err := v.Lookup(r, "a/b/"+LeafName, "cgroup.freeze"); !errors.Is(err, unix.ENOENT) {
+		t.Errorf("a/b has no leaf, but its leaf path resolves: %v", err)
+	}
+	// Nothing changes through it.
+	refused := map[string]error{
+		"write cgroup.freeze": write(v, r, lp+"/cgroup.freeze", "1"),
+		"write cgroup.procs":  write(v, r, lp+"/cgroup.procs", "0"),
+		"rmdir b":             v.Rmdir(r, lp, "b"),
+		"rename":              v.Rename(r, lp, "x", "", "y", 0),
+	}
+	_, refused["mkdir"] = v.Mkdir(r, lp, "x", 0o755)
+	mode := uint32(0o777)
+	_, refused["chmod"] = v.Setattr(r, lp+"/cgroup.freeze", nil, Attrs{Mode: &mode})
+	for op, err := range refused {
+		if !errors.Is(err, unix.EPERM) || ruleOf(err) != RuleLeafPath {
+			t.Errorf("%s through the leaf path = %v, want EPERM by %s", op, err, RuleLeafPath)
+		}
 	}
 }
 
