@@ -34,7 +34,7 @@ func (r *layoutRoot) OnAdd(ctx context.Context) {
 			r.m.log.Error("hierarchy root", "name", va.Dir, "err", err)
 			continue
 		}
-		n := &node{m: r.m, t: &tree{view: va.View}}
+		n := &node{m: r.m, t: &tree{view: va.View, dir: va.Dir}}
 		child := r.NewPersistentInode(ctx, n, gofs.StableAttr{Mode: unix.S_IFDIR, Ino: st.Ino})
 		n.t.root = child
 		r.AddChild(va.Dir, child, false)

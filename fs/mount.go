@@ -17,6 +17,7 @@ import (
 	"github.com/cgfs/cgfs/access"
 	"github.com/cgfs/cgfs/metrics"
 	"github.com/cgfs/cgfs/translate"
+	"github.com/cgfs/cgfs/translate/host"
 )
 
 // ViewAt is a view a mount serves, in the directory Dir below the mount
@@ -42,6 +43,11 @@ type Config struct {
 	Log     *slog.Logger
 	// Debug logs every FUSE request.
 	Debug bool
+	// Watcher, when set, relays the kernel's changes of events files to
+	// their watchers through the mount (see relay), while Owner (a host
+	// pid; 0 for none) lives, or until Stop without one.
+	Watcher *host.Watcher
+	Owner   int
 }
 
 // mount is the state of one mount, shared by its nodes. Nothing in it is
@@ -57,6 +63,7 @@ type mount struct {
 	// server's work for one container is bounded, whatever it sends.
 	inflight chan struct{}
 	logs     logBudget
+	relay    atomic.Pointer[relay] // nil: no events relayed
 }
 
 // MaxInFlight is how many requests of one mount are served at once; more
@@ -97,6 +104,7 @@ type Mounted struct {
 	conn   uint32   // the connection's number, for aborting it
 	path   string   // where MoveTo put it
 	done   chan struct{}
+	fsys   *mount
 }
 
 // Serve serves cfg's views on a new FUSE filesystem whose mount is not
@@ -113,7 +121,7 @@ func Serve(cfg Config) (*Mounted, error) {
 	var root gofs.InodeEmbedder
 	rootIno := st.Ino
 	if len(cfg.Views) == 1 && cfg.Views[0].Dir == "" {
-		n := &node{m: m, t: &tree{view: cfg.Views[0].View}}
+		n := &node{m: m, t: &tree{view: cfg.Views[0].View, dir: cfg.Views[0].Dir}}
 		n.t.root = &n.Inode
 		root = n
 	} else {
@@ -154,13 +162,71 @@ func Serve(cfg Config) (*Mounted, error) {
 		mnt.Close()
 		return nil, err
 	}
-	served := &Mounted{server: server, mount: mnt, conn: unix.Minor(mst.Dev), done: make(chan struct{})}
+	served := &Mounted{server: server, mount: mnt, conn: unix.Minor(mst.Dev), done: make(chan struct{}), fsys: m}
 	go func() {
 		server.Wait()
+		if r := m.relay.Load(); r != nil {
+			r.letGo()
+		}
 		close(served.done)
 	}()
+	if cfg.Watcher != nil {
+		if err := served.startRelay(cfg.Watcher, mnt, mst.Dev, cfg.Owner); err != nil {
+			served.Stop()
+			return nil, fmt.Errorf("relaying events: %w", err)
+		}
+	}
 	m.passthrough.Store(probePassthrough(server, cfg.Views[0].View))
 	return served, nil
+}
+
+// startRelay starts relaying events through the mount mnt (device dev),
+// until owner exits (a pidfd says so) or the mount stops.
+func (m *Mounted) startRelay(w *host.Watcher, mnt *os.File, dev uint64, owner int) error {
+	var pidfd *os.File
+	if owner != 0 {
+		fd, err := unix.PidfdOpen(owner, unix.PIDFD_NONBLOCK)
+		if err != nil {
+			return fmt.Errorf("pidfd_open %d: %w", owner, err)
+		}
+		pidfd = os.NewFile(uintptr(fd), "owner")
+	}
+	r, err := newRelay(w, mnt, dev, m.fsys.log)
+	if err != nil {
+		if pidfd != nil {
+			pidfd.Close()
+		}
+		return err
+	}
+	m.fsys.relay.Store(r)
+	if pidfd != nil {
+		go func() {
+			defer pidfd.Close()
+			// A pidfd turns readable when its process exits; the
+			// netpoller waits for that.
+			if rc, err := pidfd.SyscallConn(); err == nil {
+				_ = rc.Read(func(fd uintptr) bool {
+					p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+					n, err := unix.Poll(p, 0)
+					return err != nil || n > 0 // false: wait for the netpoller
+				})
+			}
+			r.letGo()
+		}()
+	}
+	return nil
+}
+
+// Relayed is how many events files the mount relays changes of, and how
+// many events it raised.
+func (m *Mounted) Relayed() (watched int, raised uint64) {
+	r := m.fsys.relay.Load()
+	if r == nil {
+		return 0, 0
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.watches), r.raised
 }
 
 // newFUSE opens /dev/fuse and makes a FUSE filesystem on it with the new
@@ -232,6 +298,9 @@ func (m *Mounted) Done() <-chan struct{} { return m.done }
 // busy), and the connection is aborted, so copies of it that live on in
 // other mount namespaces see ENOTCONN at once. It waits for the server.
 func (m *Mounted) Stop() {
+	if r := m.fsys.relay.Load(); r != nil {
+		r.letGo()
+	}
 	if m.mount != nil {
 		m.mount.Close()
 		m.mount = nil

@@ -15,6 +15,7 @@ import (
 type tree struct {
 	view *translate.View
 	root *gofs.Inode
+	dir  string // the root's path in the mount ("" or a hierarchy's directory)
 }
 
 // node is one cgroup directory or interface file of a view. Its
@@ -50,7 +51,20 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	if err != nil {
 		return nil, n.m.errno(ctx, r, "lookup", join(vp, name), err)
 	}
+	if rl := n.m.relay.Load(); rl != nil && st.Mode&unix.S_IFMT == unix.S_IFREG && translate.IsEventsFile(name) {
+		// Once looked up, it may be watched.
+		rl.watch(n.t.view, join(vp, name), join(n.t.dir, join(vp, name)), st.Ino)
+	}
 	return n.child(ctx, &st, out), 0
+}
+
+var _ = (gofs.NodeOnForgetter)((*node)(nil))
+
+// OnForget ends the relay of an events file the kernel forgot.
+func (n *node) OnForget() {
+	if rl := n.m.relay.Load(); rl != nil && n.StableAttr().Mode == unix.S_IFREG {
+		rl.forget(n.StableAttr().Ino)
+	}
 }
 
 var _ = (gofs.NodeGetattrer)((*node)(nil))
@@ -231,9 +245,12 @@ var _ = (gofs.NodeOpener)((*node)(nil))
 // Open opens the host file for this open alone; the kernel page cache
 // never answers a read (see openFlags).
 func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	vp := n.vpath()
+	if n.m.relay.Load() != nil && isRelayWrite(ctx, vp, flags) {
+		return relayHandle{}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
+	}
 	r, end := n.m.start(ctx)
 	defer end()
-	vp := n.vpath()
 	f, err := n.t.view.Open(r, vp, int(flags))
 	if err != nil {
 		return nil, 0, n.m.errno(ctx, r, "open", vp, err)

@@ -22,6 +22,7 @@ import (
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/daemon"
 	"github.com/cgfs/cgfs/metrics"
+	"github.com/cgfs/cgfs/translate/host"
 )
 
 const daemonUsage = `usage: cgfs daemon [--socket PATH] [--metrics ADDR]
@@ -51,7 +52,12 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	d := daemon.New(procs, metrics.New(reg), log)
+	w, err := host.NewWatcher()
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	d := daemon.New(procs, metrics.New(reg), w, log)
 	defer d.Close()
 	if *metricsAddr != "" {
 		ln, err := listenMetrics(*metricsAddr, reg, log)

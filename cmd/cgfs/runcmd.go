@@ -20,6 +20,7 @@ import (
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/launch"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
 	"github.com/cgfs/cgfs/metrics"
+	"github.com/cgfs/cgfs/translate/host"
 )
 
 const runUsage = `usage: cgfs run [--name N] [--parent P] [--memory BYTES] [--pids N] [--cpus N] [--map HOSTID:COUNT] [--rootfs DIR] [--metrics ADDR] -- CMD...
@@ -158,16 +159,22 @@ func runCmd(o runOptions, log *slog.Logger) (int, error) {
 		if !errors.Is(err, control.ErrNotRunning) {
 			log.Warn("asking the daemon; serving the view here", "err", err)
 		}
-		views, err = serve.Open(procs, serve.Options{Name: o.Name, Owner: init, Log: log})
+		w, err := host.NewWatcher()
 		if err != nil {
+			return nil, nil, err
+		}
+		views, err = serve.Open(procs, serve.Options{Name: o.Name, Owner: init, Log: log, Watcher: w})
+		if err != nil {
+			w.Close()
 			return nil, nil, err
 		}
 		served, err := views.Serve(access.NewIdentifier(procs), m.For(o.Name))
 		if err != nil {
 			views.Close()
+			w.Close()
 			return nil, nil, err
 		}
-		return served.Take(), func() { served.Stop(); views.Close() }, nil
+		return served.Take(), func() { served.Stop(); views.Close(); w.Close() }, nil
 	}
 	o.Started = func(init int) func() {
 		if daemonServes {

@@ -16,6 +16,7 @@ import (
 	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
 	"github.com/cgfs/cgfs/metrics"
+	"github.com/cgfs/cgfs/translate/host"
 )
 
 // mountCmd is `cgfs mount`: it serves the views opts asks for at
@@ -25,9 +26,15 @@ func mountCmd(opts mountOptions, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	w, err := host.NewWatcher()
+	if err != nil {
+		return err
+	}
+	defer w.Close()
 	views, err := serve.Open(procs, serve.Options{
 		Owner: opts.owner, HostDir: opts.hostDir, Shared: opts.shared,
 		MaxOpen: opts.maxOpen, V1Max: opts.v1Max, Debug: opts.debug, Log: log,
+		Watcher: w,
 	})
 	if err != nil {
 		return err

@@ -16,6 +16,7 @@ import (
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
 	"github.com/cgfs/cgfs/fs"
 	"github.com/cgfs/cgfs/metrics"
+	"github.com/cgfs/cgfs/translate/host"
 )
 
 // Daemon is the views it serves, by name.
@@ -23,6 +24,7 @@ type Daemon struct {
 	procs   *proc.Procs
 	ident   *access.Identifier
 	metrics *metrics.Metrics
+	watcher *host.Watcher
 	log     *slog.Logger
 
 	mu    sync.Mutex
@@ -35,9 +37,10 @@ type served struct {
 	owner   int
 }
 
-// New makes a daemon that serves nothing yet.
-func New(procs *proc.Procs, m *metrics.Metrics, log *slog.Logger) *Daemon {
-	return &Daemon{procs: procs, ident: access.NewIdentifier(procs), metrics: m, log: log, views: map[string]*served{}}
+// New makes a daemon that serves nothing yet; w relays events to all
+// its views.
+func New(procs *proc.Procs, m *metrics.Metrics, w *host.Watcher, log *slog.Logger) *Daemon {
+	return &Daemon{procs: procs, ident: access.NewIdentifier(procs), metrics: m, watcher: w, log: log, views: map[string]*served{}}
 }
 
 // Handle answers one control request from host process peer.
@@ -86,7 +89,7 @@ func (d *Daemon) attach(req control.Request) (*os.File, error) {
 	if taken {
 		return nil, serve.UsageError{Msg: "a view named " + req.Name + " is served already"}
 	}
-	views, err := serve.Open(d.procs, serve.Options{Name: req.Name, Owner: req.Owner, HostDir: req.Cgroup, Shared: req.Shared, Log: d.log})
+	views, err := serve.Open(d.procs, serve.Options{Name: req.Name, Owner: req.Owner, HostDir: req.Cgroup, Shared: req.Shared, Log: d.log, Watcher: d.watcher})
 	if err != nil {
 		return nil, err
 	}

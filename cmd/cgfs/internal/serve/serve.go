@@ -42,6 +42,10 @@ type Options struct {
 	// Debug logs every FUSE request.
 	Debug bool
 	Log   *slog.Logger
+	// Watcher relays the kernel's changes of events files (inotify
+	// IN_MODIFY) to the container's watchers; nil relays none. One
+	// serves a whole process.
+	Watcher *host.Watcher
 }
 
 // UsageError is a mistake in what was asked: a command exits 2 for it.
@@ -115,6 +119,8 @@ func (v *Views) Serve(ident *access.Identifier, counts *metrics.Counts) (*fs.Mou
 		Metrics:    counts,
 		Log:        v.log,
 		Debug:      v.opts.Debug,
+		Watcher:    v.opts.Watcher,
+		Owner:      v.opts.Owner,
 	})
 }
 

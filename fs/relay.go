@@ -1,0 +1,232 @@
+package fs
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/translate"
+	"github.com/cgfs/cgfs/translate/host"
+)
+
+// relay raises inotify events on view files when the kernel changes the
+// host files they show. FUSE raises none of its own for changes the
+// server sees, but a write(2) through the mount raises IN_MODIFY on the
+// FUSE inode for every watcher, in every mount namespace the mount is
+// in. So for each events file the kernel has looked up (only those can
+// be watched), the relay watches its host files, and on a change writes
+// one byte through the mount to it; the mount's Open recognises the
+// writer as this process's and swallows the write (relayHandle). No
+// write of the relay is served by the goroutine that makes it.
+//
+// The relay holds the mount open (its root, to write through) only while
+// the owner lives: once the owner exits it lets go, so that the mount
+// and its connection end with the container's mount namespace.
+type relay struct {
+	w   *host.Watcher
+	dev uint64 // the FUSE filesystem's device, to check what is written
+	log logger
+
+	// rootMu is held (read) while a write uses root, and (write) to let
+	// it go. Taken before mu.
+	rootMu  sync.RWMutex
+	mu      sync.Mutex // a leaf in the lock order
+	root    *os.File   // the mount's root; nil once let go
+	watches map[uint64]func()
+	pending map[string]uint64 // mount paths to raise an event on, and their inodes
+	kick    chan struct{}
+	raised  uint64
+}
+
+type logger interface {
+	Warn(msg string, args ...any)
+	Debug(msg string, args ...any)
+}
+
+func newRelay(w *host.Watcher, mnt *os.File, dev uint64, log logger) (*relay, error) {
+	fd, err := unix.FcntlInt(mnt.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	r := &relay{w: w, dev: dev, log: log, root: os.NewFile(uintptr(fd), "cgfs mount root"),
+		watches: map[uint64]func(){}, pending: map[string]uint64{}, kick: make(chan struct{}, 1)}
+	go r.run()
+	return r, nil
+}
+
+// watch relays the changes of the events file at mount path mpath
+// (inode ino, vpath in view) until forget(ino).
+func (r *relay) watch(view *translate.View, vpath, mpath string, ino uint64) {
+	r.mu.Lock()
+	_, known := r.watches[ino]
+	gone := r.root == nil
+	r.mu.Unlock()
+	if known || gone {
+		return
+	}
+	files, err := view.EventFiles(vpath)
+	if err != nil || len(files) == 0 {
+		r.log.Debug("no host files to relay", "path", "/"+mpath, "err", err)
+		return
+	}
+	var cancels []func()
+	for _, f := range files {
+		if cancel, err := r.w.Watch(f, func() { r.raise(mpath, ino) }); err == nil {
+			cancels = append(cancels, cancel)
+		} else {
+			r.log.Warn("cannot relay changes of an events file", "path", "/"+mpath, "err", err)
+		}
+		f.Close()
+	}
+	stop := func() {
+		for _, c := range cancels {
+			c()
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, known := r.watches[ino]; known || r.root == nil {
+		stop()
+		return
+	}
+	r.watches[ino] = stop
+}
+
+// forget ends the watch of inode ino: the kernel forgot it.
+func (r *relay) forget(ino uint64) {
+	r.mu.Lock()
+	stop := r.watches[ino]
+	delete(r.watches, ino)
+	r.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+}
+
+// count is how many events files are watched.
+func (r *relay) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.watches)
+}
+
+// raise queues an event on mpath (from the watcher's goroutine: no
+// blocking). Changes that come faster than they are relayed merge.
+func (r *relay) raise(mpath string, ino uint64) {
+	r.mu.Lock()
+	r.pending[mpath] = ino
+	r.mu.Unlock()
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run writes the queued events until the relay lets go.
+func (r *relay) run() {
+	for range r.kick {
+		r.rootMu.RLock()
+		r.mu.Lock()
+		root, batch := r.root, r.pending
+		r.pending = map[string]uint64{}
+		r.mu.Unlock()
+		if root == nil {
+			r.rootMu.RUnlock()
+			return
+		}
+		for mpath, ino := range batch {
+			if err := r.write(root, mpath, ino); err != nil {
+				r.log.Debug("relaying an event", "path", "/"+mpath, "err", err)
+			}
+		}
+		r.rootMu.RUnlock()
+	}
+}
+
+// write writes one byte through the mount to mpath, if it is still the
+// view file of inode ino: the container may have mounted something else
+// over a part of the tree, and nothing but the view is ever written.
+func (r *relay) write(root *os.File, mpath string, ino uint64) error {
+	fd, err := unix.Openat2(int(root.Fd()), mpath, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_CLOEXEC | unix.O_NOFOLLOW,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Dev != r.dev || st.Ino != ino {
+		return fmt.Errorf("not the view's file (dev %d ino %d)", st.Dev, st.Ino)
+	}
+	wfd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", fd), unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(wfd)
+	_, err = unix.Write(wfd, []byte{'\n'})
+	if err == nil {
+		r.mu.Lock()
+		r.raised++
+		r.mu.Unlock()
+	}
+	return err
+}
+
+// letGo drops the relay's hold on the mount and its watches.
+func (r *relay) letGo() {
+	r.rootMu.Lock()
+	defer r.rootMu.Unlock()
+	r.mu.Lock()
+	root := r.root
+	r.root = nil
+	watches := r.watches
+	r.watches = map[uint64]func(){}
+	r.mu.Unlock()
+	if root == nil {
+		return
+	}
+	for _, stop := range watches {
+		stop()
+	}
+	root.Close()
+	select {
+	case r.kick <- struct{}{}: // run sees root nil and ends
+	default:
+	}
+}
+
+// isRelayWrite tells whether the open in ctx is the relay's: a write-only
+// open of an events file by a thread of this process. Those are the only
+// writes the relay makes; nobody else's thread is one of ours, and
+// cgroupfs refuses every other write to an events file anyway.
+func isRelayWrite(ctx context.Context, name string, flags uint32) bool {
+	if flags&unix.O_ACCMODE != unix.O_WRONLY || !translate.IsEventsFile(name) {
+		return false
+	}
+	fc, ok := fuse.FromContext(ctx)
+	if !ok {
+		return false
+	}
+	// tgkill with signal 0 checks that the thread belongs to this
+	// process, in one system call.
+	return unix.Tgkill(os.Getpid(), int(fc.Pid), 0) == nil
+}
+
+// relayHandle takes the relay's write and changes nothing.
+type relayHandle struct{}
+
+var _ = (gofs.FileWriter)((*relayHandle)(nil))
+
+func (relayHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	return uint32(len(data)), 0
+}
