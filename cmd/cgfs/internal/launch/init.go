@@ -23,6 +23,7 @@ type initConfig struct {
 	Rootfs string   // "" for the host's filesystem
 	Cmd    []string // what it becomes
 	Env    []string
+	Mounts []kernelMount
 }
 
 // IsInit reports whether this process is a container's init; the cgfs
@@ -61,9 +62,14 @@ func InitMain() int {
 			return fail("%v", err)
 		}
 	}
+	// Rooted where the parent put this process: its own cgroups. The
+	// kernel's cgroup mounts below are of this namespace.
+	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
+		return fail("cgroup namespace: %v", err)
+	}
 	target := filepath.Join(root, "sys/fs/cgroup")
-	if err := unix.MoveMount(view, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-		return fail("putting the view at %s: %v", target, err)
+	if err := placeView(view, target, cfg.Mounts); err != nil {
+		return fail("%v", err)
 	}
 	unix.Close(view)
 	if err := unix.Mount("proc", filepath.Join(root, "proc"), "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
@@ -76,10 +82,6 @@ func InitMain() int {
 	}
 	if err := unix.Sethostname([]byte(cfg.Name)); err != nil {
 		return fail("hostname: %v", err)
-	}
-	// Rooted where the parent put this process: its own cgroups.
-	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
-		return fail("cgroup namespace: %v", err)
 	}
 	for _, kv := range cfg.Env {
 		if p, ok := strings.CutPrefix(kv, "PATH="); ok {

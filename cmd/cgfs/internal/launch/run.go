@@ -65,7 +65,7 @@ func Run(o Options) (int, error) {
 	}
 	conn, child := os.NewFile(uintptr(fds[0]), "init"), os.NewFile(uintptr(fds[1]), "init")
 	defer conn.Close()
-	cfg, _ := json.Marshal(initConfig{Name: o.Name, Rootfs: o.Rootfs, Cmd: o.Cmd, Env: containerEnv()})
+	cfg, _ := json.Marshal(initConfig{Name: o.Name, Rootfs: o.Rootfs, Cmd: o.Cmd, Env: containerEnv(), Mounts: cg.mounts})
 	cmd := exec.Command("/proc/self/exe")
 	cmd.Env = []string{initEnv + "=" + string(cfg)}
 	cmd.ExtraFiles = []*os.File{child}
