@@ -109,13 +109,6 @@ func (r *relay) forget(ino uint64) {
 	}
 }
 
-// count is how many events files are watched.
-func (r *relay) count() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.watches)
-}
-
 // raise queues an event on mpath (from the watcher's goroutine: no
 // blocking). Changes that come faster than they are relayed merge.
 func (r *relay) raise(mpath string, ino uint64) {

@@ -37,6 +37,11 @@ func helperMain(args []string) int {
 	if op == "alloc" && len(args) == 3 {
 		return allocIn(path, args[2])
 	}
+	if op == "gomaxprocs" {
+		// What Go's runtime took from the CPU limit it found.
+		fmt.Println(runtime.GOMAXPROCS(0))
+		return 0
+	}
 	if op == "forklimit" {
 		return forkLimit(path)
 	}

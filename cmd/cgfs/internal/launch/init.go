@@ -11,6 +11,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/agent"
 )
 
 // initEnv makes the cgfs binary a container's init (see IsInit).
@@ -92,6 +94,16 @@ func InitMain() int {
 	if err != nil {
 		return fail("%v", err)
 	}
+	// Last: the seccomp filter (statfs answered as on a host's
+	// cgroupfs, clone3 ENOSYS), whose listener cgfs run serves.
+	listener, err := agent.Install()
+	if err != nil {
+		return fail("%v", err)
+	}
+	if err := unix.Sendmsg(conn, []byte("agent"), unix.UnixRights(int(listener.Fd())), nil, 0); err != nil {
+		return fail("handing over the seccomp listener: %v", err)
+	}
+	listener.Close()
 	unix.CloseOnExec(conn)
 	err = syscall.Exec(path, cfg.Cmd, cfg.Env)
 	return fail("exec %s: %v", path, err)

@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cgfs/cgfs/agent"
 	"github.com/cgfs/cgfs/translate/layout"
 )
 
@@ -90,4 +91,31 @@ func moveMount(fd int, to string) error {
 		return fmt.Errorf("putting the view at %s: %w", to, err)
 	}
 	return nil
+}
+
+// Magic is what statfs reports for the files of a view served as
+// mounts lays out, on the FUSE device dev: cgroup2 for a cgroup v2 only
+// host; on v1 and hybrid hosts tmpfs for the layout root (its inode
+// numbers carry no hierarchy) and, by the hierarchy each inode number's
+// base names (serve gives view i the base (i+1)<<48), cgroup for v1 and
+// cgroup2 for the v2 one.
+func Magic(dev uint64, mounts []kernelMount) agent.Magic {
+	return func(d, ino uint64) (int64, bool) {
+		if d != dev {
+			return 0, false
+		}
+		if len(mounts) == 1 && mounts[0].Dir == "" {
+			return unix.CGROUP2_SUPER_MAGIC, true
+		}
+		i := ino >> 48
+		switch {
+		case i == 0:
+			return unix.TMPFS_MAGIC, true
+		case int(i) > len(mounts):
+			return 0, false
+		case mounts[i-1].FSType == "cgroup2":
+			return unix.CGROUP2_SUPER_MAGIC, true
+		}
+		return unix.CGROUP_SUPER_MAGIC, true
+	}
 }

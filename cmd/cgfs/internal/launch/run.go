@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/agent"
 )
 
 // IDMap maps the container's ids 0.. onto Count host ids from HostID.
@@ -120,18 +121,33 @@ func Run(o Options) (int, error) {
 		return 0, err
 	}
 	defer stop()
-	// The init puts the view in place and execs the command; the exec
-	// closes its end, an error comes as a message.
+	var viewStat unix.Stat_t
+	if err := unix.Fstat(int(mount.Fd()), &viewStat); err != nil {
+		mount.Close()
+		return 0, err
+	}
+	// The init puts the view in place, hands over its seccomp listener
+	// and execs the command; the exec closes its end, an error comes as
+	// a message.
 	if err := unix.Sendmsg(int(conn.Fd()), []byte("view"), unix.UnixRights(int(mount.Fd())), nil, 0); err != nil {
 		mount.Close()
 		return 0, fmt.Errorf("handing the view to the container: %w", err)
 	}
 	mount.Close()
-	if msg, err := readMsg(conn); err != nil || msg != "" {
-		if err == nil {
-			err = errors.New(msg)
+	for {
+		msg, listener, err := readMsg(conn)
+		if err == nil && msg == "agent" && listener != nil {
+			ag := agent.Serve(listener, agent.Config{Magic: Magic(viewStat.Dev, cg.mounts), Log: o.Log})
+			defer ag.Close()
+			continue
 		}
-		return 0, fmt.Errorf("starting the container: %w", err)
+		if err != nil || msg != "" {
+			if err == nil {
+				err = errors.New(msg)
+			}
+			return 0, fmt.Errorf("starting the container: %w", err)
+		}
+		break
 	}
 	started = true
 	if o.Started != nil {
@@ -156,18 +172,26 @@ func Run(o Options) (int, error) {
 	return 0, err
 }
 
-// readMsg reads one message, "" at end of file.
-func readMsg(f *os.File) (string, error) {
+// readMsg reads one message, "" at end of file, and the descriptor
+// that came with it, if one did.
+func readMsg(f *os.File) (string, *os.File, error) {
 	buf := make([]byte, 4096)
+	oob := make([]byte, unix.CmsgSpace(4))
 	for {
-		n, err := unix.Read(int(f.Fd()), buf)
+		n, oobn, _, _, err := unix.Recvmsg(int(f.Fd()), buf, oob, unix.MSG_CMSG_CLOEXEC)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return "", err
+			return "", nil, err
 		}
-		return string(buf[:n]), nil
+		var fd *os.File
+		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil && len(msgs) == 1 {
+			if fds, err := unix.ParseUnixRights(&msgs[0]); err == nil && len(fds) == 1 {
+				fd = os.NewFile(uintptr(fds[0]), "from the init")
+			}
+		}
+		return string(buf[:n]), fd, nil
 	}
 }
 

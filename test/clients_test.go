@@ -1,0 +1,255 @@
+package test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// Tests of real clients, unmodified, inside a container cgfs run starts:
+// what they find at /sys/fs/cgroup must look like a host's cgroupfs.
+
+// lanePaths are where a container finds its cgroup v2 tree, and the
+// statfs types a host shows for /sys/fs/cgroup and that tree.
+func lanePaths(t *testing.T) (v2, rootType, v2Type string) {
+	if len(detectLane(t).v1) > 0 {
+		return "/sys/fs/cgroup/unified", "tmpfs", "cgroup2fs"
+	}
+	return "/sys/fs/cgroup", "cgroup2fs", "cgroup2fs"
+}
+
+// TestTheViewIsACgroupFilesystem: statfs (coreutils' or busybox's stat
+// -f) reports the host's file system types on the view, and the mount
+// table (mountinfo, /proc/mounts) names kernel cgroup mounts at each of
+// its mount points, as on a host.
+func TestTheViewIsACgroupFilesystem(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	parent := runParent(t)
+	v2, rootType, v2Type := lanePaths(t)
+	script := fmt.Sprintf(`stat -f -c 'root %%T' /sys/fs/cgroup; stat -f -c 'v2 %%T' %s; stat -f -c 'v2file %%T' %s/cgroup.procs
+cd %s && stat -f -c 'relative %%T' .
+stat -f -c 'proc %%T' /proc
+[ ! -d /sys/fs/cgroup/memory ] || stat -f -c 'v1 %%T' /sys/fs/cgroup/memory
+awk '$5 ~ "^/sys/fs/cgroup" {print "mountinfo", $5, $(NF-2), $NF}' /proc/self/mountinfo
+awk '$2 ~ "^/sys/fs/cgroup" {print "mounts", $2, $3}' /proc/mounts
+`, v2, v2, v2)
+	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
+	t.Logf("in the container:\n%s", r.out)
+	want := []string{"root " + rootType, "v2 " + v2Type, "v2file " + v2Type, "relative " + v2Type, "proc proc",
+		"mountinfo " + v2 + " cgroup2", "mounts " + v2 + " cgroup2"}
+	if len(l.v1) > 0 {
+		want = append(want, "v1 cgroupfs", "mountinfo /sys/fs/cgroup/memory cgroup", "mounts /sys/fs/cgroup/memory cgroup",
+			"mountinfo /sys/fs/cgroup tmpfs")
+	}
+	for _, w := range want {
+		if !strings.Contains(r.out, w) {
+			t.Errorf("the container did not see %q", w)
+		}
+	}
+	if r.code != 0 {
+		t.Errorf("exit status %d", r.code)
+	}
+}
+
+// TestTheKernelMountsBeneathGiveNothing: the kernel cgroup mounts under
+// the view are read-only, and even made writable they let the
+// container's root change nothing: the kernel judges them by host
+// ownership, host root's throughout.
+func TestTheKernelMountsBeneathGiveNothing(t *testing.T) {
+	requireRoot(t)
+	parent := runParent(t)
+	v2, _, _ := lanePaths(t)
+	script := fmt.Sprintf(`umount %[1]s || exit 3
+grep -q cgroup2 /proc/self/mountinfo || exit 4
+mkdir %[1]s/x 2>/dev/null && echo MKDIR-RO
+mount -o remount,bind,rw %[1]s && echo remounted
+mkdir %[1]s/x 2>/dev/null && echo MKDIR-RW
+(echo $$ > %[1]s/cgroup.procs) 2>/dev/null && echo MOVED
+(echo 1 > %[1]s/cgroup.freeze) 2>/dev/null && echo FROZE
+echo done
+`, v2)
+	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
+	t.Logf("in the container:\n%s", r.out)
+	if !strings.Contains(r.out, "done") {
+		t.Fatalf("the script did not run through (exit %d)", r.code)
+	}
+	for _, bad := range []string{"MKDIR-RO", "MKDIR-RW", "MOVED", "FROZE"} {
+		if strings.Contains(r.out, bad) {
+			t.Errorf("the kernel mount under the view let the container's root do %s", bad)
+		}
+	}
+}
+
+// TestInotifyOnEventsFiles: inotifywait (inotify-tools) watching
+// cgroup.events in the container wakes when the kernel freezes the
+// cgroup (frozen 1) and when cgroup.kill empties it (populated 0).
+func TestInotifyOnEventsFiles(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "inotifywait")
+	parent := runParent(t)
+	v2, _, _ := lanePaths(t)
+	script := fmt.Sprintf(`set -e
+J=%s/j
+mkdir $J
+sleep 100 & kid=$!
+echo $kid > $J/cgroup.procs
+# inotifywait says "Watches established." once it watches: only then
+# does the cgroup change.
+inotifywait -m -e modify $J/cgroup.events > /tmp/cgfs-inw.$$ 2>&1 &
+w=$!
+until grep -q established /tmp/cgfs-inw.$$; do sleep 0.05; done
+wait_event() {
+	n=$1
+	for i in $(seq 100); do
+		[ $(grep -c MODIFY /tmp/cgfs-inw.$$) -ge $n ] && return 0
+		sleep 0.05
+	done
+	return 1
+}
+echo 1 > $J/cgroup.freeze
+wait_event 1 && echo "woke on: $(grep frozen $J/cgroup.events)"
+echo 1 > $J/cgroup.kill
+wait $kid || true
+before=$(grep -c MODIFY /tmp/cgfs-inw.$$)
+until grep -q 'populated 0' $J/cgroup.events; do sleep 0.05; done
+wait_event $((before > 1 ? before : 2)) && echo "woke on: $(grep populated $J/cgroup.events)"
+kill $w
+rm -f /tmp/cgfs-inw.$$
+rmdir $J
+`, v2)
+	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
+	t.Logf("in the container:\n%s", r.out)
+	for _, want := range []string{"woke on: frozen 1", "woke on: populated 0"} {
+		if !strings.Contains(r.out, want) {
+			t.Errorf("inotifywait did not say %q", want)
+		}
+	}
+}
+
+// clone3Client is the static C client of clone3(CLONE_INTO_CGROUP) in
+// testdata, built for the test (the VM lane gets it built).
+func clone3Client(t *testing.T) string {
+	t.Helper()
+	if dir := os.Getenv("CGFS_TOOLS"); dir != "" {
+		return filepath.Join(dir, "clone3")
+	}
+	requireTool(t, "gcc")
+	bin := filepath.Join(publicDir(t), "clone3")
+	if out, err := exec.Command("gcc", "-static", "-O2", "-o", bin, "testdata/clone3.c").CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestClone3FallsBack: clone3 is ENOSYS for what cgfs starts, so a
+// client spawning straight into a cgroup (as the kernel's selftests and
+// systemd do) falls back to fork and cgroup.procs, and its child lands
+// in the cgroup it named.
+func TestClone3FallsBack(t *testing.T) {
+	requireRoot(t)
+	bin := clone3Client(t)
+	parent := runParent(t)
+	v2, _, _ := lanePaths(t)
+	script := fmt.Sprintf("mkdir %[1]s/spawned && %[2]s %[1]s/spawned; echo status $?", v2, bin)
+	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
+	t.Logf("in the container:\n%s", r.out)
+	for _, want := range []string{"clone3: ENOSYS, falling back", "0::/spawned\n", "status 0"} {
+		if !strings.Contains(r.out, want) {
+			t.Errorf("the clone3 client did not say %q", want)
+		}
+	}
+}
+
+// TestCgroupTools: libcgroup's tools find the view through the mount
+// table and manage cgroups in it: cgcreate, cgset, cgget, cgexec,
+// lscgroup, cgdelete.
+func TestCgroupTools(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "cgcreate")
+	l := detectLane(t)
+	parent := runParent(t)
+	ctrl, file, value := "pids", "pids.max", "42"
+	if len(l.v1) == 0 && !l.controllers["pids"] {
+		t.Skip("no pids controller on this machine")
+	}
+	script := fmt.Sprintf(`set -e
+cgcreate -g %[1]s:/tools
+cgset -r %[2]s=%[3]s tools
+cgget -n -v -r %[2]s tools | sed 's/^/cgget /'
+cgexec -g %[1]s:tools cat /proc/self/cgroup | sed 's/^/cgexec /'
+lscgroup | sed 's/^/lscgroup /'
+cgdelete -g %[1]s:/tools && echo deleted
+`, ctrl, file, value)
+	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
+	t.Logf("in the container:\n%s", r.out)
+	cgexec := "cgexec 0::/tools"
+	if len(l.v1) > 0 {
+		cgexec = ":pids:/tools"
+	}
+	for _, want := range []string{"cgget " + value, cgexec, "lscgroup " + ctrl + ":/tools", "deleted"} {
+		if !strings.Contains(r.out, want) {
+			t.Errorf("cgroup-tools did not say %q", want)
+		}
+	}
+}
+
+// TestSystemdCgls: systemd-cgls accepts the view as a cgroup file system
+// and lists the container's tree.
+func TestSystemdCgls(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "systemd-cgls")
+	parent := runParent(t)
+	v2, _, _ := lanePaths(t)
+	script := fmt.Sprintf("mkdir %[1]s/listed && sleep 100 & sleep 0.2; echo $! > %[1]s/listed/cgroup.procs; SYSTEMD_COLORS=0 systemd-cgls --no-pager; echo status $?; kill $!", v2)
+	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
+	t.Logf("in the container:\n%s", r.out)
+	for _, want := range []string{"listed", "sleep 100", "status 0"} {
+		if !strings.Contains(r.out, want) {
+			t.Errorf("systemd-cgls did not show %q", want)
+		}
+	}
+}
+
+// TestGoFindsItsCPULimit: Go's runtime (1.25+) sets GOMAXPROCS from the
+// CPU limit it finds through /proc/self/cgroup and the mount table: in
+// the container's root, in a child with a cpu.max of its own, and in the
+// hidden leaf cgfs keeps the root's processes in once the root enables
+// cpu (by the leaf path /proc/self/cgroup shows). Go rounds a limit
+// below 2 up to 2, so a limit shows only on a machine with 3 or more
+// CPUs: the VM lane has 3.
+func TestGoFindsItsCPULimit(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	if len(l.v1) > 0 || !l.controllers["cpu"] || runtime.NumCPU() < 3 {
+		t.Skipf("needs the cpu controller on cgroup v2 and 3 or more CPUs (Go never sets GOMAXPROCS below 2), here %d: this test runs in the VM lane", runtime.NumCPU())
+	}
+	parent := runParent(t)
+	gomaxprocs := "env " + helperEnv + "=1 " + helperBin + " gomaxprocs x"
+	limited := `echo root $(` + gomaxprocs + `)
+echo +cpu > /sys/fs/cgroup/cgroup.subtree_control
+echo "leaf $(grep 0:: /proc/self/cgroup) $(` + gomaxprocs + `)"
+`
+	r := cgfsRun(t, nil, "--parent", parent, "--cpus", "2", "--", "sh", "-c", limited)
+	t.Logf("limited to 2 of %d CPUs:\n%s", runtime.NumCPU(), r.out)
+	unlimited := `echo root $(` + gomaxprocs + `)
+mkdir /sys/fs/cgroup/two
+echo "200000 100000" > /sys/fs/cgroup/two/cpu.max
+sh -c 'echo $$ > /sys/fs/cgroup/two/cgroup.procs; echo child $(` + gomaxprocs + `)'
+`
+	r2 := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", unlimited)
+	t.Logf("unlimited:\n%s", r2.out)
+	for _, c := range []struct{ out, want string }{
+		{r.out, "root 2"}, {r.out, "leaf 0::/.cgfs-leaf 2"},
+		{r2.out, "root " + strconv.Itoa(runtime.NumCPU())}, {r2.out, "child 2"},
+	} {
+		if !strings.Contains(c.out, c.want+"\n") {
+			t.Errorf("the Go program did not say %q", c.want)
+		}
+	}
+}
