@@ -206,9 +206,15 @@ func TestSystemdCgls(t *testing.T) {
 	requireTool(t, "systemd-cgls")
 	parent := runParent(t)
 	v2, _, _ := lanePaths(t)
-	script := fmt.Sprintf("mkdir %[1]s/listed && sleep 100 & sleep 0.2; echo $! > %[1]s/listed/cgroup.procs; SYSTEMD_COLORS=0 systemd-cgls --no-pager; echo status $?; kill $!", v2)
+	script := fmt.Sprintf(`mkdir %[1]s/listed
+sleep 100 &
+echo $! > %[1]s/listed/cgroup.procs
+SYSTEMD_COLORS=0 systemd-cgls --no-pager
+echo status $?
+kill $!
+`, v2)
 	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
-	t.Logf("in the container:\n%s", r.out)
+	t.Logf("in the container (exit %d):\n%s", r.code, r.out)
 	for _, want := range []string{"listed", "sleep 100", "status 0"} {
 		if !strings.Contains(r.out, want) {
 			t.Errorf("systemd-cgls did not show %q", want)

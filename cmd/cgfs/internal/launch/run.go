@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -100,15 +101,27 @@ func Run(o Options) (int, error) {
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	}
 	cmd.SysProcAttr = attr
-	if err := cmd.Start(); err != nil {
+	// Pdeathsig comes when the thread that started the init ends, not
+	// the process, and Go ends a thread whose goroutine exits locked to
+	// it (pidns helpers do, on whatever thread they run). So the init is
+	// started from a thread kept for it until Run returns.
+	started, release := make(chan error, 1), make(chan struct{})
+	defer close(release)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		started <- cmd.Start()
+		<-release
+	}()
+	if err := <-started; err != nil {
 		child.Close()
 		return 0, fmt.Errorf("starting the container: %w", err)
 	}
 	child.Close()
 	init := cmd.Process.Pid
-	started := false
+	running := false
 	defer func() {
-		if !started {
+		if !running {
 			_ = cmd.Process.Kill()
 			_ = cmd.Wait()
 		}
@@ -149,7 +162,7 @@ func Run(o Options) (int, error) {
 		}
 		break
 	}
-	started = true
+	running = true
 	if o.Started != nil {
 		defer o.Started(init)()
 	}
