@@ -184,6 +184,21 @@ func (p *proc) resolve(path string) (int, error) {
 	if path == "" {
 		return -1, unix.ENOENT
 	}
+	if fd, ok := selfFd(path); ok {
+		// The caller's own descriptor (runtimes mount and stat through
+		// /proc/self/fd/N, securejoin style): its open file, as the
+		// magic link names it.
+		f := -1
+		f, err := p.open("fd/"+strconv.Itoa(fd), unix.O_PATH, &f)
+		if err != nil {
+			return -1, err
+		}
+		if !p.valid() {
+			unix.Close(f)
+			return -1, errGone
+		}
+		return f, nil
+	}
 	if filepath.IsAbs(path) {
 		return p.inRoot(path)
 	}
@@ -274,4 +289,15 @@ func openat2(dir int, path string, resolve uint64) (fd int, err error) {
 		}
 	}
 	return fd, err
+}
+
+// selfFd is N of /proc/self/fd/N or /proc/thread-self/fd/N.
+func selfFd(path string) (int, bool) {
+	for _, prefix := range []string{"/proc/self/fd/", "/proc/thread-self/fd/"} {
+		if rest, ok := strings.CutPrefix(path, prefix); ok {
+			n, err := strconv.Atoi(rest)
+			return n, err == nil && n >= 0
+		}
+	}
+	return 0, false
 }
