@@ -114,11 +114,15 @@ func (v *View) ensureLeafLocked(dir string) error {
 }
 
 // foldLocked moves the leaf's processes back into cgroup dir and removes
-// the leaf, unless dir still enables domain controllers (the kernel
-// answers EBUSY, and the leaf stays).
+// the leaf, unless dir still enables controllers: domain ones (the
+// kernel would answer EBUSY) or threaded ones (the kernel would make dir
+// a threaded domain, its children invalid).
 func (v *View) foldLocked(dir string) error {
 	if !v.hasLeaf(dir) {
 		return nil
+	}
+	if b, err := v.host.ReadFile(host.Join(dir, "cgroup.subtree_control")); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return nil // still needed
 	}
 	leaf := host.Join(dir, LeafName)
 	if err := v.moveAllLocked(leaf, dir); err != nil {
@@ -138,15 +142,33 @@ func (v *View) foldLocked(dir string) error {
 }
 
 // writeSubtreeControl carries a write to cgroup.subtree_control of f's
-// cgroup H. If the kernel refuses it with EBUSY because H holds
-// processes (the no internal process rule), they move into H's leaf and
-// the write is tried again; after a write that leaves no domain
-// controller enabled, the leaf is folded back. The kernel's EBUSY
-// decides which controllers need a leaf: threaded ones never do.
+// cgroup H. A domain cgroup H that holds processes cannot enable domain
+// controllers (the no internal process rule: EBUSY), and enabling
+// threaded ones (cpu, pids, ...) turns it into a threaded domain whose
+// child cgroups are invalid (cgroup-v2.rst, "Threads"). Neither happens
+// at a host's root, and neither happens here: before a write that
+// enables a controller, H's processes move into H's leaf; after a write
+// that leaves nothing enabled, the leaf is folded back. A cgroup that is
+// no plain domain (threaded, or made a threaded domain by the container
+// itself) is left to the kernel, and EBUSY for a race is retried the
+// same way.
 func writeSubtreeControl(f *File, _ *access.Request, data []byte) (int, error) {
 	v, dir := f.v, f.cgroup
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if strings.Contains(string(data), "+") && !v.hasLeaf(dir) {
+		typ, terr := v.host.ReadFile(host.Join(dir, "cgroup.type"))
+		pids, perr := v.hostTasks(dir, "cgroup.procs")
+		if terr == nil && perr == nil && strings.TrimSpace(string(typ)) == "domain" && len(pids) > 0 {
+			if err := v.ensureLeafLocked(dir); err != nil {
+				return 0, err
+			}
+			if err := v.moveAllLocked(dir, host.Join(dir, LeafName)); err != nil {
+				_ = v.foldLocked(dir)
+				return 0, err
+			}
+		}
+	}
 	n, err := v.host.Write(f.host, f.vpath, data)
 	for try := 0; errors.Is(err, unix.EBUSY) && try < 3; try++ {
 		pids, lerr := v.hostTasks(dir, "cgroup.procs")
