@@ -91,3 +91,46 @@ func benchFiles(host string, s *server) []struct{ name, path string } {
 	}
 	return out
 }
+
+// BenchmarkEventRelay is the latency of an inotify event on a view's
+// cgroup.events after the kernel changes the host file (a freeze or a
+// thaw written on the host), next to the same watch on the host file:
+// what a watcher in a container waits for beyond the kernel's own
+// notification.
+func BenchmarkEventRelay(b *testing.B) {
+	requireRoot(b)
+	l := detectLane(b)
+	host := newCgroup(b, l)
+	s := mountView(b, host)
+	for _, c := range []struct{ name, events string }{
+		{"native", filepath.Join(host, "cgroup.events")},
+		{"cgfs", s.path("cgroup.events")},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			in, err := unix.InotifyInit1(unix.IN_CLOEXEC)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer unix.Close(in)
+			if _, err := unix.InotifyAddWatch(in, c.events, unix.IN_MODIFY); err != nil {
+				b.Fatal(err)
+			}
+			buf := make([]byte, 4096)
+			freeze := filepath.Join(host, "cgroup.freeze")
+			state := "1"
+			for b.Loop() {
+				if err := os.WriteFile(freeze, []byte(state), 0); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := unix.Read(in, buf); err != nil {
+					b.Fatal(err)
+				}
+				if state == "1" {
+					state = "0"
+				} else {
+					state = "1"
+				}
+			}
+		})
+	}
+}

@@ -1,6 +1,7 @@
 package test
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,13 +15,21 @@ import (
 // Tests of real clients, unmodified, inside a container cgfs run starts:
 // what they find at /sys/fs/cgroup must look like a host's cgroupfs.
 
+// statfs types as stat -f -c %t prints them (hex): busybox's stat knows
+// no name for cgroup2.
+const (
+	tmpfsMagic   = "1021994"
+	cgroupMagic  = "27e0eb"
+	cgroup2Magic = "63677270"
+)
+
 // lanePaths are where a container finds its cgroup v2 tree, and the
 // statfs types a host shows for /sys/fs/cgroup and that tree.
 func lanePaths(t *testing.T) (v2, rootType, v2Type string) {
 	if len(detectLane(t).v1) > 0 {
-		return "/sys/fs/cgroup/unified", "tmpfs", "cgroup2fs"
+		return "/sys/fs/cgroup/unified", tmpfsMagic, cgroup2Magic
 	}
-	return "/sys/fs/cgroup", "cgroup2fs", "cgroup2fs"
+	return "/sys/fs/cgroup", cgroup2Magic, cgroup2Magic
 }
 
 // TestTheViewIsACgroupFilesystem: statfs (coreutils' or busybox's stat
@@ -32,19 +41,19 @@ func TestTheViewIsACgroupFilesystem(t *testing.T) {
 	l := detectLane(t)
 	parent := runParent(t)
 	v2, rootType, v2Type := lanePaths(t)
-	script := fmt.Sprintf(`stat -f -c 'root %%T' /sys/fs/cgroup; stat -f -c 'v2 %%T' %s; stat -f -c 'v2file %%T' %s/cgroup.procs
-cd %s && stat -f -c 'relative %%T' .
-stat -f -c 'proc %%T' /proc
-[ ! -d /sys/fs/cgroup/memory ] || stat -f -c 'v1 %%T' /sys/fs/cgroup/memory
+	script := fmt.Sprintf(`stat -f -c 'root %%t' /sys/fs/cgroup; stat -f -c 'v2 %%t' %s; stat -f -c 'v2file %%t' %s/cgroup.procs
+cd %s && stat -f -c 'relative %%t' .
+stat -f -c 'proc %%t' /proc
+[ ! -d /sys/fs/cgroup/memory ] || stat -f -c 'v1 %%t' /sys/fs/cgroup/memory
 awk '$5 ~ "^/sys/fs/cgroup" {print "mountinfo", $5, $(NF-2), $NF}' /proc/self/mountinfo
 awk '$2 ~ "^/sys/fs/cgroup" {print "mounts", $2, $3}' /proc/mounts
 `, v2, v2, v2)
 	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
 	t.Logf("in the container:\n%s", r.out)
-	want := []string{"root " + rootType, "v2 " + v2Type, "v2file " + v2Type, "relative " + v2Type, "proc proc",
+	want := []string{"root " + rootType, "v2 " + v2Type, "v2file " + v2Type, "relative " + v2Type, "proc 9fa0",
 		"mountinfo " + v2 + " cgroup2", "mounts " + v2 + " cgroup2"}
 	if len(l.v1) > 0 {
-		want = append(want, "v1 cgroupfs", "mountinfo /sys/fs/cgroup/memory cgroup", "mounts /sys/fs/cgroup/memory cgroup",
+		want = append(want, "v1 "+cgroupMagic, "mountinfo /sys/fs/cgroup/memory cgroup", "mounts /sys/fs/cgroup/memory cgroup",
 			"mountinfo /sys/fs/cgroup tmpfs")
 	}
 	for _, w := range want {
@@ -60,12 +69,13 @@ awk '$2 ~ "^/sys/fs/cgroup" {print "mounts", $2, $3}' /proc/mounts
 // TestTheKernelMountsBeneathGiveNothing: the kernel cgroup mounts under
 // the view are read-only, and even made writable they let the
 // container's root change nothing: the kernel judges them by host
-// ownership, host root's throughout.
+// ownership, host root's throughout. (The view is taken away lazily:
+// cgfs's event relay holds it open.)
 func TestTheKernelMountsBeneathGiveNothing(t *testing.T) {
 	requireRoot(t)
 	parent := runParent(t)
 	v2, _, _ := lanePaths(t)
-	script := fmt.Sprintf(`umount %[1]s || exit 3
+	script := fmt.Sprintf(`umount -l %[1]s || exit 3
 grep -q cgroup2 /proc/self/mountinfo || exit 4
 mkdir %[1]s/x 2>/dev/null && echo MKDIR-RO
 mount -o remount,bind,rw %[1]s && echo remounted
@@ -182,9 +192,9 @@ func TestCgroupTools(t *testing.T) {
 cgcreate -g %[1]s:/tools
 cgset -r %[2]s=%[3]s tools
 cgget -n -v -r %[2]s tools | sed 's/^/cgget /'
-cgexec -g %[1]s:tools cat /proc/self/cgroup | sed 's/^/cgexec /'
-lscgroup | sed 's/^/lscgroup /'
-cgdelete -g %[1]s:/tools && echo deleted
+cgexec -g %[1]s:tools cat /proc/self/cgroup 2>&1 | sed 's/^/cgexec /'
+lscgroup 2>&1 | sed 's/^/lscgroup /'
+cgdelete -g %[1]s:/tools 2>&1 && echo deleted
 `, ctrl, file, value)
 	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
 	t.Logf("in the container:\n%s", r.out)
@@ -192,7 +202,8 @@ cgdelete -g %[1]s:/tools && echo deleted
 	if len(l.v1) > 0 {
 		cgexec = ":pids:/tools"
 	}
-	for _, want := range []string{"cgget " + value, cgexec, "lscgroup " + ctrl + ":/tools", "deleted"} {
+	// lscgroup names a v2 group by all the controllers of its hierarchy.
+	for _, want := range []string{"cgget " + value, cgexec, ":/tools\n", "deleted"} {
 		if !strings.Contains(r.out, want) {
 			t.Errorf("cgroup-tools did not say %q", want)
 		}
@@ -232,18 +243,21 @@ kill $!
 func TestGoFindsItsCPULimit(t *testing.T) {
 	requireRoot(t)
 	l := detectLane(t)
-	if len(l.v1) > 0 || !l.controllers["cpu"] || runtime.NumCPU() < 3 {
+	if len(l.v1) > 0 || !l.controllers["cpu"] || !l.controllers["memory"] || runtime.NumCPU() < 3 {
 		t.Skipf("needs the cpu controller on cgroup v2 and 3 or more CPUs (Go never sets GOMAXPROCS below 2), here %d: this test runs in the VM lane", runtime.NumCPU())
 	}
 	parent := runParent(t)
 	gomaxprocs := "env " + helperEnv + "=1 " + helperBin + " gomaxprocs x"
+	// Enabling a controller at the root moves the root's processes
+	// into its hidden leaf.
 	limited := `echo root $(` + gomaxprocs + `)
-echo +cpu > /sys/fs/cgroup/cgroup.subtree_control
+echo +memory > /sys/fs/cgroup/cgroup.subtree_control
 echo "leaf $(grep 0:: /proc/self/cgroup) $(` + gomaxprocs + `)"
 `
 	r := cgfsRun(t, nil, "--parent", parent, "--cpus", "2", "--", "sh", "-c", limited)
 	t.Logf("limited to 2 of %d CPUs:\n%s", runtime.NumCPU(), r.out)
 	unlimited := `echo root $(` + gomaxprocs + `)
+echo +cpu > /sys/fs/cgroup/cgroup.subtree_control
 mkdir /sys/fs/cgroup/two
 echo "200000 100000" > /sys/fs/cgroup/two/cpu.max
 sh -c 'echo $$ > /sys/fs/cgroup/two/cgroup.procs; echo child $(` + gomaxprocs + `)'
@@ -256,6 +270,104 @@ sh -c 'echo $$ > /sys/fs/cgroup/two/cgroup.procs; echo child $(` + gomaxprocs + 
 	} {
 		if !strings.Contains(c.out, c.want+"\n") {
 			t.Errorf("the Go program did not say %q", c.want)
+		}
+	}
+}
+
+// TestNestedRunc: runc 1.1.5, run by the root of a cgfs run container,
+// starts a nested container (busybox, its own cgroup namespace) with
+// memory and pids limits set through the view. runc's cgroupfs mounts
+// for the nested container are answered by cgfs with views of the
+// nested container's own cgroups (nesting keeps the rules): the nested
+// root sees its limits, cannot raise them (EPERM), and manages its
+// subtree.
+func TestNestedRunc(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "runc")
+	l := detectLane(t)
+	parent := runParent(t)
+	bundle := publicDir(t)
+	busyboxRootfsAt(t, filepath.Join(bundle, "rootfs"), containerBase)
+	mem, pids, sub := "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/sub"
+	if len(l.v1) > 0 {
+		mem, pids, sub = "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/pids/pids.max", "/sys/fs/cgroup/pids/sub"
+	}
+	script := fmt.Sprintf(`grep -c ' - fuse.cgfs ' /proc/self/mountinfo | sed 's/^/cgfs mounts /'
+echo limits $(cat %[1]s) $(cat %[2]s)
+(echo 1073741824 > %[1]s) 2>&1 | grep -o 'Operation not permitted' | sed 's/^/raise: /'
+mkdir %[3]s && echo $$ > %[3]s/cgroup.procs && echo moved $(grep -c /sub /proc/self/cgroup)
+`, mem, pids, sub)
+	cmd := exec.Command("runc", "spec")
+	cmd.Dir = bundle
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("runc spec: %v\n%s", err, out)
+	}
+	var c map[string]any
+	b, _ := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err := json.Unmarshal(b, &c); err != nil {
+		t.Fatal(err)
+	}
+	c["process"].(map[string]any)["terminal"] = false
+	c["process"].(map[string]any)["args"] = []string{"sh", "-c", script}
+	c["root"] = map[string]any{"path": "rootfs", "readonly": false}
+	linux := c["linux"].(map[string]any)
+	hasCgroupNS := false
+	for _, ns := range linux["namespaces"].([]any) {
+		hasCgroupNS = hasCgroupNS || ns.(map[string]any)["type"] == "cgroup"
+	}
+	if !hasCgroupNS { // runc spec adds it on a cgroup v2 only host
+		linux["namespaces"] = append(linux["namespaces"].([]any), map[string]any{"type": "cgroup"})
+	}
+	linux["cgroupsPath"] = "/nested"
+	linux["resources"] = map[string]any{"memory": map[string]any{"limit": 64 << 20}, "pids": map[string]any{"limit": 50}}
+	// The nested root manages its cgroups: /sys/fs/cgroup read-write.
+	for _, m := range c["mounts"].([]any) {
+		mm := m.(map[string]any)
+		if mm["destination"] == "/sys/fs/cgroup" {
+			mm["options"] = []string{"nosuid", "noexec", "nodev", "relatime"}
+		}
+	}
+	b, _ = json.MarshalIndent(c, "", " ")
+	if err := os.WriteFile(filepath.Join(bundle, "config.json"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_ = filepath.Walk(bundle, func(p string, _ os.FileInfo, _ error) error { return os.Lchown(p, containerBase, containerBase) })
+	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c",
+		"cd "+bundle+" && runc --root "+bundle+"/state run nested 2>&1; echo runc status $?")
+	t.Logf("in the container:\n%s", r.out)
+	for _, want := range []string{"limits 67108864 50", "raise: Operation not permitted", "moved 1", "runc status 0"} {
+		if !strings.Contains(r.out, want) {
+			t.Errorf("the nested container did not say %q", want)
+		}
+	}
+	if strings.Contains(r.out, "cgfs mounts 0") {
+		t.Errorf("the nested container's /sys/fs/cgroup is not a cgfs view")
+	}
+}
+
+// TestThreadedControllersKeepADomain: enabling a threaded controller
+// (pids, cpu) in a cgroup that holds processes would make it a threaded
+// domain and its children invalid ("domain invalid": libcgroup then
+// refuses them); at a host's root it does not, and through the view it
+// does not either: the processes move into the hidden leaf.
+func TestThreadedControllersKeepADomain(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	if len(l.v1) > 0 || !l.controllers["pids"] {
+		t.Skip("needs the pids controller on cgroup v2: this test runs in the VM lane")
+	}
+	parent := runParent(t)
+	script := `mkdir /sys/fs/cgroup/a
+echo +pids > /sys/fs/cgroup/cgroup.subtree_control
+echo root $(cat /sys/fs/cgroup/cgroup.type) child $(cat /sys/fs/cgroup/a/cgroup.type) in $(grep 0:: /proc/self/cgroup)
+echo -pids > /sys/fs/cgroup/cgroup.subtree_control
+echo back in $(grep 0:: /proc/self/cgroup)
+`
+	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
+	t.Logf("in the container:\n%s", r.out)
+	for _, want := range []string{"root domain child domain in 0::/.cgfs-leaf", "back in 0::/\n"} {
+		if !strings.Contains(r.out, want) {
+			t.Errorf("the container did not say %q", want)
 		}
 	}
 }

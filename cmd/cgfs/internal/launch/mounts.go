@@ -47,7 +47,16 @@ func kernelMountOf(h layout.Hierarchy) kernelMount {
 func placeView(view int, target string, mounts []kernelMount) error {
 	const ro = unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
 	if len(mounts) == 1 && mounts[0].Dir == "" {
-		if err := unix.Mount(mounts[0].FSType, target, mounts[0].FSType, ro, ""); err != nil {
+		err := unix.Mount(mounts[0].FSType, target, mounts[0].FSType, ro, "")
+		if err == unix.EBUSY {
+			// target is the root of the host's own cgroup2 mount (the
+			// host's file system is shared), and the kernel stacks no
+			// superblock on its own root: a tmpfs goes between.
+			if err = unix.Mount("tmpfs", target, "tmpfs", ro, "mode=755"); err == nil {
+				err = unix.Mount(mounts[0].FSType, target, mounts[0].FSType, ro, "")
+			}
+		}
+		if err != nil {
 			return fmt.Errorf("mounting %s at %s: %w", mounts[0].FSType, target, err)
 		}
 		return moveMount(view, target)

@@ -36,6 +36,10 @@ type Options struct {
 	// Started is told the container init's host pid and the cgroups
 	// (for cgfs exec) once it runs; its return is called at the end.
 	Started func(init int) (end func())
+	// Nested serves a view of owner's cgroups (a process of the
+	// container that mounts cgroupfs), detached; it is dropped when its
+	// mounts are gone. Nil lets the kernel answer those mounts.
+	Nested func(owner int) (*os.File, error)
 }
 
 // Run starts the container and waits for it; it returns the command's
@@ -150,7 +154,13 @@ func Run(o Options) (int, error) {
 	for {
 		msg, listener, err := readMsg(conn)
 		if err == nil && msg == "agent" && listener != nil {
-			ag := agent.Serve(listener, agent.Config{Magic: Magic(viewStat.Dev, cg.mounts), Log: o.Log})
+			magic := newMagicSet(cg.mounts)
+			magic.add(viewStat.Dev)
+			cfg := agent.Config{Magic: magic.magic, Log: o.Log}
+			if o.Nested != nil {
+				cfg.Mounter = (&nester{serve: o.Nested, magic: magic, mounts: cg.mounts, log: o.Log}).mount
+			}
+			ag := agent.Serve(listener, cfg)
 			defer ag.Close()
 			continue
 		}
