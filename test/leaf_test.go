@@ -406,20 +406,35 @@ func TestPidsMaxEnforcedBelowTheRoot(t *testing.T) {
 	}
 }
 
-// TestThreadedControllersKeepTheKernelsRules: a cgroup with processes
-// that enables only a threaded controller gets no leaf and becomes a
-// thread root, as natively; a threaded child under it works.
-func TestThreadedControllersKeepTheKernelsRules(t *testing.T) {
+// TestThreadedChildrenNeedNoProcessesBeside: a cgroup with processes
+// that enables only a threaded controller keeps them in its leaf (it
+// stays a domain and its children valid domains, as at a host's root).
+// The price: while they are there it cannot become a thread root, so a
+// child cannot be made threaded (EOPNOTSUPP, as the kernel answers while
+// a domain child holds processes); with nothing enabled it can, and a
+// threaded controller enabled then keeps the kernel's rules.
+func TestThreadedChildrenNeedNoProcessesBeside(t *testing.T) {
 	requireRoot(t)
 	l := detectLane(t)
 	requireController(t, l, "pids")
 	host, c, _ := containerWithView(t, l, containerBase)
 	c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "+pids")
-	if got, want := hostCgroupOf(t, c.pid()), cgroupPath(l, host); got != want {
-		t.Errorf("after +pids alone the container init is in %s, want %s (no leaf)", got, want)
+	if got, want := hostCgroupOf(t, c.pid()), cgroupPath(l, host)+"/"+leafName; got != want {
+		t.Errorf("after +pids alone the container init is in %s, want %s", got, want)
 	}
+	c.expect(t, "OKdomain\n", "read", cg+"/cgroup.type")
 	c.expect(t, "OK", "mkdir", cg+"/t")
+	c.expect(t, "OKdomain\n", "read", cg+"/t/cgroup.type")
+	c.expect(t, "ENOTSUP", "write", cg+"/t/cgroup.type", "threaded")
+	// With nothing enabled the leaf folds back, and then (as natively)
+	// the child can be made threaded: the cgroup becomes a thread root
+	// holding its processes.
+	c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "-pids")
+	if got, want := hostCgroupOf(t, c.pid()), cgroupPath(l, host); got != want {
+		t.Errorf("after -pids the container init is in %s, want %s (the leaf folded)", got, want)
+	}
 	c.expect(t, "OK", "write", cg+"/t/cgroup.type", "threaded")
 	c.expect(t, "OKdomain threaded\n", "read", cg+"/cgroup.type")
+	c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "+pids")
 	c.expect(t, "OK", "write", cg+"/t/pids.max", "100")
 }

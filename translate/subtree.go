@@ -118,11 +118,11 @@ func (v *View) ensureLeafLocked(dir string) error {
 // kernel would answer EBUSY) or threaded ones (the kernel would make dir
 // a threaded domain, its children invalid).
 func (v *View) foldLocked(dir string) error {
-	if !v.hasLeaf(dir) {
-		return nil
-	}
 	if b, err := v.host.ReadFile(host.Join(dir, "cgroup.subtree_control")); err == nil && len(strings.TrimSpace(string(b))) > 0 {
 		return nil // still needed
+	}
+	if !v.hasLeaf(dir) {
+		return nil
 	}
 	leaf := host.Join(dir, LeafName)
 	if err := v.moveAllLocked(leaf, dir); err != nil {
