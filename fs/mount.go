@@ -105,6 +105,7 @@ type Mounted struct {
 	path   string   // where MoveTo put it
 	done   chan struct{}
 	fsys   *mount
+	dev    uint64
 }
 
 // Serve serves cfg's views on a new FUSE filesystem whose mount is not
@@ -162,7 +163,7 @@ func Serve(cfg Config) (*Mounted, error) {
 		mnt.Close()
 		return nil, err
 	}
-	served := &Mounted{server: server, mount: mnt, conn: unix.Minor(mst.Dev), done: make(chan struct{}), fsys: m}
+	served := &Mounted{server: server, mount: mnt, conn: unix.Minor(mst.Dev), done: make(chan struct{}), fsys: m, dev: mst.Dev}
 	go func() {
 		server.Wait()
 		if r := m.relay.Load(); r != nil {
@@ -289,6 +290,10 @@ func (m *Mounted) Take() *os.File {
 	m.mount = nil
 	return f
 }
+
+// Dev is the FUSE file system's device number, as stat(2) shows it for
+// its files.
+func (m *Mounted) Dev() uint64 { return m.dev }
 
 // Done is closed when the connection ends: its last mount is gone, or it
 // was stopped.

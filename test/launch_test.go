@@ -587,6 +587,23 @@ func runcConfig(t *testing.T, bundle, cgroups, script string, env []string) {
 		}
 	}
 	c["hooks"] = hooks.Hooks
+	// And the seccomp example: the daemon answers the container's statfs
+	// (and cgroupfs mounts) at its seccomp socket, beside its control
+	// socket.
+	var sec struct {
+		Linux struct {
+			Seccomp map[string]any `json:"seccomp"`
+		} `json:"linux"`
+	}
+	if err := json.Unmarshal([]byte(example(t, "oci-seccomp.json")), &sec); err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range env {
+		if sock, ok := strings.CutPrefix(kv, "CGFS_SOCKET="); ok {
+			sec.Linux.Seccomp["listenerPath"] = filepath.Join(filepath.Dir(sock), "seccomp.sock")
+		}
+	}
+	linux["seccomp"] = sec.Linux.Seccomp
 	b, _ = json.MarshalIndent(c, "", " ")
 	if err := os.WriteFile(p, b, 0o644); err != nil {
 		t.Fatal(err)
@@ -622,7 +639,7 @@ func TestRuncThroughTheOCIHook(t *testing.T) {
 	if len(l.v1) > 0 {
 		v2 = "/sys/fs/cgroup/unified"
 	}
-	runcConfig(t, bundle, cgroups, "grep fuse.cgfs /proc/self/mountinfo | cut -d' ' -f5; mkdir "+v2+"/sub && echo made sub; ls "+v2+" | grep sub; grep '^0::' /proc/self/cgroup", env)
+	runcConfig(t, bundle, cgroups, "grep fuse.cgfs /proc/self/mountinfo | cut -d' ' -f5; mkdir "+v2+"/sub && echo made sub; ls "+v2+" | grep sub; grep '^0::' /proc/self/cgroup; stat -f -c 'statfs %t' "+v2, env)
 	state := t.TempDir()
 	name := fmt.Sprintf("cgfs-test-runc-%d", os.Getpid())
 	cmd := exec.Command("runc", "--root", state, "run", "-b", bundle, name)
@@ -632,7 +649,7 @@ func TestRuncThroughTheOCIHook(t *testing.T) {
 	if err != nil {
 		t.Fatalf("runc run: %v", err)
 	}
-	for _, want := range []string{"/sys/fs/cgroup\n", "made sub", "\nsub\n", "0::/"} {
+	for _, want := range []string{"/sys/fs/cgroup\n", "made sub", "\nsub\n", "0::/", "statfs " + cgroup2Magic} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("the runc container did not say %q", want)
 		}

@@ -25,7 +25,7 @@ import (
 	"github.com/cgfs/cgfs/translate/host"
 )
 
-const daemonUsage = `usage: cgfs daemon [--socket PATH] [--metrics ADDR]
+const daemonUsage = `usage: cgfs daemon [--socket PATH] [--seccomp-socket PATH] [--metrics ADDR]
        cgfs attach --name N --owner PID [--cgroup DIR] [--shared NAME]... --target PATH [--in PID] [--socket PATH]
        cgfs detach [--socket PATH] NAME
        cgfs list [--socket PATH]
@@ -34,7 +34,9 @@ The daemon serves many containers' views, each on its own FUSE mount.
 attach asks it for a new view of the container PID is in and puts it at
 PATH in this process's mount namespace (or in the mount namespace of
 process --in, through nsenter); detach stops serving one; list lists
-them. Only root may ask.
+them. Only root may ask. OCI runtimes hand the daemon their containers'
+seccomp listeners at --seccomp-socket (runc's seccomp.listenerPath);
+the daemon answers them as cgfs run's agent does.
 `
 
 // daemonCmd is `cgfs daemon`: it serves views until SIGINT or SIGTERM.
@@ -44,6 +46,7 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 	fl.Usage = func() { fmt.Fprint(stderr, daemonUsage) }
 	socket := fl.String("socket", control.DaemonSocket(), "listen on the unix socket `PATH`")
 	metricsAddr := fl.String("metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics")
+	seccompSocket := fl.String("seccomp-socket", "", "take OCI runtimes' seccomp listeners (runc's seccomp.listenerPath) at `PATH` (default: seccomp.sock beside --socket)")
 	if err := fl.Parse(args); err != nil {
 		return usageError{err.Error()}
 	}
@@ -77,7 +80,18 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 		ln.Close()
 		_ = os.Remove(*socket)
 	}()
-	log.Info("daemon listening", "socket", *socket)
+	if *seccompSocket == "" {
+		*seccompSocket = filepath.Join(filepath.Dir(*socket), "seccomp.sock")
+	}
+	sln, err := d.ServeSeccomp(*seccompSocket)
+	if err != nil {
+		return fmt.Errorf("--seccomp-socket %s: %w", *seccompSocket, err)
+	}
+	defer func() {
+		sln.Close()
+		_ = os.Remove(*seccompSocket)
+	}()
+	log.Info("daemon listening", "socket", *socket, "seccomp", *seccompSocket)
 	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyReady) // Type=notify
 	s := <-sig
 	log.Info("stopping", "signal", s.String(), "views", len(d.List()))

@@ -11,10 +11,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/procfs"
 
 	"github.com/cgfs/cgfs/access"
 	"github.com/cgfs/cgfs/access/proc"
@@ -184,49 +182,10 @@ func runCmd(o runOptions, log *slog.Logger) (int, error) {
 		return 0, err
 	}
 	defer w.Close()
-	var (
-		nestedMu sync.Mutex
-		nested   = map[[2]uint64]*serve.Views{} // by owner's pid and start time: one per nested container, a mount per cgroupfs mount
-	)
-	defer func() {
-		nestedMu.Lock()
-		defer nestedMu.Unlock()
-		for _, v := range nested {
-			v.Close()
-		}
-	}()
-	ident := access.NewIdentifier(procs)
-	o.Nested = func(owner int) (*os.File, error) {
-		p, err := procfs.NewProc(owner)
-		if err != nil {
-			return nil, err
-		}
-		stat, err := p.Stat()
-		if err != nil {
-			return nil, err
-		}
-		key := [2]uint64{uint64(owner), stat.Starttime}
-		nestedMu.Lock()
-		defer nestedMu.Unlock()
-		v := nested[key]
-		if v == nil {
-			var err error
-			v, err = serve.Open(procs, serve.Options{Name: fmt.Sprintf("%s/nested:%d", o.Name, owner), Owner: owner, Log: log, Watcher: w})
-			if err != nil {
-				return nil, err
-			}
-			nested[key] = v
-		}
-		served, err := v.Serve(ident, m.For(o.Name))
-		if err != nil {
-			return nil, err
-		}
-		go func() {
-			<-served.Done()
-			log.Info("nested view dropped", "owner", owner)
-		}()
-		return served.Take(), nil
-	}
+	nested := serve.NewNested(procs, serve.Options{Name: o.Name, Log: log, Watcher: w},
+		func(int) *metrics.Counts { return m.For(o.Name) })
+	defer nested.Close()
+	o.Nested = nested.Serve
 	o.Started = func(init int) func() {
 		if daemonServes {
 			return func() {} // cgfs exec asks the daemon

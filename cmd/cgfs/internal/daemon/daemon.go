@@ -5,10 +5,18 @@
 package daemon
 
 import (
+	"encoding/json"
 	"log/slog"
+	"net"
 	"os"
 	"sort"
 	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/agent"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/mimic"
+	"github.com/cgfs/cgfs/translate/layout"
 
 	"github.com/cgfs/cgfs/access"
 	"github.com/cgfs/cgfs/access/proc"
@@ -27,8 +35,14 @@ type Daemon struct {
 	watcher *host.Watcher
 	log     *slog.Logger
 
-	mu    sync.Mutex
-	views map[string]*served
+	// set is every view's device, for the statfs answers of the
+	// seccomp agents the daemon serves (OCI runtimes' listeners).
+	set    *mimic.Set
+	nested *serve.Nested
+
+	mu     sync.Mutex
+	views  map[string]*served
+	agents []*agent.Agent
 }
 
 type served struct {
@@ -40,7 +54,9 @@ type served struct {
 // New makes a daemon that serves nothing yet; w relays events to all
 // its views.
 func New(procs *proc.Procs, m *metrics.Metrics, w *host.Watcher, log *slog.Logger) *Daemon {
-	return &Daemon{procs: procs, ident: access.NewIdentifier(procs), metrics: m, watcher: w, log: log, views: map[string]*served{}}
+	d := &Daemon{procs: procs, ident: access.NewIdentifier(procs), metrics: m, watcher: w, log: log, views: map[string]*served{}}
+	d.nested = serve.NewNested(procs, serve.Options{Name: "nested", Log: log, Watcher: w}, func(int) *metrics.Counts { return m.For("nested") })
+	return d
 }
 
 // Handle answers one control request from host process peer.
@@ -99,6 +115,9 @@ func (d *Daemon) attach(req control.Request) (*os.File, error) {
 		return nil, err
 	}
 	s := &served{views: views, mounted: mounted, owner: req.Owner}
+	if d.set != nil {
+		d.set.Add(mounted.Dev())
+	}
 	d.mu.Lock()
 	if _, taken := d.views[req.Name]; taken {
 		d.mu.Unlock()
@@ -151,6 +170,10 @@ func (d *Daemon) List() []control.ViewInfo {
 // Close stops serving every view.
 func (d *Daemon) Close() {
 	d.mu.Lock()
+	for _, a := range d.agents {
+		a.Close()
+	}
+	d.agents = nil
 	all := make([]*served, 0, len(d.views))
 	for _, s := range d.views {
 		all = append(all, s)
@@ -159,4 +182,113 @@ func (d *Daemon) Close() {
 	for _, s := range all {
 		s.mounted.Stop()
 	}
+	d.nested.Close()
+}
+
+// ServeSeccomp listens at path for OCI runtimes' seccomp listeners
+// (runc's seccomp.listenerPath): each connection brings the container's
+// state and the listener of its filter, which the daemon then answers
+// (statfs on the views it serves as the host's cgroupfs, cgroupfs
+// mounts with nested views). Only host root may connect.
+func (d *Daemon) ServeSeccomp(path string) (net.Listener, error) {
+	l, err := layout.Discover(d.procs)
+	if err != nil {
+		return nil, err
+	}
+	var mounts []mimic.Mount
+	for _, h := range l.Hierarchies {
+		mounts = append(mounts, mimic.MountOf(h))
+	}
+	d.mu.Lock()
+	d.set = mimic.NewSet(mounts)
+	for _, s := range d.views {
+		d.set.Add(s.mounted.Dev())
+	}
+	d.mu.Unlock()
+	nester := &mimic.Nester{Serve: d.nested.Serve, Set: d.set, Mounts: mounts, Log: d.log}
+	_ = os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go d.takeListener(c.(*net.UnixConn), agent.Config{Magic: d.set.Magic, Mounter: nester.Mount, Log: d.log})
+		}
+	}()
+	return ln, nil
+}
+
+// takeListener reads one runtime's message: the container's state
+// (specs.ContainerProcessState, JSON) and its seccomp listener.
+func (d *Daemon) takeListener(c *net.UnixConn, cfg agent.Config) {
+	defer c.Close()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	var cred *unix.Ucred
+	_ = raw.Control(func(fd uintptr) { cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+	if err != nil || cred.Uid != 0 {
+		d.log.Warn("refused a seccomp listener: only host root may hand one over", "err", err)
+		return
+	}
+	buf, oob := make([]byte, 1<<16), make([]byte, unix.CmsgSpace(4*8))
+	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+	if err != nil {
+		d.log.Warn("reading a seccomp listener", "err", err)
+		return
+	}
+	var fds []int
+	if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+		for _, m := range msgs {
+			if f, err := unix.ParseUnixRights(&m); err == nil {
+				fds = append(fds, f...)
+			}
+		}
+	}
+	var st struct {
+		Fds   []string `json:"fds"`
+		Pid   int      `json:"pid"`
+		State struct {
+			ID string `json:"id"`
+		} `json:"state"`
+	}
+	if err := json.Unmarshal(buf[:n], &st); err != nil || len(fds) == 0 {
+		d.log.Warn("a seccomp listener message without state or descriptor", "err", err, "fds", len(fds))
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		return
+	}
+	// The first descriptor runc names seccompFd is the listener.
+	listener := -1
+	for i, name := range st.Fds {
+		if name == "seccompFd" && i < len(fds) {
+			listener = fds[i]
+		}
+	}
+	for _, fd := range fds {
+		if fd != listener {
+			unix.Close(fd)
+		}
+	}
+	if listener < 0 {
+		d.log.Warn("a seccomp listener message without seccompFd", "container", st.State.ID)
+		return
+	}
+	unix.CloseOnExec(listener)
+	a := agent.Serve(os.NewFile(uintptr(listener), "seccomp listener of "+st.State.ID), cfg)
+	d.mu.Lock()
+	d.agents = append(d.agents, a)
+	d.mu.Unlock()
+	d.log.Info("serving a seccomp listener", "container", st.State.ID, "pid", st.Pid)
 }

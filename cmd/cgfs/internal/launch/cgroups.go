@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/mimic"
 	"github.com/cgfs/cgfs/translate/layout"
 )
 
@@ -29,7 +30,7 @@ type cgroups struct {
 	parents []string          // the parents (removed when no container is left in them)
 	v2      string            // the cgroup v2 one, "" if the host has none
 	v2Mount string            // and its hierarchy's mount point
-	mounts  []kernelMount     // the kernel's mounts of them, as the container's mount table shows
+	mounts  []mimic.Mount     // the kernel's mounts of them, as the container's mount table shows
 }
 
 // makeCgroups makes, in every hierarchy the host mounts, the cgroup
@@ -60,7 +61,7 @@ func makeCgroups(procs *proc.Procs, parent, name string, lim Limits) (*cgroups, 
 			return nil, err
 		}
 		cg.dirs[h.MountPoint] = dir
-		cg.mounts = append(cg.mounts, kernelMountOf(h))
+		cg.mounts = append(cg.mounts, mimic.MountOf(h))
 		if !h.V1 {
 			cg.v2, cg.v2Mount = dir, h.MountPoint
 		}

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/agent"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/mimic"
 )
 
 // initEnv makes the cgfs binary a container's init (see IsInit).
@@ -25,7 +26,7 @@ type initConfig struct {
 	Rootfs string   // "" for the host's filesystem
 	Cmd    []string // what it becomes
 	Env    []string
-	Mounts []kernelMount
+	Mounts []mimic.Mount
 }
 
 // IsInit reports whether this process is a container's init; the cgfs

@@ -3,32 +3,11 @@ package launch
 import (
 	"fmt"
 	"path/filepath"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cgfs/cgfs/agent"
-	"github.com/cgfs/cgfs/translate/layout"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/mimic"
 )
-
-// kernelMount is one cgroup hierarchy as the kernel mounts it: where in
-// the layout, and its file system type and options.
-type kernelMount struct {
-	Dir    string // "" for the whole of /sys/fs/cgroup (a cgroup v2 only host)
-	FSType string // cgroup2 or cgroup
-	Data   string // v1: the controllers ("cpu,cpuacct", "none,name=systemd")
-}
-
-func kernelMountOf(h layout.Hierarchy) kernelMount {
-	if !h.V1 {
-		return kernelMount{Dir: h.Name, FSType: "cgroup2"}
-	}
-	data := string(h.Controllers)
-	if strings.HasPrefix(data, "name=") {
-		data = "none," + data
-	}
-	return kernelMount{Dir: h.Name, FSType: "cgroup", Data: data}
-}
 
 // placeView puts the view (a detached mount) at target so that the
 // mount table looks as a host's: under every view directory of a
@@ -44,7 +23,7 @@ func kernelMountOf(h layout.Hierarchy) kernelMount {
 // and the kernel judges writes to them by host ownership, which is host
 // root's throughout (cgfs shows owners through an xattr and never
 // chowns a host cgroup).
-func placeView(view int, target string, mounts []kernelMount) error {
+func placeView(view int, target string, mounts []mimic.Mount) error {
 	const ro = unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
 	if len(mounts) == 1 && mounts[0].Dir == "" {
 		err := unix.Mount(mounts[0].FSType, target, mounts[0].FSType, ro, "")
@@ -100,31 +79,4 @@ func moveMount(fd int, to string) error {
 		return fmt.Errorf("putting the view at %s: %w", to, err)
 	}
 	return nil
-}
-
-// Magic is what statfs reports for the files of a view served as
-// mounts lays out, on the FUSE device dev: cgroup2 for a cgroup v2 only
-// host; on v1 and hybrid hosts tmpfs for the layout root (its inode
-// numbers carry no hierarchy) and, by the hierarchy each inode number's
-// base names (serve gives view i the base (i+1)<<48), cgroup for v1 and
-// cgroup2 for the v2 one.
-func Magic(dev uint64, mounts []kernelMount) agent.Magic {
-	return func(d, ino uint64) (int64, bool) {
-		if d != dev {
-			return 0, false
-		}
-		if len(mounts) == 1 && mounts[0].Dir == "" {
-			return unix.CGROUP2_SUPER_MAGIC, true
-		}
-		i := ino >> 48
-		switch {
-		case i == 0:
-			return unix.TMPFS_MAGIC, true
-		case int(i) > len(mounts):
-			return 0, false
-		case mounts[i-1].FSType == "cgroup2":
-			return unix.CGROUP2_SUPER_MAGIC, true
-		}
-		return unix.CGROUP_SUPER_MAGIC, true
-	}
 }

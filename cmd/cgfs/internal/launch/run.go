@@ -15,6 +15,7 @@ import (
 
 	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/agent"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/mimic"
 )
 
 // IDMap maps the container's ids 0.. onto Count host ids from HostID.
@@ -154,11 +155,11 @@ func Run(o Options) (int, error) {
 	for {
 		msg, listener, err := readMsg(conn)
 		if err == nil && msg == "agent" && listener != nil {
-			magic := newMagicSet(cg.mounts)
-			magic.add(viewStat.Dev)
-			cfg := agent.Config{Magic: magic.magic, Log: o.Log}
+			magic := mimic.NewSet(cg.mounts)
+			magic.Add(viewStat.Dev)
+			cfg := agent.Config{Magic: magic.Magic, Log: o.Log}
 			if o.Nested != nil {
-				cfg.Mounter = (&nester{serve: o.Nested, magic: magic, mounts: cg.mounts, log: o.Log}).mount
+				cfg.Mounter = (&mimic.Nester{Serve: o.Nested, Set: magic, Mounts: cg.mounts, Log: o.Log}).Mount
 			}
 			ag := agent.Serve(listener, cfg)
 			defer ag.Close()

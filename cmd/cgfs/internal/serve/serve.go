@@ -10,6 +10,9 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
+
+	"github.com/prometheus/procfs"
 
 	"github.com/cgfs/cgfs/access"
 	"github.com/cgfs/cgfs/access/proc"
@@ -287,4 +290,63 @@ func delegateFiles(log *slog.Logger) []string {
 		return nil
 	}
 	return strings.Fields(string(b))
+}
+
+// Nested serves views for a container's nested runtimes: each call
+// serves a new detached mount of owner's cgroups, from one set of views
+// per owner (by pid and start time), with the given options' watcher and
+// log. Close releases every set.
+type Nested struct {
+	procs *proc.Procs
+	ident *access.Identifier
+	opts  Options
+	count func(owner int) *metrics.Counts
+
+	mu    sync.Mutex
+	views map[[2]uint64]*Views
+}
+
+// NewNested serves nested views with o's Watcher and Log, counted by
+// count.
+func NewNested(procs *proc.Procs, o Options, count func(owner int) *metrics.Counts) *Nested {
+	return &Nested{procs: procs, ident: access.NewIdentifier(procs), opts: o, count: count, views: map[[2]uint64]*Views{}}
+}
+
+// Serve serves a new view of owner's cgroups, detached.
+func (n *Nested) Serve(owner int) (*os.File, error) {
+	p, err := procfs.NewProc(owner)
+	if err != nil {
+		return nil, err
+	}
+	stat, err := p.Stat()
+	if err != nil {
+		return nil, err
+	}
+	key := [2]uint64{uint64(owner), stat.Starttime}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	v := n.views[key]
+	if v == nil {
+		o := n.opts
+		o.Name, o.Owner = fmt.Sprintf("%s/nested:%d", o.Name, owner), owner
+		if v, err = Open(n.procs, o); err != nil {
+			return nil, err
+		}
+		n.views[key] = v
+	}
+	served, err := v.Serve(n.ident, n.count(owner))
+	if err != nil {
+		return nil, err
+	}
+	return served.Take(), nil
+}
+
+// Close releases the views.
+func (n *Nested) Close() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for k, v := range n.views {
+		v.Close()
+		delete(n.views, k)
+	}
 }

@@ -1,4 +1,4 @@
-package launch
+package mimic
 
 import (
 	"errors"
@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
@@ -17,54 +16,24 @@ import (
 	"github.com/cgfs/cgfs/agent"
 )
 
-// Nesting keeps the rules. A process of the container that mounts
-// cgroupfs (a nested runtime giving its container a /sys/fs/cgroup)
-// gets, instead of the kernel's mount, a cgfs view of its own cgroups
-// with itself as the owner: the nested container is served by cgfs, its
-// limits locked from it, its processes in hidden leaves, as the outer
-// one is.
-
-// magicSet is what the agent reports for the views of one container:
-// its own and the nested ones, all of the host's layout.
-type magicSet struct {
-	mounts []kernelMount
-	mu     sync.Mutex
-	devs   map[uint64]bool
+// Nester answers a container's cgroupfs mounts (nesting keeps the
+// rules): a process of the container that mounts cgroupfs (a nested
+// runtime giving its container a /sys/fs/cgroup) gets, instead of the
+// kernel's mount, a cgfs view of its own cgroups with itself as the
+// owner: the nested container is served by cgfs, its limits locked from
+// it, its processes in hidden leaves, as the outer one is.
+type Nester struct {
+	Serve  func(owner int) (*os.File, error) // a new view of owner's cgroups, detached
+	Set    *Set                              // the nested views join it
+	Mounts []Mount
+	Log    *slog.Logger
 }
 
-func newMagicSet(mounts []kernelMount) *magicSet {
-	return &magicSet{mounts: mounts, devs: map[uint64]bool{}}
-}
-
-func (s *magicSet) add(dev uint64) {
-	s.mu.Lock()
-	s.devs[dev] = true
-	s.mu.Unlock()
-}
-
-func (s *magicSet) magic(dev, ino uint64) (int64, bool) {
-	s.mu.Lock()
-	ok := s.devs[dev]
-	s.mu.Unlock()
-	if !ok {
-		return 0, false
-	}
-	return Magic(dev, s.mounts)(dev, ino)
-}
-
-// nester answers the container's cgroupfs mounts.
-type nester struct {
-	serve  func(owner int) (*os.File, error) // a new view of owner's cgroups, detached
-	magic  *magicSet
-	mounts []kernelMount
-	log    *slog.Logger
-}
-
-// mount is the agent's Mounter.
-func (n *nester) mount(c agent.Caller, m agent.MountCall) (bool, unix.Errno) {
+// Mount is the agent's Mounter.
+func (n *Nester) Mount(c agent.Caller, m agent.MountCall) (bool, unix.Errno) {
 	dir, ok := n.hierarchy(m)
 	if !ok {
-		n.log.Warn("refused a cgroupfs mount of no hierarchy the host has", "rule", "nested-mount",
+		n.Log.Warn("refused a cgroupfs mount of no hierarchy the host has", "rule", "nested-mount",
 			"tid", c.Tid, "fstype", m.FSType, "options", m.Data)
 		return true, unix.EPERM
 	}
@@ -85,9 +54,9 @@ func (n *nester) mount(c agent.Caller, m agent.MountCall) (bool, unix.Errno) {
 		return true, unix.ESRCH
 	}
 	owner := int(status.TGID)
-	view, err := n.serve(owner)
+	view, err := n.Serve(owner)
 	if err != nil {
-		n.log.Warn("no nested view for a cgroupfs mount", "rule", "nested-mount", "owner", owner, "err", err)
+		n.Log.Warn("no nested view for a cgroupfs mount", "rule", "nested-mount", "owner", owner, "err", err)
 		return true, unix.EPERM
 	}
 	defer view.Close()
@@ -95,21 +64,21 @@ func (n *nester) mount(c agent.Caller, m agent.MountCall) (bool, unix.Errno) {
 	if err := unix.Fstat(int(view.Fd()), &vst); err != nil {
 		return true, unix.EIO
 	}
-	n.magic.add(vst.Dev)
+	n.Set.Add(vst.Dev)
 	if err := inMountNamespace(c.Tid, func(fds *os.File) error { return place(view, target, dir, m.Flags&unix.MS_RDONLY != 0, fds) }); err != nil {
-		n.log.Warn("placing a nested view", "owner", owner, "target", m.Target, "err", err)
+		n.Log.Warn("placing a nested view", "owner", owner, "target", m.Target, "err", err)
 		return true, errnoOf(err, unix.EINVAL)
 	}
-	n.log.Info("a nested view", "owner", owner, "target", m.Target, "hierarchy", dir)
+	n.Log.Info("a nested view", "owner", owner, "target", m.Target, "hierarchy", dir)
 	return true, 0
 }
 
 // hierarchy is the layout directory of the hierarchy a mount asks for:
 // cgroup2, or the v1 hierarchy whose controllers (or name=) its options
 // name.
-func (n *nester) hierarchy(m agent.MountCall) (string, bool) {
+func (n *Nester) hierarchy(m agent.MountCall) (string, bool) {
 	want := controllerSet(m.Data)
-	for _, k := range n.mounts {
+	for _, k := range n.Mounts {
 		if k.FSType != m.FSType {
 			continue
 		}
