@@ -77,20 +77,8 @@ type Handler func(req Request, peer int) (Answer, *os.File)
 // Serve listens on path (made 0600, in a 0700 directory) and answers
 // each connection with h until the listener is closed.
 func Serve(path string, h Handler, log *slog.Logger) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, err
-	}
-	if c, err := net.Dial("unixpacket", path); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("%s: something listens there already", path)
-	}
-	_ = os.Remove(path)
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	ln, err := Listen("unixpacket", path)
 	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
 		return nil, err
 	}
 	go func() {
@@ -205,3 +193,26 @@ func (a Answer) Err() error {
 type UsageError string
 
 func (e UsageError) Error() string { return string(e) }
+
+// Listen listens on a unix socket at path (network unix or unixpacket)
+// that only root may use, in a directory only root may enter; a stale
+// socket left there is replaced, a live one is an error.
+func Listen(network, path string) (*net.UnixListener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	if c, err := net.Dial(network, path); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("%s: something listens there already", path)
+	}
+	_ = os.Remove(path)
+	ln, err := net.ListenUnix(network, &net.UnixAddr{Name: path, Net: network})
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}

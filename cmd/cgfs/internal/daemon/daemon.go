@@ -206,22 +206,17 @@ func (d *Daemon) ServeSeccomp(path string) (net.Listener, error) {
 	}
 	d.mu.Unlock()
 	nester := &mimic.Nester{Serve: d.nested.Serve, Set: d.set, Mounts: mounts, Log: d.log}
-	_ = os.Remove(path)
-	ln, err := net.Listen("unix", path)
+	ln, err := control.Listen("unix", path)
 	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
 		return nil, err
 	}
 	go func() {
 		for {
-			c, err := ln.Accept()
+			c, err := ln.AcceptUnix()
 			if err != nil {
 				return
 			}
-			go d.takeListener(c.(*net.UnixConn), agent.Config{Magic: d.set.Magic, Mounter: nester.Mount, Log: d.log})
+			go d.takeListener(c, agent.Config{Magic: d.set.Magic, Mounter: nester.Mount, Log: d.log})
 		}
 	}()
 	return ln, nil
