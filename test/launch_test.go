@@ -439,11 +439,12 @@ func TestExecIntoARootWithDomainControllers(t *testing.T) {
 		v2 = "/sys/fs/cgroup/unified"
 	}
 	waitExec(t, nil, "ex", "echo +"+ctrl+" > "+v2+"/cgroup.subtree_control; cat "+v2+"/cgroup.subtree_control", ctrl)
-	out, err := cgfsExec(t, nil, "ex", "grep '^0::' /proc/self/cgroup; cat "+v2+"/cgroup.procs | wc -l; id -u; hostname")
+	out, err := cgfsExec(t, nil, "ex", "grep '^0::' /proc/self/cgroup; cat "+v2+"/cgroup.procs | wc -l; id -u; hostname; stat -f -c 'statfs %t' "+v2)
 	if err != nil {
 		t.Fatalf("cgfs exec into a root with +%s: %v\n%s", ctrl, err, out)
 	}
-	for _, want := range []string{"0::/.cgfs-leaf", "\n0\nex"} {
+	// It runs under the container's seccomp filter too: statfs answered.
+	for _, want := range []string{"0::/.cgfs-leaf", "\n0\nex", "statfs " + cgroup2Magic} {
 		if !strings.Contains(out, want) {
 			t.Errorf("cgfs exec said %q, want %q in it", out, want)
 		}
@@ -523,6 +524,11 @@ func TestDaemonServesThreeContainers(t *testing.T) {
 		if strings.TrimSpace(out) != "mine-"+n {
 			t.Errorf("container %s sees %q, want only its own mine-%s", n, out, n)
 		}
+	}
+	// cgfs exec's processes run under the agent's filter, answered by the
+	// daemon.
+	if out, _ := cgfsExec(t, env, "d1", "stat -f -c %t "+v2); strings.TrimSpace(out) != cgroup2Magic {
+		t.Errorf("statfs of the view in d1 (by cgfs exec) = %q, want %s", out, cgroup2Magic)
 	}
 	if out, err := cgfsCmd(t, env, "detach", "d2"); err != nil {
 		t.Fatalf("cgfs detach d2: %v\n%s", err, out)

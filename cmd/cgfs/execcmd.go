@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cgfs/cgfs/agent"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/launch"
 )
@@ -77,17 +78,26 @@ func execCmd(args []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	// The joined process hands its seccomp listener back on this pair,
+	// for the container's server to answer.
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	back, theirs := os.NewFile(uintptr(pair[0]), "agent"), os.NewFile(uintptr(pair[1]), "agent")
+	defer back.Close()
 	c := exec.Command(nsenter, "-t", strconv.Itoa(a.Init), "-U", "-m", "-p", "-u", "-i", "-r", "-w", "--",
 		"/proc/self/fd/3", "--")
 	c.Args = append(c.Args, cmd...)
 	c.Env = append(launch.Env(), joinEnv+"=1")
-	c.ExtraFiles = []*os.File{self, goRead} // 3 and 4
+	c.ExtraFiles = []*os.File{self, goRead, theirs} // 3, 4 and 5
 	c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
 	if err := startInCgroupNS(c, a.Init); err != nil {
 		return 0, err
 	}
 	goRead.Close()
 	self.Close()
+	theirs.Close()
 	inside, err := forkedChild(c.Process.Pid)
 	if err == nil {
 		var ea control.Answer
@@ -102,6 +112,12 @@ func execCmd(args []string) (int, error) {
 	}
 	_, _ = goWrite.Write([]byte("go"))
 	goWrite.Close()
+	if listener, err := recvListener(back); err == nil {
+		if aa, _, err := control.AskWith(socket, control.Request{Op: "agent", Name: name}, listener); err != nil || aa.Err() != nil {
+			fmt.Fprintf(os.Stderr, "cgfs exec: the container's server does not answer its seccomp listener: %v %v\n", err, aa.Err())
+		}
+		listener.Close()
+	}
 	err = c.Wait()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
@@ -149,8 +165,10 @@ func forkedChild(pid int) (int, error) {
 
 // joinMain runs inside the container for cgfs exec, as its root: it
 // waits (descriptor 4) until cgfs exec has had it put into the
-// container's cgroups, and becomes the command.
+// container's cgroups, puts itself under the container's seccomp filter
+// (its listener goes back on descriptor 5), and becomes the command.
 func joinMain(args []string) error {
+	runtime.LockOSThread() // the filter, then exec, from this thread
 	if len(args) < 2 || args[0] != "--" {
 		return usageError{"the command to run comes after --"}
 	}
@@ -163,5 +181,32 @@ func joinMain(args []string) error {
 	if err != nil {
 		return err
 	}
+	listener, err := agent.Install()
+	if err != nil {
+		return err
+	}
+	if err := unix.Sendmsg(5, []byte("agent"), unix.UnixRights(int(listener.Fd())), nil, 0); err != nil {
+		return fmt.Errorf("handing back the seccomp listener: %w", err)
+	}
+	listener.Close()
+	unix.Close(5)
 	return syscall.Exec(path, args[1:], os.Environ())
+}
+
+// recvListener receives the joined process's seccomp listener.
+func recvListener(f *os.File) (*os.File, error) {
+	buf, oob := make([]byte, 16), make([]byte, unix.CmsgSpace(4))
+	_, oobn, _, _, err := unix.Recvmsg(int(f.Fd()), buf, oob, unix.MSG_CMSG_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		return nil, errors.New("no seccomp listener came")
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		return nil, errors.New("no seccomp listener came")
+	}
+	return os.NewFile(uintptr(fds[0]), "seccomp listener"), nil
 }

@@ -186,7 +186,7 @@ func runCmd(o runOptions, log *slog.Logger) (int, error) {
 		func(int) *metrics.Counts { return m.For(o.Name) })
 	defer nested.Close()
 	o.Nested = nested.Serve
-	o.Started = func(init int) func() {
+	o.Started = func(init int, agents func(*os.File)) func() {
 		if daemonServes {
 			return func() {} // cgfs exec asks the daemon
 		}
@@ -195,6 +195,15 @@ func runCmd(o runOptions, log *slog.Logger) (int, error) {
 			switch req.Op {
 			case "list":
 				return control.Answer{Views: []control.ViewInfo{{Name: o.Name, Owner: init}}}, nil
+			case "agent":
+				if req.Name != o.Name || req.File == nil {
+					if req.File != nil {
+						req.File.Close()
+					}
+					return control.Answer{Error: "agent needs this container's name and a seccomp listener", Usage: true}, nil
+				}
+				agents(req.File)
+				return control.Answer{}, nil
 			case "lookup", "enter":
 				if req.Name != o.Name {
 					return control.Answer{Error: "no container " + req.Name + " here", Usage: true}, nil

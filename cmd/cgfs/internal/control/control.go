@@ -40,7 +40,8 @@ type Request struct {
 	// Op is attach (serve a new view; its mount comes back as a
 	// descriptor), detach (stop serving one), list, lookup (the answer
 	// names the container's init), or enter (put host process Pid into
-	// the container's cgroups, as one of its own).
+	// the container's cgroups, as one of its own), or agent (answer the
+	// seccomp listener File of a process that joined container Name).
 	Op   string `json:"op"`
 	Name string `json:"name,omitempty"`
 	// Owner is a process of the container to serve (attach), as the
@@ -53,6 +54,9 @@ type Request struct {
 	Shared []string `json:"shared,omitempty"`
 	// Pid is the host process to enter.
 	Pid int `json:"pid,omitempty"`
+	// File is the descriptor sent with the request (agent's listener);
+	// the handler owns it.
+	File *os.File `json:"-"`
 }
 
 // Answer is a server's reply.
@@ -108,11 +112,12 @@ func answer(c *net.UnixConn, h Handler, log *slog.Logger) {
 	}
 	// The request is read before anything is judged, so that a refused
 	// asker is not left writing into a closed socket.
-	buf := make([]byte, 64<<10)
-	n, err := c.Read(buf)
+	buf, oob := make([]byte, 64<<10), make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
 	if err != nil {
 		return
 	}
+	in := received(oob[:oobn])
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return
@@ -127,15 +132,43 @@ func answer(c *net.UnixConn, h Handler, log *slog.Logger) {
 			log.Warn("refused a control request: only host root may ask", "uid", cred.Uid, "pid", cred.Pid)
 		}
 		send(Answer{Error: "only root may ask cgfs", Usage: true}, nil)
+		if in != nil {
+			in.Close()
+		}
 		return
 	}
 	var req Request
 	if err := json.Unmarshal(buf[:n], &req); err != nil {
 		send(Answer{Error: "a request cgfs does not understand: " + err.Error(), Usage: true}, nil)
+		if in != nil {
+			in.Close()
+		}
 		return
+	}
+	req.File = in
+	if in != nil && req.Op != "agent" {
+		in.Close() // only agent takes one
+		req.File = nil
 	}
 	a, fd := h(req, int(cred.Pid))
 	send(a, fd)
+}
+
+// received is the one descriptor a message carried, if it did.
+func received(oob []byte) *os.File {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil || len(msgs) != 1 {
+		return nil
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		return nil
+	}
+	unix.CloseOnExec(fds[0])
+	return os.NewFile(uintptr(fds[0]), "from the asker")
 }
 
 // ErrNotRunning means nothing listens on the socket.
@@ -143,7 +176,10 @@ var ErrNotRunning = errors.New("not running")
 
 // Ask sends req to the server at path and returns its answer and the
 // descriptor that came with it, if any.
-func Ask(path string, req Request) (Answer, *os.File, error) {
+func Ask(path string, req Request) (Answer, *os.File, error) { return AskWith(path, req, nil) }
+
+// AskWith is Ask with the descriptor f sent along (for agent).
+func AskWith(path string, req Request, f *os.File) (Answer, *os.File, error) {
 	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ECONNREFUSED) {
@@ -153,7 +189,11 @@ func Ask(path string, req Request) (Answer, *os.File, error) {
 	}
 	defer c.Close()
 	b, _ := json.Marshal(req)
-	if _, err := c.Write(b); err != nil {
+	var rights []byte
+	if f != nil {
+		rights = unix.UnixRights(int(f.Fd()))
+	}
+	if _, _, err := c.WriteMsgUnix(b, rights, nil); err != nil {
 		return Answer{}, nil, err
 	}
 	buf := make([]byte, 1<<20)
@@ -166,16 +206,7 @@ func Ask(path string, req Request) (Answer, *os.File, error) {
 	if err := json.Unmarshal(buf[:n], &a); err != nil {
 		return Answer{}, nil, fmt.Errorf("the answer: %w", err)
 	}
-	var fd *os.File
-	if oobn > 0 {
-		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-		if err == nil && len(msgs) == 1 {
-			if fds, err := unix.ParseUnixRights(&msgs[0]); err == nil && len(fds) == 1 {
-				fd = os.NewFile(uintptr(fds[0]), "cgfs view")
-			}
-		}
-	}
-	return a, fd, nil
+	return a, received(oob[:oobn]), nil
 }
 
 // Err is the answer's error, if it carries one.

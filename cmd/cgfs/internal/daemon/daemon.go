@@ -40,6 +40,8 @@ type Daemon struct {
 	set    *mimic.Set
 	nested *serve.Nested
 
+	agentCfg agent.Config // set with set
+
 	mu     sync.Mutex
 	views  map[string]*served
 	agents []*agent.Agent
@@ -76,6 +78,19 @@ func (d *Daemon) Handle(req control.Request, _ int) (control.Answer, *os.File) {
 		return control.Answer{}, nil
 	case "list":
 		return control.Answer{Views: d.List()}, nil
+	case "agent":
+		d.mu.Lock()
+		_, known := d.views[req.Name]
+		ready := d.set != nil
+		d.mu.Unlock()
+		if !known || !ready || req.File == nil {
+			if req.File != nil {
+				req.File.Close()
+			}
+			return control.Answer{Error: "agent needs a container the daemon serves and a seccomp listener", Usage: true}, nil
+		}
+		d.serveAgent(req.File, req.Name)
+		return control.Answer{}, nil
 	case "lookup", "enter":
 		d.mu.Lock()
 		s := d.views[req.Name]
@@ -206,6 +221,7 @@ func (d *Daemon) ServeSeccomp(path string) (net.Listener, error) {
 	}
 	d.mu.Unlock()
 	nester := &mimic.Nester{Serve: d.nested.Serve, Set: d.set, Mounts: mounts, Log: d.log}
+	d.agentCfg = agent.Config{Magic: d.set.Magic, Mounter: nester.Mount, Log: d.log}
 	ln, err := control.Listen("unix", path)
 	if err != nil {
 		return nil, err
@@ -216,7 +232,7 @@ func (d *Daemon) ServeSeccomp(path string) (net.Listener, error) {
 			if err != nil {
 				return
 			}
-			go d.takeListener(c, agent.Config{Magic: d.set.Magic, Mounter: nester.Mount, Log: d.log})
+			go d.takeListener(c)
 		}
 	}()
 	return ln, nil
@@ -224,7 +240,7 @@ func (d *Daemon) ServeSeccomp(path string) (net.Listener, error) {
 
 // takeListener reads one runtime's message: the container's state
 // (specs.ContainerProcessState, JSON) and its seccomp listener.
-func (d *Daemon) takeListener(c *net.UnixConn, cfg agent.Config) {
+func (d *Daemon) takeListener(c *net.UnixConn) {
 	defer c.Close()
 	raw, err := c.SyscallConn()
 	if err != nil {
@@ -281,9 +297,15 @@ func (d *Daemon) takeListener(c *net.UnixConn, cfg agent.Config) {
 		return
 	}
 	unix.CloseOnExec(listener)
-	a := agent.Serve(os.NewFile(uintptr(listener), "seccomp listener of "+st.State.ID), cfg)
+	d.serveAgent(os.NewFile(uintptr(listener), "seccomp listener of "+st.State.ID), st.State.ID)
+	d.log.Info("serving a seccomp listener", "container", st.State.ID, "pid", st.Pid)
+}
+
+// serveAgent answers a seccomp listener of container name's processes.
+func (d *Daemon) serveAgent(listener *os.File, name string) {
+	a := agent.Serve(listener, d.agentCfg)
 	d.mu.Lock()
 	d.agents = append(d.agents, a)
 	d.mu.Unlock()
-	d.log.Info("serving a seccomp listener", "container", st.State.ID, "pid", st.Pid)
+	d.log.Debug("agent", "container", name)
 }

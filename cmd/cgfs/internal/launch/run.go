@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -34,9 +35,10 @@ type Options struct {
 	// detached mount to move onto /sys/fs/cgroup, and a stop to call
 	// when the container is gone.
 	View func(init int) (mount *os.File, stop func(), err error)
-	// Started is told the container init's host pid and the cgroups
-	// (for cgfs exec) once it runs; its return is called at the end.
-	Started func(init int) (end func())
+	// Started is told the container init's host pid once it runs, and
+	// how to answer the seccomp listener of a process that joins the
+	// container later (cgfs exec); its return is called at the end.
+	Started func(init int, agents func(listener *os.File)) (end func())
 	// Nested serves a view of owner's cgroups (a process of the
 	// container that mounts cgroupfs), detached; it is dropped when its
 	// mounts are gone. Nil lets the kernel answer those mounts.
@@ -152,6 +154,23 @@ func Run(o Options) (int, error) {
 		return 0, fmt.Errorf("handing the view to the container: %w", err)
 	}
 	mount.Close()
+	var (
+		agentCfg agent.Config
+		agentsMu sync.Mutex
+		agents   []*agent.Agent
+	)
+	defer func() {
+		agentsMu.Lock()
+		defer agentsMu.Unlock()
+		for _, a := range agents {
+			a.Close()
+		}
+	}()
+	serveAgent := func(listener *os.File) {
+		agentsMu.Lock()
+		defer agentsMu.Unlock()
+		agents = append(agents, agent.Serve(listener, agentCfg))
+	}
 	for {
 		msg, listener, err := readMsg(conn)
 		if err == nil && msg == "agent" && listener != nil {
@@ -161,8 +180,8 @@ func Run(o Options) (int, error) {
 			if o.Nested != nil {
 				cfg.Mounter = (&mimic.Nester{Serve: o.Nested, Set: magic, Mounts: cg.mounts, Log: o.Log}).Mount
 			}
-			ag := agent.Serve(listener, cfg)
-			defer ag.Close()
+			agentCfg = cfg
+			serveAgent(listener)
 			continue
 		}
 		if err != nil || msg != "" {
@@ -175,7 +194,7 @@ func Run(o Options) (int, error) {
 	}
 	running = true
 	if o.Started != nil {
-		defer o.Started(init)()
+		defer o.Started(init, serveAgent)()
 	}
 	stopSignals := forwardSignals(sig, cmd.Process, o.Log)
 	defer stopSignals()
