@@ -382,3 +382,67 @@ echo back in $(grep 0:: /proc/self/cgroup)
 		}
 	}
 }
+
+// TestNestedLXC: LXC 5.0.2, run by the root of a cgfs run container,
+// starts a nested container (busybox, its own cgroup namespace) with
+// memory and pids limits. LXC's clone3 into the cgroup falls back, and
+// its cgroupfs mounts (lxc.mount.auto cgroup:rw:force: in a cgroup
+// namespace LXC mounts none unless forced, leaving that to the init) are
+// answered with cgfs views of the nested container's own cgroups: it
+// sees its limits and cannot raise them. The host lane only: the VM's
+// initramfs has no LXC.
+func TestNestedLXC(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "lxc-start")
+	l := detectLane(t)
+	parent := runParent(t)
+	dir := publicDir(t)
+	ctr := filepath.Join(dir, "ctr")
+	rootfs := filepath.Join(ctr, "rootfs")
+	for _, d := range []string{ctr, filepath.Join(dir, "home")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	busyboxRootfsAt(t, rootfs, containerBase)
+	mem, pids, limits := "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/pids.max", "lxc.cgroup2.memory.max = 67108864\nlxc.cgroup2.pids.max = 50\n"
+	if len(l.v1) > 0 {
+		mem, pids = "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/pids/pids.max"
+		limits = "lxc.cgroup.memory.limit_in_bytes = 67108864\nlxc.cgroup.pids.max = 50\n"
+	}
+	initScript := fmt.Sprintf(`#!/bin/sh
+exec > /tmp/result 2>&1
+grep -c ' - fuse.cgfs ' /proc/self/mountinfo | sed 's/^/cgfs mounts /'
+echo limits $(cat %[1]s) $(cat %[2]s)
+(echo 1073741824 > %[1]s) 2>&1 | grep -o 'Operation not permitted' | sed 's/^/raise: /'
+`, mem, pids)
+	if err := os.WriteFile(filepath.Join(rootfs, "init.sh"), []byte(initScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	config := fmt.Sprintf(`lxc.uts.name = nested
+lxc.rootfs.path = dir:%s
+lxc.net.0.type = empty
+lxc.init.cmd = /init.sh
+lxc.mount.auto = proc:mixed sys:mixed cgroup:rw:force
+`, rootfs) + limits
+	if err := os.WriteFile(filepath.Join(ctr, "config"), []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_ = filepath.Walk(dir, func(p string, _ os.FileInfo, _ error) error { return os.Lchown(p, containerBase, containerBase) })
+	script := fmt.Sprintf("export HOME=%[1]s/home; lxc-start -n ctr -P %[1]s -F -o %[1]s/lxc.log -l WARN; echo lxc status $?", dir)
+	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
+	log, _ := os.ReadFile(filepath.Join(dir, "lxc.log"))
+	result, _ := os.ReadFile(filepath.Join(rootfs, "tmp/result"))
+	t.Logf("in the container:\n%s\nlxc log:\n%s\nthe nested container said:\n%s", r.out, log, result)
+	for _, want := range []string{"limits 67108864 50", "raise: Operation not permitted"} {
+		if !strings.Contains(string(result), want) {
+			t.Errorf("the nested LXC container did not say %q", want)
+		}
+	}
+	if strings.Contains(string(result), "cgfs mounts 0") || !strings.Contains(string(result), "cgfs mounts") {
+		t.Errorf("the nested LXC container's /sys/fs/cgroup is not a cgfs view")
+	}
+	if !strings.Contains(r.out, "lxc status 0") {
+		t.Errorf("lxc-start failed")
+	}
+}
