@@ -446,3 +446,92 @@ lxc.mount.auto = proc:mixed sys:mixed cgroup:rw:force
 		t.Errorf("lxc-start failed")
 	}
 }
+
+// TestSystemdAsPID1: systemd 252 boots as the init of a cgfs run
+// container (a root file system of the host's /usr, bound read-only in a
+// private mount namespace, and a unit of the test's own as its default
+// target): it takes the view for the host's cgroup file systems (statfs,
+// one mount point per hierarchy), puts its service in
+// system.slice, runs a scope with systemd-run whose unit goes inactive
+// once its process exits (systemd learns that from inotify on
+// cgroup.events, relayed), and its exit code (systemctl exit 42) comes
+// out of cgfs run. The host lane only: the VM's initramfs has no
+// systemd.
+func TestSystemdAsPID1(t *testing.T) {
+	requireRoot(t)
+	const systemd = "/lib/systemd/systemd"
+	if _, err := os.Stat(systemd); err != nil {
+		if os.Getenv("CGFS_LANE") == "vm" {
+			t.Skip("systemd is not in the VM's initramfs: this test runs in the host lane")
+		}
+		skip(t, "no "+systemd+" (Debian's systemd package; .ci/run installs it)")
+	}
+	requireTool(t, "unshare")
+	parent := runParent(t)
+	root := publicDir(t)
+	for _, d := range []string{"usr", "etc/systemd/system", "proc", "sys", "dev", "run", "tmp", "root", "var", "out"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, l := range []string{"bin", "lib", "lib64", "sbin"} {
+		if err := os.Symlink("usr/"+l, filepath.Join(root, l)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files := map[string]string{
+		"etc/machine-id":                      "",
+		"etc/systemd/system/cgfs-test.target": "[Unit]\nDescription=cgfs test\nRequires=cgfs-test.service\nAfter=cgfs-test.service\n",
+		"etc/systemd/system/cgfs-test.service": "[Unit]\nDescription=cgfs probe\nDefaultDependencies=no\n\n" +
+			"[Service]\nType=oneshot\nExecStart=/bin/sh -c '/bin/sh /probe.sh > /out/result 2>&1; systemctl exit 42'\n",
+		"probe.sh": `echo pid1 $(cat /proc/1/comm)
+grep '^0::' /proc/self/cgroup
+systemd-run --scope --unit=cgfs-probe sleep 1
+for i in $(seq 50); do [ "$(systemctl is-active cgfs-probe.scope)" != active ] && break; sleep 0.1; done
+echo scope after $(systemctl is-active cgfs-probe.scope)
+`,
+	}
+	for name, text := range files {
+		if err := os.WriteFile(filepath.Join(root, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{"passwd", "group"} {
+		b, err := os.ReadFile("/etc/" + f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, "etc", f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("../usr/lib/os-release", filepath.Join(root, "etc/os-release")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("cgfs-test.target", filepath.Join(root, "etc/systemd/system/default.target")); err != nil {
+		t.Fatal(err)
+	}
+	_ = filepath.Walk(root, func(p string, _ os.FileInfo, _ error) error { return os.Lchown(p, containerBase, containerBase) })
+	// /usr bound in a mount namespace of the run's own: nothing is
+	// mounted where the host sees it.
+	cmd := exec.Command("unshare", "-m", "sh", "-c", fmt.Sprintf(
+		"mount --make-rprivate / && mount --bind -o ro /usr %s/usr && exec %s run --parent %s --rootfs %s -- %s",
+		root, cgfsBin, parent, root, systemd))
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	result, _ := os.ReadFile(filepath.Join(root, "out/result"))
+	t.Logf("cgfs run (exit %d):\n%s\nthe probe said:\n%s", code, out, result)
+	if code != 42 {
+		t.Errorf("cgfs run exited %d, want systemd's 42 (systemctl exit 42)", code)
+	}
+	for _, want := range []string{"pid1 systemd", "0::/system.slice/cgfs-test.service", "scope after inactive"} {
+		if !strings.Contains(string(result), want) {
+			t.Errorf("the probe under systemd did not say %q", want)
+		}
+	}
+}

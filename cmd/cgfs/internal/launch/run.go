@@ -243,9 +243,11 @@ func readMsg(f *os.File) (string, *os.File, error) {
 func containerEnv() []string { return Env() }
 
 // Env is the environment of a container's processes: the terminal's
-// type and a plain PATH and HOME.
+// type, a plain PATH and HOME, and container=cgfs, by which systemd and
+// others know they run in a container (as container=lxc, docker,
+// systemd-nspawn elsewhere).
 func Env() []string {
-	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"}
+	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "container=cgfs"}
 	if t := os.Getenv("TERM"); t != "" {
 		env = append(env, "TERM="+t)
 	}
