@@ -64,10 +64,7 @@ type Agent struct {
 // syscalls then fail with ENOSYS) and returns a stopped Agent whose Close
 // returns the error.
 func Serve(listener *os.File, cfg Config) *Agent {
-	a := &Agent{cfg: cfg, log: cfg.Log, wake: -1, done: make(chan struct{})}
-	if a.log == nil {
-		a.log = slog.New(slog.DiscardHandler)
-	}
+	a := newAgent(cfg)
 	l, err := newListener(listener)
 	if err == nil {
 		a.l = l
@@ -87,6 +84,14 @@ func Serve(listener *os.File, cfg Config) *Agent {
 		a.log.Debug("seccomp agent: no synchronous wake-ups", "err", err)
 	}
 	go a.receive()
+	return a
+}
+
+func newAgent(cfg Config) *Agent {
+	a := &Agent{cfg: cfg, log: cfg.Log, wake: -1, done: make(chan struct{})}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
 	return a
 }
 
@@ -170,20 +175,25 @@ var syscallName = map[int32]string{x86_64Statfs: "statfs", x86_64Fstatfs: "fstat
 func (a *Agent) handle(n seccompNotif) {
 	p := newProc(a.l, &n)
 	defer p.close()
+	a.respond(&n, a.decide(p, &n))
+}
+
+// decide is what to do with notification n, whose caller's files p has.
+func (a *Agent) decide(p *proc, n *seccompNotif) verdict {
 	var v verdict
 	switch {
 	case n.Data.Arch != unix.AUDIT_ARCH_X86_64:
 		v = cont("arch")
 	case n.Data.Nr == x86_64Statfs:
-		v = a.statfs(p, &n)
+		v = a.statfs(p, n)
 	case n.Data.Nr == x86_64Fstatfs:
-		v = a.fstatfs(p, &n)
+		v = a.fstatfs(p, n)
 	case n.Data.Nr == x86_64Mount:
-		v = a.mount(p, &n)
+		v = a.mount(p, n)
 	default:
 		v = cont("not handled")
 	}
-	a.respond(&n, v)
+	return v
 }
 
 // verdict is what the agent does with a notification.
@@ -201,13 +211,22 @@ var gone = verdict{gone: true, why: errGone.Error()}
 
 // respond sends v's response, counts and logs it.
 func (a *Agent) respond(n *seccompNotif, v verdict) {
+	var err error
+	if !v.gone {
+		err = a.l.send(n.ID, 0, v.errno, !v.answered)
+	}
+	a.record(n, v, err)
+}
+
+// record counts and logs the response v to n, whose sending failed with
+// err (ENOENT: the caller was gone).
+func (a *Agent) record(n *seccompNotif, v verdict, err error) {
 	name := syscallName[n.Data.Nr]
 	if v.gone {
 		a.nFailed.Add(1)
 		a.log.Debug("seccomp agent: caller gone", "syscall", name, "tid", n.Pid)
 		return
 	}
-	err := a.l.send(n.ID, 0, v.errno, !v.answered)
 	switch {
 	case errors.Is(err, unix.ENOENT):
 		a.nFailed.Add(1)

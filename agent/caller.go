@@ -18,7 +18,10 @@ import (
 // Its methods use /proc files of the thread the agent opened for this
 // notification; they work only while the Mounter it was given to runs.
 type Caller struct {
-	Tid int // host thread id (in the agent's pid namespace)
+	// Tid is the thread id in the pid namespace of whoever received the
+	// notification: the agent's (Serve), or the LXC monitor's
+	// (ServeLXCProxy).
+	Tid int
 
 	p *proc
 }
@@ -51,30 +54,65 @@ var errGone = errors.New("notification no longer alive")
 type proc struct {
 	tid int
 	id  uint64
-	l   *listener
+	v   validator
 
+	// dir is a /proc/TID directory the files are opened from (an LXC
+	// monitor's); -1: "/proc/TID/" in the agent's /proc.
+	dir       int
 	mem       int // /proc/TID/mem, O_RDWR; -1 until opened
 	root, cwd int // O_PATH; -1 until opened
 }
 
-func newProc(l *listener, n *seccompNotif) *proc {
-	return &proc{tid: int(n.Pid), id: n.ID, l: l, mem: -1, root: -1, cwd: -1}
+// validator says whether a notification is still alive
+// (SECCOMP_IOCTL_NOTIF_ID_VALID on its listener).
+type validator interface {
+	valid(id uint64) bool
 }
 
+func newProc(v validator, n *seccompNotif) *proc {
+	return &proc{tid: int(n.Pid), id: n.ID, v: v, dir: -1, mem: -1, root: -1, cwd: -1}
+}
+
+// close closes the files p opened or was given (dir and mem included).
 func (p *proc) close() {
-	for _, fd := range []int{p.mem, p.root, p.cwd} {
+	for _, fd := range []int{p.dir, p.mem, p.root, p.cwd} {
 		if fd >= 0 {
 			unix.Close(fd)
 		}
 	}
-	p.mem, p.root, p.cwd = -1, -1, -1
+	p.dir, p.mem, p.root, p.cwd = -1, -1, -1, -1
 }
 
-func (p *proc) valid() bool { return p.l.valid(p.id) }
+func (p *proc) valid() bool { return p.v.valid(p.id) }
 
 // path is /proc/TID/name.
 func (p *proc) path(name string) string {
 	return "/proc/" + strconv.Itoa(p.tid) + "/" + name
+}
+
+// openFile opens /proc/TID/name (from dir if p has one).
+func (p *proc) openFile(name string, flags int) (int, error) {
+	if p.dir >= 0 {
+		return unix.Openat(p.dir, name, flags|unix.O_CLOEXEC, 0)
+	}
+	return unix.Open(p.path(name), flags|unix.O_CLOEXEC, 0)
+}
+
+// readlink reads the symbolic link /proc/TID/name (from dir if p has one).
+func (p *proc) readlink(name string) (string, error) {
+	if p.dir < 0 {
+		return os.Readlink(p.path(name))
+	}
+	for size := 256; ; size *= 2 {
+		b := make([]byte, size)
+		n, err := unix.Readlinkat(p.dir, name, b)
+		if err != nil {
+			return "", &os.PathError{Op: "readlinkat", Path: name, Err: err}
+		}
+		if n < size {
+			return string(b[:n]), nil
+		}
+	}
 }
 
 // procError is a failure to open one of the caller's /proc files: a fault
@@ -92,7 +130,7 @@ func (p *proc) open(name string, flags int, fd *int) (int, error) {
 	if *fd >= 0 {
 		return *fd, nil
 	}
-	f, err := unix.Open(p.path(name), flags|unix.O_CLOEXEC, 0)
+	f, err := p.openFile(name, flags)
 	if err != nil {
 		return -1, &procError{name, err}
 	}
@@ -236,11 +274,11 @@ func (p *proc) inRoot(path string) (int, error) {
 // /proc/TID/cwd's link with /proc/TID/root's stripped, checked to lead to
 // the working directory itself.
 func (p *proc) cwdInRoot() (string, error) {
-	root, err := os.Readlink(p.path("root"))
+	root, err := p.readlink("root")
 	if err != nil {
 		return "", err
 	}
-	cwd, err := os.Readlink(p.path("cwd"))
+	cwd, err := p.readlink("cwd")
 	if err != nil {
 		return "", err
 	}

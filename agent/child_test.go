@@ -48,6 +48,8 @@ func TestMain(m *testing.M) {
 		fmt.Println(err)
 	case "bench":
 		runBench()
+	case "lxc":
+		runLXCChecks()
 	default:
 		fmt.Fprintln(os.Stderr, "unknown child mode", mode)
 		os.Exit(2)

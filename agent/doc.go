@@ -23,6 +23,12 @@
 // alive, as seccomp_unotify(2) recommends, so that a reused thread id can
 // never make it act on another process.
 //
+// ServeLXCProxy (lxcproxy.go) gives the same answers to LXC containers:
+// it serves the socket lxc.seccomp.notify.proxy names, where LXC's monitor,
+// which keeps the listener, forwards each notification with /proc/PID,
+// /proc/PID/mem and the listener itself, and sends the kernel the
+// response the agent replies.
+//
 // Only x86_64 callers are answered: a 32-bit (i386) program's statfs,
 // fstatfs, statfs64, fstatfs64 and mount reach the kernel unchanged, so it
 // sees the FUSE magic; x32 syscalls fail with ENOSYS.

@@ -38,7 +38,7 @@ func (a *Agent) fstatfs(p *proc, n *seccompNotif) verdict {
 	if err := p.openMem(); err != nil {
 		return a.failed(p, "fstatfs", err)
 	}
-	fd, err := unix.Open(p.path("fd/"+strconv.FormatUint(uint64(cfd), 10)), unix.O_PATH|unix.O_CLOEXEC, 0)
+	fd, err := p.openFile("fd/"+strconv.FormatUint(uint64(cfd), 10), unix.O_PATH)
 	if err != nil {
 		return cont("fd: " + err.Error()) // not open, or not reopenable
 	}
