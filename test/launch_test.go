@@ -705,7 +705,8 @@ func TestLXCThroughTheHook(t *testing.T) {
 		t.Fatal(err)
 	}
 	busyboxRootfsAt(t, rootfs, containerBase)
-	initScript := "#!/bin/sh\nexec > /tmp/result 2>&1\ngrep fuse.cgfs /proc/self/mountinfo | cut -d' ' -f5\nmkdir /sys/fs/cgroup/memory/sub 2>/dev/null || mkdir /sys/fs/cgroup/sub\necho made sub\ngrep '^0::' /proc/self/cgroup\n"
+	initScript := "#!/bin/sh\nexec > /tmp/result 2>&1\ngrep fuse.cgfs /proc/self/mountinfo | cut -d' ' -f5\nmkdir /sys/fs/cgroup/memory/sub 2>/dev/null || mkdir /sys/fs/cgroup/sub\necho made sub\ngrep '^0::' /proc/self/cgroup\n" +
+		"stat -f -c 'statfs %t' /sys/fs/cgroup/unified 2>/dev/null || stat -f -c 'statfs %t' /sys/fs/cgroup\n"
 	if err := os.WriteFile(filepath.Join(rootfs, "init.sh"), []byte(initScript), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -722,7 +723,7 @@ lxc.cgroup.dir.monitor = %s/monitor
 lxc.cgroup.dir.monitor.pivot = %s/pivot
 lxc.environment = %s
 lxc.init.cmd = /init.sh
-`, rootfs, containerBase, containerBase, cgdir, cgdir, cgdir, env[0]) + example(t, "lxc.conf") // the README's lines
+`, rootfs, containerBase, containerBase, cgdir, cgdir, cgdir, env[0]) + lxcExample(t, env) // the README's lines
 	if err := os.WriteFile(filepath.Join(ctr, "config"), []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -735,7 +736,8 @@ lxc.init.cmd = /init.sh
 	if err != nil {
 		t.Fatalf("lxc-start: %v", err)
 	}
-	for _, want := range []string{"/sys/fs/cgroup\n", "made sub", "0::/"} {
+	// statfs answered by the daemon, through LXC's notify proxy.
+	for _, want := range []string{"/sys/fs/cgroup\n", "made sub", "0::/", "statfs " + cgroup2Magic} {
 		if !strings.Contains(string(result), want) {
 			t.Errorf("the LXC container did not say %q", want)
 		}
@@ -749,15 +751,38 @@ lxc.init.cmd = /init.sh
 	}
 }
 
+// lxcExample is the README's LXC lines, pointed at this binary, the
+// examples' seccomp profile and the test daemon's LXC seccomp socket.
+func lxcExample(t *testing.T, env []string) string {
+	t.Helper()
+	conf := example(t, "lxc.conf")
+	profile, err := filepath.Abs(exampleDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf = strings.ReplaceAll(conf, "/usr/local/share/cgfs", profile)
+	for _, kv := range env {
+		if sock, ok := strings.CutPrefix(kv, "CGFS_SOCKET="); ok {
+			conf = strings.ReplaceAll(conf, "/run/cgfs/lxc-seccomp.sock", filepath.Join(filepath.Dir(sock), "lxc-seccomp.sock"))
+		}
+	}
+	return conf
+}
+
+// exampleDir is where the examples are: the checkout's, or the VM
+// lane's copy.
+func exampleDir() string {
+	if d := os.Getenv("CGFS_EXAMPLES"); d != "" {
+		return d
+	}
+	return filepath.Join("..", "cmd", "cgfs", "examples")
+}
+
 // example is the file of cmd/cgfs/examples called name, its cgfs the
 // binary under test.
 func example(t *testing.T, name string) string {
 	t.Helper()
-	dir := filepath.Join("..", "cmd", "cgfs", "examples")
-	if d := os.Getenv("CGFS_EXAMPLES"); d != "" {
-		dir = d // the VM lane's copy
-	}
-	b, err := os.ReadFile(filepath.Join(dir, name))
+	b, err := os.ReadFile(filepath.Join(exampleDir(), name))
 	if err != nil {
 		t.Fatal(err)
 	}

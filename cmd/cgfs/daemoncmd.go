@@ -25,7 +25,7 @@ import (
 	"github.com/cgfs/cgfs/translate/host"
 )
 
-const daemonUsage = `usage: cgfs daemon [--socket PATH] [--seccomp-socket PATH] [--metrics ADDR]
+const daemonUsage = `usage: cgfs daemon [--socket PATH] [--seccomp-socket PATH] [--lxc-seccomp-socket PATH] [--metrics ADDR]
        cgfs attach --name N --owner PID [--cgroup DIR] [--shared NAME]... --target PATH [--in PID] [--socket PATH]
        cgfs detach [--socket PATH] NAME
        cgfs list [--socket PATH]
@@ -35,7 +35,8 @@ attach asks it for a new view of the container PID is in and puts it at
 PATH in this process's mount namespace (or in the mount namespace of
 process --in, through nsenter); detach stops serving one; list lists
 them. Only root may ask. OCI runtimes hand the daemon their containers'
-seccomp listeners at --seccomp-socket (runc's seccomp.listenerPath);
+seccomp listeners at --seccomp-socket (runc's seccomp.listenerPath), LXC
+its notifications at --lxc-seccomp-socket (lxc.seccomp.notify.proxy);
 the daemon answers them as cgfs run's agent does.
 `
 
@@ -47,6 +48,7 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 	socket := fl.String("socket", control.DaemonSocket(), "listen on the unix socket `PATH`")
 	metricsAddr := fl.String("metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics")
 	seccompSocket := fl.String("seccomp-socket", "", "take OCI runtimes' seccomp listeners (runc's seccomp.listenerPath) at `PATH` (default: seccomp.sock beside --socket)")
+	lxcSocket := fl.String("lxc-seccomp-socket", "", "answer LXC's seccomp notifications (lxc.seccomp.notify.proxy) at `PATH` (default: lxc-seccomp.sock beside --socket)")
 	if err := fl.Parse(args); err != nil {
 		return usageError{err.Error()}
 	}
@@ -91,7 +93,18 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 		sln.Close()
 		_ = os.Remove(*seccompSocket)
 	}()
-	log.Info("daemon listening", "socket", *socket, "seccomp", *seccompSocket)
+	if *lxcSocket == "" {
+		*lxcSocket = filepath.Join(filepath.Dir(*socket), "lxc-seccomp.sock")
+	}
+	lxc, err := d.ServeLXCProxy(*lxcSocket)
+	if err != nil {
+		return fmt.Errorf("--lxc-seccomp-socket %s: %w", *lxcSocket, err)
+	}
+	defer func() {
+		lxc.Close()
+		_ = os.Remove(*lxcSocket)
+	}()
+	log.Info("daemon listening", "socket", *socket, "seccomp", *seccompSocket, "lxc-seccomp", *lxcSocket)
 	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyReady) // Type=notify
 	s := <-sig
 	log.Info("stopping", "signal", s.String(), "views", len(d.List()))

@@ -6,6 +6,8 @@ package daemon
 
 import (
 	"encoding/json"
+	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -236,6 +238,26 @@ func (d *Daemon) ServeSeccomp(path string) (net.Listener, error) {
 		}
 	}()
 	return ln, nil
+}
+
+// ServeLXCProxy answers LXC monitors at path, as
+// lxc.seccomp.notify.proxy (LXC keeps each container's listener and
+// forwards its notifications): with the same answers as ServeSeccomp's,
+// which must have been called first.
+func (d *Daemon) ServeLXCProxy(path string) (io.Closer, error) {
+	if d.set == nil {
+		return nil, errors.New("the LXC proxy needs the seccomp socket served first")
+	}
+	ln, err := control.Listen("unixpacket", path)
+	if err != nil {
+		return nil, err
+	}
+	p, err := agent.ServeLXCProxy(ln, d.agentCfg)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return p, nil
 }
 
 // takeListener reads one runtime's message: the container's state
