@@ -116,6 +116,10 @@ func (a *Agent) closeListener() error {
 	return a.closeErr
 }
 
+// Done is closed when the agent has stopped: Close, or no task uses the
+// listener's filter any more.
+func (a *Agent) Done() <-chan struct{} { return a.done }
+
 // Stats returns the counts so far.
 func (a *Agent) Stats() Stats {
 	return Stats{Answered: a.nAnswered.Load(), Continued: a.nContinued.Load(), Failed: a.nFailed.Load()}

@@ -796,3 +796,117 @@ func values(m map[string]string) []string {
 	}
 	return out
 }
+
+// TestDaemonKeepsRuncListenersAcrossRestarts: runc hands the daemon a
+// container's seccomp listener once. The daemon keeps a copy in
+// systemd's file descriptor store (here the test plays systemd: the
+// notify socket, and LISTEN_FDS for the restarted daemon), so after the
+// daemon is killed and started again, the container's notified syscalls
+// are answered again instead of waiting forever.
+func TestDaemonKeepsRuncListenersAcrossRestarts(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "runc")
+	dir := publicDir(t)
+	sock := filepath.Join(dir, "daemon.sock")
+	env := []string{"CGFS_SOCKET=" + sock}
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "notify.sock"), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notify.Close()
+	stored := make(chan *os.File, 4)
+	ready := make(chan struct{}, 4)
+	go func() { // systemd's side of sd_notify
+		for {
+			buf, oob := make([]byte, 4096), make([]byte, unix.CmsgSpace(4))
+			n, oobn, _, _, err := notify.ReadMsgUnix(buf, oob)
+			if err != nil {
+				return
+			}
+			msg := string(buf[:n])
+			if strings.Contains(msg, "READY=1") {
+				ready <- struct{}{}
+			}
+			if name, ok := strings.CutPrefix(msg, "FDSTORE=1\nFDNAME="); ok {
+				if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil && len(msgs) == 1 {
+					if fds, err := unix.ParseUnixRights(&msgs[0]); err == nil && len(fds) == 1 {
+						stored <- os.NewFile(uintptr(fds[0]), name)
+					}
+				}
+			}
+		}
+	}()
+	start := func(extra []*os.File, shell string) *exec.Cmd {
+		cmd := exec.Command("sh", "-c", shell+"exec "+cgfsBin+" daemon --socket "+sock)
+		cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+filepath.Join(dir, "notify.sock"))
+		cmd.ExtraFiles = extra
+		log := &lockedBuffer{}
+		cmd.Stdout, cmd.Stderr = log, log
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			t.Logf("daemon log:\n%s", log.String())
+		})
+		select {
+		case <-ready:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("the daemon did not say READY=1:\n%s", log.String())
+		}
+		return cmd
+	}
+	first := start(nil, "")
+
+	bundle := publicDir(t)
+	rootfs := filepath.Join(bundle, "rootfs")
+	busyboxRootfsAt(t, rootfs, containerBase)
+	cgroups := fmt.Sprintf("/cgfs-test-restart-%d", os.Getpid())
+	t.Cleanup(func() { checkNothingLeft(t, strings.TrimPrefix(cgroups, "/")) })
+	runcConfig(t, bundle, cgroups, "stat -f -c %t /sys/fs/cgroup > /tmp/before; while [ ! -e /tmp/go ]; do sleep 0.1; done; stat -f -c %t / > /tmp/after 2>&1; echo done >> /tmp/after", env)
+	state := t.TempDir()
+	name := fmt.Sprintf("cgfs-test-restart-%d", os.Getpid())
+	runc := exec.Command("runc", "--root", state, "run", "-b", bundle, name)
+	out := &lockedBuffer{}
+	runc.Stdout, runc.Stderr = out, out
+	if err := runc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = exec.Command("runc", "--root", state, "delete", "-f", name).Run()
+		_ = runc.Wait()
+		t.Logf("runc:\n%s", out.String())
+	})
+	var listener *os.File
+	select {
+	case listener = <-stored:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the daemon stored no seccomp listener (FDSTORE=1)")
+	}
+	defer listener.Close()
+	waitFor(t, "the container's first statfs", 10*time.Second, func() bool {
+		b, _ := os.ReadFile(filepath.Join(rootfs, "tmp/before"))
+		return len(b) > 0
+	})
+
+	// The daemon dies; a new one takes the stored listener up.
+	_ = first.Process.Kill()
+	_ = first.Wait()
+	start([]*os.File{listener}, "export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES="+listener.Name()+"; ")
+	if err := os.WriteFile(filepath.Join(rootfs, "tmp/go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var after []byte
+	waitFor(t, "the container's statfs after the restart", 10*time.Second, func() bool {
+		after, _ = os.ReadFile(filepath.Join(rootfs, "tmp/after"))
+		return strings.Contains(string(after), "done")
+	})
+	var st unix.Statfs_t
+	if err := unix.Statfs(rootfs, &st); err != nil {
+		t.Fatal(err)
+	}
+	if want := strconv.FormatInt(st.Type, 16); !strings.HasPrefix(string(after), want+"\n") {
+		t.Errorf("statfs of / in the container after the restart: %q, want %s", after, want)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"syscall"
 
+	"github.com/coreos/go-systemd/v22/activation"
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
@@ -104,6 +105,9 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 		lxc.Close()
 		_ = os.Remove(*lxcSocket)
 	}()
+	if n := d.Restore(activation.Files(true)); n > 0 {
+		log.Info("took up seccomp listeners from the file descriptor store", "listeners", n)
+	}
 	log.Info("daemon listening", "socket", *socket, "seccomp", *seccompSocket, "lxc-seccomp", *lxcSocket)
 	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyReady) // Type=notify
 	s := <-sig

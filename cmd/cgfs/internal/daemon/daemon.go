@@ -7,12 +7,15 @@ package daemon
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"sort"
+	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -319,15 +322,90 @@ func (d *Daemon) takeListener(c *net.UnixConn) {
 		return
 	}
 	unix.CloseOnExec(listener)
-	d.serveAgent(os.NewFile(uintptr(listener), "seccomp listener of "+st.State.ID), st.State.ID)
+	f := os.NewFile(uintptr(listener), "seccomp listener of "+st.State.ID)
+	// runc hands its listener over once: systemd's file descriptor
+	// store keeps a copy, so that a restarted daemon takes it up again
+	// (Restore) instead of the container's notified syscalls failing
+	// ENOSYS for want of any holder.
+	// Unique among the stored ones: FDSTOREREMOVE drops every
+	// descriptor of a name.
+	name := fmt.Sprintf("seccomp-%s-%d", st.State.ID, time.Now().UnixNano())
+	if err := storeFd(f, name); err != nil {
+		if os.Getenv("NOTIFY_SOCKET") != "" {
+			d.log.Warn("keeping a seccomp listener in the file descriptor store", "container", st.State.ID, "err", err)
+		}
+		name = ""
+	}
+	a := d.serveAgent(f, st.State.ID)
+	if name != "" {
+		go func() {
+			<-a.Done()
+			_ = unstoreFd(name)
+		}()
+	}
 	d.log.Info("serving a seccomp listener", "container", st.State.ID, "pid", st.Pid)
 }
 
+// Restore takes up the seccomp listeners a daemon before this one left
+// in systemd's file descriptor store (passed back as LISTEN_FDS, named
+// seccomp-*), after ServeSeccomp.
+func (d *Daemon) Restore(files []*os.File) int {
+	n := 0
+	for _, f := range files {
+		if !strings.HasPrefix(f.Name(), "seccomp-") || d.set == nil {
+			continue
+		}
+		name := f.Name()
+		a := d.serveAgent(f, name)
+		go func() {
+			<-a.Done()
+			_ = unstoreFd(name)
+		}()
+		n++
+	}
+	return n
+}
+
+// storeFd keeps a copy of f in systemd's file descriptor store
+// (sd_notify FDSTORE=1 with the descriptor; the unit needs
+// FileDescriptorStoreMax).
+func storeFd(f *os.File, name string) error {
+	return notifyWithFd("FDSTORE=1\nFDNAME="+name, int(f.Fd()))
+}
+
+// unstoreFd drops the stored copy called name.
+func unstoreFd(name string) error {
+	return notifyWithFd("FDSTOREREMOVE=1\nFDNAME="+name, -1)
+}
+
+// notifyWithFd sends state to $NOTIFY_SOCKET, with descriptor fd unless
+// it is -1.
+func notifyWithFd(state string, fd int) error {
+	path := os.Getenv("NOTIFY_SOCKET")
+	if path == "" {
+		return errors.New("NOTIFY_SOCKET is not set")
+	}
+	if path[0] == '@' {
+		path = "\x00" + path[1:]
+	}
+	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(s)
+	var oob []byte
+	if fd >= 0 {
+		oob = unix.UnixRights(fd)
+	}
+	return unix.Sendmsg(s, []byte(state), oob, &unix.SockaddrUnix{Name: path}, 0)
+}
+
 // serveAgent answers a seccomp listener of container name's processes.
-func (d *Daemon) serveAgent(listener *os.File, name string) {
+func (d *Daemon) serveAgent(listener *os.File, name string) *agent.Agent {
 	a := agent.Serve(listener, d.agentCfg)
 	d.mu.Lock()
 	d.agents = append(d.agents, a)
 	d.mu.Unlock()
 	d.log.Debug("agent", "container", name)
+	return a
 }
