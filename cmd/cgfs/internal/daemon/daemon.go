@@ -407,5 +407,16 @@ func (d *Daemon) serveAgent(listener *os.File, name string) *agent.Agent {
 	d.agents = append(d.agents, a)
 	d.mu.Unlock()
 	d.log.Debug("agent", "container", name)
+	go func() { // dropped once its filter has no task left
+		<-a.Done()
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		for i, x := range d.agents {
+			if x == a {
+				d.agents = append(d.agents[:i], d.agents[i+1:]...)
+				break
+			}
+		}
+	}()
 	return a
 }
