@@ -135,11 +135,7 @@ rmdir $J
 `, v2)
 	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
 	t.Logf("in the container:\n%s", r.out)
-	for _, want := range []string{"woke on: frozen 1", "woke on: populated 0"} {
-		if !strings.Contains(r.out, want) {
-			t.Errorf("inotifywait did not say %q", want)
-		}
-	}
+	wantSaid(t, r.out, "inotifywait", "woke on: frozen 1", "woke on: populated 0")
 }
 
 // clone3Client is the static C client of clone3(CLONE_INTO_CGROUP) in
@@ -169,11 +165,7 @@ func TestClone3FallsBack(t *testing.T) {
 	script := fmt.Sprintf("mkdir %[1]s/spawned && %[2]s %[1]s/spawned; echo status $?", v2, bin)
 	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
 	t.Logf("in the container:\n%s", r.out)
-	for _, want := range []string{"clone3: ENOSYS, falling back", "0::/spawned\n", "status 0"} {
-		if !strings.Contains(r.out, want) {
-			t.Errorf("the clone3 client did not say %q", want)
-		}
-	}
+	wantSaid(t, r.out, "the clone3 client", "clone3: ENOSYS, falling back", "0::/spawned\n", "status 0")
 }
 
 // TestCgroupTools: libcgroup's tools find the view through the mount
@@ -203,11 +195,7 @@ cgdelete -g %[1]s:/tools 2>&1 && echo deleted
 		cgexec = ":pids:/tools"
 	}
 	// lscgroup names a v2 group by all the controllers of its hierarchy.
-	for _, want := range []string{"cgget " + value, cgexec, ":/tools\n", "deleted"} {
-		if !strings.Contains(r.out, want) {
-			t.Errorf("cgroup-tools did not say %q", want)
-		}
-	}
+	wantSaid(t, r.out, "cgroup-tools", "cgget "+value, cgexec, ":/tools\n", "deleted")
 }
 
 // TestSystemdCgls: systemd-cgls accepts the view as a cgroup file system
@@ -226,11 +214,7 @@ kill $!
 `, v2)
 	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
 	t.Logf("in the container (exit %d):\n%s", r.code, r.out)
-	for _, want := range []string{"listed", "sleep 100", "status 0"} {
-		if !strings.Contains(r.out, want) {
-			t.Errorf("systemd-cgls did not show %q", want)
-		}
-	}
+	wantSaid(t, r.out, "systemd-cgls", "listed", "sleep 100", "status 0")
 }
 
 // TestGoFindsItsCPULimit: Go's runtime (1.25+) sets GOMAXPROCS from the
@@ -346,11 +330,7 @@ mkdir %[3]s && echo $$ > %[3]s/cgroup.procs && echo moved $(grep -c /sub /proc/s
 	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c",
 		"cd "+bundle+" && "+runtime+" --root "+bundle+"/state run nested 2>&1; echo runtime status $?")
 	t.Logf("in the container:\n%s", r.out)
-	for _, want := range []string{"limits 67108864 50", "raise: Operation not permitted", "moved 1", "runtime status 0"} {
-		if !strings.Contains(r.out, want) {
-			t.Errorf("the nested container did not say %q", want)
-		}
-	}
+	wantSaid(t, r.out, "the nested container", "limits 67108864 50", "raise: Operation not permitted", "moved 1", "runtime status 0")
 	if strings.Contains(r.out, "cgfs mounts 0") {
 		t.Errorf("the nested container's /sys/fs/cgroup is not a cgfs view")
 	}
@@ -376,11 +356,7 @@ echo back in $(grep 0:: /proc/self/cgroup)
 `
 	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
 	t.Logf("in the container:\n%s", r.out)
-	for _, want := range []string{"root domain child domain in 0::/.cgfs-leaf", "back in 0::/\n"} {
-		if !strings.Contains(r.out, want) {
-			t.Errorf("the container did not say %q", want)
-		}
-	}
+	wantSaid(t, r.out, "the container", "root domain child domain in 0::/.cgfs-leaf", "back in 0::/\n")
 }
 
 // TestNestedLXC: LXC 5.0.2, run by the root of a cgfs run container,
@@ -434,11 +410,7 @@ lxc.mount.auto = proc:mixed sys:mixed cgroup:rw:force
 	log, _ := os.ReadFile(filepath.Join(dir, "lxc.log"))
 	result, _ := os.ReadFile(filepath.Join(rootfs, "tmp/result"))
 	t.Logf("in the container:\n%s\nlxc log:\n%s\nthe nested container said:\n%s", r.out, log, result)
-	for _, want := range []string{"limits 67108864 50", "raise: Operation not permitted"} {
-		if !strings.Contains(string(result), want) {
-			t.Errorf("the nested LXC container did not say %q", want)
-		}
-	}
+	wantSaid(t, string(result), "the nested LXC container", "limits 67108864 50", "raise: Operation not permitted")
 	if strings.Contains(string(result), "cgfs mounts 0") || !strings.Contains(string(result), "cgfs mounts") {
 		t.Errorf("the nested LXC container's /sys/fs/cgroup is not a cgfs view")
 	}
@@ -529,9 +501,16 @@ echo scope after $(systemctl is-active cgfs-probe.scope)
 	if code != 42 {
 		t.Errorf("cgfs run exited %d, want systemd's 42 (systemctl exit 42)", code)
 	}
-	for _, want := range []string{"pid1 systemd", "0::/system.slice/cgfs-test.service", "scope after inactive"} {
-		if !strings.Contains(string(result), want) {
-			t.Errorf("the probe under systemd did not say %q", want)
+	wantSaid(t, string(result), "the probe under systemd", "pid1 systemd", "0::/system.slice/cgfs-test.service", "scope after inactive")
+}
+
+// wantSaid fails the test for each of wants that out, what who printed,
+// does not contain.
+func wantSaid(t *testing.T, out, who string, wants ...string) {
+	t.Helper()
+	for _, want := range wants {
+		if !strings.Contains(out, want) {
+			t.Errorf("%s did not say %q", who, want)
 		}
 	}
 }

@@ -85,15 +85,7 @@ func Serve(path string, h Handler, log *slog.Logger) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	go func() {
-		for {
-			c, err := ln.AcceptUnix()
-			if err != nil {
-				return // closed
-			}
-			go answer(c, h, log)
-		}
-	}()
+	go AcceptEach(ln, func(c *net.UnixConn) { answer(c, h, log) })
 	return ln, nil
 }
 
@@ -246,4 +238,16 @@ func Listen(network, path string) (*net.UnixListener, error) {
 		return nil, err
 	}
 	return ln, nil
+}
+
+// AcceptEach serves each connection to ln on a goroutine of its own,
+// until ln is closed.
+func AcceptEach(ln *net.UnixListener, serve func(*net.UnixConn)) {
+	for {
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			return // closed
+		}
+		go serve(c)
+	}
 }

@@ -231,15 +231,7 @@ func (d *Daemon) ServeSeccomp(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	go func() {
-		for {
-			c, err := ln.AcceptUnix()
-			if err != nil {
-				return
-			}
-			go d.takeListener(c)
-		}
-	}()
+	go control.AcceptEach(ln, d.takeListener)
 	return ln, nil
 }
 
