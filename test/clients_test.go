@@ -514,3 +514,23 @@ func wantSaid(t *testing.T, out, who string, wants ...string) {
 		}
 	}
 }
+
+// TestNestedMountNeedsPrivilege: cgfs makes a nested view's mount as host
+// root, so it makes one only for a caller the kernel would let mount: an
+// unprivileged process of the container (uid 1000, no capabilities) gets
+// EPERM and no mount, while the container's root gets its view.
+func TestNestedMountNeedsPrivilege(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "busybox")
+	parent := runParent(t)
+	dir := publicDir(t)
+	script := fmt.Sprintf(`env %[1]s=1 %[2]s as 1000 busybox mount -t cgroup2 none %[3]s; echo unprivileged $?
+echo mounts $(grep -c " %[3]s " /proc/self/mountinfo)
+busybox mount -t cgroup2 none %[3]s; echo root $?
+awk '$5 == "%[3]s" { for (i = 7; $i != "-"; i++) {}; print "fstype", $(i+1) }' /proc/self/mountinfo
+`, helperEnv, helperBin, dir)
+	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
+	t.Logf("in the container:\n%s", r.out)
+	// busybox mount says EPERM as "permission denied (are you root?)".
+	wantSaid(t, r.out, "the container", "permission denied", "unprivileged 1\n", "mounts 0\n", "root 0\n", "fstype fuse.cgfs\n")
+}

@@ -37,6 +37,28 @@ func helperMain(args []string) int {
 	if op == "alloc" && len(args) == 3 {
 		return allocIn(path, args[2])
 	}
+	if op == "as" && len(args) >= 3 {
+		// as UID CMD...: become UID (and GID UID), with no capabilities
+		// left, and exec CMD.
+		id, err := strconv.Atoi(args[1])
+		if err == nil {
+			err = syscall.Setgroups(nil)
+		}
+		if err == nil {
+			err = syscall.Setresgid(id, id, id)
+		}
+		if err == nil {
+			err = syscall.Setresuid(id, id, id)
+		}
+		if err == nil {
+			var path string
+			if path, err = exec.LookPath(args[2]); err == nil {
+				err = syscall.Exec(path, args[2:], os.Environ())
+			}
+		}
+		fmt.Println(err)
+		return 1
+	}
 	if op == "gomaxprocs" {
 		// What Go's runtime took from the CPU limit it found.
 		fmt.Println(runtime.GOMAXPROCS(0))

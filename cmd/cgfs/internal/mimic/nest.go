@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
@@ -27,14 +29,24 @@ type Nester struct {
 	Set    *Set                              // the nested views join it
 	Mounts []Mount
 	Log    *slog.Logger
+
+	mu         sync.Mutex
+	lastLog    time.Time
+	suppressed int
 }
 
-// Mount is the agent's Mounter.
+// Mount is the agent's Mounter. The caller must be allowed the mount as
+// the kernel would allow it (CAP_SYS_ADMIN in the user namespace that
+// owns its mount namespace, may_mount): cgfs makes it as host root, so a
+// check here is all that stands between an unprivileged process of the
+// container and a mount anywhere in its namespace. Everything read of
+// the caller (its files, its status, its namespaces, its owner pin) is
+// read before the notification is checked alive once more, so a thread
+// id reused meanwhile can name nobody but the caller.
 func (n *Nester) Mount(c agent.Caller, m agent.MountCall) (bool, unix.Errno) {
 	dir, ok := n.hierarchy(m)
 	if !ok {
-		n.Log.Warn("refused a cgroupfs mount of no hierarchy the host has", "rule", "nested-mount",
-			"tid", c.Tid, "fstype", m.FSType, "options", m.Data)
+		n.refuse("a cgroupfs mount of no hierarchy the host has", "tid", c.Tid, "fstype", m.FSType, "options", m.Data)
 		return true, unix.EPERM
 	}
 	if m.Flags&(unix.MS_REMOUNT|unix.MS_BIND|unix.MS_MOVE) != 0 {
@@ -45,32 +57,92 @@ func (n *Nester) Mount(c agent.Caller, m agent.MountCall) (bool, unix.Errno) {
 		return true, errnoOf(err, unix.ENOENT)
 	}
 	defer target.Close()
-	st, err := procfs.NewProc(c.Tid)
+	mntns, err := os.Open(fmt.Sprintf("/proc/%d/ns/mnt", c.Tid))
 	if err != nil {
 		return true, unix.ESRCH
 	}
-	status, err := st.NewStatus()
+	defer mntns.Close()
+	owner, err := mayMount(c.Tid, mntns)
 	if err != nil {
-		return true, unix.ESRCH
-	}
-	owner := int(status.TGID)
-	view, err := n.Serve(owner)
-	if err != nil {
-		n.Log.Warn("no nested view for a cgroupfs mount", "rule", "nested-mount", "owner", owner, "err", err)
+		n.refuse("a cgroupfs mount by a caller the kernel would refuse", "tid", c.Tid, "why", err)
 		return true, unix.EPERM
 	}
+	if !c.Valid() {
+		return true, unix.ESRCH // the caller is gone: nobody waits for the answer
+	}
+	view, err := n.Serve(owner)
+	if err != nil {
+		n.refuse("no nested view for a cgroupfs mount", "owner", owner, "err", err)
+		return true, errnoOf(err, unix.EPERM)
+	}
 	defer view.Close()
+	if !c.Valid() {
+		return true, unix.ESRCH
+	}
 	var vst unix.Stat_t
 	if err := unix.Fstat(int(view.Fd()), &vst); err != nil {
 		return true, unix.EIO
 	}
 	n.Set.Add(vst.Dev)
-	if err := inMountNamespace(c.Tid, func(fds *os.File) error { return place(view, target, dir, m.Flags&unix.MS_RDONLY != 0, fds) }); err != nil {
-		n.Log.Warn("placing a nested view", "owner", owner, "target", m.Target, "err", err)
+	if err := inMountNamespace(mntns, func(fds *os.File) error { return place(view, target, dir, m.Flags&unix.MS_RDONLY != 0, fds) }); err != nil {
+		n.refuse("placing a nested view", "owner", owner, "target", m.Target, "err", err)
 		return true, errnoOf(err, unix.EINVAL)
 	}
 	n.Log.Info("a nested view", "owner", owner, "target", m.Target, "hierarchy", dir)
 	return true, 0
+}
+
+// mayMount returns the thread group of thread tid if it may mount in its
+// mount namespace mntns as the kernel judges it: CAP_SYS_ADMIN
+// effective, in the user namespace that owns mntns. (A caller whose
+// mount namespace belongs to a namespace below its own would be allowed
+// natively too; that is refused here, as no launcher makes one.)
+func mayMount(tid int, mntns *os.File) (int, error) {
+	p, err := procfs.NewProc(tid)
+	if err != nil {
+		return 0, err
+	}
+	status, err := p.NewStatus()
+	if err != nil {
+		return 0, err
+	}
+	const capSysAdmin = 21
+	if status.CapEff&(1<<capSysAdmin) == 0 {
+		return 0, errors.New("no CAP_SYS_ADMIN")
+	}
+	ownerFd, err := unix.IoctlRetInt(int(mntns.Fd()), unix.NS_GET_USERNS)
+	if err != nil {
+		return 0, fmt.Errorf("NS_GET_USERNS: %w", err)
+	}
+	defer unix.Close(ownerFd)
+	var owns, in unix.Stat_t
+	if err := unix.Fstat(ownerFd, &owns); err != nil {
+		return 0, err
+	}
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/user", tid), &in); err != nil {
+		return 0, err
+	}
+	if owns.Dev != in.Dev || owns.Ino != in.Ino {
+		return 0, errors.New("its mount namespace belongs to another user namespace")
+	}
+	return int(status.TGID), nil
+}
+
+// refuse logs a refusal of a container's mount, at most one line a
+// second (a container can ask as often as it likes), with how many were
+// left out.
+func (n *Nester) refuse(msg string, args ...any) {
+	n.mu.Lock()
+	now := time.Now()
+	if now.Sub(n.lastLog) < time.Second {
+		n.suppressed++
+		n.mu.Unlock()
+		return
+	}
+	suppressed := n.suppressed
+	n.lastLog, n.suppressed = now, 0
+	n.mu.Unlock()
+	n.Log.Warn(msg, append(args, "rule", "nested-mount", "suppressed", suppressed)...)
 }
 
 // hierarchy is the layout directory of the hierarchy a mount asks for:
@@ -148,16 +220,10 @@ func place(view, target *os.File, dir string, readOnly bool, fds *os.File) error
 	return nil
 }
 
-// inMountNamespace runs fn on a thread of its own in the mount
-// namespace of thread tid, with this process's /proc/self/fd opened
-// before. The thread is never used again (its goroutine stays locked to
-// it and ends).
-func inMountNamespace(tid int, fn func(fds *os.File) error) error {
-	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/mnt", tid))
-	if err != nil {
-		return err
-	}
-	defer ns.Close()
+// inMountNamespace runs fn on a thread of its own in mount namespace
+// mntns, with this process's /proc/self/fd opened before. The thread is
+// never used again (its goroutine stays locked to it and ends).
+func inMountNamespace(mntns *os.File, fn func(fds *os.File) error) error {
 	fds, err := os.Open("/proc/self/fd")
 	if err != nil {
 		return err
@@ -170,7 +236,7 @@ func inMountNamespace(tid int, fn func(fds *os.File) error) error {
 			done <- fmt.Errorf("unshare(CLONE_FS): %w", err)
 			return
 		}
-		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNS); err != nil {
+		if err := unix.Setns(int(mntns.Fd()), unix.CLONE_NEWNS); err != nil {
 			done <- fmt.Errorf("setns: %w", err)
 			return
 		}
