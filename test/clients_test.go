@@ -534,3 +534,23 @@ awk '$5 == "%[3]s" { for (i = 7; $i != "-"; i++) {}; print "fstype", $(i+1) }' /
 	// busybox mount says EPERM as "permission denied (are you root?)".
 	wantSaid(t, r.out, "the container", "permission denied", "unprivileged 1\n", "mounts 0\n", "root 0\n", "fstype fuse.cgfs\n")
 }
+
+// TestNoNestedViewOfALeaf: a process cgfs keeps in a hidden leaf that
+// mounts cgroupfs gets EPERM, not a view rooted in the leaf (where it
+// could make cgroups the leaf's own view takes for empty).
+func TestNoNestedViewOfALeaf(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "busybox")
+	l := detectLane(t)
+	ctrl := domainController(t, l)
+	parent := runParent(t)
+	v2, _, _ := lanePaths(t)
+	dir := publicDir(t)
+	script := fmt.Sprintf(`echo +%s > %s/cgroup.subtree_control
+grep 0:: /proc/self/cgroup
+busybox mount -t cgroup2 none %s; echo mount $?
+`, ctrl, v2, dir)
+	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
+	t.Logf("in the container:\n%s", r.out)
+	wantSaid(t, r.out, "the container", "0::/.cgfs-leaf\n", "permission denied", "mount 1\n")
+}

@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 
 	"github.com/prometheus/procfs"
+	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/access"
 	"github.com/cgfs/cgfs/access/proc"
@@ -255,6 +257,10 @@ func (v *Views) view(h *host.Host, cfg translate.Config, name string) (*translat
 	why := ""
 	if cfg.CgroupPath == "/" {
 		why = "the owner's cgroup is the hierarchy's root"
+	} else if slices.Contains(strings.Split(cfg.CgroupPath, "/"), translate.LeafName) {
+		// A view rooted in a hidden leaf could make cgroups inside it,
+		// which the leaf's own view takes for empty.
+		why = "the owner's cgroup is a hidden leaf of cgfs"
 	} else if tid, found, err := view.Foreign(v.Owner.Thread); err != nil {
 		return nil, err
 	} else if found {
@@ -294,22 +300,33 @@ func delegateFiles(log *slog.Logger) []string {
 
 // Nested serves views for a container's nested runtimes: each call
 // serves a new detached mount of owner's cgroups, from one set of views
-// per owner (by pid and start time), with the given options' watcher and
-// log. Close releases every set.
+// per owner (by pid and start time) that lives while any of its mounts
+// does. A container holds at most MaxNestedMounts of them at once.
 type Nested struct {
 	procs *proc.Procs
 	ident *access.Identifier
 	opts  Options
 	count func(owner int) *metrics.Counts
 
-	mu    sync.Mutex
-	views map[[2]uint64]*Views
+	mu     sync.Mutex
+	owners map[[2]uint64]*nestedOwner
+	live   int
 }
+
+type nestedOwner struct {
+	views  *Views
+	mounts int
+}
+
+// MaxNestedMounts bounds the nested views one container holds at once
+// (each is a FUSE connection of the server's); more are ENOSPC, as the
+// kernel answers past fs.mount-max.
+const MaxNestedMounts = 256
 
 // NewNested serves nested views with o's Watcher and Log, counted by
 // count.
 func NewNested(procs *proc.Procs, o Options, count func(owner int) *metrics.Counts) *Nested {
-	return &Nested{procs: procs, ident: access.NewIdentifier(procs), opts: o, count: count, views: map[[2]uint64]*Views{}}
+	return &Nested{procs: procs, ident: access.NewIdentifier(procs), opts: o, count: count, owners: map[[2]uint64]*nestedOwner{}}
 }
 
 // Serve serves a new view of owner's cgroups, detached.
@@ -325,19 +342,40 @@ func (n *Nested) Serve(owner int) (*os.File, error) {
 	key := [2]uint64{uint64(owner), stat.Starttime}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	v := n.views[key]
-	if v == nil {
-		o := n.opts
-		o.Name, o.Owner = fmt.Sprintf("%s/nested:%d", o.Name, owner), owner
-		if v, err = Open(n.procs, o); err != nil {
+	if n.live >= MaxNestedMounts {
+		return nil, fmt.Errorf("the container holds %d nested views: %w", n.live, unix.ENOSPC)
+	}
+	o := n.owners[key]
+	if o == nil {
+		opts := n.opts
+		opts.Name, opts.Owner = fmt.Sprintf("%s/nested:%d", opts.Name, owner), owner
+		v, err := Open(n.procs, opts)
+		if err != nil {
 			return nil, err
 		}
-		n.views[key] = v
+		o = &nestedOwner{views: v}
+		n.owners[key] = o
 	}
-	served, err := v.Serve(n.ident, n.count(owner))
+	served, err := o.views.Serve(n.ident, n.count(owner))
 	if err != nil {
+		if o.mounts == 0 {
+			o.views.Close()
+			delete(n.owners, key)
+		}
 		return nil, err
 	}
+	o.mounts++
+	n.live++
+	go func() {
+		<-served.Done() // the nested container's mount namespace is gone
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		n.live--
+		if o.mounts--; o.mounts == 0 && n.owners[key] == o {
+			o.views.Close()
+			delete(n.owners, key)
+		}
+	}()
 	return served.Take(), nil
 }
 
@@ -345,8 +383,8 @@ func (n *Nested) Serve(owner int) (*os.File, error) {
 func (n *Nested) Close() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for k, v := range n.views {
-		v.Close()
-		delete(n.views, k)
+	for k, o := range n.owners {
+		o.views.Close()
+		delete(n.owners, k)
 	}
 }
