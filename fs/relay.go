@@ -42,7 +42,15 @@ type relay struct {
 	pending map[string]uint64 // mount paths to raise an event on, and their inodes
 	kick    chan struct{}
 	raised  uint64
+	// warnedFull: the one line said when MaxRelayWatches was reached.
+	warnedFull bool
 }
+
+// MaxRelayWatches bounds the events files one mount relays: each is a
+// host inotify watch, charged to host root's fs.inotify.max_user_watches,
+// which a container's looked-up files must not exhaust for everyone.
+// Files beyond it raise no inotify event (as before the relay).
+const MaxRelayWatches = 4096
 
 type logger interface {
 	Warn(msg string, args ...any)
@@ -66,8 +74,14 @@ func (r *relay) watch(view *translate.View, vpath, mpath string, ino uint64) {
 	r.mu.Lock()
 	_, known := r.watches[ino]
 	gone := r.root == nil
+	full := len(r.watches) >= MaxRelayWatches
+	warn := full && !r.warnedFull
+	r.warnedFull = r.warnedFull || full
 	r.mu.Unlock()
-	if known || gone {
+	if warn {
+		r.log.Warn("relaying no more events files: the mount watches as many as it may", "watches", MaxRelayWatches)
+	}
+	if known || gone || full {
 		return
 	}
 	files, err := view.EventFiles(vpath)
@@ -80,7 +94,7 @@ func (r *relay) watch(view *translate.View, vpath, mpath string, ino uint64) {
 		if cancel, err := r.w.Watch(f, func() { r.raise(mpath, ino) }); err == nil {
 			cancels = append(cancels, cancel)
 		} else {
-			r.log.Warn("cannot relay changes of an events file", "path", "/"+mpath, "err", err)
+			r.log.Debug("cannot relay changes of an events file", "path", "/"+mpath, "err", err)
 		}
 		f.Close()
 	}

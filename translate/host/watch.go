@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -17,7 +19,8 @@ import (
 // fs.inotify.max_user_instances (128 by default). Watching one host file
 // twice shares its kernel watch. A Watcher is safe for concurrent use.
 type Watcher struct {
-	f *os.File
+	f   *os.File
+	max int // watches at most; the rest of root's budget is the host's
 
 	mu   sync.Mutex // a leaf in the lock order
 	subs map[int32]map[uint64]func()
@@ -30,7 +33,15 @@ func NewWatcher() (*Watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inotify_init1: %w", err)
 	}
-	w := &Watcher{f: os.NewFile(uintptr(fd), "inotify"), subs: map[int32]map[uint64]func(){}}
+	// Half of host root's inotify watch budget at most: containers'
+	// files must not leave the host's own watchers none.
+	max := 8192
+	if b, err := os.ReadFile("/proc/sys/fs/inotify/max_user_watches"); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n > 1 {
+			max = n / 2
+		}
+	}
+	w := &Watcher{f: os.NewFile(uintptr(fd), "inotify"), max: max, subs: map[int32]map[uint64]func(){}}
 	go w.read()
 	return w, nil
 }
@@ -52,6 +63,9 @@ func (w *Watcher) Watches() int {
 func (w *Watcher) Watch(f *os.File, fn func()) (cancel func(), err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if len(w.subs) >= w.max {
+		return nil, &Error{Op: "inotify_add_watch", Path: f.Name(), Data: "the process watches half of root's budget", Err: unix.ENOSPC}
+	}
 	// The magic link names the open file itself, wherever it is.
 	wd, err := unix.InotifyAddWatch(int(w.f.Fd()), fmt.Sprintf("/proc/self/fd/%d", f.Fd()), unix.IN_MODIFY)
 	if err != nil {
