@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -48,6 +49,27 @@ type Agent struct {
 	done chan struct{} // closed when the receiver has stopped
 
 	nAnswered, nContinued, nFailed atomic.Uint64
+
+	// Lines callers can cause are at most one a second (callerWarn).
+	logMu      sync.Mutex
+	lastLog    time.Time
+	suppressed int
+}
+
+// callerWarn logs a warning a caller can cause as often as it likes: at
+// most one line a second, with how many were left out.
+func (a *Agent) callerWarn(msg string, args ...any) {
+	a.logMu.Lock()
+	now := time.Now()
+	if now.Sub(a.lastLog) < time.Second {
+		a.suppressed++
+		a.logMu.Unlock()
+		return
+	}
+	n := a.suppressed
+	a.lastLog, a.suppressed = now, 0
+	a.logMu.Unlock()
+	a.log.Warn(msg, append(args, "suppressed", n)...)
 }
 
 // Serve answers the notifications of listener until Close (or until the
@@ -270,7 +292,7 @@ func (a *Agent) failed(p *proc, sys string, err error) verdict {
 	}
 	var pe *procError
 	if errors.As(err, &pe) && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
-		a.log.Warn("seccomp agent: cannot inspect caller", "syscall", sys, "tid", p.tid, "err", err)
+		a.callerWarn("seccomp agent: cannot inspect caller", "syscall", sys, "tid", p.tid, "err", err)
 	}
 	return cont(err.Error())
 }

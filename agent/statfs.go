@@ -55,7 +55,7 @@ func (a *Agent) fstatfs(p *proc, n *seccompNotif) verdict {
 func (a *Agent) answerStatfs(p *proc, sys string, fd int, buf uint64) verdict {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		a.log.Warn("seccomp agent: fstat of the caller's file failed", "syscall", sys, "tid", p.tid, "err", err)
+		a.callerWarn("seccomp agent: fstat of the caller's file failed", "syscall", sys, "tid", p.tid, "err", err)
 		return cont("fstat: " + err.Error())
 	}
 	fsType, ok := a.magic(st.Dev, st.Ino)
@@ -64,7 +64,7 @@ func (a *Agent) answerStatfs(p *proc, sys string, fd int, buf uint64) verdict {
 	}
 	var sfs unix.Statfs_t
 	if err := unix.Fstatfs(fd, &sfs); err != nil {
-		a.log.Warn("seccomp agent: statfs of a view failed", "syscall", sys, "tid", p.tid, "err", err)
+		a.callerWarn("seccomp agent: statfs of a view failed", "syscall", sys, "tid", p.tid, "err", err)
 		return answer(errnoOf(err))
 	}
 	sfs.Type = fsType
