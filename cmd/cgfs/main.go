@@ -6,6 +6,7 @@
 //	cgfs daemon [--socket PATH] [--metrics ADDR]
 //	cgfs attach|detach|list ...
 //	cgfs oci-hook | lxc-hook
+//	cgfs bench [OPTIONS]
 //
 // mount serves one view in the foreground; run starts a container with
 // its own cgroups and the view at its /sys/fs/cgroup; exec runs a command
@@ -26,6 +27,7 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/bench"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/launch"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
@@ -110,6 +112,15 @@ func run(args []string, log *slog.Logger, stderr io.Writer) (int, error) {
 		return 0, ociHookCmd(args[1:], os.Stdin)
 	case "lxc-hook":
 		return 0, lxcHookCmd(args[1:])
+	case "bench":
+		return benchCmd(args[1:], os.Stdout, stderr)
+	case "bench-floor": // the bench's floor server
+		if len(args) != 3 {
+			return 0, usageError{"bench-floor SRC MOUNTPOINT"}
+		}
+		return 0, bench.FloorMain(args[1], args[2])
+	case "bench-worker": // the bench's worker in its container
+		return bench.WorkerMain(os.Stdin, os.Stdout), nil
 	}
 	fmt.Fprint(stderr, usage+"\n"+runUsage+"\n"+execUsage+"\n"+daemonUsage)
 	return 0, usageError{"unknown subcommand " + args[0]}

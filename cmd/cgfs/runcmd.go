@@ -129,6 +129,7 @@ func parseBytes(s string) (int64, error) {
 
 // runCmd is `cgfs run`.
 func runCmd(o runOptions, log *slog.Logger) (int, error) {
+	defer startProfile()()
 	procs, err := proc.Open("/proc")
 	if err != nil {
 		return 0, err

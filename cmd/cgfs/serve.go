@@ -22,6 +22,7 @@ import (
 // mountCmd is `cgfs mount`: it serves the views opts asks for at
 // opts.mountpoint until SIGINT or SIGTERM, then unmounts.
 func mountCmd(opts mountOptions, log *slog.Logger) error {
+	defer startProfile()()
 	procs, err := proc.Open("/proc")
 	if err != nil {
 		return err
