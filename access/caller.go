@@ -47,6 +47,7 @@ type Identifier struct {
 	// identified counts credential identifications, the costly part of
 	// a request (a pin, capget and a user namespace walk).
 	identified atomic.Int64
+	known      memory
 }
 
 // NewIdentifier identifies callers from the tasks procs reads.
@@ -80,6 +81,12 @@ type Request struct {
 
 	pin    *proc.Pin
 	pinErr error
+	// known is the identifier's memory of the task, whose pin this is;
+	// knownThread its thread facts, remembered. gone: the pin was found
+	// dead, so the memory forgets it.
+	known       *knownTask
+	knownThread *proc.Thread
+	gone        bool
 
 	caller    *Caller
 	callerErr error
@@ -107,18 +114,34 @@ func (r *Request) Tid() int { return r.tid }
 
 // Done releases what the request holds.
 func (r *Request) Done() {
-	if r.pin != nil {
+	switch {
+	case r.known != nil:
+		r.id.release(r.known, r.gone)
+		r.known = nil
+	case r.pin != nil:
 		r.pin.Close()
-		r.pin = nil
 	}
+	r.pin = nil
+}
+
+// alive reports whether the pinned task still lives; a dead one is
+// forgotten when the request ends.
+func (r *Request) alive() bool {
+	if r.pin.Alive() {
+		return true
+	}
+	r.gone = true
+	return false
 }
 
 func (r *Request) pinned() (*proc.Pin, error) {
 	if r.pin == nil && r.pinErr == nil {
 		if r.id == nil {
 			r.pinErr = errors.New("request without an identifier")
-		} else if r.pin, r.pinErr = r.id.procs.Pin(r.tid); r.pinErr == unix.ESRCH {
+		} else if r.known, r.knownThread, r.pinErr = r.id.pin(r.tid); r.pinErr == unix.ESRCH {
 			r.pinErr = ErrGone
+		} else if r.pinErr == nil {
+			r.pin = r.known.pin
 		}
 	}
 	return r.pin, r.pinErr
@@ -153,7 +176,35 @@ func (r *Request) Caller() (Caller, error) {
 	return c, nil
 }
 
+// identify reads the caller; a remembered pin found dead (its task
+// exited and the id now names another) is forgotten and the caller
+// pinned afresh, once.
 func (r *Request) identify() (Caller, error) {
+	c, err := r.identifyOnce()
+	if err == ErrGone && r.refresh() {
+		return r.identifyOnce()
+	}
+	return c, err
+}
+
+// refresh forgets a remembered pin that was found dead and pins the
+// caller afresh; false when the pin was fresh already.
+func (r *Request) refresh() bool {
+	if r.known == nil || !r.gone {
+		return false
+	}
+	r.id.release(r.known, true)
+	r.known, r.knownThread, r.pin, r.gone = nil, nil, nil, false
+	r.thread, r.threadErr = nil, nil
+	if r.known, r.knownThread, r.pinErr = r.id.pin(r.tid); r.pinErr == nil {
+		r.pin = r.known.pin
+	} else if r.pinErr == unix.ESRCH {
+		r.pinErr = ErrGone
+	}
+	return true
+}
+
+func (r *Request) identifyOnce() (Caller, error) {
 	pin, err := r.pinned()
 	if err != nil {
 		return Caller{}, err
@@ -163,19 +214,23 @@ func (r *Request) identify() (Caller, error) {
 	var caps [2]unix.CapUserData
 	if err := unix.Capget(&hdr, &caps[0]); err != nil {
 		if err == unix.ESRCH {
+			r.gone = true
 			return Caller{}, ErrGone
 		}
 		return Caller{}, fmt.Errorf("capget %d: %w", r.tid, err)
 	}
-	nsfd, err := pin.Namespace("user")
+	ns, err := pin.UserNS()
 	if err != nil {
+		r.gone = true
 		return Caller{}, ErrGone
 	}
-	userns, err := proc.Ancestry(nsfd, proc.MaxDepth)
+	userns, err := r.id.chain(pin, ns)
 	if err != nil {
 		return Caller{}, err
 	}
-	if !pin.Alive() {
+	if len(userns) == 0 || userns[0].NS != ns || !r.alive() {
+		// Gone, or it changed user namespaces while being read: what
+		// was read is not one state of it.
 		return Caller{}, ErrGone
 	}
 	return Caller{
@@ -195,7 +250,7 @@ func (r *Request) PidNamespace() (*os.File, error) {
 		return nil, err
 	}
 	f, err := pin.NamespaceFile("pid")
-	if err != nil || !pin.Alive() {
+	if err != nil || !r.alive() {
 		if f != nil {
 			f.Close()
 		}
@@ -213,16 +268,36 @@ func (r *Request) Thread() (proc.Thread, error) {
 		}
 		return *r.thread, nil
 	}
-	pin, err := r.pinned()
+	th, err := r.threadOnce()
+	if err == ErrGone && r.refresh() {
+		th, err = r.threadOnce()
+	}
 	if err != nil {
 		r.threadErr = err
 		return proc.Thread{}, err
 	}
-	th, err := pin.Thread()
+	r.thread = &th
+	return th, nil
+}
+
+func (r *Request) threadOnce() (proc.Thread, error) {
+	pin, err := r.pinned()
 	if err != nil {
-		r.threadErr = ErrGone
+		return proc.Thread{}, err
+	}
+	if k := r.knownThread; k != nil && k.Tid == r.tid {
+		if r.alive() {
+			return *k, nil // the pinned task's own, and it lives
+		}
 		return proc.Thread{}, ErrGone
 	}
-	r.thread = &th
+	th, err := pin.Thread()
+	if err != nil {
+		r.gone = true
+		return proc.Thread{}, ErrGone
+	}
+	if r.known != nil {
+		r.id.rememberThread(pin, th)
+	}
 	return th, nil
 }
