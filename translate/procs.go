@@ -264,12 +264,10 @@ func (v *View) Foreign(th proc.Thread) (tid int, found bool, err error) {
 	if err != nil {
 		return 0, false, err
 	}
+	sees := v.procs.Sees(th)
 	for _, tid := range tids {
-		if _, ok := v.procs.NumberIn(tid, th); !ok {
-			if pin, err := v.procs.Pin(tid); err == nil { // not one that just exited
-				pin.Close()
-				return tid, true, nil
-			}
+		if seen, gone := sees(tid); !seen && !gone {
+			return tid, true, nil
 		}
 	}
 	return 0, false, nil

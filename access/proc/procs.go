@@ -3,6 +3,8 @@ package proc
 import (
 	"fmt"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/prometheus/procfs"
@@ -191,3 +193,34 @@ func (p *Procs) CgroupIn(tid int, h Controllers) (string, error) {
 
 // Root is where the proc filesystem is mounted.
 func (p *Procs) Root() string { return p.root }
+
+// Sees returns a test of whether th's pid namespace sees host task tid
+// (the task's pid namespace is th's or below it), for scans of many
+// tasks: each task costs one stat of its ns/pid, and each namespace met
+// one walk up its ancestry. A task that no longer exists is not seen
+// (gone is true).
+func (p *Procs) Sees(th Thread) func(tid int) (seen, gone bool) {
+	memo := map[NS]bool{}
+	return func(tid int) (bool, bool) {
+		var st unix.Stat_t
+		path := p.root + "/" + strconv.Itoa(tid) + "/ns/pid"
+		if err := unix.Stat(path, &st); err != nil {
+			return false, true
+		}
+		ns := NS{Dev: st.Dev, Ino: st.Ino}
+		if seen, ok := memo[ns]; ok {
+			return seen, false
+		}
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return false, true
+		}
+		chain, err := Ancestry(fd, MaxDepth)
+		if err != nil || len(chain) == 0 || chain[0].NS != ns {
+			return false, false // changed under us: judged again next time
+		}
+		seen := slices.ContainsFunc(chain, func(a Ancestor) bool { return a.NS == th.PidNS })
+		memo[ns] = seen
+		return seen, false
+	}
+}
