@@ -2,6 +2,7 @@ package fs
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -86,6 +87,14 @@ func testMount(t *testing.T, dir string) string {
 // testMountIdent is testMount with the mount's caller identifier.
 func testMountIdent(t *testing.T, dir string) (string, *access.Identifier) {
 	t.Helper()
+	return testMountOwned(t, dir, nil)
+}
+
+// testMountOwned serves a fake cgroup whose owner namespace is below
+// the server's by the namespaces in below (none: the server's own), so
+// that every decision identifies its caller.
+func testMountOwned(t *testing.T, dir string, below []proc.Ancestor) (string, *access.Identifier) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("CI=true: FUSE tests need root (DirectMount)")
@@ -106,7 +115,7 @@ func testMountIdent(t *testing.T, dir string) (string, *access.Identifier) {
 		t.Fatal(err)
 	}
 	t.Cleanup(owner.Close)
-	view, err := translate.New(h, translate.Config{Policy: access.NewPolicy(owner.Chain), Procs: procs})
+	view, err := translate.New(h, translate.Config{Policy: access.NewPolicy(append(below, owner.Chain...)), Procs: procs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,5 +310,62 @@ func TestOneIdentificationPerWrite(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(dir, "child/cgroup.max.descendants")); string(b) != "11" {
 		t.Errorf("host child/cgroup.max.descendants = %q, want 11 (2N+1)", b)
+	}
+}
+
+// TestListingAnswersLookups: `ls -l` of a cgroup with many children
+// identifies its caller once per request, not once per entry
+// (READDIRPLUS is answered from one read of the host directory), and
+// the attributes it gives are the ones a lookup shows (an owner the
+// view set included).
+func TestListingAnswersLookups(t *testing.T) {
+	dir := fakeCgroup(t)
+	for i := range 60 {
+		if err := os.Mkdir(filepath.Join(dir, "child", fmt.Sprint("c", i)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An owner below the server's namespace: host root is an outsider
+	// the policy admits, after identifying it, for every lookup.
+	mnt, ident := testMountOwned(t, dir, []proc.Ancestor{{NS: proc.NS{Dev: 1, Ino: 1}}})
+	if err := unix.Chown(filepath.Join(mnt, "child", "c7"), 1234, 1235); err != nil {
+		t.Fatal(err)
+	}
+	before := ident.Identifications()
+	fd, err := unix.Open(filepath.Join(mnt, "child"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	buf := make([]byte, 1<<16)
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+	}
+	unix.Close(fd)
+	var c7 unix.Stat_t
+	for _, name := range names {
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(mnt, "child", name), &st); err != nil {
+			t.Fatal(err)
+		}
+		if name == "c7" {
+			c7 = st
+		}
+	}
+	if len(names) < 60 {
+		t.Fatalf("listed %d entries, want the 60 children and the files", len(names))
+	}
+	if got := ident.Identifications() - before; got > 4 {
+		t.Errorf("ls -l of %d entries identified its caller %d times, want one per request", len(names), got)
+	}
+	if c7.Uid != 1234 || c7.Gid != 1235 {
+		t.Errorf("c7 is owned by %d:%d after the listing, want 1234:1235", c7.Uid, c7.Gid)
 	}
 }

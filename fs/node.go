@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -51,11 +52,17 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	if err != nil {
 		return nil, n.m.errno(ctx, r, "lookup", join(vp, name), err)
 	}
-	if rl := n.m.relay.Load(); rl != nil && st.Mode&unix.S_IFMT == unix.S_IFREG && translate.IsEventsFile(name) {
-		// Once looked up, it may be watched.
-		rl.watch(n.t.view, join(vp, name), join(n.t.dir, join(vp, name)), st.Ino)
-	}
+	n.watchEvents(name, &st)
 	return n.child(ctx, &st, out), 0
+}
+
+// watchEvents relays the kernel's changes of an events file once it is
+// looked up: from then on it may be watched.
+func (n *node) watchEvents(name string, st *unix.Stat_t) {
+	if rl := n.m.relay.Load(); rl != nil && st.Mode&unix.S_IFMT == unix.S_IFREG && translate.IsEventsFile(name) {
+		vp := join(n.vpath(), name)
+		rl.watch(n.t.view, vp, join(n.t.dir, vp), st.Ino)
+	}
 }
 
 var _ = (gofs.NodeOnForgetter)((*node)(nil))
@@ -120,36 +127,113 @@ func setTime(in *fuse.SetAttrIn, set, now uint32, sec uint64, nsec uint32) *unix
 	return &unix.Timespec{Sec: int64(sec), Nsec: int64(nsec)}
 }
 
-var _ = (gofs.NodeOpendirer)((*node)(nil))
+var _ = (gofs.NodeOpendirHandler)((*node)(nil))
 
-func (n *node) Opendir(ctx context.Context) syscall.Errno {
+// OpendirHandle judges the listing and reads the host directory once,
+// with every entry's attributes: READDIRPLUS is answered from that read
+// (see dirHandle), not by a lookup of each entry.
+func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	r, end := n.m.start(ctx)
 	defer end()
 	vp := n.vpath()
-	return n.m.errno(ctx, r, "opendir", vp, n.t.view.OpenDir(r, vp))
-}
-
-var _ = (gofs.NodeReaddirer)((*node)(nil))
-
-func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
-	_, end := n.m.start(ctx)
-	defer end()
-	vp := n.vpath()
-	entries, err := n.t.view.List(vp)
-	if err != nil {
-		return nil, n.m.errno(ctx, nil, "readdir", vp, err)
+	if err := n.t.view.OpenDir(r, vp); err != nil {
+		return nil, 0, n.m.errno(ctx, r, "opendir", vp, err)
 	}
-	out := make([]fuse.DirEntry, 0, len(entries)+2)
-	out = append(out, fuse.DirEntry{Name: ".", Mode: unix.S_IFDIR, Ino: n.StableAttr().Ino})
+	d := &dirHandle{n: n}
+	shown, ok, err := n.t.view.ListShown(vp)
+	if err != nil {
+		return nil, 0, n.m.errno(ctx, nil, "readdir", vp, err)
+	}
+	if !ok { // a leaf path: listed as the view lists it, looked up one by one
+		entries, err := n.t.view.List(vp)
+		if err != nil {
+			return nil, 0, n.m.errno(ctx, nil, "readdir", vp, err)
+		}
+		for _, e := range entries {
+			d.entries = append(d.entries, fuse.DirEntry{Name: e.Name, Mode: e.Mode & unix.S_IFMT, Ino: e.Ino})
+		}
+	} else {
+		d.attrs = make(map[string]*unix.Stat_t, len(shown))
+		d.entries = make([]fuse.DirEntry, 0, len(shown)+2)
+		for i := range shown {
+			e := &shown[i]
+			d.attrs[e.Name] = &e.St
+			d.entries = append(d.entries, fuse.DirEntry{Name: e.Name, Mode: e.St.Mode & unix.S_IFMT, Ino: e.St.Ino})
+		}
+	}
 	parent := n.StableAttr().Ino
 	if _, p := n.Parent(); p != nil {
 		parent = p.StableAttr().Ino
 	}
-	out = append(out, fuse.DirEntry{Name: "..", Mode: unix.S_IFDIR, Ino: parent})
-	for _, e := range entries {
-		out = append(out, fuse.DirEntry{Name: e.Name, Mode: e.Mode & unix.S_IFMT, Ino: e.Ino})
+	d.entries = append([]fuse.DirEntry{
+		{Name: ".", Mode: unix.S_IFDIR, Ino: n.StableAttr().Ino},
+		{Name: "..", Mode: unix.S_IFDIR, Ino: parent},
+	}, d.entries...)
+	return d, 0, 0
+}
+
+// dirHandle is one open of a directory: its entries as the host listed
+// them at opendir, with their shown attributes.
+type dirHandle struct {
+	n       *node
+	mu      sync.Mutex
+	entries []fuse.DirEntry
+	next    int
+	attrs   map[string]*unix.Stat_t // nil: a leaf path's listing
+	// seen is the request (READDIRPLUS) whose caller was last judged:
+	// go-fuse passes one context to every entry of a request.
+	seen context.Context
+}
+
+var _ = (gofs.FileReaddirenter)((*dirHandle)(nil))
+
+func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.next >= len(d.entries) {
+		return nil, 0
 	}
-	return gofs.NewListDirStream(out), 0
+	e := d.entries[d.next]
+	d.next++
+	e.Off = uint64(d.next)
+	return &e, 0
+}
+
+var _ = (gofs.FileSeekdirer)((*dirHandle)(nil))
+
+func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.next = int(min(off, uint64(len(d.entries))))
+	return 0
+}
+
+var _ = (gofs.FileLookuper)((*dirHandle)(nil))
+
+// Lookup answers READDIRPLUS's lookup of each entry from the listing:
+// the caller is judged once per request, as a lookup judges it.
+func (d *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	d.mu.Lock()
+	st := d.attrs[name]
+	judged := d.seen == ctx
+	d.mu.Unlock()
+	n := d.n
+	if st == nil || translate.ValidName(name) != nil {
+		return n.Lookup(ctx, name, out)
+	}
+	if !judged {
+		r, end := n.m.start(ctx)
+		err := n.t.view.MaySee(r)
+		end()
+		if err != nil {
+			return nil, n.m.errno(ctx, r, "lookup", join(n.vpath(), name), err)
+		}
+		d.mu.Lock()
+		d.seen = ctx
+		d.mu.Unlock()
+	}
+	n.watchEvents(name, st)
+	return n.child(ctx, st, out), 0
 }
 
 var _ = (gofs.NodeMkdirer)((*node)(nil))

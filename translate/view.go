@@ -256,6 +256,36 @@ func (v *View) List(vpath string) ([]host.Entry, error) {
 	return out, nil
 }
 
+// Entry is a directory entry with the attributes the view shows.
+type Entry struct {
+	Name string
+	St   unix.Stat_t
+}
+
+// ListShown returns the entries of the virtual directory vpath as List
+// does, each with the attributes a lookup of it shows, from one read
+// of the host directory; ok is false for a leaf path, whose entries are
+// looked up one by one.
+func (v *View) ListShown(vpath string) (entries []Entry, ok bool, err error) {
+	real, through, err := v.leafPath(vpath)
+	if err != nil || through {
+		return nil, false, err
+	}
+	list, err := v.host.ListXattr(real, ownerXattr)
+	if err != nil {
+		return nil, false, err
+	}
+	out := make([]Entry, 0, len(list))
+	for _, e := range list {
+		if e.Name == LeafName {
+			continue
+		}
+		parseOwner(e.Xattr).apply(&e.St)
+		out = append(out, Entry{Name: e.Name, St: v.show(e.St)})
+	}
+	return out, true, nil
+}
+
 // mayChangeEntries allows mkdir, rmdir and rename in the virtual
 // directory dir.
 func (v *View) mayChangeEntries(r *access.Request, dir string) error {
@@ -549,3 +579,7 @@ func (l *Limits) takeFile() bool {
 }
 
 func (l *Limits) giveFile() { l.open.Add(-1) }
+
+// MaySee allows r's caller to see the view at all: what every lookup
+// asks first.
+func (v *View) MaySee(r *access.Request) error { return v.policy.MaySee(r) }

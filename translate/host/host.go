@@ -212,6 +212,52 @@ func (h *Host) list(rel string, stat bool) ([]Entry, error) {
 	return out, nil
 }
 
+// Shown is a directory entry with its attributes and the value of one
+// extended attribute (nil when it has none).
+type Shown struct {
+	Name  string
+	St    unix.Stat_t
+	Xattr []byte
+}
+
+// ListXattr reads the host directory rel once and returns each entry,
+// sorted, with its attributes and its extended attribute name: what a
+// lookup of each would return, from one open of the directory.
+func (h *Host) ListXattr(rel, name string) ([]Shown, error) {
+	fd, err := h.openFd("readdir", rel, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, err
+	}
+	dir := os.NewFile(uintptr(fd), clean(rel))
+	defer dir.Close()
+	names, err := dir.Readdirnames(-1)
+	if err != nil {
+		return nil, &Error{Op: "readdir", Path: clean(rel), Err: err}
+	}
+	sort.Strings(names)
+	out := make([]Shown, 0, len(names))
+	self := fmt.Sprintf("/proc/self/fd/%d/", fd)
+	for _, n := range names {
+		e := Shown{Name: n}
+		// The names come from the host directory itself: single
+		// components, never followed (cgroupfs has no links).
+		if err := unix.Fstatat(fd, n, &e.St, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue // removed on the host while we listed
+			}
+			return nil, &Error{Op: "stat", Path: Join(rel, n), Err: err}
+		}
+		if e.Xattr, err = getxattr(self+n, name, unix.Lgetxattr); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue
+			}
+			return nil, &Error{Op: "getxattr", Path: Join(rel, n), Err: err}
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
 // Mkdir creates the directory name in the host directory parent.
 func (h *Host) Mkdir(parent, name string, mode uint32) error {
 	return h.atParent("mkdir", parent, name, func(fd int) error {
@@ -389,8 +435,12 @@ func (h *Host) Write(f *os.File, rel string, data []byte) (int, error) {
 }
 
 // PreadAll reads a control file from offset 0 to its end.
-func PreadAll(f *os.File) ([]byte, error) {
-	buf := make([]byte, 0, 4096)
+func PreadAll(f *os.File) ([]byte, error) { return PreadAllHint(f, 0) }
+
+// PreadAllHint is PreadAll into a buffer of at least hint bytes (what
+// the file held last time): one read for a file that did not grow.
+func PreadAllHint(f *os.File, hint int) ([]byte, error) {
+	buf := make([]byte, 0, max(4096, hint+hint/8+1))
 	for {
 		if len(buf) == cap(buf) {
 			buf = slices.Grow(buf, cap(buf))
