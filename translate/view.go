@@ -344,7 +344,11 @@ func (v *View) mkdirLocked(dir, name string, mode, uid, gid uint32) (unix.Stat_t
 			return unix.Stat_t{}, err
 		}
 	}
-	if uid != 0 || gid != 0 {
+	// What host root owns shows as the owner namespace's root already:
+	// a cgroup that root makes needs no owner of its own (and its
+	// files no xattr each).
+	byRoot := v.ids != nil && uid == v.rootUID && gid == v.rootGID
+	if (uid != 0 || gid != 0) && !byRoot {
 		if err := v.giveTree(vpath, uid, gid); err != nil {
 			return unix.Stat_t{}, err
 		}

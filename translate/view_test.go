@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/sys/user"
 	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/access"
@@ -474,5 +475,41 @@ func TestV1DescendantLimit(t *testing.T) {
 	v.v1Counted = time.Time{} // as if a second had passed
 	if _, err := v.Mkdir(r, "", "f", 0o755); err != nil {
 		t.Errorf("mkdir after the host removed a cgroup: %v", err)
+	}
+}
+
+// TestCgroupsOfTheNamespaceRoot: a cgroup the owner namespace's root
+// makes shows as its own with nothing written on the host (what host
+// root owns shows as that root already); one another user makes is that
+// user's, with the view's owner on it (and on each of its files).
+func TestCgroupsOfTheNamespaceRoot(t *testing.T) {
+	ids := user.IdentityMapping{
+		UIDMaps: []user.IDMap{{ID: 0, ParentID: 100000, Count: 65536}},
+		GIDMaps: []user.IDMap{{ID: 0, ParentID: 100000, Count: 65536}},
+	}
+	v, dir, r := newView(t, Config{IDs: &ids})
+	c, _ := r.Caller()
+	th, _ := r.Thread()
+	for _, k := range []struct {
+		name     string
+		uid, gid uint32
+		xattr    bool
+	}{{"byroot", 100000, 100000, false}, {"byuser", 100005, 100005, true}} {
+		c.Uid, c.Gid = k.uid, k.gid
+		st, err := v.Mkdir(access.Known(c, th), "", k.name, 0o755)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := v.stat(k.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Uid != k.uid || st.Gid != k.gid || again.Uid != k.uid || again.Gid != k.gid {
+			t.Errorf("%s: the cgroup shows %d:%d, then %d:%d; want %d:%d", k.name, st.Uid, st.Gid, again.Uid, again.Gid, k.uid, k.gid)
+		}
+		_, err = unix.Lgetxattr(filepath.Join(dir, k.name), ownerXattr, make([]byte, 64))
+		if has := err == nil; has != k.xattr {
+			t.Errorf("%s: owner written on the host: %v, want %v", k.name, has, k.xattr)
+		}
 	}
 }
