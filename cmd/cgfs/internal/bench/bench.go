@@ -76,14 +76,18 @@ type Result struct {
 // bed is the set-up of one run: the host cgroups, the servers, the
 // container and its worker, and how to take each down again.
 type bed struct {
-	o        Options
-	name     string // cgfs-bench-PID, the parent cgroup in every hierarchy
-	v2, v1   string // the container's cgroup natively (v1: memory; "" on a v2 only host)
-	tmp      string
-	procs    []*exec.Cmd // servers, stopped by SIGTERM
-	run      *worker     // the container's (cgfs run's) worker
-	lx       *worker     // a host worker in the v1 cgroup LXCFS shows
-	inside   string      // the container's v2 base
+	o      Options
+	name   string // cgfs-bench-PID, the parent cgroup in every hierarchy
+	v2, v1 string // the container's cgroup natively (v1: memory; "" on a v2 only host)
+	tmp    string
+	procs  []*exec.Cmd // servers, stopped by SIGTERM
+	run    *worker     // the container's (cgfs run's) worker
+	lx     *worker     // a host worker in the v1 cgroup LXCFS shows
+	inside string      // the container's v2 base
+	// local is the *.local counter file of s/0, which holds a task in a
+	// hidden leaf ("" when the host's v2 has no domain controller).
+	local    string
+	leafNote string
 	cleanups []func()
 }
 
@@ -171,7 +175,7 @@ func Run(o Options) (*Result, error) {
 	if err := b.setUp(); err != nil {
 		return nil, err
 	}
-	res := &Result{Ops: ops(o, b.v1 != ""), Machine: machine(b)}
+	res := &Result{Ops: ops(o, b.v1 != "", b.local), Machine: machine(b)}
 	if len(o.Only) > 0 {
 		res.Ops = slices.DeleteFunc(res.Ops, func(op op) bool { return !slices.Contains(o.Only, op.key) })
 	}
@@ -243,6 +247,15 @@ func (b *bed) setUp() error {
 		return err
 	}
 	b.cleanups = append(b.cleanups, func() { os.RemoveAll(b.tmp) })
+	// The container's root (a mapped uid) runs the worker: a copy of
+	// this binary it may reach, whatever directory holds this one.
+	if err := os.Chmod(b.tmp, 0o755); err != nil {
+		return err
+	}
+	worker := filepath.Join(b.tmp, "cgfs-worker")
+	if err := copyExecutable(o.Self, worker); err != nil {
+		return err
+	}
 	b.v2 = filepath.Join(v2root, b.name, "c")
 	if v1root != "" {
 		b.v1 = filepath.Join(v1root, b.name, "c")
@@ -259,7 +272,7 @@ func (b *bed) setUp() error {
 
 	// The container: its root's cgroup is b.v2, its worker measures.
 	o.logf("starting the container (%s run)", o.Exe)
-	b.run, b.inside, err = startWorker(o.Exe, "run", "--parent", b.name, "--name", "c", "--", o.Self, "bench-worker")
+	b.run, b.inside, err = startWorker(o.Exe, "run", "--parent", b.name, "--name", "c", "--", worker, "bench-worker")
 	if err != nil {
 		return fmt.Errorf("the container: %w", err)
 	}
@@ -279,6 +292,15 @@ func (b *bed) setUp() error {
 		}
 	}
 
+	// The container's init, before its hidden leaf takes it.
+	init := strings.TrimSpace(readFile(filepath.Join(b.v2, "cgroup.procs")))
+	if _, err := strconv.Atoi(init); err != nil {
+		return fmt.Errorf("the container's cgroup holds %q, not its init alone", init)
+	}
+	if err := b.makeLeaves(); err != nil {
+		return err
+	}
+
 	o.logf("mounting the floor, the host root's view and LXCFS")
 	if err := b.serve("floor", o.Self, "bench-floor", b.v2, b.dir("floor")); err != nil {
 		return err
@@ -288,12 +310,17 @@ func (b *bed) setUp() error {
 			return err
 		}
 	}
-	init := strings.TrimSpace(readFile(filepath.Join(b.v2, "cgroup.procs")))
-	if _, err := strconv.Atoi(init); err != nil {
-		return fmt.Errorf("the container's cgroup holds %q, not its init alone", init)
-	}
-	if err := b.serve("view", o.Exe, "mount", "--owner", init, b.dir("view")); err != nil {
+	// Host root's view of the same cgroups, served by a cgfs of its own
+	// (it finds the container's leaves as a restarted server would).
+	if err := b.serve("view", o.Exe, "mount", "--cgroup", b.v2, b.dir("view")); err != nil {
 		return err
+	}
+	if b.v1 != "" {
+		// v1 hierarchies are served for an owner (its own cgroups); its
+		// v2 one, now a hidden leaf, is refused unless shared.
+		if err := b.serve("view1", o.Exe, "mount", "--owner", init, "--shared", "unified", b.dir("view1")); err != nil {
+			return err
+		}
 	}
 	if lx, err := exec.LookPath("lxcfs"); err == nil && b.v1 != "" {
 		if err := b.serve("lxcfs", lx, "-f", "-p", filepath.Join(b.tmp, "lxcfs.pid"), b.dir("lxcfs")); err != nil {
@@ -342,6 +369,16 @@ func (b *bed) makeTree() error {
 			}
 		}
 	}
+	for dir, n := range map[string]int{"s2": 2, "s2k": bigChildren(o)} {
+		if err := mk(filepath.Join(b.v2, dir)); err != nil {
+			return err
+		}
+		for i := range n {
+			if err := mk(filepath.Join(b.v2, dir, strconv.Itoa(i))); err != nil {
+				return err
+			}
+		}
+	}
 	for _, d := range []string{"t", "w", "m"} {
 		if err := mk(filepath.Join(b.v2, d)); err != nil {
 			return err
@@ -365,6 +402,44 @@ func (b *bed) makeTree() error {
 			}
 		}
 	}
+	return nil
+}
+
+// makeLeaves has the container give s/0 and s2k/0 a task each and
+// enable a domain controller down to them: cgfs moves the task into a
+// hidden leaf (as it does the root's), so cgroup.stat of s and s2k
+// subtract one and s/0's *.local counters add the leaf's.
+func (b *bed) makeLeaves() error {
+	ctrls := strings.Fields(readFile(filepath.Join(b.v2, "cgroup.controllers")))
+	if len(ctrls) == 0 {
+		b.leafNote = "no hidden leaves: the host's cgroup v2 has no controller"
+		return nil
+	}
+	ctrl := ctrls[0]
+	for _, c := range ctrls {
+		if c == "memory" {
+			ctrl = c
+		}
+	}
+	for _, dir := range []string{"s/0", "s2k/0"} {
+		if _, err := b.run.ask(request{Op: "spawn", Path: filepath.Join(b.inside, dir), Tasks: 1}); err != nil {
+			return err
+		}
+	}
+	for _, dir := range []string{"", "s", "s/0", "s2k", "s2k/0"} {
+		p := filepath.Join(b.inside, dir, "cgroup.subtree_control")
+		if _, err := b.run.ask(request{Op: "write", Path: p, Data: "+" + ctrl}); err != nil {
+			return fmt.Errorf("enabling %s in %s: %w", ctrl, p, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(b.v2, "s", "0", ".cgfs-leaf")); err != nil {
+		return fmt.Errorf("cgfs made no hidden leaf in s/0: %w", err)
+	}
+	matches, _ := filepath.Glob(filepath.Join(b.v2, "s", "0", ctrl+".*events.local"))
+	if len(matches) > 0 {
+		b.local = filepath.Base(matches[0])
+	}
+	b.leafNote = fmt.Sprintf("s/0 and s2k/0 hold a task in a hidden leaf (%s enabled down to them)", ctrl)
 	return nil
 }
 
@@ -414,7 +489,7 @@ func (b *bed) columns() []column {
 	cols := []column{{name: "native", v2: b.v2, v1: b.v1}, {name: "floor", v2: b.dir("floor")}}
 	if b.v1 != "" {
 		cols[1].v1 = b.dir("floor1")
-		cols = append(cols, column{name: "cgfs, host root", v2: filepath.Join(view, filepath.Base(b.inside)), v1: filepath.Join(view, "memory")})
+		cols = append(cols, column{name: "cgfs, host root", v2: view, v1: filepath.Join(b.dir("view1"), "memory")})
 		cols = append(cols, column{name: "cgfs, container root", v2: b.inside, v1: "/sys/fs/cgroup/memory", container: true})
 	} else {
 		cols = append(cols, column{name: "cgfs, host root", v2: view})
@@ -475,6 +550,15 @@ func (b *bed) teardown() {
 		b.cleanups[i]()
 	}
 	b.cleanups = nil
+}
+
+// copyExecutable copies the program from to to, mode 0755.
+func copyExecutable(from, to string) error {
+	data, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(to, data, 0o755)
 }
 
 func readFile(p string) string {

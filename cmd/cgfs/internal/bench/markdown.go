@@ -36,10 +36,10 @@ func machine(b *bed) string {
 	if out, err := os.ReadFile("/usr/share/doc/lxcfs/changelog.Debian.gz"); err == nil && len(out) > 0 {
 		lx = "Debian's lxcfs package"
 	}
-	return fmt.Sprintf("Linux %s on %d × %s, %s memory, load %s; %s; %s; LXCFS: %s. "+
-		"%v per round, the fastest of %d rounds per cell.",
+	return fmt.Sprintf("Linux %s on %d × %s, %s memory, load %s; %s; %s; LXCFS: %s; %s. "+
+		"%v per round, the fastest of %d rounds per cell",
 		unix.ByteSliceToString(u.Release[:]), runtime.NumCPU(), model, mem, load, layout,
-		runtime.Version(), lx, b.o.Time, b.o.Rounds)
+		runtime.Version(), lx, b.leafNote, b.o.Time, b.o.Rounds)
 }
 
 const preamble = `# Benchmarks

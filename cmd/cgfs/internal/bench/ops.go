@@ -25,10 +25,12 @@ type op struct {
 }
 
 // ops is every row, in the table's order.
-func ops(o Options, v1 bool) []op {
+func ops(o Options, v1 bool, local string) []op {
 	out := []op{
 		{key: "orc-events", title: "open-read-close cgroup.events", kind: "orc", rel: "s/cgroup.events"},
 		{key: "orc-stat", title: fmt.Sprintf("open-read-close cgroup.stat (%d children)", o.Children), kind: "orc", rel: "s/cgroup.stat"},
+		{key: "orc-stat-2", title: "open-read-close cgroup.stat (2 children)", kind: "orc", rel: "s2/cgroup.stat"},
+		{key: "orc-stat-big", title: fmt.Sprintf("open-read-close cgroup.stat (%d children)", bigChildren(o)), kind: "orc", rel: "s2k/cgroup.stat"},
 		{key: "orc-procs", title: "open-read-close cgroup.procs (1 task)", kind: "orc", rel: "p1/cgroup.procs", tasks: 1},
 		{key: "pread-events", title: "pread on an open fd, cgroup.events", kind: "pread", rel: "s/cgroup.events"},
 		{key: "pread-stat", title: fmt.Sprintf("pread on an open fd, cgroup.stat (%d children)", o.Children), kind: "pread", rel: "s/cgroup.stat"},
@@ -41,6 +43,9 @@ func ops(o Options, v1 bool) []op {
 		out = append(out, op{key: fmt.Sprintf("orc-procs-%d", n), title: fmt.Sprintf("open-read-close cgroup.procs (%d tasks)", n),
 			kind: "orc", rel: fmt.Sprintf("p%d/cgroup.procs", i+2), tasks: n})
 	}
+	if local != "" {
+		out = append(out, op{key: "orc-local", title: "open-read-close " + local + " (a hidden leaf's added)", kind: "orc", rel: "s/0/" + local})
+	}
 	out = append(out, op{key: "find", title: fmt.Sprintf("find of a %d-cgroup tree", o.Tree), kind: "find", rel: "t"})
 	if v1 {
 		out = append(out,
@@ -52,6 +57,10 @@ func ops(o Options, v1 bool) []op {
 	}
 	return out
 }
+
+// bigChildren is the child count of the big cgroup.stat row: ten times
+// the usual one (2,000 by default).
+func bigChildren(o Options) int { return 10 * o.Children }
 
 // runner returns one iteration of kind on path, and what to release
 // after the last (an open fd for pread).

@@ -69,6 +69,10 @@ func WorkerMain(stdin io.Reader, stdout io.Writer) int {
 			} else {
 				spawned = append(spawned, c)
 			}
+		} else if req.Op == "write" {
+			if err := os.WriteFile(req.Path, []byte(req.Data), 0); err != nil {
+				rep.Err = err.Error()
+			}
 		} else if us, err := measure(req.Op, req.Path, req.Data, req.Time, req.Rounds); err != nil {
 			rep.Err = err.Error()
 		} else {
