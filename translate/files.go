@@ -115,6 +115,7 @@ type File struct {
 	// from offset 0 and served from rendered for later offsets.
 	mu       sync.Mutex
 	rendered []byte
+	rawSize  int // the host file's size at the last rendering
 }
 
 // Open opens the interface file vpath for the request r with open(2)
@@ -256,10 +257,11 @@ func (f *File) Write(r *access.Request, data []byte) (int, error) {
 
 // readHost reads the open host file from its start.
 func (f *File) readHost() ([]byte, error) {
-	b, err := host.PreadAll(f.host)
+	b, err := host.PreadAllHint(f.host, f.rawSize)
 	if err != nil {
 		return nil, &host.Error{Op: "read", Path: f.vpath, Err: err}
 	}
+	f.rawSize = len(b)
 	return b, nil
 }
 
