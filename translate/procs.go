@@ -29,8 +29,9 @@ func init() {
 // readTasks renders a task file for its reader, with its cgroup's
 // hidden leaf's tasks: host text as it is for a reader in the server's
 // pid namespace, else each id as the reader sees it, invisible ones
-// dropped, sorted, de-duplicated (as base.go cgroupProcsData in gVisor,
-// and the kernel for a reader in a pid namespace).
+// dropped (as the kernel for a reader in a pid namespace), in the
+// host's order on cgroup v2 and sorted without duplicates on v1, as
+// each lists them.
 func readTasks(f *File) ([]byte, error) {
 	raw, err := f.readHost()
 	if err != nil {
@@ -45,7 +46,7 @@ func readTasks(f *File) ([]byte, error) {
 	}
 	ids := append(ParseIDs(raw), ParseIDs(leafRaw)...)
 	out := make([]byte, 0, len(raw)+16)
-	for _, id := range f.v.procs.Translate(ids, f.reader) {
+	for _, id := range f.v.procs.Translate(ids, f.reader, f.v.v1) {
 		out = strconv.AppendInt(out, int64(id), 10)
 		out = append(out, '\n')
 	}

@@ -21,14 +21,31 @@ const maxCachedTasks = 1 << 16
 type pidCache struct {
 	mu    sync.Mutex
 	epfd  int
-	tasks map[int]*cachedTask // by host tid
-	byFd  map[int32]int       // pidfd -> host tid
+	tasks map[int]cachedTask // by host tid
+	byFd  map[int32]int      // pidfd -> host tid
+	// events is drainLocked's buffer.
+	events [256]unix.EpollEvent
 }
 
+// inlineLevels is how many pid namespace levels an entry holds: the
+// entries are values in the map, so a lookup touches one place in
+// memory (a read of 10,000 tasks makes 10,000 of them). Deeper tasks are
+// read each time.
+const inlineLevels = 4
+
 type cachedTask struct {
-	nspid []int // pid in each namespace, the server's first
-	ns    []NS  // pid namespace at each level: ns[i] is at level i
-	pidfd int
+	nspid [inlineLevels]int32 // pid in each namespace, the server's first
+	ns    [inlineLevels]NS    // pid namespace at each level: ns[i] is at level i
+	depth int32               // levels held
+	pidfd int32
+}
+
+// at is the task's number in th's pid namespace, if th sees it.
+func (e *cachedTask) at(th Thread) (int, bool) {
+	if th.Level < int(e.depth) && e.ns[th.Level] == th.PidNS {
+		return int(e.nspid[th.Level]), true
+	}
+	return 0, false
 }
 
 func newPidCache() (*pidCache, error) {
@@ -36,12 +53,12 @@ func newPidCache() (*pidCache, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &pidCache{epfd: epfd, tasks: map[int]*cachedTask{}, byFd: map[int32]int{}}, nil
+	return &pidCache{epfd: epfd, tasks: map[int]cachedTask{}, byFd: map[int32]int{}}, nil
 }
 
 // drainLocked drops the entries of tasks that exited.
 func (c *pidCache) drainLocked() {
-	events := make([]unix.EpollEvent, 256)
+	events := c.events[:]
 	for {
 		n, err := unix.EpollWait(c.epfd, events, 0)
 		if err == unix.EINTR {
@@ -62,21 +79,21 @@ func (c *pidCache) drainLocked() {
 }
 
 func (c *pidCache) dropLocked(tid int) {
-	e := c.tasks[tid]
-	if e == nil {
+	e, ok := c.tasks[tid]
+	if !ok {
 		return
 	}
-	_ = unix.EpollCtl(c.epfd, unix.EPOLL_CTL_DEL, e.pidfd, nil)
-	unix.Close(e.pidfd)
-	delete(c.byFd, int32(e.pidfd))
+	_ = unix.EpollCtl(c.epfd, unix.EPOLL_CTL_DEL, int(e.pidfd), nil)
+	unix.Close(int(e.pidfd))
+	delete(c.byFd, e.pidfd)
 	delete(c.tasks, tid)
 }
 
 // Translate renders host task ids as th sees them: each id becomes its
-// number in th's pid namespace, tasks th cannot see are left out, and
-// the result is sorted with no duplicates, as the kernel shows
-// cgroup.procs to a reader in a pid namespace.
-func (p *Procs) Translate(hostIDs []int, th Thread) []int {
+// number in th's pid namespace and tasks th cannot see are left out.
+// The order is kept, as cgroup v2 lists tasks; sorted sorts them with no
+// duplicates, as cgroup v1's task lists are.
+func (p *Procs) Translate(hostIDs []int, th Thread, sorted bool) []int {
 	out := make([]int, 0, len(hostIDs))
 	if th.Level == 0 {
 		out = append(out, hostIDs...)
@@ -84,51 +101,59 @@ func (p *Procs) Translate(hostIDs []int, th Thread) []int {
 		c := p.cache
 		c.mu.Lock()
 		c.drainLocked()
-		chains := map[NS][]NS{}
+		var chains map[NS][]NS
 		for _, id := range hostIDs {
-			e := c.tasks[id]
-			if e == nil {
-				e = p.loadLocked(id, chains)
-				if e == nil {
-					continue // exited meanwhile
+			e, ok := c.tasks[id]
+			if !ok {
+				if chains == nil {
+					chains = map[NS][]NS{}
 				}
+				nspid, ns := p.loadLocked(id, chains)
+				if th.Level < len(nspid) && ns[th.Level] == th.PidNS {
+					out = append(out, nspid[th.Level])
+				}
+				continue // (nothing if it exited meanwhile)
 			}
-			if len(e.nspid) > th.Level && e.ns[th.Level] == th.PidNS {
-				out = append(out, e.nspid[th.Level])
+			if n, ok := e.at(th); ok {
+				out = append(out, n)
 			}
 		}
 		c.mu.Unlock()
+	}
+	if !sorted {
+		return out
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
 }
 
-// loadLocked reads a task into the cache (if there is room). chains
+// loadLocked reads a task's pid and pid namespace at every level and
+// keeps them in the cache (if there is room); nil if it is gone. chains
 // memoizes namespace chains for one Translate call.
-func (p *Procs) loadLocked(tid int, chains map[NS][]NS) *cachedTask {
+func (p *Procs) loadLocked(tid int, chains map[NS][]NS) (nspid []int, ns []NS) {
 	pin, err := p.Pin(tid)
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	defer pin.Close()
 	tgid, nspid, err := pin.Status()
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	nsfd, err := pin.Namespace("pid")
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	own, err := nsOf(nsfd)
 	if err != nil {
 		unix.Close(nsfd)
-		return nil
+		return nil, nil
 	}
 	chain, ok := chains[own]
 	if !ok {
 		chain, err = levels(nsfd, len(nspid)) // takes nsfd
 		if err != nil {
-			return nil
+			return nil, nil
 		}
 		chains[own] = chain
 	} else {
@@ -137,12 +162,11 @@ func (p *Procs) loadLocked(tid int, chains map[NS][]NS) *cachedTask {
 	// The task was pinned before /proc was read: if it is still alive
 	// now, what was read is its own.
 	if !pin.Alive() {
-		return nil
+		return nil, nil
 	}
-	e := &cachedTask{nspid: nspid, ns: chain, pidfd: -1}
 	c := p.cache
-	if len(c.tasks) >= maxCachedTasks {
-		return e
+	if len(c.tasks) >= maxCachedTasks || len(nspid) > inlineLevels {
+		return nspid, chain // not cached: read again next time
 	}
 	// The kernel tells of the task's exit on a pidfd. PIDFD_THREAD (Linux
 	// 6.9) watches the thread itself; before it, a thread is watched
@@ -152,21 +176,24 @@ func (p *Procs) loadLocked(tid int, chains map[NS][]NS) *cachedTask {
 		pidfd, err = unix.PidfdOpen(tgid, 0)
 	}
 	if err != nil {
-		return e // not cached: read again next time
+		return nspid, chain
 	}
 	if !pin.Alive() {
 		unix.Close(pidfd)
-		return nil
+		return nil, nil
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(pidfd)}
 	if err := unix.EpollCtl(c.epfd, unix.EPOLL_CTL_ADD, pidfd, &ev); err != nil {
 		unix.Close(pidfd)
-		return e
+		return nspid, chain
 	}
-	e.pidfd = pidfd
+	e := cachedTask{depth: int32(len(nspid)), pidfd: int32(pidfd)}
+	for i := range nspid {
+		e.nspid[i], e.ns[i] = int32(nspid[i]), chain[i]
+	}
 	c.tasks[tid] = e
 	c.byFd[int32(pidfd)] = tid
-	return e
+	return nspid, chain
 }
 
 // levels returns the pid namespaces from level 0 (the server's) down to

@@ -42,7 +42,7 @@ func TestThreadOfSelf(t *testing.T) {
 	if n, ok := p.NumberIn(os.Getpid(), th); !ok || n != os.Getpid() {
 		t.Errorf("NumberIn(self, self) = %d, %v; want %d", n, ok, os.Getpid())
 	}
-	if got := p.Translate([]int{os.Getpid(), 1 << 30}, th); th.Level == 0 && len(got) != 2 {
+	if got := p.Translate([]int{os.Getpid(), 1 << 30}, th, false); th.Level == 0 && len(got) != 2 {
 		t.Errorf("Translate at level 0 = %v, want the ids as they are", got)
 	}
 	if _, err := p.Thread(1 << 30); err != unix.ESRCH {
