@@ -38,6 +38,7 @@ func ops(o Options, v1 bool, local string) []op {
 		{key: "owc-maxdesc", title: "open-write-close cgroup.max.descendants", kind: "owc", rel: "w/cgroup.max.descendants", data: "1000\n"},
 		{key: "mkdir-rmdir", title: "mkdir+rmdir", kind: "mkdir", rel: "m/x"},
 		{key: "readdir", title: fmt.Sprintf("readdir of %d children", o.Children), kind: "readdir", rel: "s"},
+		{key: "lsl", title: fmt.Sprintf("readdir and lstat of each of %d children (ls -l)", o.Children), kind: "lsl", rel: "s"},
 	}
 	for i, n := range o.Tasks {
 		out = append(out, op{key: fmt.Sprintf("orc-procs-%d", n), title: fmt.Sprintf("open-read-close cgroup.procs (%d tasks)", n),
@@ -53,6 +54,7 @@ func ops(o Options, v1 bool, local string) []op {
 			op{key: "v1-orc-procs", title: "v1: open-read-close cgroup.procs (empty)", kind: "orc", rel: "s/cgroup.procs", v1: true, lxcfs: true},
 			op{key: "v1-pread-limit", title: "v1: pread on an open fd, memory.limit_in_bytes", kind: "pread", rel: "s/memory.limit_in_bytes", v1: true, lxcfs: true},
 			op{key: "v1-readdir", title: fmt.Sprintf("v1: readdir of %d children", o.Children), kind: "readdir", rel: "s", v1: true, lxcfs: true},
+			op{key: "v1-lsl", title: fmt.Sprintf("v1: readdir and lstat of each of %d children (ls -l)", o.Children), kind: "lsl", rel: "s", v1: true, lxcfs: true},
 		)
 	}
 	return out
@@ -121,6 +123,34 @@ func runner(kind, path, data string) (iter func() error, done func(), err error)
 					return err
 				}
 			}
+		}, func() {}, nil
+	case "lsl": // as ls -l does: the names, then each one's attributes
+		var names []string
+		return func() error {
+			fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			names = names[:0]
+			for {
+				n, err := unix.Getdents(fd, buf)
+				if err != nil {
+					unix.Close(fd)
+					return err
+				}
+				if n == 0 {
+					break
+				}
+				_, _, names = unix.ParseDirent(buf[:n], -1, names)
+			}
+			unix.Close(fd)
+			var st unix.Stat_t
+			for _, name := range names {
+				if err := unix.Lstat(path+"/"+name, &st); err != nil {
+					return err
+				}
+			}
+			return nil
 		}, func() {}, nil
 	case "find":
 		return func() error { return exec.Command("find", path).Run() }, func() {}, nil
