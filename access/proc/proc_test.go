@@ -1,9 +1,12 @@
 package proc
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
@@ -115,5 +118,63 @@ func TestHierarchyIn(t *testing.T) {
 	}
 	if _, ok := Controllers("").In(own); !ok {
 		t.Errorf("the server has no cgroup v2 line in %+v", own)
+	}
+}
+
+// TestSees: a scan's test of visibility sees a task of the reader's own
+// pid namespace and of one below it, not one above it, and says when a
+// task is gone.
+func TestSees(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: a new pid namespace")
+	}
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("needs util-linux's unshare")
+	}
+	p, err := Open("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, err := p.Thread(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("unshare", "--pid", "--fork", "sleep", "100")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	var inner int // the sleep, pid 1 of the new namespace
+	for deadline := time.Now().Add(5 * time.Second); inner == 0; time.Sleep(5 * time.Millisecond) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+		fmt.Sscan(string(b), &inner)
+		if time.Now().After(deadline) {
+			t.Fatal("unshare started no child")
+		}
+	}
+	below, err := p.Thread(inner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if below.Level != self.Level+1 {
+		t.Fatalf("the child is at level %d, want %d", below.Level, self.Level+1)
+	}
+	for _, c := range []struct {
+		name       string
+		reader     Thread
+		tid        int
+		seen, gone bool
+	}{
+		{"itself", self, os.Getpid(), true, false},
+		{"a task below", self, inner, true, false},
+		{"a task above", below, os.Getpid(), false, false},
+		{"a task that is gone", self, 1 << 30, false, true},
+	} {
+		sees := p.Sees(c.reader)
+		for range 2 { // the second time from memory
+			if seen, gone := sees(c.tid); seen != c.seen || gone != c.gone {
+				t.Errorf("%s: seen %v gone %v, want %v %v", c.name, seen, gone, c.seen, c.gone)
+			}
+		}
 	}
 }
