@@ -176,12 +176,20 @@ func (h *Host) Names(rel string) ([]Entry, error) {
 	return h.list(rel, false)
 }
 
+// openDir opens the host directory rel for reading its entries.
+func (h *Host) openDir(op, rel string) (*os.File, int, error) {
+	fd, err := h.openFd(op, rel, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, -1, err
+	}
+	return os.NewFile(uintptr(fd), clean(rel)), fd, nil
+}
+
 func (h *Host) list(rel string, stat bool) ([]Entry, error) {
-	fd, err := h.openFd("readdir", rel, unix.O_RDONLY|unix.O_DIRECTORY)
+	dir, fd, err := h.openDir("readdir", rel)
 	if err != nil {
 		return nil, err
 	}
-	dir := os.NewFile(uintptr(fd), clean(rel))
 	defer dir.Close()
 	des, err := dir.ReadDir(-1)
 	if err != nil {
@@ -224,11 +232,10 @@ type Shown struct {
 // sorted, with its attributes and its extended attribute name: what a
 // lookup of each would return, from one open of the directory.
 func (h *Host) ListXattr(rel, name string) ([]Shown, error) {
-	fd, err := h.openFd("readdir", rel, unix.O_RDONLY|unix.O_DIRECTORY)
+	dir, fd, err := h.openDir("readdir", rel)
 	if err != nil {
 		return nil, err
 	}
-	dir := os.NewFile(uintptr(fd), clean(rel))
 	defer dir.Close()
 	names, err := dir.Readdirnames(-1)
 	if err != nil {
@@ -353,11 +360,10 @@ func (h *Host) SetXattr(rel, name string, val []byte) error {
 // entry named by the host's own listing (a single component, never
 // followed if a symlink).
 func (h *Host) SetXattrTree(rel, name string, val []byte) error {
-	fd, err := h.openFd("setxattr", rel, unix.O_RDONLY|unix.O_DIRECTORY)
+	dir, fd, err := h.openDir("setxattr", rel)
 	if err != nil {
 		return err
 	}
-	dir := os.NewFile(uintptr(fd), clean(rel))
 	defer dir.Close()
 	names, err := dir.Readdirnames(-1)
 	if err != nil {
