@@ -140,6 +140,12 @@ func Serve(cfg Config) (*Mounted, error) {
 			// cgroup xattrs (systemd's trusted.delegate, ...) are not
 			// carried yet: the kernel answers EOPNOTSUPP.
 			DisableXAttrs: true,
+			// READDIR, not READDIRPLUS: a listing would otherwise make
+			// the kernel an inode of every entry (some 40 files a
+			// cgroup), at every listing, where walkers (find, systemd,
+			// lscgroup) look up the directories alone; what is looked
+			// up stays cached for the entry timeout.
+			DisableReadDirPlus: true,
 			// O_TRUNC comes inside OPEN (which judges writes anyway)
 			// instead of as a separate SETATTR of the size: runtimes
 			// open every control file with it.

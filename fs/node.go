@@ -130,8 +130,10 @@ func setTime(in *fuse.SetAttrIn, set, now uint32, sec uint64, nsec uint32) *unix
 var _ = (gofs.NodeOpendirHandler)((*node)(nil))
 
 // OpendirHandle judges the listing and reads the host directory once,
-// with every entry's attributes: READDIRPLUS is answered from that read
-// (see dirHandle), not by a lookup of each entry.
+// names, types and inode numbers as the directory gives them: the mount
+// answers READDIR, not READDIRPLUS (see Serve), so a listing costs no
+// lookup of its entries; those a caller then stats or opens are looked
+// up one by one and cached by the kernel like any other.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	r, end := n.m.start(ctx)
 	defer end()
@@ -139,50 +141,30 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 	if err := n.t.view.OpenDir(r, vp); err != nil {
 		return nil, 0, n.m.errno(ctx, r, "opendir", vp, err)
 	}
-	d := &dirHandle{n: n}
-	shown, ok, err := n.t.view.ListShown(vp)
+	entries, err := n.t.view.List(vp)
 	if err != nil {
 		return nil, 0, n.m.errno(ctx, nil, "readdir", vp, err)
-	}
-	if !ok { // a leaf path: listed as the view lists it, looked up one by one
-		entries, err := n.t.view.List(vp)
-		if err != nil {
-			return nil, 0, n.m.errno(ctx, nil, "readdir", vp, err)
-		}
-		for _, e := range entries {
-			d.entries = append(d.entries, fuse.DirEntry{Name: e.Name, Mode: e.Mode & unix.S_IFMT, Ino: e.Ino})
-		}
-	} else {
-		d.attrs = make(map[string]*unix.Stat_t, len(shown))
-		d.entries = make([]fuse.DirEntry, 0, len(shown)+2)
-		for i := range shown {
-			e := &shown[i]
-			d.attrs[e.Name] = &e.St
-			d.entries = append(d.entries, fuse.DirEntry{Name: e.Name, Mode: e.St.Mode & unix.S_IFMT, Ino: e.St.Ino})
-		}
 	}
 	parent := n.StableAttr().Ino
 	if _, p := n.Parent(); p != nil {
 		parent = p.StableAttr().Ino
 	}
-	d.entries = append([]fuse.DirEntry{
-		{Name: ".", Mode: unix.S_IFDIR, Ino: n.StableAttr().Ino},
-		{Name: "..", Mode: unix.S_IFDIR, Ino: parent},
-	}, d.entries...)
+	d := &dirHandle{entries: make([]fuse.DirEntry, 0, len(entries)+2)}
+	d.entries = append(d.entries,
+		fuse.DirEntry{Name: ".", Mode: unix.S_IFDIR, Ino: n.StableAttr().Ino},
+		fuse.DirEntry{Name: "..", Mode: unix.S_IFDIR, Ino: parent})
+	for _, e := range entries {
+		d.entries = append(d.entries, fuse.DirEntry{Name: e.Name, Mode: e.Mode & unix.S_IFMT, Ino: e.Ino})
+	}
 	return d, 0, 0
 }
 
 // dirHandle is one open of a directory: its entries as the host listed
-// them at opendir, with their shown attributes.
+// them at opendir.
 type dirHandle struct {
-	n       *node
 	mu      sync.Mutex
 	entries []fuse.DirEntry
 	next    int
-	attrs   map[string]*unix.Stat_t // nil: a leaf path's listing
-	// seen is the request (READDIRPLUS) whose caller was last judged:
-	// go-fuse passes one context to every entry of a request.
-	seen context.Context
 }
 
 var _ = (gofs.FileReaddirenter)((*dirHandle)(nil))
@@ -206,34 +188,6 @@ func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	defer d.mu.Unlock()
 	d.next = int(min(off, uint64(len(d.entries))))
 	return 0
-}
-
-var _ = (gofs.FileLookuper)((*dirHandle)(nil))
-
-// Lookup answers READDIRPLUS's lookup of each entry from the listing:
-// the caller is judged once per request, as a lookup judges it.
-func (d *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	d.mu.Lock()
-	st := d.attrs[name]
-	judged := d.seen == ctx
-	d.mu.Unlock()
-	n := d.n
-	if st == nil || translate.ValidName(name) != nil {
-		return n.Lookup(ctx, name, out)
-	}
-	if !judged {
-		r, end := n.m.start(ctx)
-		err := n.t.view.MaySee(r)
-		end()
-		if err != nil {
-			return nil, n.m.errno(ctx, r, "lookup", join(n.vpath(), name), err)
-		}
-		d.mu.Lock()
-		d.seen = ctx
-		d.mu.Unlock()
-	}
-	n.watchEvents(name, st)
-	return n.child(ctx, st, out), 0
 }
 
 var _ = (gofs.NodeMkdirer)((*node)(nil))

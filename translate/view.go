@@ -237,7 +237,7 @@ func (v *View) List(vpath string) ([]host.Entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	entries, err := v.host.ReadDir(real)
+	entries, err := v.host.Dirents(real)
 	if err != nil {
 		return nil, err
 	}
@@ -254,36 +254,6 @@ func (v *View) List(vpath string) ([]host.Entry, error) {
 		}
 	}
 	return out, nil
-}
-
-// Entry is a directory entry with the attributes the view shows.
-type Entry struct {
-	Name string
-	St   unix.Stat_t
-}
-
-// ListShown returns the entries of the virtual directory vpath as List
-// does, each with the attributes a lookup of it shows, from one read
-// of the host directory; ok is false for a leaf path, whose entries are
-// looked up one by one.
-func (v *View) ListShown(vpath string) (entries []Entry, ok bool, err error) {
-	real, through, err := v.leafPath(vpath)
-	if err != nil || through {
-		return nil, false, err
-	}
-	list, err := v.host.ListXattr(real, ownerXattr)
-	if err != nil {
-		return nil, false, err
-	}
-	out := make([]Entry, 0, len(list))
-	for _, e := range list {
-		if e.Name == LeafName {
-			continue
-		}
-		parseOwner(e.Xattr).apply(&e.St)
-		out = append(out, Entry{Name: e.Name, St: v.show(e.St)})
-	}
-	return out, true, nil
 }
 
 // mayChangeEntries allows mkdir, rmdir and rename in the virtual

@@ -1,6 +1,8 @@
 package host
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -220,48 +222,58 @@ func (h *Host) list(rel string, stat bool) ([]Entry, error) {
 	return out, nil
 }
 
-// Shown is a directory entry with its attributes and the value of one
-// extended attribute (nil when it has none).
-type Shown struct {
-	Name  string
-	St    unix.Stat_t
-	Xattr []byte
-}
-
-// ListXattr reads the host directory rel once and returns each entry,
-// sorted, with its attributes and its extended attribute name: what a
-// lookup of each would return, from one open of the directory.
-func (h *Host) ListXattr(rel, name string) ([]Shown, error) {
+// Dirents reads the host directory rel once and returns its entries,
+// sorted, with their types and inode numbers as the directory itself
+// gives them (no stat of each).
+func (h *Host) Dirents(rel string) ([]Entry, error) {
 	dir, fd, err := h.openDir("readdir", rel)
 	if err != nil {
 		return nil, err
 	}
 	defer dir.Close()
-	names, err := dir.Readdirnames(-1)
-	if err != nil {
-		return nil, &Error{Op: "readdir", Path: clean(rel), Err: err}
-	}
-	sort.Strings(names)
-	out := make([]Shown, 0, len(names))
-	self := fmt.Sprintf("/proc/self/fd/%d/", fd)
-	for _, n := range names {
-		e := Shown{Name: n}
-		// The names come from the host directory itself: single
-		// components, never followed (cgroupfs has no links).
-		if err := unix.Fstatat(fd, n, &e.St, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			if errors.Is(err, unix.ENOENT) {
-				continue // removed on the host while we listed
-			}
-			return nil, &Error{Op: "stat", Path: Join(rel, n), Err: err}
+	var out []Entry
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err == unix.EINTR {
+			continue
 		}
-		if e.Xattr, err = getxattr(self+n, name, unix.Lgetxattr); err != nil {
-			if errors.Is(err, unix.ENOENT) {
-				continue
-			}
-			return nil, &Error{Op: "getxattr", Path: Join(rel, n), Err: err}
+		if err != nil {
+			return nil, &Error{Op: "readdir", Path: clean(rel), Err: err}
 		}
-		out = append(out, e)
+		if n == 0 {
+			break
+		}
+		// struct linux_dirent64: ino u64, off s64, reclen u16, type u8,
+		// name NUL-terminated.
+		for b := buf[:n]; len(b) >= 19; {
+			reclen := int(binary.NativeEndian.Uint16(b[16:18]))
+			if reclen < 19 || reclen > len(b) {
+				return nil, &Error{Op: "readdir", Path: clean(rel), Err: unix.EIO}
+			}
+			name := b[19:reclen]
+			if i := bytes.IndexByte(name, 0); i >= 0 {
+				name = name[:i]
+			}
+			if s := string(name); s != "." && s != ".." {
+				e := Entry{Name: s, Ino: binary.NativeEndian.Uint64(b[0:8]), Mode: unix.S_IFREG}
+				switch b[18] {
+				case unix.DT_DIR:
+					e.Mode = unix.S_IFDIR
+				case unix.DT_UNKNOWN: // a file system that gives no types
+					var st unix.Stat_t
+					if err := unix.Fstatat(fd, s, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+						b = b[reclen:]
+						continue // removed meanwhile
+					}
+					e.Mode = st.Mode & unix.S_IFMT
+				}
+				out = append(out, e)
+			}
+			b = b[reclen:]
+		}
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
 }
 

@@ -49,6 +49,26 @@ func TestReadDirSortedWithInodes(t *testing.T) {
 	}
 }
 
+// TestDirentsIsReadDirWithoutStats: the listing from the directory alone
+// has the names, types and inode numbers a stat of each gives.
+func TestDirentsIsReadDirWithoutStats(t *testing.T) {
+	h, _ := openFake(t)
+	stated, err := h.ReadDir("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed, err := h.Dirents("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range stated {
+		stated[i].Mode &= unix.S_IFMT
+	}
+	if !reflect.DeepEqual(listed, stated) {
+		t.Errorf("Dirents(a) = %v, want %v", listed, stated)
+	}
+}
+
 func TestOpenReadsHostText(t *testing.T) {
 	h, dir := openFake(t)
 	if err := os.WriteFile(filepath.Join(dir, "a/b/cgroup.events"), []byte("populated 1\nfrozen 1\n"), 0o644); err != nil {
