@@ -68,7 +68,7 @@ func writeMarkdown(path, label string, res *Result) error {
 		s.WriteString("\nThe daemon with views attached (each owner a container of its own):\n\n")
 		s.WriteString("| views | resident | threads | CPU while idle |\n|---|---|---|---|\n")
 		for _, d := range res.Daemon {
-			fmt.Fprintf(&s, "| %d | %.1f MiB | %d | %v in %v |\n", d.Views, float64(d.RSS)/(1<<20), d.Threads, d.CPU.Round(time.Millisecond), d.Idle)
+			fmt.Fprintf(&s, "| %d | %.1f MiB | %d | %v in %v |\n", d.Views, float64(d.RSS)/(1<<20), d.Threads, d.CPU.Round(time.Millisecond), d.Idle.Round(100*time.Millisecond))
 		}
 	}
 	s.WriteString("\n")
