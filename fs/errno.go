@@ -14,19 +14,12 @@ import (
 	"github.com/cgfs/cgfs/access"
 )
 
-// changes are the operations that change something: each success is
-// counted. Reads that succeed are not.
-var changes = map[string]bool{"mkdir": true, "rmdir": true, "rename": true, "setattr": true, "write": true}
-
 // errno is the one place a result becomes what the container sees. Every
 // error is logged on the host: refusals with the rule that refused them,
 // host errors with the host operation, path and data. A failed lookup of
 // a name that does not exist is the everyday answer and is not logged.
 func (m *mount) errno(ctx context.Context, r *access.Request, op, vpath string, err error) syscall.Errno {
 	if err == nil {
-		if changes[op] {
-			m.count.Operation(op, "ok")
-		}
 		return 0
 	}
 	var tid uint32
@@ -39,7 +32,6 @@ func (m *mount) errno(ctx context.Context, r *access.Request, op, vpath string, 
 		if op == "lookup" && ref.Errno == syscall.ENOENT {
 			return ref.Errno // the hidden leaf: not there, to the container
 		}
-		m.count.Operation(op, errName(ref.Errno))
 		caller := ""
 		if ref.Caller != nil {
 			caller = ref.Caller.String()
@@ -60,7 +52,6 @@ func (m *mount) errno(ctx context.Context, r *access.Request, op, vpath string, 
 		if op == "lookup" && errno == syscall.ENOENT {
 			return errno
 		}
-		m.count.Operation(op, errName(errno))
 		if n, ok := m.logs.take(); ok {
 			m.log.Info("host refused", "op", op, "path", "/"+vpath, "errno", errName(errno),
 				"tid", tid, "detail", err.Error(), "suppressed", n)
@@ -71,7 +62,6 @@ func (m *mount) errno(ctx context.Context, r *access.Request, op, vpath string, 
 		// The caller is gone: nobody reads this answer.
 		return syscall.ESRCH
 	}
-	m.count.Operation(op, "EIO")
 	if n, ok := m.logs.take(); ok {
 		m.log.Error("internal error", "op", op, "path", "/"+vpath, "tid", tid, "err", err, "suppressed", n)
 	}

@@ -32,11 +32,11 @@ func (h *handle) PassthroughFd() (int, bool) { return h.f.PassthroughFd() }
 var _ = (gofs.FileReader)((*handle)(nil))
 
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	_, end := h.m.start(ctx)
-	defer end()
+	_, c := h.m.start(ctx, "read")
+	defer c.end()
 	b, err := h.f.Read(dest, off)
 	if err != nil {
-		return nil, h.m.errno(ctx, nil, "read", h.vpath, err)
+		return nil, c.fail(ctx, h.vpath, err)
 	}
 	return fuse.ReadResultData(b), 0
 }
@@ -46,10 +46,10 @@ var _ = (gofs.FileWriter)((*handle)(nil))
 // Write is one write(2): the view parses each write on its own, as the
 // kernel does, and answers with the kernel's errno.
 func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	r, end := h.m.start(ctx)
-	defer end()
+	r, c := h.m.start(ctx, "write")
+	defer c.end()
 	n, err := h.f.Write(r, data)
-	if errno := h.m.errno(ctx, r, "write", h.vpath, err); errno != 0 {
+	if errno := c.fail(ctx, h.vpath, err); errno != 0 {
 		return 0, errno
 	}
 	return uint32(n), 0

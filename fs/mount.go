@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -70,20 +71,44 @@ type mount struct {
 // wait for a slot (the kernel keeps them queued).
 const MaxInFlight = 64
 
-// start begins serving the request in ctx: it waits for one of the
-// mount's in-flight slots and starts the identification of the caller.
-// end releases both.
-func (m *mount) start(ctx context.Context) (r *access.Request, end func()) {
+// start begins serving the request in ctx, a FUSE operation op: it
+// waits for one of the mount's in-flight slots and starts the
+// identification of the caller. The call's end releases both and counts
+// the request with its result and the time it took.
+func (m *mount) start(ctx context.Context, op string) (*access.Request, *call) {
 	m.inflight <- struct{}{}
+	c := &call{m: m, op: op, t0: time.Now(), result: "ok"}
 	if fc, ok := fuse.FromContext(ctx); ok {
-		r = m.ident.Request(int(fc.Pid), fc.Uid, fc.Gid)
+		c.r = m.ident.Request(int(fc.Pid), fc.Uid, fc.Gid)
 	} else {
-		r = m.ident.Request(0, 0, 0) // identifies as nobody: a pin of tid 0 fails
+		c.r = m.ident.Request(0, 0, 0) // identifies as nobody: a pin of tid 0 fails
 	}
-	return r, func() {
-		r.Done()
-		<-m.inflight
+	return c.r, c
+}
+
+// call is one request being served.
+type call struct {
+	m      *mount
+	op     string
+	r      *access.Request
+	t0     time.Time
+	result string
+}
+
+// fail turns the call's result into the errno the container gets (see
+// errno), and remembers it for the count.
+func (c *call) fail(ctx context.Context, vpath string, err error) syscall.Errno {
+	errno := c.m.errno(ctx, c.r, c.op, vpath, err)
+	if errno != 0 {
+		c.result = errName(errno)
 	}
+	return errno
+}
+
+func (c *call) end() {
+	c.r.Done()
+	<-c.m.inflight
+	c.m.count.Request(c.op, c.result, time.Since(c.t0))
 }
 
 // Kernel cache lifetimes. Attributes and names may be cached briefly;

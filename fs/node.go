@@ -45,12 +45,12 @@ func (n *node) child(ctx context.Context, st *unix.Stat_t, out *fuse.EntryOut) *
 var _ = (gofs.NodeLookuper)((*node)(nil))
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	r, end := n.m.start(ctx)
-	defer end()
+	r, c := n.m.start(ctx, "lookup")
+	defer c.end()
 	vp := n.vpath()
 	st, err := n.t.view.Lookup(r, vp, name)
 	if err != nil {
-		return nil, n.m.errno(ctx, r, "lookup", join(vp, name), err)
+		return nil, c.fail(ctx, join(vp, name), err)
 	}
 	n.watchEvents(name, &st)
 	return n.child(ctx, &st, out), 0
@@ -77,12 +77,12 @@ func (n *node) OnForget() {
 var _ = (gofs.NodeGetattrer)((*node)(nil))
 
 func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	r, end := n.m.start(ctx)
-	defer end()
+	r, c := n.m.start(ctx, "getattr")
+	defer c.end()
 	vp := n.vpath()
 	st, err := n.t.view.Getattr(r, vp, fileOf(fh))
 	if err != nil {
-		return n.m.errno(ctx, r, "getattr", vp, err)
+		return c.fail(ctx, vp, err)
 	}
 	fillAttr(&out.Attr, &st)
 	return 0
@@ -92,8 +92,8 @@ var _ = (gofs.NodeSetattrer)((*node)(nil))
 
 // Setattr carries chmod, chown, utimes and truncation to the view.
 func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	r, end := n.m.start(ctx)
-	defer end()
+	r, c := n.m.start(ctx, "setattr")
+	defer c.end()
 	var a translate.Attrs
 	if mode, ok := in.GetMode(); ok {
 		a.Mode = &mode
@@ -109,7 +109,7 @@ func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 	_, a.Size = in.GetSize()
 	vp := n.vpath()
 	st, err := n.t.view.Setattr(r, vp, fileOf(fh), a)
-	if errno := n.m.errno(ctx, r, "setattr", vp, err); errno != 0 {
+	if errno := c.fail(ctx, vp, err); errno != 0 {
 		return errno
 	}
 	fillAttr(&out.Attr, &st)
@@ -135,15 +135,15 @@ var _ = (gofs.NodeOpendirHandler)((*node)(nil))
 // lookup of its entries; those a caller then stats or opens are looked
 // up one by one and cached by the kernel like any other.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	r, end := n.m.start(ctx)
-	defer end()
+	r, c := n.m.start(ctx, "opendir")
+	defer c.end()
 	vp := n.vpath()
 	if err := n.t.view.OpenDir(r, vp); err != nil {
-		return nil, 0, n.m.errno(ctx, r, "opendir", vp, err)
+		return nil, 0, c.fail(ctx, vp, err)
 	}
 	entries, err := n.t.view.List(vp)
 	if err != nil {
-		return nil, 0, n.m.errno(ctx, nil, "readdir", vp, err)
+		return nil, 0, c.fail(ctx, vp, err)
 	}
 	parent := n.StableAttr().Ino
 	if _, p := n.Parent(); p != nil {
@@ -193,11 +193,11 @@ func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 var _ = (gofs.NodeMkdirer)((*node)(nil))
 
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	r, end := n.m.start(ctx)
-	defer end()
+	r, c := n.m.start(ctx, "mkdir")
+	defer c.end()
 	vp := n.vpath()
 	st, err := n.t.view.Mkdir(r, vp, name, mode)
-	if errno := n.m.errno(ctx, r, "mkdir", join(vp, name), err); errno != 0 {
+	if errno := c.fail(ctx, join(vp, name), err); errno != 0 {
 		return nil, errno
 	}
 	return n.child(ctx, &st, out), 0
@@ -206,10 +206,10 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 var _ = (gofs.NodeRmdirer)((*node)(nil))
 
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
-	r, end := n.m.start(ctx)
-	defer end()
+	r, c := n.m.start(ctx, "rmdir")
+	defer c.end()
 	vp := n.vpath()
-	return n.m.errno(ctx, r, "rmdir", join(vp, name), n.t.view.Rmdir(r, vp, name))
+	return c.fail(ctx, join(vp, name), n.t.view.Rmdir(r, vp, name))
 }
 
 var _ = (gofs.NodeRenamer)((*node)(nil))
@@ -219,17 +219,19 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if !ok || other.t != n.t {
 		return syscall.EXDEV // another view: another hierarchy
 	}
-	r, end := n.m.start(ctx)
-	defer end()
+	r, c := n.m.start(ctx, "rename")
+	defer c.end()
 	vp := n.vpath()
 	err := n.t.view.Rename(r, vp, name, other.vpath(), newName, uint(flags))
-	return n.m.errno(ctx, r, "rename", join(vp, name), err)
+	return c.fail(ctx, join(vp, name), err)
 }
 
 // cgroupfs creates nothing but directories: the view answers as it does.
 
 func (n *node) makeFile(ctx context.Context, op, name string) syscall.Errno {
-	return n.m.errno(ctx, nil, op, join(n.vpath(), name), n.t.view.MakeFile(op))
+	_, c := n.m.start(ctx, op)
+	defer c.end()
+	return c.fail(ctx, join(n.vpath(), name), n.t.view.MakeFile(op))
 }
 
 var _ = (gofs.NodeCreater)((*node)(nil))
@@ -265,11 +267,11 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 var _ = (gofs.NodeStatfser)((*node)(nil))
 
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
-	_, end := n.m.start(ctx)
-	defer end()
+	_, c := n.m.start(ctx, "statfs")
+	defer c.end()
 	st, err := n.t.view.Statfs()
 	if err != nil {
-		return n.m.errno(ctx, nil, "statfs", n.vpath(), err)
+		return c.fail(ctx, n.vpath(), err)
 	}
 	out.Blocks, out.Bfree, out.Bavail = st.Blocks, st.Bfree, st.Bavail
 	out.Files, out.Ffree = st.Files, st.Ffree
@@ -287,11 +289,11 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if n.m.relay.Load() != nil && isRelayWrite(ctx, vp, flags) {
 		return relayHandle{}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
 	}
-	r, end := n.m.start(ctx)
-	defer end()
+	r, c := n.m.start(ctx, "open")
+	defer c.end()
 	f, err := n.t.view.Open(r, vp, int(flags))
 	if err != nil {
-		return nil, 0, n.m.errno(ctx, r, "open", vp, err)
+		return nil, 0, c.fail(ctx, vp, err)
 	}
 	return &handle{f: f, m: n.m, vpath: vp}, n.m.openFlags(f), 0
 }

@@ -1,46 +1,73 @@
 package metrics
 
 import (
+	"sync"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
-// Metrics counts what the views of one server do.
+// Metrics is what one server (cgfs mount, run or daemon) exposes.
 type Metrics struct {
-	// operations counts FUSE operations that changed something or
-	// failed, by view, operation and result (an errno name, or "ok").
-	// Reads that succeed are not counted.
-	operations *prometheus.CounterVec
+	// requests counts FUSE requests by container, operation and result
+	// ("ok" or the errno name the container got).
+	requests *prometheus.CounterVec
+	// latency is the time a request takes the server, by operation
+	// (classic buckets and a native histogram).
+	latency *prometheus.HistogramVec
 	// refusals counts requests refused by a rule (of access, or one of
-	// the answers cgfs makes itself), by view, rule and operation.
+	// the answers cgfs makes itself), by container, rule and operation.
 	refusals *prometheus.CounterVec
+
+	mu    sync.Mutex
+	views []*View
+	// sources are the server's own counters, read at scrape time.
+	sources []Source
 }
 
-// New creates the metrics and registers them with reg.
+// latencyBuckets span a FUSE request here: tens of µs to a slow host
+// read of a big task file.
+var latencyBuckets = []float64{10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 10e-3, 50e-3, 250e-3, 1}
+
+// New creates the metrics and registers them with reg, with the Go
+// runtime's and the process's collectors.
 func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		operations: prometheus.NewCounterVec(prometheus.CounterOpts{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "cgfs",
-			Name:      "operations_total",
-			Help:      "Operations that changed something or failed, by view, operation and result (ok or an errno name).",
-		}, []string{"view", "op", "result"}),
+			Name:      "requests_total",
+			Help:      "FUSE requests served, by container, operation and result (ok or the errno name the container got).",
+		}, []string{"container", "op", "result"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace:                       "cgfs",
+			Name:                            "request_duration_seconds",
+			Help:                            "Time the server took for a FUSE request, by operation.",
+			Buckets:                         latencyBuckets,
+			NativeHistogramBucketFactor:     1.1,
+			NativeHistogramMaxBucketNumber:  160,
+			NativeHistogramMinResetDuration: time.Hour,
+		}, []string{"op"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "cgfs",
 			Name:      "refusals_total",
-			Help:      "Requests refused by a rule, by view, rule and operation.",
-		}, []string{"view", "rule", "op"}),
+			Help:      "Requests refused by a rule, by container, rule and operation.",
+		}, []string{"container", "rule", "op"}),
 	}
-	reg.MustRegister(m.operations, m.refusals)
+	reg.MustRegister(m.requests, m.latency, m.refusals, (*collector)(m),
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
-// Counts are the counters of one view (or mount), labelled with its
-// name.
+// Counts are the counters of one container's views, labelled with its
+// name. A nil *Counts counts nothing.
 type Counts struct {
 	m    *Metrics
 	name string
 }
 
-// For returns the counters of the view called name (its host cgroup).
+// For returns the counters of the container called name. Names are
+// labels: a container's name, never a path or a pid.
 func (m *Metrics) For(name string) *Counts {
 	if m == nil {
 		return nil
@@ -48,13 +75,14 @@ func (m *Metrics) For(name string) *Counts {
 	return &Counts{m: m, name: name}
 }
 
-// Operation counts one operation with its result ("ok" or an errno
-// name).
-func (c *Counts) Operation(op, result string) {
+// Request counts one request of op with its result ("ok" or an errno
+// name) and the time it took.
+func (c *Counts) Request(op, result string, took time.Duration) {
 	if c == nil {
 		return
 	}
-	c.m.operations.WithLabelValues(c.name, op, result).Inc()
+	c.m.requests.WithLabelValues(c.name, op, result).Inc()
+	c.m.latency.WithLabelValues(op).Observe(took.Seconds())
 }
 
 // Refusal counts one refusal by rule.

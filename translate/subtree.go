@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -35,6 +36,8 @@ func init() {
 type leafIndex struct {
 	mu sync.Mutex // a leaf in the lock order
 	m  map[string]bool
+	// made and folded count the leaves this view created and removed.
+	made, folded atomic.Uint64
 }
 
 func (x *leafIndex) set(dir string, has bool) {
@@ -106,7 +109,9 @@ func (v *View) moveAllLocked(from, to string) error {
 
 // ensureLeafLocked makes the hidden leaf of cgroup dir if it has none.
 func (v *View) ensureLeafLocked(dir string) error {
-	if err := v.host.Mkdir(dir, LeafName, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := v.host.Mkdir(dir, LeafName, 0o755); err == nil {
+		v.leaves.made.Add(1)
+	} else if !errors.Is(err, unix.EEXIST) {
 		return err
 	}
 	v.leaves.set(dir, true)
@@ -138,8 +143,22 @@ func (v *View) foldLocked(dir string) error {
 		return err
 	}
 	v.leaves.set(dir, false)
+	v.leaves.folded.Add(1)
 	return nil
 }
+
+// Leaves is how many hidden leaves the view has, and how many it made
+// and folded since it was made.
+func (v *View) Leaves() (now int, made, folded uint64) {
+	v.leaves.mu.Lock()
+	now = len(v.leaves.m)
+	v.leaves.mu.Unlock()
+	return now, v.leaves.made.Load(), v.leaves.folded.Load()
+}
+
+// Hierarchy says whether the view is of a cgroup v1 hierarchy and, if
+// so, its controllers as /proc/PID/cgroup names them.
+func (v *View) Hierarchy() (v1 bool, controllers string) { return v.v1, string(v.controllers) }
 
 // writeSubtreeControl carries a write to cgroup.subtree_control of f's
 // cgroup H. A domain cgroup H that holds processes cannot enable domain

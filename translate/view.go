@@ -362,6 +362,7 @@ func (v *View) rmdirLocked(dir, name string) error {
 			return err // EBUSY: the leaf holds processes, so the cgroup is populated
 		}
 		v.leaves.set(vpath, false)
+		v.leaves.folded.Add(1)
 	}
 	if err := v.host.Rmdir(dir, name); err != nil {
 		return err

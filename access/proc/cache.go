@@ -25,6 +25,9 @@ type pidCache struct {
 	byFd  map[int32]int      // pidfd -> host tid
 	// events is drainLocked's buffer.
 	events [256]unix.EpollEvent
+	// hits and misses count translations from the cache and reads of
+	// /proc.
+	hits, misses uint64
 }
 
 // inlineLevels is how many pid namespace levels an entry holds: the
@@ -105,6 +108,7 @@ func (p *Procs) Translate(hostIDs []int, th Thread, sorted bool) []int {
 		for _, id := range hostIDs {
 			e, ok := c.tasks[id]
 			if !ok {
+				c.misses++
 				if chains == nil {
 					chains = map[NS][]NS{}
 				}
@@ -114,6 +118,7 @@ func (p *Procs) Translate(hostIDs []int, th Thread, sorted bool) []int {
 				}
 				continue // (nothing if it exited meanwhile)
 			}
+			c.hits++
 			if n, ok := e.at(th); ok {
 				out = append(out, n)
 			}
@@ -125,6 +130,14 @@ func (p *Procs) Translate(hostIDs []int, th Thread, sorted bool) []int {
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// CacheStats is how many task ids were translated from the pid cache
+// (hits) and read from /proc (misses).
+func (p *Procs) CacheStats() (hits, misses uint64) {
+	p.cache.mu.Lock()
+	defer p.cache.mu.Unlock()
+	return p.cache.hits, p.cache.misses
 }
 
 // loadLocked reads a task's pid and pid namespace at every level and

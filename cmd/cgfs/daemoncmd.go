@@ -22,7 +22,6 @@ import (
 	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/daemon"
-	"github.com/cgfs/cgfs/metrics"
 	"github.com/cgfs/cgfs/translate/host"
 )
 
@@ -63,10 +62,11 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 		return err
 	}
 	defer w.Close()
-	d := daemon.New(procs, metrics.New(reg), w, log)
+	m := newMetrics(reg, procs)
+	d := daemon.New(procs, m, w, log)
 	defer d.Close()
 	if *metricsAddr != "" {
-		ln, err := listenMetrics(*metricsAddr, reg, log)
+		ln, err := listenMetrics(*metricsAddr, reg, m, log)
 		if err != nil {
 			return err
 		}

@@ -8,7 +8,7 @@ import (
 	"github.com/cgfs/cgfs/translate"
 )
 
-const usage = `usage: cgfs mount [--cgroup HOSTDIR] [--owner PID] [--shared NAME]... [--max-open-files N] [--v1-max-descendants N] [--metrics ADDR] [--debug] MOUNTPOINT
+const usage = `usage: cgfs mount [--cgroup HOSTDIR] [--owner PID] [--name NAME] [--shared NAME]... [--max-open-files N] [--v1-max-descendants N] [--metrics ADDR] [--debug] MOUNTPOINT
 
 With --cgroup, serves the host cgroup v2 directory HOSTDIR at MOUNTPOINT as
 the root of a cgroup tree. Without it, serves the cgroups of process PID in
@@ -26,6 +26,7 @@ type mountOptions struct {
 	hostDir    string   // --cgroup
 	owner      int      // --owner; 0 for none
 	metrics    string   // --metrics
+	name       string   // --name
 	maxOpen    int      // --max-open-files
 	shared     []string // --shared
 	v1Max      int      // --v1-max-descendants
@@ -45,6 +46,7 @@ func parseMount(args []string, stderr io.Writer) (mountOptions, error) {
 	fl.Var((*names)(&o.shared), "shared", "serve hierarchy `NAME` read-only although the owner has no cgroup of its own there (repeatable)")
 	fl.IntVar(&o.v1Max, "v1-max-descendants", translate.DefaultV1Descendants, "how many cgroups the container may make below each cgroup v1 view root (EAGAIN beyond)")
 	fl.IntVar(&o.maxOpen, "max-open-files", translate.DefaultOpenFiles, "how many files the container may hold open in its views at once (ENFILE beyond)")
+	fl.StringVar(&o.name, "name", "view", "the container's `name` in logs and metrics")
 	fl.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics (e.g. 127.0.0.1:9464; port 0 picks one)")
 	if err := fl.Parse(args[1:]); err != nil {
 		return o, usageError{err.Error()}

@@ -135,9 +135,9 @@ func runCmd(o runOptions, log *slog.Logger) (int, error) {
 		return 0, err
 	}
 	reg := prometheus.NewRegistry()
-	m := metrics.New(reg)
+	m := newMetrics(reg, procs)
 	if o.metrics != "" {
-		ln, err := listenMetrics(o.metrics, reg, log)
+		ln, err := listenMetrics(o.metrics, reg, m, log)
 		if err != nil {
 			return 0, err
 		}
@@ -175,7 +175,8 @@ func runCmd(o runOptions, log *slog.Logger) (int, error) {
 			w.Close()
 			return nil, nil, err
 		}
-		return served.Take(), func() { served.Stop(); views.Close(); w.Close() }, nil
+		unlist := m.Add(views.MetricsView(o.Name, served))
+		return served.Take(), func() { unlist(); served.Stop(); views.Close(); w.Close() }, nil
 	}
 	// Views for the container's nested runtimes, served here.
 	w, err := host.NewWatcher()
@@ -187,6 +188,11 @@ func runCmd(o runOptions, log *slog.Logger) (int, error) {
 		func(int) *metrics.Counts { return m.For(o.Name) })
 	defer nested.Close()
 	o.Nested = nested.Serve
+	o.Notifications = func(count func() uint64) {
+		m.AddSource(metrics.Source{Name: "cgfs_seccomp_notifications_total", Counter: true,
+			Help: "Seccomp notifications of the container's processes its agents handled.",
+			Read: func() float64 { return float64(count()) }})
+	}
 	o.Started = func(init int, agents func(*os.File)) func() {
 		if daemonServes {
 			return func() {} // cgfs exec asks the daemon

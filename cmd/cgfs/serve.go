@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,9 +43,9 @@ func mountCmd(opts mountOptions, log *slog.Logger) error {
 	}
 	defer views.Close()
 	reg := prometheus.NewRegistry()
-	counts := metrics.New(reg).For(views.Name)
+	m := newMetrics(reg, procs)
 	if opts.metrics != "" {
-		ln, err := listenMetrics(opts.metrics, reg, log)
+		ln, err := listenMetrics(opts.metrics, reg, m, log)
 		if err != nil {
 			return err
 		}
@@ -57,36 +58,59 @@ func mountCmd(opts mountOptions, log *slog.Logger) error {
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sig)
 
-	m, err := views.Serve(access.NewIdentifier(procs), counts)
+	mounted, err := views.Serve(access.NewIdentifier(procs), m.For(opts.name))
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", opts.mountpoint, err)
 	}
-	if err := m.MoveTo(opts.mountpoint); err != nil {
-		m.Stop()
+	defer m.Add(views.MetricsView(opts.name, mounted))()
+	if err := mounted.MoveTo(opts.mountpoint); err != nil {
+		mounted.Stop()
 		return err
 	}
 	log.Info("serving", "view", views.Name, "mountpoint", opts.mountpoint)
 	select {
-	case <-m.Done():
+	case <-mounted.Done():
 		return nil // unmounted from outside
 	case s := <-sig:
 		log.Info("unmounting", "signal", s.String(), "mountpoint", opts.mountpoint)
 	}
 	// Copies of the mount that live on in other mount namespaces (a
 	// container bound it) see ENOTCONN from now on.
-	m.Stop()
+	mounted.Stop()
 	log.Info("unmounted", "mountpoint", opts.mountpoint)
 	return nil
 }
 
-// listenMetrics serves /metrics at addr.
-func listenMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (net.Listener, error) {
+// newMetrics makes a server's metrics in reg, with the pid cache's
+// counts read from procs.
+func newMetrics(reg *prometheus.Registry, procs *proc.Procs) *metrics.Metrics {
+	m := metrics.New(reg)
+	m.AddSource(metrics.Source{Name: "cgfs_pid_cache_hits_total", Counter: true,
+		Help: "Task ids translated from the pid cache.",
+		Read: func() float64 { h, _ := procs.CacheStats(); return float64(h) }})
+	m.AddSource(metrics.Source{Name: "cgfs_pid_cache_misses_total", Counter: true,
+		Help: "Task ids read from /proc to be translated.",
+		Read: func() float64 { _, miss := procs.CacheStats(); return float64(miss) }})
+	return m
+}
+
+// listenMetrics serves /metrics and /healthz at addr: /healthz answers
+// 200 while every view answers, 503 naming those that do not.
+func listenMetrics(addr string, reg *prometheus.Registry, m *metrics.Metrics, log *slog.Logger) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, usageError{fmt.Sprintf("--metrics %s: %v", addr, err)}
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if down := m.Down(); len(down) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "not answering: %s\n", strings.Join(down, " "))
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
 	go func() { _ = http.Serve(ln, mux) }()
 	log.Info("metrics listening", "addr", ln.Addr().String())
 	return ln, nil

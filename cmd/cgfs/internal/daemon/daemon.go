@@ -62,6 +62,9 @@ type served struct {
 // its views.
 func New(procs *proc.Procs, m *metrics.Metrics, w *host.Watcher, log *slog.Logger) *Daemon {
 	d := &Daemon{procs: procs, ident: access.NewIdentifier(procs), metrics: m, watcher: w, log: log, views: map[string]*served{}}
+	m.AddSource(metrics.Source{Name: "cgfs_seccomp_notifications_total", Counter: true,
+		Help: "Seccomp notifications of containers' processes the daemon's agents handled.",
+		Read: func() float64 { return float64(d.agentStats()) }})
 	d.nested = serve.NewNested(procs, serve.Options{Name: "nested", Log: log, Watcher: w}, func(int) *metrics.Counts { return m.For("nested") })
 	return d
 }
@@ -147,10 +150,12 @@ func (d *Daemon) attach(req control.Request) (*os.File, error) {
 	}
 	d.views[req.Name] = s
 	d.mu.Unlock()
+	unlist := d.metrics.Add(views.MetricsView(req.Name, mounted))
 	go func() {
 		// Once the container holds the view no more (its mount namespace
 		// is gone) or it is detached, the connection ends.
 		<-mounted.Done()
+		unlist()
 		d.mu.Lock()
 		if d.views[req.Name] == s {
 			delete(d.views, req.Name)
@@ -161,6 +166,18 @@ func (d *Daemon) attach(req control.Request) (*os.File, error) {
 	}()
 	d.log.Info("attached", "view", req.Name, "owner", req.Owner)
 	return mounted.Take(), nil
+}
+
+// agentStats is how many notifications the daemon's agents handled.
+func (d *Daemon) agentStats() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var n uint64
+	for _, a := range d.agents {
+		st := a.Stats()
+		n += st.Answered + st.Continued + st.Failed
+	}
+	return n
 }
 
 // Detach stops serving the view name; the container sees ENOTCONN.

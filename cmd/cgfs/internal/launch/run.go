@@ -43,6 +43,9 @@ type Options struct {
 	// container that mounts cgroupfs), detached; it is dropped when its
 	// mounts are gone. Nil lets the kernel answer those mounts.
 	Nested func(owner int) (*os.File, error)
+	// Notifications, if set, is given a count of the seccomp
+	// notifications the container's agents handled, for the metrics.
+	Notifications func(count func() uint64)
 }
 
 // Run starts the container and waits for it; it returns the command's
@@ -170,6 +173,18 @@ func Run(o Options) (int, error) {
 		agentsMu.Lock()
 		defer agentsMu.Unlock()
 		agents = append(agents, agent.Serve(listener, agentCfg))
+	}
+	if o.Notifications != nil {
+		o.Notifications(func() uint64 {
+			agentsMu.Lock()
+			defer agentsMu.Unlock()
+			var n uint64
+			for _, a := range agents {
+				st := a.Stats()
+				n += st.Answered + st.Continued + st.Failed
+			}
+			return n
+		})
 	}
 	for {
 		msg, listener, err := readMsg(conn)

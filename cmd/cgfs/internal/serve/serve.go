@@ -388,3 +388,42 @@ func (n *Nested) Close() {
 		delete(n.owners, k)
 	}
 }
+
+// MetricsView is what /metrics reads of these views while m serves them
+// for the container called name: their host cgroups, whether they
+// answer, their hidden leaves and relayed events.
+func (v *Views) MetricsView(name string, m *fs.Mounted) *metrics.View {
+	mv := &metrics.View{Container: name, V1: map[string]string{}}
+	for _, va := range v.views {
+		v1, ctrls := va.View.Hierarchy()
+		if !v1 {
+			mv.V2 = va.View.Dir()
+			continue
+		}
+		for _, c := range strings.Split(ctrls, ",") {
+			mv.V1[c] = va.View.Dir()
+		}
+	}
+	mv.Up = func() bool {
+		select {
+		case <-m.Done():
+			return false
+		default:
+		}
+		for _, va := range v.views {
+			if _, err := os.Stat(va.View.Dir()); err != nil {
+				return false
+			}
+		}
+		return true
+	}
+	mv.Leaves = func() (now int, made, folded uint64) {
+		for _, va := range v.views {
+			n, m, f := va.View.Leaves()
+			now, made, folded = now+n, made+m, folded+f
+		}
+		return now, made, folded
+	}
+	mv.Relayed = func() uint64 { _, raised := m.Relayed(); return raised }
+	return mv
+}
