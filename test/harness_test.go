@@ -300,6 +300,13 @@ func (s *server) waitLog(t testing.TB, want string) {
 // scrape fetches the server's metrics (started with --metrics).
 func (s *server) scrape(t testing.TB) string {
 	t.Helper()
+	_, body := s.get(t, "/metrics")
+	return body
+}
+
+// get fetches path from the server's metrics listener.
+func (s *server) get(t testing.TB, path string) (int, string) {
+	t.Helper()
 	s.waitLog(t, "msg=\"metrics listening\"")
 	var addr string
 	for _, line := range strings.Split(s.log.String(), "\n") {
@@ -307,7 +314,7 @@ func (s *server) scrape(t testing.TB) string {
 			_, addr, _ = strings.Cut(line, "addr=")
 		}
 	}
-	resp, err := http.Get("http://" + strings.TrimSpace(addr) + "/metrics")
+	resp, err := http.Get("http://" + strings.TrimSpace(addr) + path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,7 +323,7 @@ func (s *server) scrape(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return string(b)
+	return resp.StatusCode, string(b)
 }
 
 // metricValue returns the value of the sample in text whose name and
@@ -324,7 +331,7 @@ func (s *server) scrape(t testing.TB) string {
 func metricValue(text, name string, parts ...string) float64 {
 	var sum float64
 	for _, line := range strings.Split(text, "\n") {
-		if !strings.HasPrefix(line, name+"{") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
 			continue
 		}
 		ok := true

@@ -79,7 +79,7 @@ func TestNoInternalProcessConstraintDisappears(t *testing.T) {
 		t.Fatalf("natively, +%s on a populated cgroup: %v, want EBUSY", ctrl, err)
 	}
 
-	host, c, _ := containerWithView(t, l, containerBase)
+	host, c, s := containerWithView(t, l, containerBase, "--metrics", "127.0.0.1:0")
 	pid := c.do(t, "spawn")
 	// The root case: the view root holds the container's processes.
 	c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "+"+ctrl)
@@ -159,6 +159,22 @@ func TestNoInternalProcessConstraintDisappears(t *testing.T) {
 	}
 	if got := pidList(t, c.do(t, "read", cg+"/v/cgroup.procs")); len(got) != 2 {
 		t.Errorf("v/cgroup.procs after folding = %v, want both processes", got)
+	}
+	// The metrics tell the same story: two leaves made, one folded, one
+	// (the root's) left.
+	text := s.scrape(t)
+	for _, m := range []struct {
+		name string
+		part string
+		want float64
+	}{
+		{"cgfs_hidden_leaves_total", `event="created"`, 2},
+		{"cgfs_hidden_leaves_total", `event="folded"`, 1},
+		{"cgfs_hidden_leaves", `container="view"`, 1},
+	} {
+		if got := metricValue(text, m.name, m.part); got != m.want {
+			t.Errorf("%s{%s} = %v, want %v", m.name, m.part, got, m.want)
+		}
 	}
 }
 
