@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,6 +30,10 @@ type DaemonRow struct {
 	Threads int           // from /proc/PID/status
 	CPU     time.Duration // user+system CPU the daemon used during the idle window
 	Idle    time.Duration // the idle window's length
+	// Scrape is the fastest of a few GETs of the daemon's /metrics after
+	// the idle window; Series how many samples it had.
+	Scrape time.Duration
+	Series int
 }
 
 // Daemon starts `exe daemon --socket <tmp>` as a child process, attaches, for each count in counts
@@ -194,7 +200,7 @@ func (b *daemonBed) startDaemon() error {
 		return err
 	}
 	b.daemonLog = f
-	cmd := exec.Command(b.exe, "daemon", "--socket", b.sock)
+	cmd := exec.Command(b.exe, "daemon", "--socket", b.sock, "--metrics", "127.0.0.1:0")
 	cmd.Stdout, cmd.Stderr = f, f
 	for _, kv := range os.Environ() {
 		// Not systemd's service: no notifications, no inherited
@@ -409,7 +415,49 @@ func (b *daemonBed) measure(n int, idle time.Duration) (DaemonRow, error) {
 		return DaemonRow{}, err
 	}
 	window := time.Since(t0)
-	return DaemonRow{Views: n, RSS: rss, Threads: threads, CPU: c1 - c0, Idle: window}, nil
+	scrape, series, err := b.scrape()
+	if err != nil {
+		return DaemonRow{}, err
+	}
+	return DaemonRow{Views: n, RSS: rss, Threads: threads, CPU: c1 - c0, Idle: window, Scrape: scrape, Series: series}, nil
+}
+
+// scrape times GETs of the daemon's /metrics (its address is in its
+// log) and returns the fastest, with the number of samples.
+func (b *daemonBed) scrape() (time.Duration, int, error) {
+	var addr string
+	log, _ := os.ReadFile(filepath.Join(b.tmp, "daemon.log"))
+	for _, line := range strings.Split(string(log), "\n") {
+		if _, a, ok := strings.Cut(line, "addr="); ok && strings.Contains(line, "metrics listening") {
+			addr = strings.TrimSpace(a)
+		}
+	}
+	if addr == "" {
+		return 0, 0, errors.New("the daemon does not say where its metrics listen")
+	}
+	best, series := time.Duration(0), 0
+	for range 5 {
+		t0 := time.Now()
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return 0, 0, err
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return 0, 0, err
+		}
+		if took := time.Since(t0); best == 0 || took < best {
+			best = took
+		}
+		series = 0
+		for _, line := range bytes.Split(body, []byte("\n")) {
+			if len(line) > 0 && line[0] != '#' {
+				series++
+			}
+		}
+	}
+	return best, series, nil
 }
 
 // daemonCPU is the user+system CPU time process pid used so far, all its

@@ -66,9 +66,10 @@ func writeMarkdown(path, label string, res *Result) error {
 	s.WriteString(Table(res))
 	if len(res.Daemon) > 0 {
 		s.WriteString("\nThe daemon with views attached (each owner a container of its own):\n\n")
-		s.WriteString("| views | resident | threads | CPU while idle |\n|---|---|---|---|\n")
+		s.WriteString("| views | resident | threads | CPU while idle | one scrape of /metrics |\n|---|---|---|---|---|\n")
 		for _, d := range res.Daemon {
-			fmt.Fprintf(&s, "| %d | %.1f MiB | %d | %v in %v |\n", d.Views, float64(d.RSS)/(1<<20), d.Threads, d.CPU.Round(time.Millisecond), d.Idle.Round(100*time.Millisecond))
+			fmt.Fprintf(&s, "| %d | %.1f MiB | %d | %v in %v | %.1f ms (%d samples) |\n", d.Views, float64(d.RSS)/(1<<20), d.Threads,
+				d.CPU.Round(time.Millisecond), d.Idle.Round(100*time.Millisecond), float64(d.Scrape.Microseconds())/1e3, d.Series)
 		}
 	}
 	s.WriteString("\n")
