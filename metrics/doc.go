@@ -1,5 +1,6 @@
-// Package metrics holds cgfs's Prometheus metrics: operations served and
-// refusals by rule (access rules and the answers cgfs makes itself),
-// labelled by view. A Metrics is built by New with the registry it
-// belongs to; nothing is registered globally.
+// Package metrics holds cgfs's Prometheus metrics: requests served by
+// operation and result with their latency, refusals by rule, the views
+// served, and what each container uses, read from its host cgroups when
+// /metrics is scraped. A Metrics is built by New with the registry it
+// belongs to; nothing is registered globally, nothing polls.
 package metrics
