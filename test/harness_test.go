@@ -326,6 +326,24 @@ func (s *server) get(t testing.TB, path string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
+// startPiped starts cmd with a pipe to its stdin and one from its
+// stdout.
+func startPiped(t testing.TB, cmd *exec.Cmd) (io.WriteCloser, io.ReadCloser) {
+	t.Helper()
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return in, out
+}
+
 // metricValue returns the value of the sample in text whose name and
 // labels contain every part, summed over matches.
 func metricValue(text, name string, parts ...string) float64 {

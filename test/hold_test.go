@@ -44,17 +44,7 @@ func holdWrite(t testing.TB, pid int, path string) *syscallHold {
 	cmd := exec.Command(helperBin, "hold", strconv.Itoa(pid), path)
 	cmd.Env = append(os.Environ(), helperEnv+"=1")
 	cmd.Stderr = os.Stderr
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	in, out := startPiped(t, cmd)
 	h := &syscallHold{held: make(chan int, 1), release: make(chan struct{}), done: make(chan error, 1)}
 	lines := bufio.NewScanner(out)
 	if !lines.Scan() || lines.Text() != "tracing" {

@@ -32,17 +32,7 @@ if stat -f /sys/fs/cgroup > /dev/null 2>&1; then echo ready statfs; else echo re
 read x
 `
 	cmd := exec.Command(cgfsBin, "run", "--name", "mx", "--parent", parent, "--pids", "50", "--memory", "64M", "--metrics", addr, "--", "sh", "-c", script)
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	in, out := startPiped(t, cmd)
 	done := make(chan error, 1)
 	go func() { _, _ = io.Copy(io.Discard, out); done <- cmd.Wait() }()
 	t.Cleanup(func() {
