@@ -21,7 +21,7 @@ import (
 // task exits the pin says so (Alive) and the entry is read again, so a
 // reused id never meets another task's facts. A remembered chain holds
 // its namespace open, so its inode number cannot be reused while the
-// entry lives. Both are bounded; what is full drops the dead first.
+// entry lives. Both are bounded; what is full forgets some entries.
 
 // Bounds of what an Identifier remembers: each entry holds one
 // descriptor.
@@ -119,13 +119,10 @@ func (id *Identifier) rememberThread(p *proc.Pin, th proc.Thread) {
 	}
 }
 
-// evictTasksLocked drops the dead, then any, until there is room.
+// evictTasksLocked forgets a quarter of what it remembers, whichever:
+// no system call under the lock (a dead entry is found dead, and read
+// again, by the request that meets it).
 func (m *memory) evictTasksLocked() {
-	for tid, k := range m.tasks {
-		if !k.pin.Alive() {
-			m.dropLocked(tid, k)
-		}
-	}
 	for tid, k := range m.tasks {
 		if len(m.tasks) < maxKnownTasks*3/4 {
 			break

@@ -13,15 +13,26 @@ import (
 
 // onThread runs f on a locked thread of its own, which exits after it
 // (so what f changes of the thread never reaches another goroutine).
+// The main thread is never used: Go does not end it but wedges it.
 func onThread(t *testing.T, f func(tid int)) {
 	t.Helper()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		f(unix.Gettid())
-	}()
-	<-done
+	for try := 0; try < 1000; try++ {
+		ran := make(chan bool)
+		go func() {
+			runtime.LockOSThread()
+			if unix.Gettid() == os.Getpid() {
+				runtime.UnlockOSThread()
+				ran <- false
+				return
+			}
+			defer func() { ran <- true }() // the thread ends with the goroutine, still locked
+			f(unix.Gettid())
+		}()
+		if <-ran {
+			return
+		}
+	}
+	t.Fatal("every goroutine ran on the main thread")
 }
 
 // TestRememberedCallerSeesChanges: a remembered task is read afresh

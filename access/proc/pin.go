@@ -119,15 +119,6 @@ func (t *Pin) Parent() (int, error) {
 	return st.PPID, nil
 }
 
-// Dup returns a second pin of the same task, released on its own.
-func (t *Pin) Dup() (*Pin, error) {
-	fd, err := unix.FcntlInt(uintptr(t.fd), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	return &Pin{fd: fd, tid: t.tid, p: t.p}, nil
-}
-
 // UserNS identifies the pinned task's user namespace now, without
 // opening it. Check Alive after it.
 func (t *Pin) UserNS() (NS, error) {
