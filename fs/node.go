@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -52,17 +51,11 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	if err != nil {
 		return nil, c.fail(ctx, join(vp, name), err)
 	}
-	n.watchEvents(name, &st)
-	return n.child(ctx, &st, out), 0
-}
-
-// watchEvents relays the kernel's changes of an events file once it is
-// looked up: from then on it may be watched.
-func (n *node) watchEvents(name string, st *unix.Stat_t) {
 	if rl := n.m.relay.Load(); rl != nil && st.Mode&unix.S_IFMT == unix.S_IFREG && translate.IsEventsFile(name) {
-		vp := join(n.vpath(), name)
-		rl.watch(n.t.view, vp, join(n.t.dir, vp), st.Ino)
+		// Once looked up, it may be watched.
+		rl.watch(n.t.view, join(vp, name), join(n.t.dir, join(vp, name)), st.Ino)
 	}
+	return n.child(ctx, &st, out), 0
 }
 
 var _ = (gofs.NodeOnForgetter)((*node)(nil))
@@ -127,67 +120,41 @@ func setTime(in *fuse.SetAttrIn, set, now uint32, sec uint64, nsec uint32) *unix
 	return &unix.Timespec{Sec: int64(sec), Nsec: int64(nsec)}
 }
 
-var _ = (gofs.NodeOpendirHandler)((*node)(nil))
+var _ = (gofs.NodeOpendirer)((*node)(nil))
 
-// OpendirHandle judges the listing and reads the host directory once,
-// names, types and inode numbers as the directory gives them: the mount
-// answers READDIR, not READDIRPLUS (see Serve), so a listing costs no
-// lookup of its entries; those a caller then stats or opens are looked
-// up one by one and cached by the kernel like any other.
-func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+func (n *node) Opendir(ctx context.Context) syscall.Errno {
 	r, c := n.m.start(ctx, "opendir")
 	defer c.end()
 	vp := n.vpath()
-	if err := n.t.view.OpenDir(r, vp); err != nil {
-		return nil, 0, c.fail(ctx, vp, err)
-	}
+	return c.fail(ctx, vp, n.t.view.OpenDir(r, vp))
+}
+
+var _ = (gofs.NodeReaddirer)((*node)(nil))
+
+// Readdir lists the directory from one getdents of the host's: names,
+// types and inode numbers, no stat of each entry. The mount answers
+// READDIR, not READDIRPLUS (see Serve), so a listing looks up nothing;
+// what a caller then stats or opens is looked up and cached by the
+// kernel like any other name.
+func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	_, c := n.m.start(ctx, "readdir")
+	defer c.end()
+	vp := n.vpath()
 	entries, err := n.t.view.List(vp)
 	if err != nil {
-		return nil, 0, c.fail(ctx, vp, err)
+		return nil, c.fail(ctx, vp, err)
 	}
+	out := make([]fuse.DirEntry, 0, len(entries)+2)
+	out = append(out, fuse.DirEntry{Name: ".", Mode: unix.S_IFDIR, Ino: n.StableAttr().Ino})
 	parent := n.StableAttr().Ino
 	if _, p := n.Parent(); p != nil {
 		parent = p.StableAttr().Ino
 	}
-	d := &dirHandle{entries: make([]fuse.DirEntry, 0, len(entries)+2)}
-	d.entries = append(d.entries,
-		fuse.DirEntry{Name: ".", Mode: unix.S_IFDIR, Ino: n.StableAttr().Ino},
-		fuse.DirEntry{Name: "..", Mode: unix.S_IFDIR, Ino: parent})
+	out = append(out, fuse.DirEntry{Name: "..", Mode: unix.S_IFDIR, Ino: parent})
 	for _, e := range entries {
-		d.entries = append(d.entries, fuse.DirEntry{Name: e.Name, Mode: e.Mode & unix.S_IFMT, Ino: e.Ino})
+		out = append(out, fuse.DirEntry{Name: e.Name, Mode: e.Mode & unix.S_IFMT, Ino: e.Ino})
 	}
-	return d, 0, 0
-}
-
-// dirHandle is one open of a directory: its entries as the host listed
-// them at opendir.
-type dirHandle struct {
-	mu      sync.Mutex
-	entries []fuse.DirEntry
-	next    int
-}
-
-var _ = (gofs.FileReaddirenter)((*dirHandle)(nil))
-
-func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.next >= len(d.entries) {
-		return nil, 0
-	}
-	e := d.entries[d.next]
-	d.next++
-	e.Off = uint64(d.next)
-	return &e, 0
-}
-
-var _ = (gofs.FileSeekdirer)((*dirHandle)(nil))
-
-func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.next = int(min(off, uint64(len(d.entries))))
-	return 0
+	return gofs.NewListDirStream(out), 0
 }
 
 var _ = (gofs.NodeMkdirer)((*node)(nil))

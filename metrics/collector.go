@@ -1,8 +1,6 @@
 package metrics
 
 import (
-	"bufio"
-	"bytes"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -12,6 +10,8 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cgfs/cgfs/translate/host"
 )
 
 // A View is one served view as the metrics read it at scrape time.
@@ -246,23 +246,16 @@ func value(path string) *float64 {
 	return &f
 }
 
-// keyed reads a flat-keyed cgroup file ("key value" lines), the one
-// parser of them here: prometheus/procfs reads /proc, not cgroup files.
+// keyed reads a flat-keyed cgroup file.
 func keyed(path string) map[string]*float64 {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil
 	}
 	out := map[string]*float64{}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), " ")
-		if !ok {
-			continue
-		}
-		if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
-			out[k] = &f
-		}
+	for k, n := range host.Keyed(b) {
+		f := float64(n)
+		out[k] = &f
 	}
 	return out
 }

@@ -49,22 +49,8 @@ func readLocal(f *File) ([]byte, error) {
 	if err != nil {
 		return raw, nil // the leaf lacks the file: nothing to add
 	}
-	add := keyed(leafRaw)
+	add := host.Keyed(leafRaw)
 	return mapKeyed(raw, func(key string, val int64) int64 { return val + add[key] }), nil
-}
-
-// keyed parses flat-keyed cgroup text ("key value" lines) into numbers.
-func keyed(b []byte) map[string]int64 {
-	out := map[string]int64{}
-	for _, line := range bytes.Split(b, []byte("\n")) {
-		f := strings.Fields(string(line))
-		if len(f) == 2 {
-			if n, err := strconv.ParseInt(f[1], 10, 64); err == nil {
-				out[f[0]] = n
-			}
-		}
-	}
-	return out
 }
 
 // mapKeyed rewrites the numeric values of flat-keyed text, keeping

@@ -108,7 +108,7 @@ func (v *View) visibleDescendants(vdir string) int64 {
 	if err != nil {
 		return 0
 	}
-	return max(keyed(raw)["nr_descendants"]-v.leaves.under(vdir), 0)
+	return max(host.Keyed(raw)["nr_descendants"]-v.leaves.under(vdir), 0)
 }
 
 // DefaultV1Descendants is how many cgroups a container may make below a

@@ -8,6 +8,8 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -157,26 +159,12 @@ func (h *Host) Stat(rel string) (unix.Stat_t, error) {
 // Entry is one name in a host directory.
 type Entry struct {
 	Name string
-	Ino  uint64 // 0 from Names
-	Mode uint32 // full st_mode from ReadDir; only the file type from Names
+	Ino  uint64 // the host inode number
+	Mode uint32 // the file type only (S_IFDIR, S_IFREG)
 }
 
 // IsDir reports whether the entry is a directory (a cgroup).
 func (e Entry) IsDir() bool { return e.Mode&unix.S_IFMT == unix.S_IFDIR }
-
-// ReadDir lists the host directory rel, sorted by name, without "." and
-// "..", with each entry's inode and mode: one open, one getdents walk,
-// one fstatat per entry on the same descriptor.
-func (h *Host) ReadDir(rel string) ([]Entry, error) {
-	return h.list(rel, true)
-}
-
-// Names lists the host directory rel, sorted, with each entry's file
-// type only (from getdents' d_type, no stat per entry): the cheap listing
-// for walks that need no attributes.
-func (h *Host) Names(rel string) ([]Entry, error) {
-	return h.list(rel, false)
-}
 
 // openDir opens the host directory rel for reading its entries.
 func (h *Host) openDir(op, rel string) (*os.File, int, error) {
@@ -187,45 +175,10 @@ func (h *Host) openDir(op, rel string) (*os.File, int, error) {
 	return os.NewFile(uintptr(fd), clean(rel)), fd, nil
 }
 
-func (h *Host) list(rel string, stat bool) ([]Entry, error) {
-	dir, fd, err := h.openDir("readdir", rel)
-	if err != nil {
-		return nil, err
-	}
-	defer dir.Close()
-	des, err := dir.ReadDir(-1)
-	if err != nil {
-		return nil, &Error{Op: "readdir", Path: clean(rel), Err: err}
-	}
-	out := make([]Entry, 0, len(des))
-	for _, de := range des {
-		e := Entry{Name: de.Name(), Mode: unix.S_IFREG}
-		if de.IsDir() {
-			e.Mode = unix.S_IFDIR
-		}
-		if stat {
-			// The name comes from the host directory itself, so it is a
-			// single component; AT_SYMLINK_NOFOLLOW keeps fstatat on
-			// this fd.
-			var st unix.Stat_t
-			if err := unix.Fstatat(fd, e.Name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-				if errors.Is(err, unix.ENOENT) {
-					continue // removed on the host while we listed
-				}
-				return nil, &Error{Op: "stat", Path: Join(rel, e.Name), Err: err}
-			}
-			e.Ino, e.Mode = st.Ino, st.Mode
-		}
-		out = append(out, e)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
-}
-
-// Dirents reads the host directory rel once and returns its entries,
-// sorted, with their types and inode numbers as the directory itself
-// gives them (no stat of each).
-func (h *Host) Dirents(rel string) ([]Entry, error) {
+// Names reads the host directory rel once and returns its entries,
+// sorted, without "." and "..", with their types and inode numbers as
+// the directory itself gives them (getdents: no stat of each).
+func (h *Host) Names(rel string) ([]Entry, error) {
 	dir, fd, err := h.openDir("readdir", rel)
 	if err != nil {
 		return nil, err
@@ -472,6 +425,22 @@ func PreadAllHint(f *os.File, hint int) ([]byte, error) {
 		}
 		buf = buf[:len(buf)+n]
 	}
+}
+
+// Keyed parses flat-keyed cgroup text ("key value" lines: cgroup.stat,
+// memory.events, cpu.stat, ...) into numbers, the one parser of it:
+// prometheus/procfs reads /proc, not cgroup files.
+func Keyed(b []byte) map[string]int64 {
+	out := map[string]int64{}
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		f := strings.Fields(string(line))
+		if len(f) == 2 {
+			if n, err := strconv.ParseInt(f[1], 10, 64); err == nil {
+				out[f[0]] = n
+			}
+		}
+	}
+	return out
 }
 
 // Shorten keeps what a container wrote short enough for a log line.
