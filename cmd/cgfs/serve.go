@@ -81,6 +81,9 @@ func mountCmd(opts mountOptions, log *slog.Logger) error {
 	return nil
 }
 
+// maxScrapes bounds the /metrics and /healthz requests served at once.
+const maxScrapes = 2
+
 // newMetrics makes a server's metrics in reg, with the pid cache's
 // counts read from procs.
 func newMetrics(reg *prometheus.Registry, procs *proc.Procs) *metrics.Metrics {
@@ -95,15 +98,26 @@ func newMetrics(reg *prometheus.Registry, procs *proc.Procs) *metrics.Metrics {
 }
 
 // listenMetrics serves /metrics and /healthz at addr: /healthz answers
-// 200 while every view answers, 503 naming those that do not.
+// 200 while every view answers, 503 naming those that do not. Each
+// reads host files for every view, and whoever reaches addr may ask (a
+// container of cgfs run shares the host's network): at most
+// maxScrapes of them run at once, the rest get 503.
 func listenMetrics(addr string, reg *prometheus.Registry, m *metrics.Metrics, log *slog.Logger) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, usageError{fmt.Sprintf("--metrics %s: %v", addr, err)}
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{MaxRequestsInFlight: maxScrapes}))
+	health := make(chan struct{}, maxScrapes)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		select {
+		case health <- struct{}{}:
+			defer func() { <-health }()
+		default:
+			http.Error(w, "busy", http.StatusServiceUnavailable)
+			return
+		}
 		if down := m.Down(); len(down) > 0 {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			fmt.Fprintf(w, "not answering: %s\n", strings.Join(down, " "))
