@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -143,7 +142,7 @@ type daemonOwner struct {
 }
 
 func (b *daemonBed) setUp() error {
-	root, err := daemonV2Root()
+	root, _, err := hierarchies()
 	if err != nil {
 		return err
 	}
@@ -166,19 +165,6 @@ func (b *daemonBed) setUp() error {
 	b.spawn = newDaemonThreads(daemonWorkers, nil)
 	b.move = newDaemonThreads(daemonWorkers, func() error { return unix.Unshare(unix.CLONE_FS) })
 	return b.startDaemon()
-}
-
-// daemonV2Root is the mount point of the cgroup v2 hierarchy:
-// /sys/fs/cgroup on a pure v2 host, /sys/fs/cgroup/unified on a hybrid
-// one.
-func daemonV2Root() (string, error) {
-	for _, dir := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
-		var st unix.Statfs_t
-		if unix.Statfs(dir, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
-			return dir, nil
-		}
-	}
-	return "", errors.New("no cgroup v2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified")
 }
 
 // daemonSleep is the cheapest long sleep there is: busybox's (static)
@@ -481,37 +467,18 @@ func daemonCPU(pid int) (time.Duration, error) {
 	return time.Duration(st.CPUTime() * float64(time.Second)), nil
 }
 
-// daemonStatus reads VmRSS (in bytes) and Threads from /proc/PID/status.
+// daemonStatus is process pid's resident size in bytes and its thread
+// count, from /proc/PID/stat.
 func daemonStatus(pid int) (rss uint64, threads int, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	p, err := procfs.NewProc(pid)
 	if err != nil {
 		return 0, 0, err
 	}
-	var haveRSS, haveThreads bool
-	for _, line := range strings.Split(string(b), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		f := strings.Fields(v)
-		switch {
-		case k == "VmRSS" && len(f) == 2 && f[1] == "kB":
-			kb, err := strconv.ParseUint(f[0], 10, 64)
-			if err != nil {
-				return 0, 0, fmt.Errorf("VmRSS %q: %w", v, err)
-			}
-			rss, haveRSS = kb<<10, true
-		case k == "Threads" && len(f) == 1:
-			if threads, err = strconv.Atoi(f[0]); err != nil {
-				return 0, 0, fmt.Errorf("threads %q: %w", v, err)
-			}
-			haveThreads = true
-		}
+	st, err := p.Stat()
+	if err != nil {
+		return 0, 0, err
 	}
-	if !haveRSS || !haveThreads {
-		return 0, 0, fmt.Errorf("/proc/%d/status has no VmRSS or Threads", pid)
-	}
-	return rss, threads, nil
+	return uint64(st.ResidentMemory()), st.NumThreads, nil
 }
 
 // close kills the owners (their mount namespaces go, and with them the
