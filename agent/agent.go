@@ -32,6 +32,9 @@ type Stats struct {
 	Failed    uint64 // not answered: the caller was gone, or the response could not be sent
 }
 
+// Handled is how many notifications were handled, whatever the outcome.
+func (s Stats) Handled() uint64 { return s.Answered + s.Continued + s.Failed }
+
 // Agent serves one listener.
 type Agent struct {
 	cfg  Config

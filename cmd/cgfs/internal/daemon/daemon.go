@@ -174,8 +174,7 @@ func (d *Daemon) agentStats() uint64 {
 	defer d.mu.Unlock()
 	var n uint64
 	for _, a := range d.agents {
-		st := a.Stats()
-		n += st.Answered + st.Continued + st.Failed
+		n += a.Stats().Handled()
 	}
 	return n
 }

@@ -180,8 +180,7 @@ func Run(o Options) (int, error) {
 			defer agentsMu.Unlock()
 			var n uint64
 			for _, a := range agents {
-				st := a.Stats()
-				n += st.Answered + st.Continued + st.Failed
+				n += a.Stats().Handled()
 			}
 			return n
 		})
