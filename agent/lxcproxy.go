@@ -266,6 +266,11 @@ func parseRights(oob []byte) []int {
 	}
 	var fds []int
 	for i := range msgs {
+		// x/sys's ParseUnixRights reads past a payload that holds part
+		// of a descriptor (the kernel never writes one).
+		if len(msgs[i].Data)%4 != 0 {
+			continue
+		}
 		if f, err := unix.ParseUnixRights(&msgs[i]); err == nil {
 			fds = append(fds, f...)
 		}

@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -46,7 +47,7 @@ func limitFile(decode, encode func(int64) int64) *controlFile {
 			v := f.v
 			v.mu.Lock() // mkdir reads the limits under the view lock
 			defer v.mu.Unlock()
-			if f.cgroup == "" || strings.TrimSpace(string(data)) == "max" {
+			if f.cgroup == "" || string(strstrip(data)) == "max" {
 				return v.host.Write(f.host, f.vpath, data)
 			}
 			// The kernel's parser (cgroup_max_descendants_write,
@@ -59,7 +60,14 @@ func limitFile(decode, encode func(int64) int64) *controlFile {
 			if err != nil {
 				return 0, refuse(RuleBadValue, err.(unix.Errno), "not a limit (data "+strconv.Quote(host.Shorten(data))+")")
 			}
-			if _, err := v.host.Write(f.host, f.vpath, []byte(strconv.FormatInt(encode(n), 10))); err != nil {
+			val := strconv.FormatInt(encode(n), 10)
+			if encode(n) > math.MaxInt32 {
+				// More than the kernel holds (it would answer ERANGE)
+				// and more cgroups than it can count: no limit, as the
+				// kernel's own INT_MAX is.
+				val = "max"
+			}
+			if _, err := v.host.Write(f.host, f.vpath, []byte(val)); err != nil {
 				return 0, err
 			}
 			return len(data), nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 
@@ -248,12 +249,24 @@ func (v *View) cgroupOfPin(pin *proc.Pin) (string, error) {
 }
 
 // virtualOf is the path below the view root of the host cgroup p, if it
-// is inside the view.
+// is inside the view: each step below the root a cgroup's name. The
+// kernel shows a cgroup outside the reader's cgroup namespace as
+// "/../x" (cgroup_namespaces(7)), which a view rooted at "/" must not
+// take for its child "..".
 func (v *View) virtualOf(p string) (string, bool) {
 	if p == v.cgroupPath {
 		return "", true
 	}
-	return strings.CutPrefix(p, strings.TrimSuffix(v.cgroupPath, "/")+"/")
+	rel, ok := strings.CutPrefix(p, strings.TrimSuffix(v.cgroupPath, "/")+"/")
+	if !ok {
+		return "", false
+	}
+	for _, name := range strings.Split(rel, "/") {
+		if ValidName(name) != nil {
+			return "", false
+		}
+	}
+	return rel, true
 }
 
 // Foreign finds a task in the view that the owner, reading task ids as
@@ -310,35 +323,87 @@ func ParsePid(data []byte) (int, error) {
 	return int(n), nil
 }
 
-// kstrtoint parses as the kernel's kstrtoint(strstrip(buf), 0, ...):
-// surrounding white space, a sign, "0x" hex and leading-0 octal are
-// taken; anything else is EINVAL, a number outside an int ERANGE.
+// kstrtoint parses as the kernel's kstrtoint(strstrip(buf), 0, ...)
+// (lib/kstrtox.c): one sign, then "0x" hex (when a hex digit follows),
+// leading-0 octal or decimal digits, nothing after them; anything else
+// is EINVAL, a number outside an int ERANGE. As _parse_integer reports
+// an overflow of 64 bits before looking past the digits, a number that
+// long is ERANGE whatever follows it. Go's strconv differs (it takes
+// '_', 0b and 0o, and stops at the first overflowing digit), so the
+// kernel's own steps are followed here.
 func kstrtoint(data []byte) (int64, error) {
-	s := string(bytes.TrimSpace(data))
-	digits := strings.TrimPrefix(strings.TrimPrefix(s, "+"), "-")
-	// Go's base 0 also takes 0b, 0o and '_', which the kernel does not.
-	lower := strings.ToLower(digits)
-	if strings.ContainsRune(digits, '_') || strings.HasPrefix(lower, "0b") || strings.HasPrefix(lower, "0o") ||
-		strings.HasPrefix(digits, "+") || strings.HasPrefix(digits, "-") {
-		return 0, unix.EINVAL
+	s := strstrip(data)
+	neg := len(s) > 0 && s[0] == '-'
+	if neg || len(s) > 0 && s[0] == '+' {
+		s = s[1:]
 	}
-	n, err := strconv.ParseInt(s, 0, 32)
-	if errors.Is(err, strconv.ErrRange) {
+	base := uint64(10)
+	if len(s) > 0 && s[0] == '0' {
+		base = 8
+		if len(s) > 2 && s[1]|0x20 == 'x' && digitOf(s[2]) < 16 {
+			base, s = 16, s[2:]
+		}
+	}
+	var u uint64
+	i, overflow := 0, false
+	for ; i < len(s) && digitOf(s[i]) < base; i++ {
+		d := digitOf(s[i])
+		overflow = overflow || u > (math.MaxUint64-d)/base
+		u = u*base + d
+	}
+	switch {
+	case overflow:
 		return 0, unix.ERANGE
-	}
-	if err != nil {
+	case i == 0 || i < len(s): // no digits, or something after them
 		return 0, unix.EINVAL
+	case neg && u > 1<<31, !neg && u > 1<<31-1:
+		return 0, unix.ERANGE
+	case neg:
+		return -int64(u), nil
 	}
-	return n, nil
+	return int64(u), nil
 }
 
-// ParseIDs parses one decimal id per line, as task files hold them.
+// digitOf is the value of the digit c in bases up to 16, 16 if it is
+// none.
+func digitOf(c byte) uint64 {
+	switch {
+	case c >= '0' && c <= '9':
+		return uint64(c - '0')
+	case c|0x20 >= 'a' && c|0x20 <= 'f':
+		return uint64(c|0x20-'a') + 10
+	}
+	return 16
+}
+
+// strstrip is what the kernel's strstrip leaves of a written buffer: up
+// to its first NUL, without the white space (lib/ctype.c isspace) at
+// either end.
+func strstrip(data []byte) []byte {
+	if i := bytes.IndexByte(data, 0); i >= 0 {
+		data = data[:i]
+	}
+	isSpace := func(c byte) bool { return c == ' ' || c >= '\t' && c <= '\r' || c == 0xa0 }
+	for len(data) > 0 && isSpace(data[len(data)-1]) {
+		data = data[:len(data)-1]
+	}
+	for len(data) > 0 && isSpace(data[0]) {
+		data = data[1:]
+	}
+	return data
+}
+
+// ParseIDs parses one decimal id per line, as task files hold them. A
+// run of digits too long for an id reads as one above every task id
+// (never wrapped round into a real task's).
 func ParseIDs(b []byte) []int {
 	ids := make([]int, 0, len(b)/6)
 	n, in := 0, false
 	for _, c := range b {
 		if c >= '0' && c <= '9' {
-			n = n*10 + int(c-'0')
+			if n <= math.MaxInt32 {
+				n = n*10 + int(c-'0')
+			}
 			in = true
 			continue
 		}

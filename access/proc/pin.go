@@ -73,7 +73,7 @@ func (t *Pin) Status() (tgid int, nspid []int, err error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	st, err := proc.NewStatus()
+	st, err := safely("status", t.tid, proc.NewStatus)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -98,7 +98,7 @@ func (t *Pin) UIDs() (uid, suid uint32, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	st, err := proc.NewStatus()
+	st, err := safely("status", t.tid, proc.NewStatus)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -112,7 +112,7 @@ func (t *Pin) Parent() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	st, err := proc.Stat()
+	st, err := safely("stat", t.tid, proc.Stat)
 	if err != nil {
 		return 0, err
 	}

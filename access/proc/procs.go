@@ -79,7 +79,7 @@ func (t *Pin) Thread() (Thread, error) {
 		if err != nil {
 			return Thread{}, err
 		}
-		st, err := leader.NewStatus()
+		st, err := safely("status", tgid, leader.NewStatus)
 		if err != nil || len(st.NSpids) == 0 {
 			return Thread{}, fmt.Errorf("thread group %d: %v", tgid, err)
 		}
@@ -123,7 +123,7 @@ func (p *Procs) ThreadGroup(tid int) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	st, err := proc.NewStatus()
+	st, err := safely("status", tid, proc.NewStatus)
 	if err != nil {
 		return 0, err
 	}
@@ -223,4 +223,17 @@ func (p *Procs) Sees(th Thread) func(tid int) (seen, gone bool) {
 		memo[ns] = seen
 		return seen, false
 	}
+}
+
+// safely runs a procfs parser of a task's file. procfs indexes by what
+// the text says (a stat whose "(comm)" is not in order, a Uid line of
+// more than four ids: both panic); the kernel never writes such text,
+// but no text of one task may stop the server: a panic is an error.
+func safely[T any](file string, tid int, parse func() (T, error)) (v T, err error) {
+	defer func() {
+		if x := recover(); x != nil {
+			err = fmt.Errorf("task %d: unreadable %s: %v", tid, file, x)
+		}
+	}()
+	return parse()
 }

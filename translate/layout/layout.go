@@ -38,10 +38,15 @@ type Layout struct {
 	Symlinks map[string]string
 }
 
-// Discover reads the server's mount table and its own /proc/self/cgroup:
-// every cgroup mount whose hierarchy the server is in.
+// Discover reads the server's mount table and its own cgroups, from the
+// proc filesystem procs reads (/proc/PID/mountinfo and cgroup, PID the
+// server's): every cgroup mount whose hierarchy the server is in.
 func Discover(procs *proc.Procs) (Layout, error) {
-	mounts, err := procfs.GetMounts()
+	pfs, err := procfs.NewFS(procs.Root())
+	if err != nil {
+		return Layout{}, err
+	}
+	mounts, err := pfs.GetProcMounts(os.Getpid())
 	if err != nil {
 		return Layout{}, err
 	}
