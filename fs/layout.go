@@ -2,6 +2,8 @@ package fs
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -39,8 +41,12 @@ func (r *layoutRoot) OnAdd(ctx context.Context) {
 		n.t.root = child
 		r.AddChild(va.Dir, child, false)
 	}
-	for name, target := range r.symlinks {
-		link := r.NewPersistentInode(ctx, &gofs.MemSymlink{Data: []byte(target)}, gofs.StableAttr{Mode: unix.S_IFLNK})
+	// Symlinks get inode numbers above every view's, the same in every
+	// server of the connection (see inherit).
+	names := slices.Sorted(maps.Keys(r.symlinks))
+	for i, name := range names {
+		ino := uint64(len(r.views)+1)<<48 + uint64(i+1)
+		link := r.NewPersistentInode(ctx, &gofs.MemSymlink{Data: []byte(r.symlinks[name])}, gofs.StableAttr{Mode: unix.S_IFLNK, Ino: ino})
 		r.AddChild(name, link, false)
 	}
 }

@@ -49,11 +49,15 @@ type Config struct {
 	// pid; 0 for none) lives, or until Stop without one.
 	Watcher *host.Watcher
 	Owner   int
+	// Resume, when set, serves a connection an earlier server made and
+	// handed over (or left behind), instead of a new one.
+	Resume *Resume
 }
 
 // mount is the state of one mount, shared by its nodes. Nothing in it is
 // shared with other mounts.
 type mount struct {
+	views []ViewAt
 	ident *access.Identifier
 	count *metrics.Counts
 	log   *slog.Logger
@@ -65,6 +69,7 @@ type mount struct {
 	inflight chan struct{}
 	logs     logBudget
 	relay    atomic.Pointer[relay] // nil: no events relayed
+	revived  revivedID             // see inherit.know
 }
 
 // MaxInFlight is how many requests of one mount are served at once; more
@@ -131,6 +136,19 @@ type Mounted struct {
 	done   chan struct{}
 	fsys   *mount
 	dev    uint64
+
+	// master is the connection's first descriptor, which keeps it (and
+	// the mount) alive while the server reads a clone of it (number
+	// clone, go-fuse's). See takeover.go.
+	master *os.File
+	clone  int
+	init   []byte // the kernel's INIT, as it came
+	gen    uint32 // this server's generation on the connection: 1 made it
+	// served is closed when go-fuse stops serving; drained says that was
+	// Drain, and the connection lives on.
+	served  chan struct{}
+	drained atomic.Bool
+	watched []Watched // what the relay watched when it drained
 }
 
 // Serve serves cfg's views on a new FUSE filesystem whose mount is not
@@ -143,7 +161,7 @@ func Serve(cfg Config) (*Mounted, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &mount{ident: cfg.Identifier, count: cfg.Metrics, log: cfg.Log, inflight: make(chan struct{}, MaxInFlight)}
+	m := &mount{views: cfg.Views, ident: cfg.Identifier, count: cfg.Metrics, log: cfg.Log, inflight: make(chan struct{}, MaxInFlight)}
 	var root gofs.InodeEmbedder
 	rootIno := st.Ino
 	if len(cfg.Views) == 1 && cfg.Views[0].Dir == "" {
@@ -155,10 +173,6 @@ func Serve(cfg Config) (*Mounted, error) {
 		// Each view's inode numbers carry a base (translate.Config) and
 		// never meet 1.
 		rootIno = 1
-	}
-	dev, mnt, err := newFUSE()
-	if err != nil {
-		return nil, err
 	}
 	opts := &gofs.Options{
 		MountOptions: fuse.MountOptions{
@@ -176,36 +190,84 @@ func Serve(cfg Config) (*Mounted, error) {
 			// open every control file with it.
 			ExtraCapabilities: fuse.CAP_ATOMIC_O_TRUNC,
 			Debug:             cfg.Debug,
+			// go-fuse's own lines (a drained reader's EAGAIN) are debug.
+			Logger: slog.NewLogLogger(logHandler(cfg.Log), slog.LevelDebug),
 		},
 		EntryTimeout:    &entryTimeout,
 		AttrTimeout:     &attrTimeout,
 		NegativeTimeout: &negativeTimeout,
 		RootStableAttr:  &gofs.StableAttr{Mode: unix.S_IFDIR, Ino: rootIno},
+		// The kernel's node ids are the inode numbers, so that a server
+		// taking the connection over knows what they name (see inherit).
+		ExternalNodeID: true,
 	}
-	// go-fuse serves a /dev/fuse descriptor that is mounted already,
-	// and owns it from here on: it closes it when serving ends or fails.
-	server, err := gofs.Mount(fmt.Sprintf("/dev/fd/%d", dev), root, opts)
+	served := &Mounted{done: make(chan struct{}), served: make(chan struct{}), fsys: m, gen: 1}
+	var mnt *os.File // the detached mount, when this server made it
+	if r := cfg.Resume; r == nil {
+		dev, f, err := newFUSE()
+		if err != nil {
+			return nil, err
+		}
+		mnt, served.master, served.mount = f, os.NewFile(uintptr(dev), "fuse connection"), f
+	} else {
+		fd, err := unix.FcntlInt(r.Master.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return nil, err
+		}
+		served.master = os.NewFile(uintptr(fd), "fuse connection")
+		served.conn, served.dev, served.gen, served.init = r.Conn, r.Dev, r.Gen+1, r.Init
+	}
+	raw := &inherit{RawFileSystem: gofs.NewNodeFS(root, opts), gen: uint64(served.gen), resumed: cfg.Resume != nil, m: m, files: map[uint64]uint64{}, checked: map[uint64]struct{}{}}
+	if cfg.Resume == nil {
+		served.server, served.clone, err = newServer(raw, &opts.MountOptions, served.master)
+	} else {
+		served.server, served.clone, err = newResumedServer(raw, &opts.MountOptions, served.master, cfg.Resume.Init)
+	}
 	if err != nil {
-		mnt.Close()
+		served.master.Close()
+		if mnt != nil {
+			mnt.Close()
+		}
 		return nil, err
 	}
-	var mst unix.Stat_t
-	if err := unix.Fstat(int(mnt.Fd()), &mst); err != nil {
-		mnt.Close()
-		return nil, err
+	server := served.server
+	if mnt != nil { // a stat waits for INIT: now it is answered
+		var mst unix.Stat_t
+		if err := unix.Fstat(int(mnt.Fd()), &mst); err != nil {
+			mnt.Close()
+			served.master.Close()
+			return nil, err
+		}
+		served.conn, served.dev = unix.Minor(mst.Dev), mst.Dev
+		served.init = initBytes(server.KernelSettings())
 	}
-	served := &Mounted{server: server, mount: mnt, conn: unix.Minor(mst.Dev), done: make(chan struct{}), fsys: m, dev: mst.Dev}
 	go func() {
 		server.Wait()
+		close(served.served)
+		if served.drained.Load() {
+			return // the connection lives on in the next server
+		}
 		if r := m.relay.Load(); r != nil {
 			r.letGo()
 		}
+		served.master.Close()
 		close(served.done)
 	}()
-	if cfg.Watcher != nil {
-		if err := served.startRelay(cfg.Watcher, mnt, mst.Dev, cfg.Owner); err != nil {
+	relayRoot := mnt
+	if cfg.Resume != nil {
+		relayRoot = cfg.Resume.Root
+	}
+	if cfg.Watcher != nil && relayRoot != nil {
+		if err := served.startRelay(cfg.Watcher, relayRoot, served.dev, cfg.Owner); err != nil {
 			served.Stop()
 			return nil, fmt.Errorf("relaying events: %w", err)
+		}
+		if rl := m.relay.Load(); rl != nil && cfg.Resume != nil {
+			for _, w := range cfg.Resume.Watched {
+				if w.View >= 0 && w.View < len(cfg.Views) {
+					rl.watch(cfg.Views[w.View].View, w.VPath, w.MPath, w.Ino)
+				}
+			}
 		}
 	}
 	m.passthrough.Store(probePassthrough(server, cfg.Views[0].View))
@@ -259,6 +321,34 @@ func (m *Mounted) Relayed() (watched int, raised uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.watches), r.raised
+}
+
+// logHandler is log's handler, or one that drops everything.
+func logHandler(log *slog.Logger) slog.Handler {
+	if log == nil {
+		return slog.DiscardHandler
+	}
+	return log.Handler()
+}
+
+// newServer serves raw with go-fuse on a clone of the new connection
+// master: it takes the kernel's INIT from there.
+func newServer(raw fuse.RawFileSystem, opts *fuse.MountOptions, master *os.File) (*fuse.Server, int, error) {
+	clone, err := cloneFUSE(int(master.Fd()))
+	if err != nil {
+		return nil, -1, err
+	}
+	// go-fuse serves a /dev/fuse descriptor that is mounted already,
+	// and owns it from here on: it closes it when serving ends or fails.
+	server, err := fuse.NewServer(raw, fmt.Sprintf("/dev/fd/%d", clone), opts)
+	if err != nil {
+		return nil, -1, err
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
+		return nil, -1, err
+	}
+	return server, clone, nil
 }
 
 // newFUSE opens /dev/fuse and makes a FUSE filesystem on it with the new
@@ -334,6 +424,9 @@ func (m *Mounted) Done() <-chan struct{} { return m.done }
 // busy), and the connection is aborted, so copies of it that live on in
 // other mount namespaces see ENOTCONN at once. It waits for the server.
 func (m *Mounted) Stop() {
+	if m.drained.Load() {
+		return // the next server serves it
+	}
 	if r := m.fsys.relay.Load(); r != nil {
 		r.letGo()
 	}

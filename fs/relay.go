@@ -38,7 +38,7 @@ type relay struct {
 	rootMu  sync.RWMutex
 	mu      sync.Mutex // a leaf in the lock order
 	root    *os.File   // the mount's root; nil once let go
-	watches map[uint64]func()
+	watches map[uint64]watch
 	pending map[string]uint64 // mount paths to raise an event on, and their inodes
 	kick    chan struct{}
 	raised  uint64
@@ -63,7 +63,7 @@ func newRelay(w *host.Watcher, mnt *os.File, dev uint64, log logger) (*relay, er
 		return nil, err
 	}
 	r := &relay{w: w, dev: dev, log: log, root: os.NewFile(uintptr(fd), "cgfs mount root"),
-		watches: map[uint64]func(){}, pending: map[string]uint64{}, kick: make(chan struct{}, 1)}
+		watches: map[uint64]watch{}, pending: map[string]uint64{}, kick: make(chan struct{}, 1)}
 	go r.run()
 	return r, nil
 }
@@ -109,17 +109,55 @@ func (r *relay) watch(view *translate.View, vpath, mpath string, ino uint64) {
 		stop()
 		return
 	}
-	r.watches[ino] = stop
+	r.watches[ino] = watch{stop: stop, view: view, vpath: vpath, mpath: mpath}
+}
+
+// watch is one events file relayed: how to stop, and what it is.
+type watch struct {
+	stop         func()
+	view         *translate.View
+	vpath, mpath string
+}
+
+// watched lists the events files relayed, for the next server (views
+// is the mount's, by index).
+func (r *relay) watched(views []ViewAt) []Watched {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]Watched, 0, len(r.watches))
+	for ino, w := range r.watches {
+		for i, va := range views {
+			if va.View == w.view {
+				out = append(out, Watched{View: i, VPath: w.vpath, MPath: w.mpath, Ino: ino})
+			}
+		}
+	}
+	return out
+}
+
+// dupRoot is a copy of the mount's root the relay holds, nil if it let
+// it go.
+func (r *relay) dupRoot() (*os.File, error) {
+	r.rootMu.RLock()
+	defer r.rootMu.RUnlock()
+	if r.root == nil {
+		return nil, nil
+	}
+	fd, err := unix.FcntlInt(r.root.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "cgfs mount root"), nil
 }
 
 // forget ends the watch of inode ino: the kernel forgot it.
 func (r *relay) forget(ino uint64) {
 	r.mu.Lock()
-	stop := r.watches[ino]
+	w, ok := r.watches[ino]
 	delete(r.watches, ino)
 	r.mu.Unlock()
-	if stop != nil {
-		stop()
+	if ok {
+		w.stop()
 	}
 }
 
@@ -197,13 +235,13 @@ func (r *relay) letGo() {
 	root := r.root
 	r.root = nil
 	watches := r.watches
-	r.watches = map[uint64]func(){}
+	r.watches = map[uint64]watch{}
 	r.mu.Unlock()
 	if root == nil {
 		return
 	}
-	for _, stop := range watches {
-		stop()
+	for _, w := range watches {
+		w.stop()
 	}
 	root.Close()
 	select {

@@ -121,3 +121,45 @@ func (v *View) EventFiles(vpath string) ([]*os.File, error) {
 	}
 	return files, nil
 }
+
+// RuleStaleNode: a node the kernel holds from an earlier server names
+// nothing this view shows any more (ESTALE, as NFS answers).
+const RuleStaleNode access.Rule = "stale-node"
+
+// ErrStale: a node the kernel holds names nothing the view shows.
+var ErrStale = refuse(RuleStaleNode, unix.ESTALE, "the node names nothing the view shows")
+
+// Resolve is the virtual path of the file or cgroup the view shows with
+// inode number ino: how a server that takes a connection over finds the
+// nodes the kernel holds. It names a path only; whoever uses it looks
+// every component up as any lookup would (hidden leaves, names, who may
+// see), and checks that the inode found is ino. ESTALE: not this view's,
+// or gone.
+func (v *View) Resolve(ino uint64) (string, error) {
+	stale := ErrStale
+	if ino < v.inoBase || ino-v.inoBase >= 1<<48 {
+		return "", stale
+	}
+	id := ino - v.inoBase
+	through := id&LeafPathIno != 0
+	p, err := v.host.PathOf(id &^ LeafPathIno)
+	if err != nil {
+		return "", err
+	}
+	parts := strings.Split(p, "/")
+	for i, part := range parts {
+		// Inside a hidden leaf only the leaf directory itself is shown
+		// (as the leaf path); its files show as D's.
+		if part == LeafName && (i != len(parts)-1 || through) {
+			return "", stale
+		}
+	}
+	if !through {
+		return p, nil
+	}
+	dir, name := split(p)
+	if p == "" {
+		return "", stale
+	}
+	return host.Join(host.Join(dir, LeafName), name), nil
+}

@@ -451,3 +451,43 @@ func Shorten(b []byte) string {
 	}
 	return string(b)
 }
+
+// fileidKernfs is the file handle type of kernfs (cgroupfs): its bytes
+// are the node's 64-bit id, which is its inode number.
+const fileidKernfs = 0xfe
+
+// PathOf is the path below the root of the host file or cgroup whose
+// inode number is ino ("" for the root itself), found through its file
+// handle (open_by_handle_at(2), which needs CAP_DAC_READ_SEARCH): how a
+// server that takes a connection over learns what the kernel's node ids
+// name. A node outside the root, or gone, is ESTALE.
+func (h *Host) PathOf(ino uint64) (string, error) {
+	mnt, err := unix.Open(h.dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", &Error{Op: "open", Path: h.dir, Err: err}
+	}
+	defer unix.Close(mnt)
+	b := make([]byte, 8)
+	binary.NativeEndian.PutUint64(b, ino)
+	fd, err := unix.OpenByHandleAt(mnt, unix.NewFileHandle(fileidKernfs, b), unix.O_PATH|unix.O_CLOEXEC)
+	if err != nil {
+		return "", &Error{Op: "open_by_handle_at", Path: fmt.Sprintf("inode %d", ino), Err: unix.ESTALE}
+	}
+	defer unix.Close(fd)
+	var st, root unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || unix.Fstat(int(h.root.Fd()), &root) != nil || st.Dev != root.Dev || st.Ino != ino {
+		return "", &Error{Op: "open_by_handle_at", Path: fmt.Sprintf("inode %d", ino), Err: unix.ESTALE}
+	}
+	link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		return "", &Error{Op: "readlink", Path: fmt.Sprintf("inode %d", ino), Err: err}
+	}
+	if link == h.dir {
+		return "", nil
+	}
+	rel, ok := strings.CutPrefix(link, strings.TrimSuffix(h.dir, "/")+"/")
+	if !ok || rel == "" || strings.HasSuffix(link, " (deleted)") {
+		return "", &Error{Op: "open_by_handle_at", Path: fmt.Sprintf("inode %d", ino), Err: unix.ESTALE}
+	}
+	return rel, nil
+}

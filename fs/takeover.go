@@ -1,0 +1,301 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/translate"
+)
+
+// Taking a connection over. A FUSE connection outlives its server as
+// long as some process holds a descriptor of it: the mount stays, and
+// requests wait in the kernel's queue. Each server reads from a clone of
+// the connection's first descriptor (FUSE_DEV_IOC_CLONE), its own, so
+// that
+//   - a server that dies takes only its own unanswered requests with it
+//     (the kernel ends those, ECONNABORTED), never the mount, while the
+//     first descriptor lives in another process (a keeper, the next
+//     server);
+//   - a server that hands over stops reading without touching anyone
+//     else's descriptor (Drain), and answers what it has read.
+//
+// The next server serves the connection as it was negotiated: go-fuse
+// takes the kernel's INIT (the one the first server was sent, passed on
+// in Handover) from a socket, and then reads the clone in its place. The
+// kernel's node ids are inode numbers (ExternalNodeID), so a node the
+// kernel still holds is found again from the host's file handle of that
+// inode (see inherit); file handles carry the generation of the server
+// that made them, and one of an earlier server is opened again on first
+// use.
+
+// Handover is what one server tells the next about a connection, besides
+// its descriptors.
+type Handover struct {
+	Conn uint32 // the connection's number, for aborting it
+	Dev  uint64 // its device number
+	// Init is the kernel's INIT request, as it came.
+	Init []byte
+	// Gen is the generation of the server handing over; the next is Gen+1.
+	Gen uint32
+	// Watched are the events files whose changes were relayed.
+	Watched []Watched
+}
+
+// Watched is an events file the relay watched: its mount path, virtual
+// path and inode, and the view (by index in Config.Views).
+type Watched struct {
+	View  int
+	VPath string
+	MPath string
+	Ino   uint64
+}
+
+// Resume is a connection another server made, to be served on.
+type Resume struct {
+	Handover
+	// Master is the connection's first /dev/fuse descriptor.
+	Master *os.File
+	// Root is the mount's root, for relaying events; nil relays none.
+	Root *os.File
+}
+
+// fuseDevIocClone is FUSE_DEV_IOC_CLONE: _IOR(229, 0, uint32).
+const fuseDevIocClone = 0x8004e500
+
+// cloneFUSE opens a new /dev/fuse descriptor on master's connection.
+func cloneFUSE(master int) (int, error) {
+	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("/dev/fuse: %w", err)
+	}
+	m := uint32(master)
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fuseDevIocClone, uintptr(unsafe.Pointer(&m))); e != 0 {
+		unix.Close(fd)
+		return -1, fmt.Errorf("FUSE_DEV_IOC_CLONE: %w", e)
+	}
+	return fd, nil
+}
+
+// initBytes is the kernel's INIT request as the server took it.
+func initBytes(in *fuse.InitIn) []byte {
+	b := make([]byte, unsafe.Sizeof(*in))
+	copy(b, unsafe.Slice((*byte)(unsafe.Pointer(in)), len(b)))
+	return b
+}
+
+// newResumedServer is a go-fuse server of raw on the connection of an
+// earlier server: go-fuse reads init (the kernel's INIT as it came, so it
+// settles on what the kernel agreed to) from one end of a socket pair,
+// whose number then becomes a clone of master's.
+func newResumedServer(raw fuse.RawFileSystem, opts *fuse.MountOptions, master *os.File, init []byte) (*fuse.Server, int, error) {
+	if len(init) != int(unsafe.Sizeof(fuse.InitIn{})) {
+		return nil, -1, fmt.Errorf("an INIT of %d bytes, not %d", len(init), unsafe.Sizeof(fuse.InitIn{}))
+	}
+	clone, err := cloneFUSE(int(master.Fd()))
+	if err != nil {
+		return nil, -1, err
+	}
+	defer unix.Close(clone)
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, -1, err
+	}
+	defer unix.Close(sp[1])
+	if _, err := unix.Write(sp[1], init); err != nil {
+		unix.Close(sp[0])
+		return nil, -1, err
+	}
+	// go-fuse owns sp[0] from here on (and closes it on failure).
+	server, err := fuse.NewServer(raw, fmt.Sprintf("/dev/fd/%d", sp[0]), opts)
+	if err != nil {
+		return nil, -1, err
+	}
+	// The answer to INIT went to the socket; the kernel had its own.
+	// From now on the number reads the connection.
+	if err := unix.Dup3(clone, sp[0], unix.O_CLOEXEC); err != nil {
+		return nil, -1, err
+	}
+	go server.Serve()
+	return server, sp[0], nil
+}
+
+// Handover is what the next server needs of this connection besides its
+// descriptors (Files). Call it after Drain, so that nothing changes.
+func (m *Mounted) Handover() Handover {
+	return Handover{Conn: m.conn, Dev: m.dev, Init: m.init, Gen: m.gen, Watched: m.watched}
+}
+
+// Files are copies of the connection's first descriptor and of the
+// mount's root (nil once the relay let it go), for the next server or a
+// keeper; the caller closes them.
+func (m *Mounted) Files() (master, root *os.File, err error) {
+	fd, err := unix.FcntlInt(m.master.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	master = os.NewFile(uintptr(fd), "fuse connection")
+	if r := m.fsys.relay.Load(); r != nil {
+		if root, err = r.dupRoot(); err != nil {
+			master.Close()
+			return nil, nil, err
+		}
+	}
+	return master, root, nil
+}
+
+// Abandon ends a connection handed over that nobody will serve, so that
+// its mount answers ENOTCONN instead of waiting forever.
+func Abandon(h Handover) { _ = abort(h.Conn) }
+
+// ErrDrained: the server handed its connection over.
+var ErrDrained = errors.New("handed over")
+
+// Drain stops serving without ending the connection: the server's
+// readers stop taking requests, those taken are answered, and then it
+// returns; requests that come meanwhile wait in the kernel for the next
+// server. Done is not closed by it (the connection lives on).
+func (m *Mounted) Drain() error {
+	if !m.drained.CompareAndSwap(false, true) {
+		return ErrDrained
+	}
+	if r := m.fsys.relay.Load(); r != nil {
+		m.watched = r.watched(m.fsys.views)
+		r.letGo()
+	}
+	// A reader that finds the queue empty now returns EAGAIN and ends;
+	// one already asleep in read(2) wakes for the next request, serves
+	// it and ends on its next read.
+	if _, err := unix.FcntlInt(uintptr(m.clone), unix.F_SETFL, unix.O_RDWR|unix.O_NONBLOCK); err != nil {
+		return fmt.Errorf("stopping reads: %w", err)
+	}
+	// Wake the sleepers: a signal interrupts their read(2), which the
+	// kernel restarts (Go's handlers are SA_RESTART), and the restarted
+	// read, finding the descriptor non-blocking and the queue empty,
+	// returns EAGAIN. SIGURG is the one Go itself sends its threads (to
+	// preempt them) and every part of it takes in its stride; which
+	// thread sleeps in read(2) is not known, so all get one.
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-m.served:
+			m.master.Close()
+			return nil
+		case <-tick.C:
+			pokeThreads()
+		}
+	}
+}
+
+// pokeThreads sends SIGURG to every thread of this process.
+func pokeThreads() {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return
+	}
+	pid := os.Getpid()
+	for _, t := range tasks {
+		if tid, err := strconv.Atoi(t.Name()); err == nil {
+			_ = unix.Tgkill(pid, tid, unix.SIGURG)
+		}
+	}
+}
+
+// revive finds node id of tree t again, for a server that took the
+// connection over (see inherit): the view names its path from the host's
+// file handle, and each component is looked up as the kernel would have,
+// by the caller of the request that named it.
+func (m *mount) revive(ctx context.Context, t *tree, id uint64, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	r, c := m.start(ctx, "revive")
+	defer c.end()
+	vp, err := t.view.Resolve(id)
+	if err != nil {
+		return nil, c.fail(ctx, fmt.Sprintf("inode %d", id), err)
+	}
+	cur, dir := t.root, ""
+	st, err := t.view.RootAttr()
+	for _, name := range strings.Split(vp, "/") {
+		if vp == "" || err != nil {
+			break
+		}
+		if st, err = t.view.Lookup(r, dir, name); err != nil {
+			break
+		}
+		child := cur.GetChild(name)
+		if child == nil {
+			child = cur.NewInode(ctx, &node{m: m, t: t}, gofs.StableAttr{Mode: st.Mode & unix.S_IFMT, Ino: st.Ino})
+			if !cur.AddChild(name, child, false) {
+				child = cur.GetChild(name)
+			}
+		}
+		if child == nil {
+			err = translate.ErrStale
+			break
+		}
+		cur, dir = child, join(dir, name)
+	}
+	if err == nil && (cur.StableAttr().Ino != id || st.Ino != id) {
+		err = translate.ErrStale
+	}
+	if err != nil {
+		return nil, c.fail(ctx, vp, err)
+	}
+	if rl := m.relay.Load(); rl != nil && st.Mode&unix.S_IFMT == unix.S_IFREG && translate.IsEventsFile(path.Base(vp)) {
+		rl.watch(t.view, vp, join(t.dir, vp), id)
+	}
+	fillAttr(&out.Attr, &st)
+	m.revived.Store(id)
+	return cur, 0
+}
+
+var _ = (gofs.NodeLookupNoder)((*node)(nil))
+
+// LookupNode finds a node the kernel holds from an earlier server (it is
+// only asked of the root).
+func (n *node) LookupNode(ctx context.Context, id uint64, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return n.m.revive(ctx, n.t, id, out)
+}
+
+var _ = (gofs.NodeLookupNoder)((*layoutRoot)(nil))
+
+// LookupNode finds a node the kernel holds from an earlier server: a
+// hierarchy's directory, a symlink, or a node of one of the views.
+func (r *layoutRoot) LookupNode(ctx context.Context, id uint64, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	for name, ch := range r.Children() {
+		if ch.StableAttr().Ino != id {
+			continue
+		}
+		if n, ok := ch.Operations().(*node); ok {
+			st, err := n.t.view.RootAttr()
+			if err != nil {
+				return nil, r.m.errno(ctx, nil, "revive", name, err)
+			}
+			fillAttr(&out.Attr, &st)
+		} else {
+			out.Attr.Mode = unix.S_IFLNK | 0o777
+			out.Attr.Ino = id
+		}
+		r.m.revived.Store(id)
+		return ch, 0
+	}
+	for _, ch := range r.Children() {
+		if n, ok := ch.Operations().(*node); ok {
+			if _, err := n.t.view.Resolve(id); err == nil {
+				return r.m.revive(ctx, n.t, id, out)
+			}
+		}
+	}
+	return nil, r.m.errno(ctx, nil, "revive", fmt.Sprintf("inode %d", id), translate.ErrStale)
+}
