@@ -453,7 +453,15 @@ func TestExecIntoARootWithDomainControllers(t *testing.T) {
 
 // startDaemon starts `cgfs daemon` on a socket of the test's own and
 // waits for it to say it is ready (sd_notify READY=1).
-func startDaemon(t *testing.T) []string {
+func startDaemon(t *testing.T, args ...string) []string {
+	t.Helper()
+	env, _ := startDaemonCmd(t, args...)
+	return env
+}
+
+// startDaemonCmd is startDaemon that also returns the daemon's process
+// (the keeper's, with --keep).
+func startDaemonCmd(t *testing.T, args ...string) ([]string, *exec.Cmd) {
 	t.Helper()
 	dir := publicDir(t)
 	sock := filepath.Join(dir, "daemon.sock")
@@ -463,7 +471,7 @@ func startDaemon(t *testing.T) []string {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	cmd := exec.Command(cgfsBin, "daemon", "--socket", sock)
+	cmd := exec.Command(cgfsBin, append([]string{"daemon", "--socket", sock}, args...)...)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify)
 	log := &lockedBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log
@@ -483,7 +491,7 @@ func startDaemon(t *testing.T) []string {
 	if err != nil || !strings.Contains(string(buf[:n]), "READY=1") {
 		t.Fatalf("the daemon did not notify readiness: %q %v\n%s", buf[:n], err, log.String())
 	}
-	return []string{"CGFS_SOCKET=" + sock}
+	return []string{"CGFS_SOCKET=" + sock}, cmd
 }
 
 // cgfsCmd runs `cgfs ARGS` with env to its end.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -22,13 +23,15 @@ import (
 	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/daemon"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/keeper"
 	"github.com/cgfs/cgfs/translate/host"
 )
 
-const daemonUsage = `usage: cgfs daemon [--socket PATH] [--seccomp-socket PATH] [--lxc-seccomp-socket PATH] [--metrics ADDR]
+const daemonUsage = `usage: cgfs daemon [--keep] [--socket PATH] [--seccomp-socket PATH] [--lxc-seccomp-socket PATH] [--metrics ADDR]
        cgfs attach --name N --owner PID [--cgroup DIR] [--shared NAME]... --target PATH [--in PID] [--socket PATH]
        cgfs detach [--socket PATH] NAME
        cgfs list [--socket PATH]
+       cgfs upgrade [--socket PATH]
 
 The daemon serves many containers' views, each on its own FUSE mount.
 attach asks it for a new view of the container PID is in and puts it at
@@ -38,6 +41,13 @@ them. Only root may ask. OCI runtimes hand the daemon their containers'
 seccomp listeners at --seccomp-socket (runc's seccomp.listenerPath), LXC
 its notifications at --lxc-seccomp-socket (lxc.seccomp.notify.proxy);
 the daemon answers them as cgfs run's agent does.
+
+With --keep a small keeper process runs the daemon and holds a copy of
+every view's FUSE connection and every seccomp listener: a daemon that
+dies is replaced at once, and no container's mount goes away. upgrade
+(or SIGHUP to the keeper) starts the cgfs binary now installed as a new
+daemon and hands everything over to it; requests wait for the pause (it
+says how long) and none fails.
 `
 
 // daemonCmd is `cgfs daemon`: it serves views until SIGINT or SIGTERM.
@@ -49,8 +59,16 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 	metricsAddr := fl.String("metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics")
 	seccompSocket := fl.String("seccomp-socket", "", "take OCI runtimes' seccomp listeners (runc's seccomp.listenerPath) at `PATH` (default: seccomp.sock beside --socket)")
 	lxcSocket := fl.String("lxc-seccomp-socket", "", "answer LXC's seccomp notifications (lxc.seccomp.notify.proxy) at `PATH` (default: lxc-seccomp.sock beside --socket)")
+	keep := fl.Bool("keep", false, "run under a keeper that holds every connection across restarts and upgrades")
 	if err := fl.Parse(args); err != nil {
 		return usageError{err.Error()}
+	}
+	if *keep && os.Getenv(keeper.Env) == "" {
+		return runKeeper(args, log)
+	}
+	link, err := keeper.Dial()
+	if err != nil {
+		return err
 	}
 	procs, err := proc.Open("/proc")
 	if err != nil {
@@ -64,13 +82,31 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 	defer w.Close()
 	m := newMetrics(reg, procs)
 	d := daemon.New(procs, m, w, log)
-	defer d.Close()
+	// handed: the next server serves everything, sockets included.
+	handed := false
+	defer func() {
+		if !handed {
+			d.Close()
+		}
+	}()
+	if link != nil {
+		if err := d.TakeUp(link); err != nil {
+			return err
+		}
+	}
+	var listeners []io.Closer
+	d.SetListeners(func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	})
 	if *metricsAddr != "" {
 		ln, err := listenMetrics(*metricsAddr, reg, m, log)
 		if err != nil {
 			return err
 		}
 		defer ln.Close()
+		listeners = append(listeners, ln)
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
@@ -79,9 +115,12 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	listeners = append(listeners, ln)
 	defer func() {
 		ln.Close()
-		_ = os.Remove(*socket)
+		if !handed {
+			_ = os.Remove(*socket)
+		}
 	}()
 	if *seccompSocket == "" {
 		*seccompSocket = filepath.Join(filepath.Dir(*socket), "seccomp.sock")
@@ -90,9 +129,12 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--seccomp-socket %s: %w", *seccompSocket, err)
 	}
+	listeners = append(listeners, sln)
 	defer func() {
 		sln.Close()
-		_ = os.Remove(*seccompSocket)
+		if !handed {
+			_ = os.Remove(*seccompSocket)
+		}
 	}()
 	if *lxcSocket == "" {
 		*lxcSocket = filepath.Join(filepath.Dir(*socket), "lxc-seccomp.sock")
@@ -101,18 +143,73 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--lxc-seccomp-socket %s: %w", *lxcSocket, err)
 	}
+	listeners = append(listeners, lxc)
 	defer func() {
 		lxc.Close()
-		_ = os.Remove(*lxcSocket)
+		if !handed {
+			_ = os.Remove(*lxcSocket)
+		}
 	}()
 	if n := d.Restore(activation.Files(true)); n > 0 {
-		log.Info("took up seccomp listeners from the file descriptor store", "listeners", n)
+		log.Info("took up seccomp listeners kept for this server", "listeners", n)
 	}
+	d.Listening()
 	log.Info("daemon listening", "socket", *socket, "seccomp", *seccompSocket, "lxc-seccomp", *lxcSocket)
 	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyReady) // Type=notify
-	s := <-sig
-	log.Info("stopping", "signal", s.String(), "views", len(d.List()))
-	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
+	select {
+	case s := <-sig:
+		log.Info("stopping", "signal", s.String(), "views", len(d.List()))
+		_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
+	case <-d.HandedOver():
+		handed = true
+		log.Info("handed over to the next server")
+	}
+	return nil
+}
+
+// runKeeper is `cgfs daemon --keep`: a keeper that runs the daemon (the
+// binary installed at its path, as it is when each one starts) with the
+// other arguments, and keeps its connections (see package keeper).
+func runKeeper(args []string, log *slog.Logger) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	var rest []string
+	for _, a := range args {
+		if a != "--keep" && a != "-keep" {
+			rest = append(rest, a)
+		}
+	}
+	k := &keeper.Keeper{Log: log, Command: func() *exec.Cmd {
+		cmd := exec.Command(exe, append([]string{"daemon"}, rest...)...)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		return cmd
+	}}
+	return k.Run()
+}
+
+// upgradeCmd is `cgfs upgrade`: the daemon's keeper starts the cgfs now
+// installed, which takes every view and listener over.
+func upgradeCmd(args []string, stdout, stderr io.Writer) error {
+	fl := flag.NewFlagSet("upgrade", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	fl.Usage = func() { fmt.Fprint(stderr, daemonUsage) }
+	socket := fl.String("socket", control.DaemonSocket(), "the daemon's socket `PATH`")
+	if err := fl.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	a, _, err := control.Ask(*socket, control.Request{Op: "upgrade"})
+	if errors.Is(err, control.ErrNotRunning) {
+		return usageError{fmt.Sprintf("the cgfs daemon is not running (%v)", err)}
+	}
+	if err != nil {
+		return err
+	}
+	if err := a.Err(); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "upgraded: the views waited %d µs\n", a.PauseMicros)
 	return nil
 }
 

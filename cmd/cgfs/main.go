@@ -106,6 +106,8 @@ func run(args []string, log *slog.Logger, stderr io.Writer) (int, error) {
 			return 0, err
 		}
 		return 0, attach(opts)
+	case "upgrade":
+		return 0, upgradeCmd(args[1:], os.Stdout, stderr)
 	case "detach", "list":
 		return 0, simpleCmd(args[0], args[1:], os.Stdout, stderr)
 	case "oci-hook":

@@ -66,6 +66,10 @@ type Answer struct {
 	Usage bool       `json:"usage,omitempty"`
 	Views []ViewInfo `json:"views,omitempty"`
 	Init  int        `json:"init,omitempty"`
+	// PauseMicros is how long an upgrade left the connections unserved.
+	PauseMicros int64 `json:"pause_us,omitempty"`
+	// Then runs once the answer is sent.
+	Then func() `json:"-"`
 }
 
 // ViewInfo is one served view in a list.
@@ -144,6 +148,9 @@ func answer(c *net.UnixConn, h Handler, log *slog.Logger) {
 	}
 	a, fd := h(req, int(cred.Pid))
 	send(a, fd)
+	if a.Then != nil {
+		a.Then()
+	}
 }
 
 // received is the one descriptor a message carried, if it did.
@@ -237,6 +244,9 @@ func Listen(network, path string) (*net.UnixListener, error) {
 		ln.Close()
 		return nil, err
 	}
+	// A daemon handing over to the next closes its listeners while the
+	// next binds the same paths: the owner removes the file itself.
+	ln.SetUnlinkOnClose(false)
 	return ln, nil
 }
 

@@ -26,6 +26,7 @@ import (
 	"github.com/cgfs/cgfs/access"
 	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/keeper"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
 	"github.com/cgfs/cgfs/fs"
 	"github.com/cgfs/cgfs/metrics"
@@ -50,18 +51,69 @@ type Daemon struct {
 	mu     sync.Mutex
 	views  map[string]*served
 	agents []*agent.Agent
+
+	// Under a keeper (handover.go).
+	link          *keeper.Link
+	linkMu        sync.Mutex
+	kept          int             // agents kept so far, for their names
+	handing       bool            // drained for the next server
+	upgradeWait   chan keeper.Msg // the upgrade asked for, until done
+	restoring     []keeper.Msg    // kept listeners, served by Restore
+	stopListening func()
+	over          chan struct{}
+	overOnce      sync.Once
 }
 
 type served struct {
 	views   *serve.Views
 	mounted *fs.Mounted
 	owner   int
+	// req is what attached it, and ownerStart the owner's start time
+	// (so that a server taking over never serves a reused pid).
+	req        control.Request
+	ownerStart uint64
+}
+
+// run registers the view s serves as name (the daemon's list, the
+// statfs answers, metrics, the keeper) and drops it once its connection
+// ends.
+func (d *Daemon) run(name string, s *served) error {
+	d.mu.Lock()
+	if _, taken := d.views[name]; taken || d.handing {
+		d.mu.Unlock()
+		if taken {
+			return serve.UsageError{Msg: "a view named " + name + " is served already"}
+		}
+		return errors.New("the daemon is handing over to a new one: ask again")
+	}
+	d.views[name] = s
+	if d.set != nil {
+		d.set.Add(s.mounted.Dev())
+	}
+	d.mu.Unlock()
+	d.keepView(name, s)
+	unlist := d.metrics.Add(s.views.MetricsView(name, s.mounted))
+	go func() {
+		// Once the container holds the view no more (its mount namespace
+		// is gone) or it is detached, the connection ends.
+		<-s.mounted.Done()
+		unlist()
+		d.mu.Lock()
+		if d.views[name] == s {
+			delete(d.views, name)
+		}
+		d.mu.Unlock()
+		d.unkeep(name)
+		s.views.Close()
+		d.log.Info("dropped", "view", name)
+	}()
+	return nil
 }
 
 // New makes a daemon that serves nothing yet; w relays events to all
 // its views.
 func New(procs *proc.Procs, m *metrics.Metrics, w *host.Watcher, log *slog.Logger) *Daemon {
-	d := &Daemon{procs: procs, ident: access.NewIdentifier(procs), metrics: m, watcher: w, log: log, views: map[string]*served{}}
+	d := &Daemon{procs: procs, ident: access.NewIdentifier(procs), metrics: m, watcher: w, log: log, views: map[string]*served{}, over: make(chan struct{})}
 	m.AddSource(metrics.Source{Name: "cgfs_seccomp_notifications_total", Counter: true,
 		Help: "Seccomp notifications of containers' processes the daemon's agents handled.",
 		Read: func() float64 { return float64(d.agentStats()) }})
@@ -86,6 +138,8 @@ func (d *Daemon) Handle(req control.Request, _ int) (control.Answer, *os.File) {
 		return control.Answer{}, nil
 	case "list":
 		return control.Answer{Views: d.List()}, nil
+	case "upgrade":
+		return d.upgrade(), nil
 	case "agent":
 		d.mu.Lock()
 		_, known := d.views[req.Name]
@@ -137,33 +191,17 @@ func (d *Daemon) attach(req control.Request) (*os.File, error) {
 		views.Close()
 		return nil, err
 	}
-	s := &served{views: views, mounted: mounted, owner: req.Owner}
-	if d.set != nil {
-		d.set.Add(mounted.Dev())
-	}
-	d.mu.Lock()
-	if _, taken := d.views[req.Name]; taken {
-		d.mu.Unlock()
+	s := &served{views: views, mounted: mounted, owner: req.Owner, req: req}
+	if s.ownerStart, err = startTime(req.Owner); err != nil {
 		mounted.Stop()
 		views.Close()
-		return nil, serve.UsageError{Msg: "a view named " + req.Name + " is served already"}
+		return nil, err
 	}
-	d.views[req.Name] = s
-	d.mu.Unlock()
-	unlist := d.metrics.Add(views.MetricsView(req.Name, mounted))
-	go func() {
-		// Once the container holds the view no more (its mount namespace
-		// is gone) or it is detached, the connection ends.
-		<-mounted.Done()
-		unlist()
-		d.mu.Lock()
-		if d.views[req.Name] == s {
-			delete(d.views, req.Name)
-		}
-		d.mu.Unlock()
+	if err := d.run(req.Name, s); err != nil {
+		mounted.Stop()
 		views.Close()
-		d.log.Info("dropped", "view", req.Name)
-	}()
+		return nil, err
+	}
 	d.log.Info("attached", "view", req.Name, "owner", req.Owner)
 	return mounted.Take(), nil
 }
@@ -359,6 +397,21 @@ func (d *Daemon) takeListener(c *net.UnixConn) {
 // seccomp-*), after ServeSeccomp.
 func (d *Daemon) Restore(files []*os.File) int {
 	n := 0
+	// Those a keeper kept.
+	for _, m := range d.restoring {
+		var st agentState
+		if json.Unmarshal(m.State, &st) != nil || len(m.Files) != 1 || d.set == nil {
+			for _, f := range m.Files {
+				f.Close()
+			}
+			d.unkeep(m.Name)
+			continue
+		}
+		d.unkeep(m.Name) // serveAgent keeps it again
+		d.serveAgent(m.Files[0], st.Container)
+		n++
+	}
+	d.restoring = nil
 	for _, f := range files {
 		if !strings.HasPrefix(f.Name(), "seccomp-") || d.set == nil {
 			continue
@@ -408,13 +461,15 @@ func notifyWithFd(state string, fd int) error {
 	return unix.Sendmsg(s, []byte(state), oob, &unix.SockaddrUnix{Name: path}, 0)
 }
 
-// serveAgent answers a seccomp listener of container name's processes.
+// serveAgent answers a seccomp listener of container name's processes
+// (a keeper keeps a copy).
 func (d *Daemon) serveAgent(listener *os.File, name string) *agent.Agent {
 	a := agent.Serve(listener, d.agentCfg)
 	d.mu.Lock()
 	d.agents = append(d.agents, a)
 	d.mu.Unlock()
 	d.log.Debug("agent", "container", name)
+	keptAs := d.keepAgent(listener, name)
 	go func() { // dropped once its filter has no task left
 		<-a.Done()
 		d.mu.Lock()
@@ -424,6 +479,9 @@ func (d *Daemon) serveAgent(listener *os.File, name string) *agent.Agent {
 				d.agents = append(d.agents[:i], d.agents[i+1:]...)
 				break
 			}
+		}
+		if !d.handing { // else the next server answers it
+			go d.unkeep(keptAs)
 		}
 	}()
 	return a

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -51,6 +52,14 @@ type Options struct {
 	// IN_MODIFY) to the container's watchers; nil relays none. One
 	// serves a whole process.
 	Watcher *host.Watcher
+	// Dirs, when set, are the host directories to serve, by hierarchy
+	// name (Views.Dirs of an earlier server's views), instead of the
+	// owner's cgroups now: the owner may have moved since (into a child
+	// cgroup, into a hidden leaf).
+	Dirs map[string]string
+	// TakingOver: another server serves these views until this one takes
+	// their connections over; it leaves their hidden leaves alone.
+	TakingOver bool
 }
 
 // UsageError is a mistake in what was asked: a command exits 2 for it.
@@ -70,6 +79,7 @@ type Views struct {
 	movers   *pidns.Pool
 	procs    *proc.Procs
 	log      *slog.Logger
+	dirs     map[string]string // host directory by hierarchy name
 }
 
 // Open takes the owner (the server's own namespaces without one) and
@@ -78,7 +88,7 @@ func Open(procs *proc.Procs, o Options) (*Views, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	v := &Views{Name: o.Name, opts: o, procs: procs, log: o.Log}
+	v := &Views{Name: o.Name, opts: o, procs: procs, log: o.Log, dirs: map[string]string{}}
 	var err error
 	if o.Owner != 0 {
 		if v.Owner, err = access.OwnerOf(procs, o.Owner); err != nil {
@@ -94,12 +104,19 @@ func Open(procs *proc.Procs, o Options) (*Views, error) {
 	// Leaves left by an earlier server that are no longer needed are
 	// folded back before anyone looks.
 	for _, va := range v.views {
+		if o.TakingOver {
+			break
+		}
 		if err := va.View.Reconcile(); err != nil {
 			v.log.Warn("reconciling hidden leaves", "hierarchy", va.Dir, "err", err)
 		}
 	}
 	return v, nil
 }
+
+// Dirs are the host directories served, by hierarchy name (see
+// Options.Dirs).
+func (v *Views) Dirs() map[string]string { return v.dirs }
 
 // Close releases what the views hold.
 func (v *Views) Close() {
@@ -117,6 +134,12 @@ func (v *Views) Close() {
 
 // Serve serves the views on a new, detached FUSE mount.
 func (v *Views) Serve(ident *access.Identifier, counts *metrics.Counts) (*fs.Mounted, error) {
+	return v.ServeResumed(ident, counts, nil)
+}
+
+// ServeResumed serves the views on the connection r an earlier server
+// made (see fs.Resume); nil makes a new one.
+func (v *Views) ServeResumed(ident *access.Identifier, counts *metrics.Counts, r *fs.Resume) (*fs.Mounted, error) {
 	return fs.Serve(fs.Config{
 		Views:      v.views,
 		Symlinks:   v.symlinks,
@@ -126,6 +149,7 @@ func (v *Views) Serve(ident *access.Identifier, counts *metrics.Counts) (*fs.Mou
 		Debug:      v.opts.Debug,
 		Watcher:    v.opts.Watcher,
 		Owner:      v.opts.Owner,
+		Resume:     r,
 	})
 }
 
@@ -209,6 +233,14 @@ func (v *Views) open() error {
 	}
 	for i, hier := range l.Hierarchies {
 		dir, cgPath, err := hier.DirOf(v.procs, owner)
+		if d, ok := o.Dirs[hier.Name]; ok {
+			rel, rerr := filepath.Rel(hier.MountPoint, d)
+			if rerr != nil || strings.HasPrefix(rel, "..") {
+				err = fmt.Errorf("%s is outside %s", d, hier.MountPoint)
+			} else {
+				dir, cgPath, err = d, filepath.Join(hier.Root, rel), nil
+			}
+		}
 		if err != nil {
 			return UsageError{fmt.Sprintf("--owner %d: %v", o.Owner, err)}
 		}
@@ -238,6 +270,7 @@ func (v *Views) open() error {
 			return err
 		}
 		v.views = append(v.views, fs.ViewAt{Dir: hier.Name, View: view})
+		v.dirs[hier.Name] = dir
 		v.log.Debug("hierarchy", "view", v.Name, "name", hier.Name, "dir", dir, "v1", hier.V1)
 	}
 	return nil

@@ -1,0 +1,349 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"github.com/prometheus/procfs"
+
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/keeper"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
+	"github.com/cgfs/cgfs/fs"
+)
+
+// A daemon under a keeper (cgfs daemon --keep) has the keeper hold a
+// copy of each view's connection and each seccomp listener, with what it
+// takes to serve them again: a server that dies is replaced without any
+// view unmounted, and `cgfs upgrade` hands them from this server to a
+// new one without any request failing (see package keeper, fs.Drain).
+
+// viewState is what the keeper holds of a view besides its connection's
+// and mount root's descriptors.
+type viewState struct {
+	Req        control.Request   `json:"req"`
+	OwnerStart uint64            `json:"owner_start"`
+	Dirs       map[string]string `json:"dirs"`
+	Handover   fs.Handover       `json:"handover"`
+}
+
+// agentState is what the keeper holds of a seccomp listener.
+type agentState struct {
+	Container string `json:"container"`
+}
+
+// startTime is when process pid started (clock ticks after boot).
+func startTime(pid int) (uint64, error) {
+	p, err := procfs.NewProc(pid)
+	if err != nil {
+		return 0, err
+	}
+	st, err := p.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return st.Starttime, nil
+}
+
+func (s *served) state() viewState {
+	return viewState{Req: s.req, OwnerStart: s.ownerStart, Dirs: s.views.Dirs(), Handover: s.mounted.Handover()}
+}
+
+// keepView gives the keeper a copy of view name's connection.
+func (d *Daemon) keepView(name string, s *served) {
+	if d.link == nil {
+		return
+	}
+	master, root, err := s.mounted.Files()
+	if err != nil {
+		d.log.Warn("keeper: copying a view's connection", "view", name, "err", err)
+		return
+	}
+	files := []*os.File{master}
+	if root != nil {
+		files = append(files, root)
+	}
+	d.send(keeper.Msg{Op: "keep", Name: "view:" + name, Kind: "view", State: mustJSON(s.state()), Files: files})
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+// keepAgent gives the keeper a copy of a seccomp listener; the name it
+// returns drops it.
+func (d *Daemon) keepAgent(listener *os.File, container string) string {
+	if d.link == nil {
+		return ""
+	}
+	d.mu.Lock()
+	d.kept++
+	name := fmt.Sprintf("agent:%s:%d", container, d.kept)
+	d.mu.Unlock()
+	d.send(keeper.Msg{Op: "keep", Name: name, Kind: "agent", State: mustJSON(agentState{Container: container}), Files: []*os.File{listener}})
+	return name
+}
+
+func (d *Daemon) unkeep(name string) {
+	if d.link != nil && name != "" {
+		d.send(keeper.Msg{Op: "drop", Name: name})
+	}
+}
+
+func (d *Daemon) send(m keeper.Msg) {
+	d.linkMu.Lock()
+	defer d.linkMu.Unlock()
+	if err := d.link.Send(m); err != nil {
+		d.log.Warn("keeper: sending", "op", m.Op, "err", err)
+	}
+}
+
+func mustJSON(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // plain structs
+	}
+	return b
+}
+
+// kept is one item the keeper handed this server at start.
+type kept struct {
+	name  string
+	msg   keeper.Msg
+	state viewState
+	views *serve.Views // prepared
+}
+
+// TakeUp takes what the keeper holds (a server's start under a keeper):
+// every view is served again on its connection. For an upgrade (the
+// keeper says wait) the views are prepared first, the keeper told so,
+// and served once the old server has drained and the keeper says go.
+// The seccomp listeners are served by Restore once ServeSeccomp ran.
+func (d *Daemon) TakeUp(link *keeper.Link) error {
+	d.link = link
+	var items []*kept
+	var wait bool
+	for {
+		m, err := link.Recv()
+		if err != nil {
+			return fmt.Errorf("keeper: %w", err)
+		}
+		if m.Op == "end" {
+			wait = m.Wait
+			break
+		}
+		if m.Op == "item" {
+			items = append(items, &kept{name: m.Name, msg: m})
+		}
+	}
+	for _, it := range items {
+		if it.msg.Kind == "view" {
+			d.prepare(it)
+		}
+	}
+	states := map[string]json.RawMessage{}
+	if wait {
+		d.send(keeper.Msg{Op: "ready"})
+		m, err := link.Recv()
+		for err == nil && m.Op != "go" {
+			m, err = link.Recv()
+		}
+		if err != nil {
+			return fmt.Errorf("keeper: waiting to take over: %w", err)
+		}
+		states = m.States
+	}
+	var wg sync.WaitGroup
+	for _, it := range items {
+		if it.msg.Kind == "view" {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				d.resume(it, states[it.name])
+			}()
+		} else {
+			d.restoring = append(d.restoring, it.msg)
+		}
+	}
+	wg.Wait()
+	d.send(keeper.Msg{Op: "serving"})
+	go d.follow()
+	return nil
+}
+
+// prepare opens the views of a kept view, as attach did, on the host
+// directories it served.
+func (d *Daemon) prepare(it *kept) {
+	if err := json.Unmarshal(it.msg.State, &it.state); err != nil {
+		d.log.Warn("keeper: a view's state", "item", it.name, "err", err)
+		return
+	}
+	req := it.state.Req
+	if st, err := startTime(req.Owner); err != nil || st != it.state.OwnerStart {
+		d.log.Warn("keeper: the view's owner is gone", "view", req.Name, "owner", req.Owner)
+		return
+	}
+	views, err := serve.Open(d.procs, serve.Options{Name: req.Name, Owner: req.Owner, HostDir: req.Cgroup, Shared: req.Shared,
+		Log: d.log, Watcher: d.watcher, Dirs: it.state.Dirs, TakingOver: true})
+	if err != nil {
+		d.log.Warn("keeper: opening a view again", "view", req.Name, "err", err)
+		return
+	}
+	it.views = views
+}
+
+// resume serves a prepared view on its kept connection (last: the old
+// server's state after it drained, if it did). A view that cannot be
+// served again is aborted: with nobody to serve it, its container would
+// wait forever.
+func (d *Daemon) resume(it *kept, last json.RawMessage) {
+	if len(last) > 0 {
+		_ = json.Unmarshal(last, &it.state)
+	}
+	files := it.msg.Files
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	h := it.state.Handover
+	if it.views == nil || len(files) == 0 {
+		fs.Abandon(h)
+		d.unkeep(it.name)
+		return
+	}
+	r := &fs.Resume{Handover: h, Master: files[0]}
+	if len(files) > 1 {
+		r.Root = files[1]
+	}
+	req := it.state.Req
+	mounted, err := it.views.ServeResumed(d.ident, d.metrics.For(req.Name), r)
+	if err != nil {
+		d.log.Warn("keeper: serving a view again", "view", req.Name, "err", err)
+		it.views.Close()
+		fs.Abandon(h)
+		d.unkeep(it.name)
+		return
+	}
+	s := &served{views: it.views, mounted: mounted, owner: req.Owner, req: req, ownerStart: it.state.OwnerStart}
+	if err := d.run(req.Name, s); err != nil {
+		d.log.Warn("keeper: serving a view again", "view", req.Name, "err", err)
+	}
+	d.log.Info("took over", "view", req.Name, "generation", h.Gen+1)
+}
+
+// follow takes the keeper's messages while this server serves.
+func (d *Daemon) follow() {
+	for {
+		m, err := d.link.Recv()
+		if err != nil {
+			d.log.Warn("keeper: the link ended", "err", err)
+			return
+		}
+		switch m.Op {
+		case "drain":
+			states := d.drain()
+			d.send(keeper.Msg{Op: "drained", States: states})
+		case "done":
+			d.mu.Lock()
+			w := d.upgradeWait
+			d.upgradeWait = nil
+			handing := d.handing
+			d.mu.Unlock()
+			if w != nil {
+				w <- m
+			} else if handing {
+				d.handedOver()
+			}
+		}
+	}
+}
+
+// drain stops serving for the server taking over: no new view, nothing
+// listening, every connection and listener left for the next one to
+// take, each view's last state.
+func (d *Daemon) drain() map[string]json.RawMessage {
+	d.mu.Lock()
+	d.handing = true
+	all := map[string]*served{}
+	for name, s := range d.views {
+		all[name] = s
+	}
+	agents := d.agents
+	d.agents = nil
+	d.mu.Unlock()
+	if d.stopListening != nil {
+		d.stopListening()
+	}
+	var mu sync.Mutex
+	states := map[string]json.RawMessage{}
+	var wg sync.WaitGroup
+	for name, s := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.mounted.Drain(); err != nil && !errors.Is(err, fs.ErrDrained) {
+				d.log.Warn("draining", "view", name, "err", err)
+			}
+			mu.Lock()
+			states["view:"+name] = mustJSON(s.state())
+			mu.Unlock()
+		}()
+	}
+	for _, a := range agents {
+		a.Close()
+		<-a.Done()
+	}
+	wg.Wait()
+	d.log.Info("drained for the next server", "views", len(all), "agents", len(agents))
+	return states
+}
+
+// Upgrade asks the keeper for a new server to take over from this one,
+// and waits for it: the answer says how long the connections waited.
+func (d *Daemon) upgrade() control.Answer {
+	if d.link == nil {
+		return control.Answer{Error: "this daemon runs without a keeper: start it with cgfs daemon --keep", Usage: true}
+	}
+	w := make(chan keeper.Msg, 1)
+	d.mu.Lock()
+	if d.upgradeWait != nil {
+		d.mu.Unlock()
+		return control.Answer{Error: "an upgrade is under way already"}
+	}
+	d.upgradeWait = w
+	d.mu.Unlock()
+	d.send(keeper.Msg{Op: "upgrade"})
+	m := <-w
+	if m.Error != "" {
+		d.mu.Lock()
+		handing := d.handing
+		d.mu.Unlock()
+		a := control.Answer{Error: m.Error}
+		if handing {
+			a.Then = d.handedOver
+		}
+		return a
+	}
+	return control.Answer{PauseMicros: m.PauseMicros, Then: d.handedOver}
+}
+
+// HandedOver is closed once the next server serves everything: this
+// one has nothing left to do.
+func (d *Daemon) HandedOver() <-chan struct{} { return d.over }
+
+func (d *Daemon) handedOver() { d.overOnce.Do(func() { close(d.over) }) }
+
+// Listening tells the keeper this server's sockets answer: an upgrade
+// is done.
+func (d *Daemon) Listening() {
+	if d.link != nil {
+		d.send(keeper.Msg{Op: "listening"})
+	}
+}
+
+// SetListeners names how to stop listening (the control, seccomp and
+// metrics sockets), for a hand-over.
+func (d *Daemon) SetListeners(stop func()) { d.stopListening = stop }

@@ -1,0 +1,142 @@
+package test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// handoverLoad is a container's load during a hand-over: ops rounds of
+// a mkdir, a limit write and read, a listing and an rmdir, counting the
+// ones that fail (and saying which).
+func handoverLoad(v2 string, rounds int) string {
+	return fmt.Sprintf(`v=%s; ok=0; fail=0; i=0
+while [ $i -lt %d ]; do
+  if mkdir $v/h$i; then ok=$((ok+1)); else fail=$((fail+1)); echo "FAIL mkdir h$i"; fi
+  if echo 5 > $v/h$i/cgroup.max.descendants; then ok=$((ok+1)); else fail=$((fail+1)); echo "FAIL write h$i"; fi
+  if [ "$(cat $v/h$i/cgroup.max.descendants)" = 5 ]; then ok=$((ok+1)); else fail=$((fail+1)); echo "FAIL read h$i"; fi
+  if ls $v > /dev/null; then ok=$((ok+1)); else fail=$((fail+1)); echo "FAIL ls"; fi
+  if rmdir $v/h$i; then ok=$((ok+1)); else fail=$((fail+1)); echo "FAIL rmdir h$i"; fi
+  i=$((i+1))
+done
+echo "ok=$ok fail=$fail"`, v2, rounds)
+}
+
+var loadResult = regexp.MustCompile(`ok=(\d+) fail=(\d+)`)
+
+// serverOf is the daemon a keeper runs now (its one child).
+func serverOf(t *testing.T, keeper int) int {
+	t.Helper()
+	var pid int
+	waitFor(t, "the keeper's server", 10*time.Second, func() bool {
+		// Each thread lists the children it forked.
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", keeper))
+		var f []string
+		for _, task := range tasks {
+			b, _ := os.ReadFile(task)
+			f = append(f, strings.Fields(string(b))...)
+		}
+		if len(f) != 1 {
+			return false
+		}
+		pid, _ = strconv.Atoi(f[0])
+		return pid > 0
+	})
+	return pid
+}
+
+// TestHandoverUnderLoad: containers of a daemon under a keeper go on
+// making, writing, reading, listing and removing cgroups while the
+// daemon is upgraded twice and its server killed (-9) once: no operation
+// fails, and no view is unmounted.
+func TestHandoverUnderLoad(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	v2 := "/sys/fs/cgroup"
+	if len(l.v1) > 0 {
+		v2 = "/sys/fs/cgroup/unified"
+	}
+	env, keeper := startDaemonCmd(t, "--keep")
+	parent := runParent(t)
+	names := []string{"h1", "h2", "h3"}
+	for _, n := range names {
+		startRun(t, env, "--name", n, "--parent", parent)
+	}
+	for _, n := range names {
+		waitExec(t, env, n, "ls "+v2+" >/dev/null && echo up", "up")
+	}
+	first := serverOf(t, keeper.Process.Pid)
+
+	var wg sync.WaitGroup
+	outs := make([]string, len(names))
+	dir := publicDir(t)
+	if err := os.Chmod(dir, 0o777); err != nil { // the containers' roots mark their start here
+		t.Fatal(err)
+	}
+	for i, n := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			outs[i], _ = cgfsExec(t, env, n, "touch "+dir+"/"+n+"; "+handoverLoad(v2, 300))
+		}()
+	}
+	waitFor(t, "the load under way", 30*time.Second, func() bool {
+		for _, n := range names {
+			if _, err := os.Stat(dir + "/" + n); err != nil {
+				return false
+			}
+		}
+		return true
+	})
+	for i := 0; i < 2; i++ {
+		out, err := cgfsCmd(t, env, "upgrade")
+		if err != nil {
+			t.Fatalf("cgfs upgrade: %v\n%s", err, out)
+		}
+		t.Logf("upgrade %d: %s", i+1, strings.TrimSpace(out))
+	}
+	second := serverOf(t, keeper.Process.Pid)
+	if second == first {
+		t.Errorf("the server is still %d after two upgrades", first)
+	}
+	wg.Wait()
+	if err := syscall.Kill(second, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a new server after the kill", 20*time.Second, func() bool {
+		p := serverOf(t, keeper.Process.Pid)
+		return p != second
+	})
+	for i, n := range names {
+		m := loadResult.FindStringSubmatch(outs[i])
+		if m == nil {
+			t.Errorf("container %s: no result:\n%s", n, outs[i])
+			continue
+		}
+		if m[2] != "0" {
+			t.Errorf("container %s: %s operations failed across the hand-overs:\n%s", n, m[2], outs[i])
+		}
+		t.Logf("container %s: %s", n, m[0])
+	}
+	var list string
+	waitFor(t, "the new server's socket", 20*time.Second, func() bool {
+		var err error
+		list, err = cgfsCmd(t, env, "list")
+		return err == nil
+	})
+	for _, n := range names {
+		if !strings.Contains(list, n+"\t") {
+			t.Errorf("view %s is no longer served after the hand-overs: %q", n, list)
+		}
+		if out, _ := cgfsExec(t, env, n, "ls "+v2+" >/dev/null && echo mounted"); !strings.Contains(out, "mounted") {
+			t.Errorf("container %s: its view answers %q after the kill", n, out)
+		}
+	}
+}
