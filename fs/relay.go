@@ -41,6 +41,7 @@ type relay struct {
 	watches map[uint64]watch
 	pending map[string]uint64 // mount paths to raise an event on, and their inodes
 	kick    chan struct{}
+	gone    chan struct{} // closed once the root is let go
 	raised  uint64
 	// warnedFull: the one line said when MaxRelayWatches was reached.
 	warnedFull bool
@@ -63,7 +64,7 @@ func newRelay(w *host.Watcher, mnt *os.File, dev uint64, log logger) (*relay, er
 		return nil, err
 	}
 	r := &relay{w: w, dev: dev, log: log, root: os.NewFile(uintptr(fd), "cgfs mount root"),
-		watches: map[uint64]watch{}, pending: map[string]uint64{}, kick: make(chan struct{}, 1)}
+		watches: map[uint64]watch{}, pending: map[string]uint64{}, kick: make(chan struct{}, 1), gone: make(chan struct{})}
 	go r.run()
 	return r, nil
 }
@@ -240,6 +241,7 @@ func (r *relay) letGo() {
 	if root == nil {
 		return
 	}
+	close(r.gone)
 	for _, w := range watches {
 		w.stop()
 	}

@@ -159,6 +159,17 @@ func (m *Mounted) Files() (master, root *os.File, err error) {
 // its mount answers ENOTCONN instead of waiting forever.
 func Abandon(h Handover) { _ = abort(h.Conn) }
 
+// RootLetGo is closed once the server holds the mount's root no more
+// (the relay let go, its owner gone): a copy kept elsewhere (Files)
+// must go too, or the mount outlives its container. Nil: it holds
+// none.
+func (m *Mounted) RootLetGo() <-chan struct{} {
+	if r := m.fsys.relay.Load(); r != nil {
+		return r.gone
+	}
+	return nil
+}
+
 // ErrDrained: the server handed its connection over.
 var ErrDrained = errors.New("handed over")
 

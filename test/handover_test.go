@@ -3,11 +3,14 @@ package test
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -66,8 +69,9 @@ func TestHandoverUnderLoad(t *testing.T) {
 	env, keeper := startDaemonCmd(t, "--keep")
 	parent := runParent(t)
 	names := []string{"h1", "h2", "h3"}
+	var runs []*exec.Cmd
 	for _, n := range names {
-		startRun(t, env, "--name", n, "--parent", parent)
+		runs = append(runs, startRun(t, env, "--name", n, "--parent", parent))
 	}
 	for _, n := range names {
 		waitExec(t, env, n, "ls "+v2+" >/dev/null && echo up", "up")
@@ -139,4 +143,113 @@ func TestHandoverUnderLoad(t *testing.T) {
 			t.Errorf("container %s: its view answers %q after the kill", n, out)
 		}
 	}
+	// What the keeper holds keeps no view alive past its container.
+	for _, r := range runs {
+		_ = r.Process.Signal(syscall.SIGTERM)
+	}
+	waitFor(t, "every view dropped once the containers ended", 20*time.Second, func() bool {
+		list, err := cgfsCmd(t, env, "list")
+		return err == nil && strings.TrimSpace(list) == ""
+	})
+}
+
+// BenchmarkHandoverPause: how long a container's requests wait while
+// the daemon hands its views over (cgfs upgrade), as a reader in the
+// container's mount namespace sees it: the longest open-read-close of
+// cgroup.events that overlaps each upgrade, against the reads' usual
+// time, p50 and p99 over the upgrades; and the pause the keeper
+// measured (from the old daemon drained to the new one serving).
+func BenchmarkHandoverPause(b *testing.B) {
+	requireRoot(b)
+	l := detectLane(b)
+	v2 := "/sys/fs/cgroup"
+	if len(l.v1) > 0 {
+		v2 = "/sys/fs/cgroup/unified"
+	}
+	env, _ := startDaemonCmd(b, "--keep")
+	parent := runParent(b)
+	startRun(b, env, "--name", "p1", "--parent", parent)
+	waitExec(b, env, "p1", "ls "+v2+" >/dev/null && echo up", "up")
+	list, err := cgfsCmd(b, env, "list")
+	f := strings.Fields(list)
+	if err != nil || len(f) < 2 {
+		b.Fatalf("cgfs list: %q %v", list, err)
+	}
+	path := fmt.Sprintf("/proc/%s/root%s/cgroup.events", f[1], v2)
+
+	var longest, reads atomic.Int64
+	var all []time.Duration // the reads' times, for their median
+	var mu sync.Mutex
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			t0 := time.Now()
+			if _, err := os.ReadFile(path); err != nil {
+				b.Errorf("reading %s across an upgrade: %v", path, err)
+				return
+			}
+			d := time.Since(t0)
+			for {
+				old := longest.Load()
+				if int64(d) <= old || longest.CompareAndSwap(old, int64(d)) {
+					break
+				}
+			}
+			mu.Lock()
+			if len(all) < 1<<20 {
+				all = append(all, d)
+			}
+			mu.Unlock()
+			reads.Add(1)
+		}
+	}()
+	var seen, kept []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		longest.Store(0)
+		out, err := cgfsCmd(b, env, "upgrade")
+		if err != nil {
+			b.Fatalf("cgfs upgrade: %v\n%s", err, out)
+		}
+		var us int64
+		if _, err := fmt.Sscanf(strings.TrimSpace(out), "upgraded: the views waited %d µs", &us); err == nil {
+			kept = append(kept, time.Duration(us)*time.Microsecond)
+		}
+		// A read under way when the upgrade ended counts too.
+		n := reads.Load()
+		for reads.Load() < n+2 {
+			time.Sleep(100 * time.Microsecond)
+		}
+		seen = append(seen, time.Duration(longest.Load()))
+	}
+	b.StopTimer()
+	close(stop)
+	wg.Wait()
+	mu.Lock()
+	usual := percentile(all, 50)
+	mu.Unlock()
+	b.ReportMetric(float64(percentile(seen, 50).Microseconds()), "p50-longest-read-µs")
+	b.ReportMetric(float64(percentile(seen, 99).Microseconds()), "p99-longest-read-µs")
+	b.ReportMetric(float64(usual.Microseconds()), "usual-read-µs")
+	b.ReportMetric(float64(percentile(kept, 50).Microseconds()), "p50-pause-µs")
+	b.ReportMetric(float64(percentile(kept, 99).Microseconds()), "p99-pause-µs")
+}
+
+// percentile is the p-th percentile of ds (nearest rank).
+func percentile(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := (len(s)*p + 99) / 100
+	return s[max(i-1, 0)]
 }

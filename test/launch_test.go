@@ -44,7 +44,7 @@ func cgfsRun(t *testing.T, env []string, args ...string) runOut {
 
 // runParent is a parent cgroup of the test's own for cgfs run (made in
 // every hierarchy by cgfs run itself); the test checks it is gone after.
-func runParent(t *testing.T) string {
+func runParent(t testing.TB) string {
 	t.Helper()
 	p := fmt.Sprintf("cgfs-test-%s-%d", sanitize(t.Name()), os.Getpid())
 	t.Cleanup(func() { checkNothingLeft(t, p) })
@@ -53,7 +53,7 @@ func runParent(t *testing.T) string {
 
 // checkNothingLeft fails the test if a cgroup named parent is left in
 // any hierarchy, or a cgfs mount in the test's mount namespace.
-func checkNothingLeft(t *testing.T, parent string) {
+func checkNothingLeft(t testing.TB, parent string) {
 	t.Helper()
 	l := detectLane(t)
 	roots := []string{l.cgroup2}
@@ -234,7 +234,7 @@ func busyboxRootfs(t *testing.T, base int) string {
 
 // startRun starts `cgfs run` in the background with a command that
 // waits until SIGTERM (forwarded to it) and exits 42 then.
-func startRun(t *testing.T, env []string, args ...string) *exec.Cmd {
+func startRun(t testing.TB, env []string, args ...string) *exec.Cmd {
 	t.Helper()
 	all := append([]string{"run"}, args...)
 	all = append(all, "--", "sh", "-c", "trap 'exit 42' TERM; while :; do sleep 0.1; done")
@@ -259,7 +259,7 @@ func startRun(t *testing.T, env []string, args ...string) *exec.Cmd {
 }
 
 // cgfsExec runs `cgfs exec NAME -- sh -c SCRIPT` and returns its output.
-func cgfsExec(t *testing.T, env []string, name, script string) (string, error) {
+func cgfsExec(t testing.TB, env []string, name, script string) (string, error) {
 	t.Helper()
 	cmd := exec.Command(cgfsBin, "exec", name, "--", "sh", "-c", script)
 	cmd.Env = append(os.Environ(), env...)
@@ -269,7 +269,7 @@ func cgfsExec(t *testing.T, env []string, name, script string) (string, error) {
 
 // waitExec retries cgfsExec until the container is up and script prints
 // want.
-func waitExec(t *testing.T, env []string, name, script, want string) string {
+func waitExec(t testing.TB, env []string, name, script, want string) string {
 	t.Helper()
 	var out string
 	waitFor(t, fmt.Sprintf("%q in container %s", want, name), 30*time.Second, func() bool {
@@ -453,7 +453,7 @@ func TestExecIntoARootWithDomainControllers(t *testing.T) {
 
 // startDaemon starts `cgfs daemon` on a socket of the test's own and
 // waits for it to say it is ready (sd_notify READY=1).
-func startDaemon(t *testing.T, args ...string) []string {
+func startDaemon(t testing.TB, args ...string) []string {
 	t.Helper()
 	env, _ := startDaemonCmd(t, args...)
 	return env
@@ -461,7 +461,7 @@ func startDaemon(t *testing.T, args ...string) []string {
 
 // startDaemonCmd is startDaemon that also returns the daemon's process
 // (the keeper's, with --keep).
-func startDaemonCmd(t *testing.T, args ...string) ([]string, *exec.Cmd) {
+func startDaemonCmd(t testing.TB, args ...string) ([]string, *exec.Cmd) {
 	t.Helper()
 	dir := publicDir(t)
 	sock := filepath.Join(dir, "daemon.sock")
@@ -495,7 +495,7 @@ func startDaemonCmd(t *testing.T, args ...string) ([]string, *exec.Cmd) {
 }
 
 // cgfsCmd runs `cgfs ARGS` with env to its end.
-func cgfsCmd(t *testing.T, env []string, args ...string) (string, error) {
+func cgfsCmd(t testing.TB, env []string, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command(cgfsBin, args...)
 	cmd.Env = append(os.Environ(), env...)

@@ -92,6 +92,24 @@ func (d *Daemon) run(name string, s *served) error {
 	}
 	d.mu.Unlock()
 	d.keepView(name, s)
+	if gone := s.mounted.RootLetGo(); gone != nil && d.link != nil {
+		go func() {
+			// The keeper's copy of the mount's root must not keep the
+			// mount alive once the owner is gone: keep the connection
+			// alone.
+			select {
+			case <-gone:
+			case <-s.mounted.Done():
+				return
+			}
+			d.mu.Lock()
+			handing := d.handing
+			d.mu.Unlock()
+			if !handing {
+				d.keepView(name, s)
+			}
+		}()
+	}
 	unlist := d.metrics.Add(s.views.MetricsView(name, s.mounted))
 	go func() {
 		// Once the container holds the view no more (its mount namespace
