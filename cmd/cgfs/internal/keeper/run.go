@@ -81,6 +81,9 @@ func (k *Keeper) Run() error {
 				return nil
 			}
 			_ = k.cur.cmd.Process.Signal(s)
+			if k.up != nil { // the one that was to take over stops too
+				_ = k.up.new.cmd.Process.Signal(s)
+			}
 		case ev := <-k.events:
 			if ev.err == nil {
 				k.handle(ev.c, ev.msg)
@@ -214,7 +217,8 @@ func (k *Keeper) finish(m Msg) {
 	if k.up.asked != nil {
 		_ = k.up.asked.link.Send(m)
 	}
-	if m.Error == "" && k.up.old != k.up.asked {
+	// The old server ends on done once it drained (else it serves on).
+	if k.up.old != k.up.asked && (m.Error == "" || !k.up.drained.IsZero()) {
 		_ = k.up.old.link.Send(m)
 	}
 	k.up = nil
@@ -223,6 +227,9 @@ func (k *Keeper) finish(m Msg) {
 // exited takes the end of server c; true: the keeper is done.
 func (k *Keeper) exited(c *child, state error, stopping bool) bool {
 	k.Log.Info("keeper: server exited", "pid", c.cmd.Process.Pid, "status", fmt.Sprint(state))
+	if stopping {
+		return c == k.cur
+	}
 	if up := k.up; up != nil {
 		switch c {
 		case up.new: // the upgrade failed; the old one serves on
@@ -230,8 +237,9 @@ func (k *Keeper) exited(c *child, state error, stopping bool) bool {
 				k.finish(Msg{Op: "done", Error: fmt.Sprintf("the new server exited: %v", state)})
 				return false
 			}
-			// It died after the old one drained: start another.
-			k.up = nil
+			// It died after the old one drained: start another, and
+			// let the old one go.
+			k.finish(Msg{Op: "done", Error: fmt.Sprintf("the new server exited: %v; another takes over", state)})
 			k.cur = nil
 		case up.old:
 			if up.drained.IsZero() { // the old one died mid-upgrade: the new one takes what is kept
@@ -242,9 +250,6 @@ func (k *Keeper) exited(c *child, state error, stopping bool) bool {
 	}
 	if c != k.cur && k.cur != nil {
 		return false
-	}
-	if stopping {
-		return true
 	}
 	// A crash: a new server takes the kept connections up. One that
 	// dies at once is not restarted in a tight loop.
