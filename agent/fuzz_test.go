@@ -160,4 +160,3 @@ func FuzzParseRights(f *testing.F) {
 		}
 	})
 }
-
