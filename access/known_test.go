@@ -16,23 +16,29 @@ import (
 // The main thread is never used: Go does not end it but wedges it.
 func onThread(t *testing.T, f func(tid int)) {
 	t.Helper()
-	for try := 0; try < 1000; try++ {
-		ran := make(chan bool)
-		go func() {
-			runtime.LockOSThread()
-			if unix.Gettid() == os.Getpid() {
-				runtime.UnlockOSThread()
-				ran <- false
-				return
-			}
-			defer func() { ran <- true }() // the thread ends with the goroutine, still locked
-			f(unix.Gettid())
-		}()
-		if <-ran {
+	run := func(done chan<- struct{}) {
+		defer close(done) // the thread ends with the goroutine, still locked
+		f(unix.Gettid())
+	}
+	done := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		if unix.Gettid() != os.Getpid() {
+			run(done)
 			return
 		}
-	}
-	t.Fatal("every goroutine ran on the main thread")
+		// The main thread (Go wedges it rather than ending it): hold it
+		// while another goroutine, which then cannot land on it, runs f.
+		inner := make(chan struct{})
+		go func() {
+			runtime.LockOSThread()
+			run(inner)
+		}()
+		<-inner
+		runtime.UnlockOSThread()
+		close(done)
+	}()
+	<-done
 }
 
 // TestRememberedCallerSeesChanges: a remembered task is read afresh
