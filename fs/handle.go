@@ -27,7 +27,10 @@ func fileOf(fh gofs.FileHandle) *translate.File {
 
 var _ = (gofs.FilePassthroughFder)((*handle)(nil))
 
-func (h *handle) PassthroughFd() (int, bool) { return h.f.PassthroughFd() }
+// PassthroughFd is what go-fuse registers as the inode's backing file
+// when it has none (see translate.File.BackingFd); whether this open
+// reads through it is openFlags'.
+func (h *handle) PassthroughFd() (int, bool) { return h.f.BackingFd() }
 
 var _ = (gofs.FileReader)((*handle)(nil))
 

@@ -254,7 +254,7 @@ var _ = (gofs.NodeOpener)((*node)(nil))
 func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	vp := n.vpath()
 	if n.m.relay.Load() != nil && isRelayWrite(ctx, vp, flags) {
-		return relayHandle{}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
+		return n.relayOpen(ctx, vp), fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
 	}
 	r, c := n.m.start(ctx, "open")
 	defer c.end()

@@ -269,11 +269,46 @@ func isRelayWrite(ctx context.Context, name string, flags uint32) bool {
 	return unix.Tgkill(os.Getpid(), int(fc.Pid), 0) == nil
 }
 
-// relayHandle takes the relay's write and changes nothing.
-type relayHandle struct{}
+// relayHandle takes the relay's write and changes nothing. It holds the
+// file open read-only, for its backing (see translate.File.BackingFd):
+// an inode a reader has open with passthrough needs every open of it to
+// say passthrough too, the relay's included.
+type relayHandle struct{ f *translate.File }
+
+// relayOpen is the relay's open of vpath, by this server's own thread
+// (host root): not counted as the container's.
+func (n *node) relayOpen(ctx context.Context, vpath string) *relayHandle {
+	h := &relayHandle{}
+	if fc, ok := fuse.FromContext(ctx); ok {
+		r := n.m.ident.Request(int(fc.Pid), fc.Uid, fc.Gid)
+		defer r.Done()
+		if f, err := n.t.view.Open(r, vpath, unix.O_RDONLY); err == nil {
+			h.f = f
+		}
+	}
+	return h
+}
 
 var _ = (gofs.FileWriter)((*relayHandle)(nil))
 
-func (relayHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+func (*relayHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	return uint32(len(data)), 0
+}
+
+var _ = (gofs.FilePassthroughFder)((*relayHandle)(nil))
+
+func (h *relayHandle) PassthroughFd() (int, bool) {
+	if h.f == nil {
+		return -1, false
+	}
+	return h.f.BackingFd()
+}
+
+var _ = (gofs.FileReleaser)((*relayHandle)(nil))
+
+func (h *relayHandle) Release(ctx context.Context) syscall.Errno {
+	if h.f != nil {
+		h.f.Close()
+	}
+	return 0
 }

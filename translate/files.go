@@ -102,6 +102,9 @@ type File struct {
 	// passthrough: opened read-only and passed through, so the kernel
 	// may serve reads from the host file itself.
 	passthrough bool
+	// backing is a read-only copy of a host file opened for writing
+	// whose reads pass through (see BackingFd).
+	backing *os.File
 	// leafPath: opened through a leaf path (read-only), shown with its
 	// inode numbers.
 	leafPath bool
@@ -215,6 +218,32 @@ func (f *File) Stat() (unix.Stat_t, error) {
 // directly, if the open allows it.
 func (f *File) PassthroughFd() (int, bool) { return int(f.host.Fd()), f.passthrough }
 
+// BackingFd is a readable host descriptor of a file whose reads pass
+// through, for every open of it, writers' included: once an inode has
+// a backing file the kernel wants each open of it to say passthrough
+// (else EIO), and the server counts the backing's users by opens (an
+// open without one must not give one back). A writer's open does not
+// read through it: DIRECT_IO overrides passthrough. False for files
+// the kernel never reads directly (computed content, write-only files).
+func (f *File) BackingFd() (int, bool) {
+	switch {
+	case f.passthrough:
+		return int(f.host.Fd()), true
+	case f.cf != nil && f.cf.read != nil:
+		return -1, false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.backing == nil {
+		b, err := f.v.host.Open(f.vpath, unix.O_RDONLY|unix.O_NOFOLLOW)
+		if err != nil {
+			return -1, false // write-only (cgroup.kill): nobody reads it through
+		}
+		f.backing = b
+	}
+	return int(f.backing.Fd()), true
+}
+
 // Read reads at off into dest. Host files are read with one pread(2): at
 // offset 0 cgroupfs produces the content afresh. Computed files are
 // rendered at offset 0 (and at the first read) and served from that
@@ -274,5 +303,8 @@ func (v *View) PassthroughProbe() (*os.File, error) {
 // Close releases the host file.
 func (f *File) Close() error {
 	f.v.limits.giveFile()
+	if f.backing != nil {
+		f.backing.Close()
+	}
 	return f.host.Close()
 }
