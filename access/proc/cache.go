@@ -225,3 +225,18 @@ func levels(nsfd, depth int) ([]NS, error) {
 	}
 	return chain, nil
 }
+
+// Close releases what the task cache holds (its epoll set and pidfds).
+// The Procs is not used afterwards.
+func (p *Procs) Close() {
+	c := p.cache
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for tid := range c.tasks {
+		c.dropLocked(tid)
+	}
+	if c.epfd >= 0 {
+		unix.Close(c.epfd)
+		c.epfd = -1
+	}
+}

@@ -61,6 +61,9 @@ func (h *helper) close() {
 	if h.procfs != nil {
 		h.procfs.Close()
 	}
+	if h.procs != nil {
+		h.procs.Close() // its task cache's epoll set
+	}
 	select {
 	case <-h.exited:
 	case <-time.After(time.Second):
