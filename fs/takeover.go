@@ -155,10 +155,6 @@ func (m *Mounted) Files() (master, root *os.File, err error) {
 	return master, root, nil
 }
 
-// Abandon ends a connection handed over that nobody will serve, so that
-// its mount answers ENOTCONN instead of waiting forever.
-func Abandon(h Handover) { _ = abort(h.Conn) }
-
 // RootLetGo is closed once the server holds the mount's root no more
 // (the relay let go, its owner gone): a copy kept elsewhere (Files)
 // must go too, or the mount outlives its container. Nil: it holds

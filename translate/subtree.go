@@ -70,6 +70,15 @@ func (x *leafIndex) under(vdir string) int64 {
 }
 
 // indexLeaves walks the view once to find the leaves it has.
+// IndexLeaves reads afresh which cgroups have hidden leaves: for a
+// server taking over from another, which made and folded leaves until
+// it drained.
+func (v *View) IndexLeaves() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.indexLeaves()
+}
+
 func (v *View) indexLeaves() error {
 	v.leaves.m = map[string]bool{}
 	if v.v1 {

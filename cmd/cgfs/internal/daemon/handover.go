@@ -196,8 +196,9 @@ func (d *Daemon) prepare(it *kept) {
 
 // resume serves a prepared view on its kept connection (last: the old
 // server's state after it drained, if it did). A view that cannot be
-// served again is aborted: with nobody to serve it, its container would
-// wait forever.
+// served again (its owner gone: the container ended) is let go: its
+// connection ends with the container's mount namespace. It is not
+// aborted by its number, which a newer connection may have taken.
 func (d *Daemon) resume(it *kept, last json.RawMessage) {
 	if len(last) > 0 {
 		_ = json.Unmarshal(last, &it.state)
@@ -210,7 +211,6 @@ func (d *Daemon) resume(it *kept, last json.RawMessage) {
 	}()
 	h := it.state.Handover
 	if it.views == nil || len(files) == 0 {
-		fs.Abandon(h)
 		d.unkeep(it.name)
 		return
 	}
@@ -219,11 +219,13 @@ func (d *Daemon) resume(it *kept, last json.RawMessage) {
 		r.Root = files[1]
 	}
 	req := it.state.Req
+	if err := it.views.IndexLeaves(); err != nil {
+		d.log.Warn("keeper: reading a view's hidden leaves", "view", req.Name, "err", err)
+	}
 	mounted, err := it.views.ServeResumed(d.ident, d.metrics.For(req.Name), r)
 	if err != nil {
 		d.log.Warn("keeper: serving a view again", "view", req.Name, "err", err)
 		it.views.Close()
-		fs.Abandon(h)
 		d.unkeep(it.name)
 		return
 	}

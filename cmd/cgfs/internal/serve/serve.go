@@ -114,6 +114,17 @@ func Open(procs *proc.Procs, o Options) (*Views, error) {
 	return v, nil
 }
 
+// IndexLeaves reads the hidden leaves afresh (see Options.TakingOver):
+// the server taking over does so once the other has drained.
+func (v *Views) IndexLeaves() error {
+	for _, va := range v.views {
+		if err := va.View.IndexLeaves(); err != nil {
+			return fmt.Errorf("hierarchy %s: %w", va.Dir, err)
+		}
+	}
+	return nil
+}
+
 // Dirs are the host directories served, by hierarchy name (see
 // Options.Dirs).
 func (v *Views) Dirs() map[string]string { return v.dirs }
