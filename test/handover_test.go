@@ -253,3 +253,45 @@ func percentile(ds []time.Duration, p int) time.Duration {
 	i := (len(s)*p + 99) / 100
 	return s[max(i-1, 0)]
 }
+
+// TestStormThroughHandover: the storm of TestStorm blows while the
+// daemon is upgraded twice (cgfs upgrade): not one of its operations
+// fails, and afterwards everything is where the containers put it and
+// nothing is left behind (runStorm's checks).
+func TestStormThroughHandover(t *testing.T) {
+	requireRoot(t)
+	n, rounds := stormContainers, stormRounds
+	if os.Getenv("CGFS_LANE") == "vm" {
+		n, rounds = vmStormContainers, vmStormRounds
+	}
+	var servers []int
+	r := runStorm(t, stormOptions{
+		N: n, Rounds: rounds, Keep: true,
+		During: func(t *testing.T, s *storm) {
+			servers = append(servers, s.daemon.pid())
+			for i := 0; i < 2; i++ {
+				out, err := cgfsCmd(t, s.daemon.env, "upgrade")
+				if err != nil {
+					t.Errorf("cgfs upgrade during the storm: %v\n%s", err, out)
+					return
+				}
+				t.Logf("upgrade %d during the storm: %s", i+1, strings.TrimSpace(out))
+			}
+			waitFor(t, "the last server listening", 20*time.Second, func() bool {
+				_, err := cgfsCmd(t, s.daemon.env, "list")
+				return err == nil
+			})
+			servers = append(servers, s.daemon.pid())
+		},
+	})
+	if r.Failed != 0 {
+		t.Errorf("%d of %d operations failed across the upgrades:\n%s", r.Failed, r.OK+r.Failed, strings.Join(r.Failures, "\n"))
+	}
+	if !r.HookOverlapped {
+		t.Errorf("the upgrades did not happen while every workload was running")
+	}
+	if len(servers) == 2 && servers[0] == servers[1] {
+		t.Errorf("the daemon is still process %d after two upgrades", servers[0])
+	}
+	t.Logf("storm through two upgrades: %d containers, %d operations, %d failed", n, r.OK+r.Failed, r.Failed)
+}
