@@ -101,6 +101,25 @@ func testMountOwned(t *testing.T, dir string, below []proc.Ancestor) (string, *a
 		}
 		t.Skip("FUSE tests need root (DirectMount)")
 	}
+	cfg := viewConfig(t, dir, below)
+	mnt := t.TempDir()
+	server, err := Mount(mnt, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		server.Stop()
+		if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), " "+mnt+" ") {
+			t.Errorf("%s still mounted after Stop", mnt)
+		}
+	})
+	return mnt, cfg.Identifier
+}
+
+// viewConfig serves a view of dir whose owner namespace is below the
+// server's by the namespaces in below (none: the server's own).
+func viewConfig(t *testing.T, dir string, below []proc.Ancestor) Config {
+	t.Helper()
 	h, err := host.Open(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -123,24 +142,7 @@ func testMountOwned(t *testing.T, dir string, below []proc.Ancestor) (string, *a
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	mnt := t.TempDir()
-	ident := access.NewIdentifier(procs)
-	server, err := Mount(mnt, Config{
-		Views:      []ViewAt{{View: view}},
-		Identifier: ident,
-		Log:        log,
-		Debug:      os.Getenv("CGFS_DEBUG") != "",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		server.Stop()
-		if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), " "+mnt+" ") {
-			t.Errorf("%s still mounted after Stop", mnt)
-		}
-	})
-	return mnt, ident
+	return Config{Views: []ViewAt{{View: view}}, Identifier: access.NewIdentifier(procs), Log: log, Debug: os.Getenv("CGFS_DEBUG") != ""}
 }
 
 func TestListingHidesTheLeaf(t *testing.T) {

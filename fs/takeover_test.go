@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,11 +13,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/cgfs/cgfs/access"
-	"github.com/cgfs/cgfs/access/proc"
-	"github.com/cgfs/cgfs/translate"
-	"github.com/cgfs/cgfs/translate/host"
 )
 
 // realCgroup makes a cgroup v2 cgroup of the test's own (file handles,
@@ -55,34 +48,6 @@ func realCgroup(t *testing.T) string {
 	return dir
 }
 
-// servedView is the config of a view of dir as host root sees it.
-func servedView(t *testing.T, dir string) Config {
-	t.Helper()
-	h, err := host.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	procs, err := proc.Open("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	owner, err := access.SelfOwner(procs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(owner.Close)
-	view, err := translate.New(h, translate.Config{Policy: access.NewPolicy(owner.Chain), Procs: procs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
-	}
-	return Config{Views: []ViewAt{{View: view}}, Identifier: access.NewIdentifier(procs), Log: log, Debug: os.Getenv("CGFS_DEBUG") != ""}
-}
-
 // TestTakeover: a second server takes a connection over from the first
 // without the mount noticing: what the kernel holds (looked-up nodes,
 // open files and directories) goes on working, and requests made while
@@ -90,7 +55,7 @@ func servedView(t *testing.T, dir string) Config {
 func TestTakeover(t *testing.T) {
 	dir := realCgroup(t)
 	mnt := t.TempDir()
-	first, err := Mount(mnt, servedView(t, dir))
+	first, err := Mount(mnt, viewConfig(t, dir, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +132,7 @@ func TestTakeover(t *testing.T) {
 	if err := os.Remove(dir + "/gone"); err != nil {
 		t.Fatal(err)
 	}
-	cfg := servedView(t, dir)
+	cfg := viewConfig(t, dir, nil)
 	cfg.Resume = &Resume{Handover: first.Handover(), Master: master, Root: root}
 	second, err := Serve(cfg)
 	if err != nil {
@@ -236,7 +201,7 @@ func TestTakeover(t *testing.T) {
 func TestDrainOfAnIdleServer(t *testing.T) {
 	dir := realCgroup(t)
 	mnt := t.TempDir()
-	m, err := Mount(mnt, servedView(t, dir))
+	m, err := Mount(mnt, viewConfig(t, dir, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
