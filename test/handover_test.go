@@ -61,11 +61,7 @@ func serverOf(t *testing.T, keeper int) int {
 // fails, and no view is unmounted.
 func TestHandoverUnderLoad(t *testing.T) {
 	requireRoot(t)
-	l := detectLane(t)
-	v2 := "/sys/fs/cgroup"
-	if len(l.v1) > 0 {
-		v2 = "/sys/fs/cgroup/unified"
-	}
+	v2 := detectLane(t).cgroup2 // where the view shows it too
 	env, keeper := startDaemonCmd(t, "--keep")
 	parent := runParent(t)
 	names := []string{"h1", "h2", "h3"}
@@ -161,11 +157,7 @@ func TestHandoverUnderLoad(t *testing.T) {
 // measured (from the old daemon drained to the new one serving).
 func BenchmarkHandoverPause(b *testing.B) {
 	requireRoot(b)
-	l := detectLane(b)
-	v2 := "/sys/fs/cgroup"
-	if len(l.v1) > 0 {
-		v2 = "/sys/fs/cgroup/unified"
-	}
+	v2 := detectLane(b).cgroup2 // where the view shows it too
 	env, _ := startDaemonCmd(b, "--keep")
 	parent := runParent(b)
 	startRun(b, env, "--name", "p1", "--parent", parent)

@@ -250,9 +250,9 @@ func mountView(t testing.TB, hostDir string, extra ...string) *server {
 	return s
 }
 
-// stop sends SIGTERM and waits for the server to exit; it force-detaches
-// the mount if the server failed to.
-func (s *server) stop(t testing.TB) error {
+// terminate sends SIGTERM (as systemd does) and waits for the process
+// to exit, killing it after 30 s (an error).
+func (s *server) terminate(t testing.TB) {
 	t.Helper()
 	if !s.exited.Load() {
 		_ = s.cmd.Process.Signal(syscall.SIGTERM)
@@ -264,6 +264,13 @@ func (s *server) stop(t testing.TB) error {
 		<-s.done
 		t.Errorf("cgfs did not exit within 30s of SIGTERM")
 	}
+}
+
+// stop sends SIGTERM and waits for the server to exit; it force-detaches
+// the mount if the server failed to.
+func (s *server) stop(t testing.TB) error {
+	t.Helper()
+	s.terminate(t)
 	if isMounted(t, s.mnt) {
 		t.Errorf("%s still mounted after cgfs exited", s.mnt)
 		_ = unix.Unmount(s.mnt, unix.MNT_DETACH)

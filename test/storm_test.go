@@ -1270,16 +1270,7 @@ func (d *stormDaemon) start(t *testing.T) {
 // stopServer stops the daemon s (SIGTERM, as systemd does).
 func (d *stormDaemon) stopServer(t *testing.T, s *server) {
 	t.Helper()
-	if !s.exited.Load() {
-		_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	}
-	select {
-	case <-s.done:
-	case <-time.After(30 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.done
-		t.Errorf("the daemon did not exit within 30 s of SIGTERM")
-	}
+	s.terminate(t)
 }
 
 func (d *stormDaemon) pid() int {

@@ -189,30 +189,6 @@ func runKeeper(args []string, log *slog.Logger) error {
 	return k.Run()
 }
 
-// upgradeCmd is `cgfs upgrade`: the daemon's keeper starts the cgfs now
-// installed, which takes every view and listener over.
-func upgradeCmd(args []string, stdout, stderr io.Writer) error {
-	fl := flag.NewFlagSet("upgrade", flag.ContinueOnError)
-	fl.SetOutput(stderr)
-	fl.Usage = func() { fmt.Fprint(stderr, daemonUsage) }
-	socket := fl.String("socket", control.DaemonSocket(), "the daemon's socket `PATH`")
-	if err := fl.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	a, _, err := control.Ask(*socket, control.Request{Op: "upgrade"})
-	if errors.Is(err, control.ErrNotRunning) {
-		return usageError{fmt.Sprintf("the cgfs daemon is not running (%v)", err)}
-	}
-	if err != nil {
-		return err
-	}
-	if err := a.Err(); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "upgraded: the views waited %d µs\n", a.PauseMicros)
-	return nil
-}
-
 // attachOptions is what attach asks.
 type attachOptions struct {
 	req    control.Request
@@ -305,7 +281,9 @@ func moveMountIn(view *os.File, pid int, target string) error {
 	return <-done
 }
 
-// simpleCmd is `cgfs detach` and `cgfs list`.
+// simpleCmd is `cgfs detach`, `cgfs list` and `cgfs upgrade` (the
+// daemon's keeper starts the cgfs now installed, which takes every view
+// and listener over).
 func simpleCmd(op string, args []string, stdout, stderr io.Writer) error {
 	fl := flag.NewFlagSet(op, flag.ContinueOnError)
 	fl.SetOutput(stderr)
@@ -333,6 +311,9 @@ func simpleCmd(op string, args []string, stdout, stderr io.Writer) error {
 	}
 	for _, v := range a.Views {
 		fmt.Fprintf(stdout, "%s\t%d\n", v.Name, v.Owner)
+	}
+	if op == "upgrade" {
+		fmt.Fprintf(stdout, "upgraded: the views waited %d µs\n", a.PauseMicros)
 	}
 	return nil
 }

@@ -106,9 +106,7 @@ func run(args []string, log *slog.Logger, stderr io.Writer) (int, error) {
 			return 0, err
 		}
 		return 0, attach(opts)
-	case "upgrade":
-		return 0, upgradeCmd(args[1:], os.Stdout, stderr)
-	case "detach", "list":
+	case "detach", "list", "upgrade":
 		return 0, simpleCmd(args[0], args[1:], os.Stdout, stderr)
 	case "oci-hook":
 		return 0, ociHookCmd(args[1:], os.Stdin)
