@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
@@ -149,12 +150,18 @@ func TestHandoverUnderLoad(t *testing.T) {
 	})
 }
 
+// handoverCgroups is how many cgroups the container of
+// BenchmarkHandoverPause makes before it is measured.
+const handoverCgroups = 300
+
 // BenchmarkHandoverPause: how long a container's requests wait while
-// the daemon hands its views over (cgfs upgrade), as a reader in the
-// container's mount namespace sees it: the longest open-read-close of
-// cgroup.events that overlaps each upgrade, against the reads' usual
-// time, p50 and p99 over the upgrades; and the pause the keeper
-// measured (from the old daemon drained to the new one serving).
+// the daemon hands its views over (cgfs upgrade), as the container's
+// root sees it: a reader in the container (cgfs exec) reads cgroup.events
+// of each of handoverCgroups cgroups and its root in turn, so the new
+// server meets nodes it never looked up. Reported: the longest
+// open-read-close that overlaps each upgrade, against the reads' usual
+// time, p50 and p99 over the upgrades; and the pause the keeper measured
+// (from the old daemon drained to the new one serving).
 func BenchmarkHandoverPause(b *testing.B) {
 	requireRoot(b)
 	v2 := detectLane(b).cgroup2 // where the view shows it too
@@ -162,33 +169,38 @@ func BenchmarkHandoverPause(b *testing.B) {
 	parent := runParent(b)
 	startRun(b, env, "--name", "p1", "--parent", parent)
 	waitExec(b, env, "p1", "ls "+v2+" >/dev/null && echo up", "up")
-	list, err := cgfsCmd(b, env, "list")
-	f := strings.Fields(list)
-	if err != nil || len(f) < 2 {
-		b.Fatalf("cgfs list: %q %v", list, err)
+	made := fmt.Sprintf("cd %s && i=0; while [ $i -lt %d ]; do mkdir c$i || exit 1; i=$((i+1)); done; echo made", v2, handoverCgroups)
+	if out, err := cgfsExec(b, env, "p1", made); err != nil || !strings.Contains(out, "made") {
+		b.Fatalf("making %d cgroups in the container: %v\n%s", handoverCgroups, err, out)
 	}
-	path := fmt.Sprintf("/proc/%s/root%s/cgroup.events", f[1], v2)
+	files := []string{v2 + "/cgroup.events"}
+	for i := range handoverCgroups {
+		files = append(files, fmt.Sprintf("%s/c%d/cgroup.events", v2, i))
+	}
+	reader := exec.Command(cgfsBin, append([]string{"exec", "p1", "--", "env", helperEnv + "=1", helperBin, "readloop"}, files...)...)
+	reader.Env = append(os.Environ(), env...)
+	reader.Stderr = os.Stderr
+	out, err := reader.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := reader.Start(); err != nil {
+		b.Fatal(err)
+	}
 
 	var longest, reads atomic.Int64
 	var all []time.Duration // the reads' times, for their median
 	var mu sync.Mutex
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
+	failed := make(chan string, 1)
 	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			t0 := time.Now()
-			if _, err := os.ReadFile(path); err != nil {
-				b.Errorf("reading %s across an upgrade: %v", path, err)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			ns, err := strconv.ParseInt(sc.Text(), 10, 64)
+			if err != nil {
+				failed <- sc.Text()
 				return
 			}
-			d := time.Since(t0)
+			d := time.Duration(ns)
 			for {
 				old := longest.Load()
 				if int64(d) <= old || longest.CompareAndSwap(old, int64(d)) {
@@ -202,7 +214,10 @@ func BenchmarkHandoverPause(b *testing.B) {
 			mu.Unlock()
 			reads.Add(1)
 		}
+		failed <- "the reader ended"
 	}()
+	// The reader is under way before the first upgrade.
+	waitFor(b, "the container's reader", 10*time.Second, func() bool { return reads.Load() > int64(len(files)) })
 	var seen, kept []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -218,13 +233,18 @@ func BenchmarkHandoverPause(b *testing.B) {
 		// A read under way when the upgrade ended counts too.
 		n := reads.Load()
 		for reads.Load() < n+2 {
-			time.Sleep(100 * time.Microsecond)
+			select {
+			case why := <-failed:
+				b.Fatalf("reading in the container across an upgrade: %s", why)
+			case <-time.After(100 * time.Microsecond):
+			}
 		}
 		seen = append(seen, time.Duration(longest.Load()))
 	}
 	b.StopTimer()
-	close(stop)
-	wg.Wait()
+	_ = out.Close()
+	_ = reader.Process.Kill()
+	_ = reader.Wait()
 	mu.Lock()
 	usual := percentile(all, 50)
 	mu.Unlock()

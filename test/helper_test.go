@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -70,6 +71,9 @@ func helperMain(args []string) int {
 	if op == "hold" && len(args) == 3 {
 		return holdMain(args[1:])
 	}
+	if op == "readloop" {
+		return readLoop(args[1:])
+	}
 	var err error
 	var out string
 	switch op {
@@ -104,6 +108,31 @@ func helperMain(args []string) int {
 	}
 	fmt.Print("OK", out)
 	return 0
+}
+
+// readLoop reads the files named, one after the other and again from
+// the first, and prints how long each read took (open, read and close,
+// in ns) on a line of its own, until its output is closed. A read that
+// fails prints "ERR path errno" and ends it with status 1.
+func readLoop(paths []string) int {
+	buf := make([]byte, 4096)
+	for i := 0; ; i++ {
+		path := paths[i%len(paths)]
+		t0 := time.Now()
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err == nil {
+			_, err = unix.Read(fd, buf)
+			unix.Close(fd)
+		}
+		d := time.Since(t0)
+		if err != nil {
+			fmt.Printf("ERR %s %s\n", path, unix.ErrnoName(errnoOf(err)))
+			return 1
+		}
+		if _, err := fmt.Printf("%d\n", d.Nanoseconds()); err != nil {
+			return 0
+		}
+	}
 }
 
 // holdThreads starts n extra OS threads, prints the thread ids of the
