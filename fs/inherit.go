@@ -34,9 +34,11 @@ type inherit struct {
 	gen     uint64
 	resumed bool
 
-	mu      sync.RWMutex
-	checked map[uint64]struct{} // node ids the bridge knows, since taking over
-	files   map[uint64]uint64   // an earlier server's handle: this one's
+	mu sync.RWMutex
+	// checked are the node ids the bridge knows since taking over, each
+	// with how many of the kernel's lookups it holds (see Forget).
+	checked map[uint64]uint64
+	files   map[uint64]uint64 // an earlier server's handle: this one's
 }
 
 const fhMask = 1<<32 - 1
@@ -76,24 +78,21 @@ func (w *inherit) know(cancel <-chan struct{}, h *fuse.InHeader, id uint64) fuse
 	if w.m.revived.Load() != id {
 		w.RawFileSystem.Forget(id, 1) // it knew it: give the lookup back
 	}
-	w.checked[id] = struct{}{}
+	// The one lookup the bridge holds (the revival's, or the one it had)
+	// stands for all the earlier servers'.
+	w.checked[id] = 1
 	return fuse.OK
 }
 
 // mark notes a node id the bridge handed the kernel (an answer with an
-// entry): it knows it.
+// entry): it knows it, and holds one more of the kernel's lookups.
 func (w *inherit) mark(st fuse.Status, id uint64) fuse.Status {
-	if !w.resumed || !st.Ok() {
+	if !w.resumed || !st.Ok() || id == fuse.FUSE_ROOT_ID || id == 0 {
 		return st
 	}
-	w.mu.RLock()
-	_, ok := w.checked[id]
-	w.mu.RUnlock()
-	if !ok {
-		w.mu.Lock()
-		w.checked[id] = struct{}{}
-		w.mu.Unlock()
-	}
+	w.mu.Lock()
+	w.checked[id]++
+	w.mu.Unlock()
 	return st
 }
 
@@ -176,14 +175,23 @@ func (w *inherit) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, 
 }
 
 // Forget: every node the bridge knows since the takeover was marked, so
-// one that is not is an earlier server's that nothing here used.
+// one that is not is an earlier server's that nothing here used. The
+// kernel counts lookups over every server of the connection and forgets
+// them together (its whole count, as the inode goes), so the bridge is
+// given back what it holds of them and no more: go-fuse panics on a
+// count that goes below zero, with the node's lock held.
 func (w *inherit) Forget(nodeid, nlookup uint64) {
 	if w.resumed && nodeid != fuse.FUSE_ROOT_ID {
 		w.mu.Lock()
-		_, known := w.checked[nodeid]
-		delete(w.checked, nodeid)
+		held := w.checked[nodeid]
+		nlookup = min(nlookup, held)
+		if held -= nlookup; held == 0 {
+			delete(w.checked, nodeid)
+		} else {
+			w.checked[nodeid] = held
+		}
 		w.mu.Unlock()
-		if !known {
+		if nlookup == 0 {
 			return
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -70,6 +71,16 @@ type mount struct {
 	logs     logBudget
 	relay    atomic.Pointer[relay] // nil: no events relayed
 	revived  revivedID             // see inherit.know
+	panics   atomic.Int64          // requests that panicked (panicked)
+}
+
+// panicked answers a request whose handling panicked (in cgfs or in
+// go-fuse, which recovers it): EIO, and an error on the host with the
+// stack, for a bug the container must not be able to turn into more.
+func (m *mount) panicked(r any) fuse.Status {
+	m.panics.Add(1)
+	m.log.Error("a request panicked: answered EIO", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+	return fuse.EIO
 }
 
 // MaxInFlight is how many requests of one mount are served at once; more
@@ -192,6 +203,9 @@ func Serve(cfg Config) (*Mounted, error) {
 			Debug:             cfg.Debug,
 			// go-fuse's own lines (a drained reader's EAGAIN) are debug.
 			Logger: slog.NewLogLogger(logHandler(cfg.Log), slog.LevelDebug),
+			// A request that panics is answered EIO (go-fuse recovers
+			// it) and said on the host, with where.
+			PanicHandler: m.panicked,
 		},
 		EntryTimeout:    &entryTimeout,
 		AttrTimeout:     &attrTimeout,
@@ -217,7 +231,7 @@ func Serve(cfg Config) (*Mounted, error) {
 		served.master = os.NewFile(uintptr(fd), "fuse connection")
 		served.conn, served.dev, served.gen, served.init = r.Conn, r.Dev, r.Gen+1, r.Init
 	}
-	raw := &inherit{RawFileSystem: gofs.NewNodeFS(root, opts), gen: uint64(served.gen), resumed: cfg.Resume != nil, m: m, files: map[uint64]uint64{}, checked: map[uint64]struct{}{}}
+	raw := &inherit{RawFileSystem: gofs.NewNodeFS(root, opts), gen: uint64(served.gen), resumed: cfg.Resume != nil, m: m, files: map[uint64]uint64{}, checked: map[uint64]uint64{}}
 	if cfg.Resume == nil {
 		served.server, served.clone, err = newServer(raw, &opts.MountOptions, served.master)
 	} else {

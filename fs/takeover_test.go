@@ -194,6 +194,9 @@ func TestTakeover(t *testing.T) {
 	if b, err := readMounted(t, mnt+"/a/cgroup.events"); err != nil || !strings.Contains(string(b), "populated 0") {
 		t.Errorf("cgroup.events after the takeover: %q, %v", b, err)
 	}
+	if n := first.fsys.panics.Load() + second.fsys.panics.Load(); n != 0 {
+		t.Errorf("%d requests panicked", n)
+	}
 }
 
 // TestDrainOfAnIdleServer: a server whose readers all sleep in read(2),
@@ -222,4 +225,88 @@ func TestDrainOfAnIdleServer(t *testing.T) {
 		t.Fatal("Drain of an idle server did not return")
 	}
 	_ = abort(m.conn)
+}
+
+// TestTakeoverForgetOfEarlierLookups: the kernel counts the lookups of a
+// node over every server of its connection, and forgets them all at
+// once (a FORGET of its whole count, when the inode goes); the server
+// taking over, which holds the node for fewer, gives back only what it
+// holds, and serves on.
+func TestTakeoverForgetOfEarlierLookups(t *testing.T) {
+	dir := realCgroup(t)
+	mnt := t.TempDir()
+	first, err := Mount(mnt, viewConfig(t, dir, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
+	if err := unix.Mkdir(mnt+"/x", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Each lookup after the entry's timeout (1 s) is one more for the
+	// kernel: x has three from the first server.
+	var st unix.Stat_t
+	for i := range 3 {
+		if i > 0 {
+			time.Sleep(entryTimeout + 100*time.Millisecond)
+		}
+		if err := unix.Stat(mnt+"/x/cgroup.events", &st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	master, root, err := first.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer master.Close()
+	if root != nil {
+		defer root.Close()
+	}
+	if err := first.Drain(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := viewConfig(t, dir, nil)
+	cfg.Resume = &Resume{Handover: first.Handover(), Master: master, Root: root}
+	second, err := Serve(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(second.Stop)
+	// The second server learns x (one lookup of its own), and then the
+	// kernel forgets x and its file with every lookup it counted.
+	time.Sleep(entryTimeout + 100*time.Millisecond)
+	if err := unix.Stat(mnt+"/x/cgroup.events", &st); err != nil {
+		t.Fatalf("stat after the takeover: %v", err)
+	}
+	if err := unix.Rmdir(mnt + "/x"); err != nil {
+		t.Fatalf("rmdir after the takeover: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for err = unix.Stat(mnt+"/x", &st); err == nil && time.Now().Before(deadline); err = unix.Stat(mnt+"/x", &st) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !errors.Is(err, unix.ENOENT) {
+		t.Errorf("stat of the removed cgroup: %v, want ENOENT", err)
+	}
+	select {
+	case <-second.Done():
+		t.Fatal("the server stopped after the kernel forgot a node it had looked up before the takeover")
+	default:
+	}
+	if n := second.fsys.panics.Load(); n != 0 {
+		t.Errorf("%d requests panicked in the server that took over (go-fuse's lookup count went below zero)", n)
+	}
+	if b, err := readMounted(t, mnt+"/a/cgroup.events"); err != nil || !strings.Contains(string(b), "populated") {
+		t.Errorf("cgroup.events after the forget: %q, %v", b, err)
+	}
+	// x again is a new cgroup, and a new node.
+	if err := unix.Mkdir(mnt+"/x", 0o755); err != nil {
+		t.Fatalf("mkdir x again: %v", err)
+	}
+	if err := unix.Stat(mnt+"/x/cgroup.events", &st); err != nil {
+		t.Errorf("stat of the new x: %v", err)
+	}
+	if err := unix.Rmdir(mnt + "/x"); err != nil {
+		t.Errorf("rmdir of the new x: %v", err)
+	}
 }

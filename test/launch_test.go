@@ -481,6 +481,9 @@ func startDaemonCmd(t testing.TB, args ...string) ([]string, *exec.Cmd) {
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
+		if strings.Contains(log.String(), "a request panicked") {
+			t.Errorf("a request panicked in the daemon (see its log)")
+		}
 		if testing.Verbose() || t.Failed() {
 			t.Logf("daemon log:\n%s", log.String())
 		}
