@@ -2,6 +2,8 @@ package translate
 
 import (
 	"errors"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -90,6 +92,39 @@ func (v *View) indexLeaves() error {
 		}
 		return nil
 	})
+}
+
+// LeafDirs are the cgroups of the view that have a hidden leaf, as its
+// index holds them (virtual paths; "" is the root), sorted.
+func (v *View) LeafDirs() []string {
+	v.leaves.mu.Lock()
+	defer v.leaves.mu.Unlock()
+	dirs := make([]string, 0, len(v.leaves.m))
+	for dir := range v.leaves.m {
+		dirs = append(dirs, dir)
+	}
+	slices.Sort(dirs)
+	return dirs
+}
+
+// SetLeafDirs takes the index of the server this one takes over from,
+// which made and folded leaves until it drained (its LeafDirs), instead
+// of walking the tree for them (IndexLeaves). A path that is no clean
+// path inside the view is left out.
+func (v *View) SetLeafDirs(dirs []string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.leaves.mu.Lock()
+	defer v.leaves.mu.Unlock()
+	v.leaves.m = map[string]bool{}
+	if v.v1 {
+		return
+	}
+	for _, dir := range dirs {
+		if dir == "" || (filepath.IsLocal(dir) && filepath.Clean(dir) == dir) {
+			v.leaves.m[dir] = true
+		}
+	}
 }
 
 // hasLeaf reports whether the virtual cgroup dir has a hidden leaf.

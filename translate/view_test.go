@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -511,5 +512,29 @@ func TestCgroupsOfTheNamespaceRoot(t *testing.T) {
 		if has := err == nil; has != k.xattr {
 			t.Errorf("%s: owner written on the host: %v, want %v", k.name, has, k.xattr)
 		}
+	}
+}
+
+// TestLeafDirsHandOver: the leaves a view knows are what a server that
+// takes over sets, and all it sets: a path that is no clean path inside
+// the view is left out.
+func TestLeafDirsHandOver(t *testing.T) {
+	v, _, _ := newView(t, Config{})
+	if got := v.LeafDirs(); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("LeafDirs = %q, want [a]: a has the fake hierarchy's leaf", got)
+	}
+	next, _, _ := newView(t, Config{})
+	next.SetLeafDirs([]string{"a/b", "", "../x", "/a", "a//b", "a/../a", "a/."})
+	if got := next.LeafDirs(); !slices.Equal(got, []string{"", "a/b"}) {
+		t.Fatalf("after SetLeafDirs, LeafDirs = %q, want the root and a/b", got)
+	}
+	if next.hasLeaf("a") || !next.hasLeaf("a/b") {
+		t.Fatalf("hasLeaf(a) = %v, hasLeaf(a/b) = %v: the set index is not the one used", next.hasLeaf("a"), next.hasLeaf("a/b"))
+	}
+	if err := next.IndexLeaves(); err != nil {
+		t.Fatal(err)
+	}
+	if got := next.LeafDirs(); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("IndexLeaves after SetLeafDirs = %q, want what the host has, [a]", got)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/prometheus/procfs"
 
@@ -28,6 +29,10 @@ type viewState struct {
 	OwnerStart uint64            `json:"owner_start"`
 	Dirs       map[string]string `json:"dirs"`
 	Handover   fs.Handover       `json:"handover"`
+	// Leaves are the view's hidden leaves (serve.Views.Leaves), set only
+	// in the state of a server that drained: it alone knows them for
+	// sure. Without them the server taking over reads them afresh.
+	Leaves map[string][]string `json:"leaves"`
 }
 
 // agentState is what the keeper holds of a seccomp listener.
@@ -219,10 +224,19 @@ func (d *Daemon) resume(it *kept, last json.RawMessage) {
 		r.Root = files[1]
 	}
 	req := it.state.Req
-	if err := it.views.IndexLeaves(); err != nil {
+	t0 := time.Now()
+	// The leaves the old server knew once it drained; after a crash,
+	// those on the host.
+	leaves := it.views.IndexLeaves
+	if it.state.Leaves != nil {
+		leaves = func() error { return it.views.SetLeaves(it.state.Leaves) }
+	}
+	if err := leaves(); err != nil {
 		d.log.Warn("keeper: reading a view's hidden leaves", "view", req.Name, "err", err)
 	}
+	t1 := time.Now()
 	mounted, err := it.views.ServeResumed(d.ident, d.metrics.For(req.Name), r)
+	t2 := time.Now()
 	if err != nil {
 		d.log.Warn("keeper: serving a view again", "view", req.Name, "err", err)
 		it.views.Close()
@@ -233,7 +247,8 @@ func (d *Daemon) resume(it *kept, last json.RawMessage) {
 	if err := d.run(req.Name, s); err != nil {
 		d.log.Warn("keeper: serving a view again", "view", req.Name, "err", err)
 	}
-	d.log.Info("took over", "view", req.Name, "generation", h.Gen+1)
+	d.log.Info("took over", "view", req.Name, "generation", h.Gen+1,
+		"leaves", t1.Sub(t0), "serving", t2.Sub(t1), "kept", time.Since(t2))
 }
 
 // follow takes the keeper's messages while this server serves.
@@ -276,6 +291,7 @@ func (d *Daemon) drain() map[string]json.RawMessage {
 	agents := d.agents
 	d.agents = nil
 	d.mu.Unlock()
+	t0 := time.Now()
 	if d.stopListening != nil {
 		d.stopListening()
 	}
@@ -289,8 +305,10 @@ func (d *Daemon) drain() map[string]json.RawMessage {
 			if err := s.mounted.Drain(); err != nil && !errors.Is(err, fs.ErrDrained) {
 				d.log.Warn("draining", "view", name, "err", err)
 			}
+			st := s.state()
+			st.Leaves = s.views.Leaves()
 			mu.Lock()
-			states["view:"+name] = mustJSON(s.state())
+			states["view:"+name] = mustJSON(st)
 			mu.Unlock()
 		}()
 	}
@@ -299,7 +317,7 @@ func (d *Daemon) drain() map[string]json.RawMessage {
 		<-a.Done()
 	}
 	wg.Wait()
-	d.log.Info("drained for the next server", "views", len(all), "agents", len(agents))
+	d.log.Info("drained for the next server", "views", len(all), "agents", len(agents), "took", time.Since(t0))
 	return states
 }
 

@@ -125,6 +125,33 @@ func (v *Views) IndexLeaves() error {
 	return nil
 }
 
+// Leaves are each view's cgroups with a hidden leaf, by the view's
+// directory in the mount (translate.View.LeafDirs): what a server that
+// drained hands the one taking over, which then need not walk the trees.
+func (v *Views) Leaves() map[string][]string {
+	m := make(map[string][]string, len(v.views))
+	for _, va := range v.views {
+		m[va.Dir] = va.View.LeafDirs()
+	}
+	return m
+}
+
+// SetLeaves takes Leaves of the server that drained; a view it does not
+// name reads its leaves afresh.
+func (v *Views) SetLeaves(m map[string][]string) error {
+	for _, va := range v.views {
+		dirs, ok := m[va.Dir]
+		if !ok {
+			if err := va.View.IndexLeaves(); err != nil {
+				return fmt.Errorf("hierarchy %s: %w", va.Dir, err)
+			}
+			continue
+		}
+		va.View.SetLeafDirs(dirs)
+	}
+	return nil
+}
+
 // Dirs are the host directories served, by hierarchy name (see
 // Options.Dirs).
 func (v *Views) Dirs() map[string]string { return v.dirs }
