@@ -160,6 +160,9 @@ type Mounted struct {
 	served  chan struct{}
 	drained atomic.Bool
 	watched []Watched // what the relay watched when it drained
+	// rewatched is closed once the relay watches again what the earlier
+	// server's did (Resume.Watched), which it does while serving.
+	rewatched chan struct{}
 }
 
 // Serve serves cfg's views on a new FUSE filesystem whose mount is not
@@ -215,7 +218,7 @@ func Serve(cfg Config) (*Mounted, error) {
 		// taking the connection over knows what they name (see inherit).
 		ExternalNodeID: true,
 	}
-	served := &Mounted{done: make(chan struct{}), served: make(chan struct{}), fsys: m, gen: 1}
+	served := &Mounted{done: make(chan struct{}), served: make(chan struct{}), fsys: m, gen: 1, rewatched: make(chan struct{})}
 	var mnt *os.File // the detached mount, when this server made it
 	if r := cfg.Resume; r == nil {
 		dev, f, err := newFUSE()
@@ -277,12 +280,21 @@ func Serve(cfg Config) (*Mounted, error) {
 			return nil, fmt.Errorf("relaying events: %w", err)
 		}
 		if rl := m.relay.Load(); rl != nil && cfg.Resume != nil {
-			for _, w := range cfg.Resume.Watched {
-				if w.View >= 0 && w.View < len(cfg.Views) {
-					rl.watch(cfg.Views[w.View].View, w.VPath, w.MPath, w.Ino)
+			// Watching each file again opens its host files: hundreds of
+			// them take milliseconds, which requests need not wait for.
+			go func() {
+				defer close(served.rewatched)
+				for _, w := range cfg.Resume.Watched {
+					if w.View >= 0 && w.View < len(cfg.Views) {
+						rl.watch(cfg.Views[w.View].View, w.VPath, w.MPath, w.Ino)
+					}
 				}
-			}
+			}()
+		} else {
+			close(served.rewatched)
 		}
+	} else {
+		close(served.rewatched)
 	}
 	m.passthrough.Store(probePassthrough(server, cfg.Views[0].View))
 	return served, nil

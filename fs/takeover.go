@@ -178,6 +178,7 @@ func (m *Mounted) Drain() error {
 		return ErrDrained
 	}
 	if r := m.fsys.relay.Load(); r != nil {
+		<-m.rewatched // all the earlier server's, for the next one
 		m.watched = r.watched(m.fsys.views)
 		r.letGo()
 	}
@@ -193,6 +194,7 @@ func (m *Mounted) Drain() error {
 	// returns EAGAIN. SIGURG is the one Go itself sends its threads (to
 	// preempt them) and every part of it takes in its stride; which
 	// thread sleeps in read(2) is not known, so all get one.
+	pokeThreads()
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
 	for {

@@ -307,3 +307,59 @@ func TestStormThroughHandover(t *testing.T) {
 	}
 	t.Logf("storm through two upgrades: %d containers, %d operations, %d failed", n, r.OK+r.Failed, r.Failed)
 }
+
+// TestInotifyThroughHandover: inotifywait (inotify-tools) in a container,
+// watching cgroup.events since before two upgrades of the daemon, still
+// wakes when the kernel freezes the cgroup: the relay's watches are
+// handed over too.
+func TestInotifyThroughHandover(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "inotifywait")
+	v2, _, _ := lanePaths(t)
+	env, _ := startDaemonCmd(t, "--keep")
+	parent := runParent(t)
+	startRun(t, env, "--name", "w1", "--parent", parent)
+	waitExec(t, env, "w1", "ls "+v2+" >/dev/null && echo up", "up")
+	dir := publicDir(t)
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "inotifywait.out")
+	// inotifywait says "Watches established." once it watches.
+	watch := fmt.Sprintf(`set -e
+J=%s/j
+mkdir $J
+sleep 1000 </dev/null >/dev/null 2>&1 &
+echo $! > $J/cgroup.procs
+inotifywait -m -e modify $J/cgroup.events </dev/null > %s 2>&1 &
+until grep -q established %[2]s; do sleep 0.05; done
+echo watching`, v2, out)
+	if said, err := cgfsExec(t, env, "w1", watch); err != nil || !strings.Contains(said, "watching") {
+		t.Fatalf("starting inotifywait in the container: %v\n%s", err, said)
+	}
+	for i := range 2 {
+		if said, err := cgfsCmd(t, env, "upgrade"); err != nil {
+			t.Fatalf("cgfs upgrade %d: %v\n%s", i+1, err, said)
+		}
+	}
+	freeze := fmt.Sprintf(`J=%s/j
+echo 1 > $J/cgroup.freeze
+for i in $(seq 100); do
+	grep -q MODIFY %s && break
+	sleep 0.05
+done
+echo "events: $(grep -c MODIFY %[2]s); $(grep frozen $J/cgroup.events)"
+echo 0 > $J/cgroup.freeze
+pkill inotifywait; for p in $(cat $J/cgroup.procs); do kill $p; done
+while [ -n "$(cat $J/cgroup.procs)" ]; do sleep 0.05; done
+rmdir $J`, v2, out)
+	said, err := cgfsExec(t, env, "w1", freeze)
+	t.Logf("in the container:\n%s", said)
+	if err != nil || !strings.Contains(said, "frozen 1") {
+		t.Fatalf("freezing the cgroup: %v", err)
+	}
+	if strings.Contains(said, "events: 0;") {
+		b, _ := os.ReadFile(out)
+		t.Errorf("inotifywait, watching since before the upgrades, did not wake on the freeze:\n%s", b)
+	}
+}
