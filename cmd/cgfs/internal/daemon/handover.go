@@ -205,6 +205,9 @@ func (d *Daemon) prepare(it *kept) {
 // connection ends with the container's mount namespace. It is not
 // aborted by its number, which a newer connection may have taken.
 func (d *Daemon) resume(it *kept, last json.RawMessage) {
+	// Leaves count only from the server that drained just now: what the
+	// keeper held may be of a server that served after it was given.
+	it.state.Leaves = nil
 	if len(last) > 0 {
 		_ = json.Unmarshal(last, &it.state)
 	}
