@@ -8,6 +8,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -194,16 +195,45 @@ func (m *Mounted) Drain() error {
 	// returns EAGAIN. SIGURG is the one Go itself sends its threads (to
 	// preempt them) and every part of it takes in its stride; which
 	// thread sleeps in read(2) is not known, so all get one.
-	pokeThreads()
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-m.served:
-			m.master.Close()
-			return nil
-		case <-tick.C:
-			pokeThreads()
+	defer startPoking()()
+	<-m.served
+	m.master.Close()
+	return nil
+}
+
+// poker pokes the process's threads (pokeThreads) every millisecond
+// while any Drain is under way: once for all of them, as a daemon drains
+// every view at once.
+var poker struct {
+	mu    sync.Mutex
+	users int
+	stop  chan struct{}
+}
+
+// startPoking has the threads poked until the func it returns is called.
+func startPoking() func() {
+	poker.mu.Lock()
+	defer poker.mu.Unlock()
+	if poker.users++; poker.users == 1 {
+		poker.stop = make(chan struct{})
+		go func(stop <-chan struct{}) {
+			tick := time.NewTicker(time.Millisecond)
+			defer tick.Stop()
+			for {
+				pokeThreads()
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+			}
+		}(poker.stop)
+	}
+	return func() {
+		poker.mu.Lock()
+		defer poker.mu.Unlock()
+		if poker.users--; poker.users == 0 {
+			close(poker.stop)
 		}
 	}
 }
