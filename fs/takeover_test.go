@@ -48,18 +48,55 @@ func realCgroup(t *testing.T) string {
 	return dir
 }
 
+// mountView mounts a view of cgroup dir on a new directory, unmounted
+// when the test ends.
+func mountView(t *testing.T, dir string) (string, *Mounted) {
+	t.Helper()
+	mnt := t.TempDir()
+	m, err := Mount(mnt, viewConfig(t, dir, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
+	return mnt, m
+}
+
+// takeOver drains first and serves its connection with a second server
+// of dir's view, stopped when the test ends; meanwhile (if set) runs
+// between the two.
+func takeOver(t *testing.T, first *Mounted, dir string, meanwhile func()) *Mounted {
+	t.Helper()
+	master, root, err := first.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { master.Close() })
+	if root != nil {
+		t.Cleanup(func() { root.Close() })
+	}
+	if err := first.Drain(); err != nil {
+		t.Fatal(err)
+	}
+	if meanwhile != nil {
+		meanwhile()
+	}
+	cfg := viewConfig(t, dir, nil)
+	cfg.Resume = &Resume{Handover: first.Handover(), Master: master, Root: root}
+	second, err := Serve(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(second.Stop)
+	return second
+}
+
 // TestTakeover: a second server takes a connection over from the first
 // without the mount noticing: what the kernel holds (looked-up nodes,
 // open files and directories) goes on working, and requests made while
 // the first drains are answered by the second.
 func TestTakeover(t *testing.T) {
 	dir := realCgroup(t)
-	mnt := t.TempDir()
-	first, err := Mount(mnt, viewConfig(t, dir, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
+	mnt, first := mountView(t, dir)
 
 	// What the kernel holds from the first server.
 	var st unix.Stat_t
@@ -117,29 +154,13 @@ func TestTakeover(t *testing.T) {
 	}
 	waitReads(50)
 
-	master, root, err := first.Files()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer master.Close()
-	if root != nil {
-		defer root.Close()
-	}
 	t0 := time.Now()
-	if err := first.Drain(); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Remove(dir + "/gone"); err != nil {
-		t.Fatal(err)
-	}
-	cfg := viewConfig(t, dir, nil)
-	cfg.Resume = &Resume{Handover: first.Handover(), Master: master, Root: root}
-	second, err := Serve(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	second := takeOver(t, first, dir, func() {
+		if err := os.Remove(dir + "/gone"); err != nil {
+			t.Fatal(err)
+		}
+	})
 	t.Logf("handed over in %v", time.Since(t0))
-	t.Cleanup(second.Stop)
 	select {
 	case <-first.Done():
 		t.Fatal("the first server's Done closed: the connection lives on")
@@ -202,13 +223,7 @@ func TestTakeover(t *testing.T) {
 // TestDrainOfAnIdleServer: a server whose readers all sleep in read(2),
 // with nothing asked, still drains at once.
 func TestDrainOfAnIdleServer(t *testing.T) {
-	dir := realCgroup(t)
-	mnt := t.TempDir()
-	m, err := Mount(mnt, viewConfig(t, dir, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
+	mnt, m := mountView(t, realCgroup(t))
 	var st unix.Stat_t
 	if err := unix.Stat(mnt+"/a", &st); err != nil {
 		t.Fatal(err)
@@ -234,12 +249,7 @@ func TestDrainOfAnIdleServer(t *testing.T) {
 // holds, and serves on.
 func TestTakeoverForgetOfEarlierLookups(t *testing.T) {
 	dir := realCgroup(t)
-	mnt := t.TempDir()
-	first, err := Mount(mnt, viewConfig(t, dir, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
+	mnt, first := mountView(t, dir)
 	if err := unix.Mkdir(mnt+"/x", 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -254,24 +264,7 @@ func TestTakeoverForgetOfEarlierLookups(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	master, root, err := first.Files()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer master.Close()
-	if root != nil {
-		defer root.Close()
-	}
-	if err := first.Drain(); err != nil {
-		t.Fatal(err)
-	}
-	cfg := viewConfig(t, dir, nil)
-	cfg.Resume = &Resume{Handover: first.Handover(), Master: master, Root: root}
-	second, err := Serve(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(second.Stop)
+	second := takeOver(t, first, dir, nil)
 	// The second server learns x (one lookup of its own), and then the
 	// kernel forgets x and its file with every lookup it counted.
 	time.Sleep(entryTimeout + 100*time.Millisecond)
@@ -282,6 +275,7 @@ func TestTakeoverForgetOfEarlierLookups(t *testing.T) {
 		t.Fatalf("rmdir after the takeover: %v", err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
+	var err error
 	for err = unix.Stat(mnt+"/x", &st); err == nil && time.Now().Before(deadline); err = unix.Stat(mnt+"/x", &st) {
 		time.Sleep(10 * time.Millisecond)
 	}
