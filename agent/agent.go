@@ -43,6 +43,7 @@ type Agent struct {
 	wake int // eventfd that Close writes to stop the receiver
 
 	closing    atomic.Bool // Close was called: errors of a closed listener are expected
+	draining   atomic.Bool // Drain was called: the listener stays open until every answer is sent
 	mu         sync.Mutex
 	wakeClosed bool
 
@@ -50,6 +51,9 @@ type Agent struct {
 	closeErr  error // of the listener
 
 	done chan struct{} // closed when the receiver has stopped
+	// inflight counts the notifications answered on goroutines of their
+	// own (mounts): the listener stays open until they are answered.
+	inflight sync.WaitGroup
 
 	nAnswered, nContinued, nFailed atomic.Uint64
 
@@ -126,12 +130,31 @@ func newAgent(cfg Config) *Agent {
 // answer is dropped.
 func (a *Agent) Close() error {
 	a.closing.Store(true)
+	a.wakeReceiver()
+	return a.closeListener()
+}
+
+// Drain stops receiving notifications, answers those received, and then
+// closes this agent's listener, for another holder of it (the next
+// server, after a hand-over) to answer what comes next: a notification
+// received is never received again, so one left unanswered would leave
+// its caller waiting for ever. An answer may need the views (a statfs
+// of a file on one): they must still be served while Drain waits.
+func (a *Agent) Drain() error {
+	a.draining.Store(true)
+	a.wakeReceiver()
+	<-a.done // the receiver left the listener open
+	a.inflight.Wait()
+	return a.closeListener()
+}
+
+// wakeReceiver tells the receiver to stop, if it has not.
+func (a *Agent) wakeReceiver() {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	if !a.wakeClosed {
 		unix.Write(a.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 	}
-	a.mu.Unlock()
-	return a.closeListener()
 }
 
 // closeListener closes the listener once. An ioctl running then keeps the
@@ -180,7 +203,11 @@ func (a *Agent) receive() {
 			}
 			return
 		case n.Data.Nr == x86_64Mount:
-			go a.handle(n)
+			a.inflight.Add(1)
+			go func() {
+				defer a.inflight.Done()
+				a.handle(n)
+			}()
 		default:
 			a.handle(n)
 		}
@@ -193,7 +220,9 @@ func (a *Agent) stop() {
 	a.wakeClosed = true
 	unix.Close(a.wake)
 	a.mu.Unlock()
-	a.closeListener()
+	if !a.draining.Load() {
+		a.closeListener()
+	}
 	close(a.done)
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -236,5 +237,53 @@ func TestInstallErrors(t *testing.T) {
 		if !strings.Contains(c.stdout.String(), want) {
 			t.Errorf("%s: Install said %q, want %q", mode, c.stdout.String(), want)
 		}
+	}
+}
+
+// TestDrainAnswersWhatItReceived: agents serving copies of one listener
+// take turns (Drain, then the next one Serves), as daemons do in a
+// hand-over, while the child makes statfs calls back to back: every call
+// is answered. A notification received and then dropped would leave the
+// child waiting for ever, as no other holder can receive it again.
+func TestDrainAnswersWhatItReceived(t *testing.T) {
+	requireRoot(t)
+	view := t.TempDir()
+	const calls = 20000
+	c := startChild(t, "bench", "CGFS_BENCH_OP=statfs", "CGFS_BENCH_N="+strconv.Itoa(calls), "CGFS_BENCH_PATH="+view)
+	listener := c.listener(t)
+	defer listener.Close()
+	cfg := Config{Magic: magicFor(t, view, cgroup2Magic), Log: testLogger(t)}
+	exited := make(chan error, 1)
+	go func() { exited <- c.cmd.Wait() }()
+	turns := 0
+	var answered uint64
+	deadline := time.After(60 * time.Second)
+	for {
+		dup, err := unix.FcntlInt(listener.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := Serve(os.NewFile(uintptr(dup), "listener copy"), cfg)
+		select {
+		case err := <-exited:
+			a.Drain()
+			answered += a.Stats().Handled()
+			if err != nil {
+				t.Fatalf("child: %v\n%s", err, c.stderr.String())
+			}
+			t.Logf("%d statfs calls answered across %d agents (%d by them)", calls, turns+1, answered)
+			if turns < 10 {
+				t.Errorf("only %d hand-overs while the child ran", turns)
+			}
+			return
+		case <-deadline:
+			t.Fatalf("the child's statfs calls are not all answered after %d hand-overs (%d answered): one was dropped", turns, answered+a.Stats().Handled())
+		case <-time.After(time.Duration(turns%5) * time.Millisecond):
+		}
+		if err := a.Drain(); err != nil {
+			t.Errorf("Drain: %v", err)
+		}
+		answered += a.Stats().Handled()
+		turns++
 	}
 }
