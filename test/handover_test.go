@@ -2,6 +2,7 @@ package test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -59,7 +60,10 @@ func serverOf(t *testing.T, keeper int) int {
 // TestHandoverUnderLoad: containers of a daemon under a keeper go on
 // making, writing, reading, listing and removing cgroups while the
 // daemon is upgraded twice and its server killed (-9) once: no operation
-// fails, and no view is unmounted.
+// fails, and no view is unmounted. Meanwhile cgfs list, cgfs exec and
+// cgfs run of new containers ask the daemon: none fails, none is told
+// the daemon is not running, and right after the kill the socket
+// answers.
 func TestHandoverUnderLoad(t *testing.T) {
 	requireRoot(t)
 	v2 := detectLane(t).cgroup2 // where the view shows it too
@@ -100,12 +104,23 @@ func TestHandoverUnderLoad(t *testing.T) {
 		}
 		return true
 	})
+	stop := make(chan struct{})
+	clients := clientsDuring(t, env, names[0], parent, v2, stop)
 	for i := 0; i < 2; i++ {
 		out, err := cgfsCmd(t, env, "upgrade")
 		if err != nil {
 			t.Fatalf("cgfs upgrade: %v\n%s", err, out)
 		}
 		t.Logf("upgrade %d: %s", i+1, strings.TrimSpace(out))
+	}
+	close(stop)
+	c := clients()
+	t.Logf("during the upgrades: %d cgfs list, %d cgfs exec, %d cgfs run", c.lists, c.execs, c.runs)
+	if len(c.failures) > 0 {
+		t.Errorf("%d of the commands asking the daemon failed during the upgrades:\n%s", len(c.failures), strings.Join(c.failures, "\n"))
+	}
+	if c.lists == 0 || c.execs == 0 || c.runs == 0 {
+		t.Errorf("not every kind of command ran during the upgrades: %+v", c)
 	}
 	for _, n := range names {
 		if _, err := os.Stat(dir + "/" + n + ".done"); err == nil {
@@ -135,12 +150,12 @@ func TestHandoverUnderLoad(t *testing.T) {
 		}
 		t.Logf("container %s: %s", n, m[0])
 	}
-	var list string
-	waitFor(t, "the new server's socket", 20*time.Second, func() bool {
-		var err error
-		list, err = cgfsCmd(t, env, "list")
-		return err == nil
-	})
+	// The keeper holds the socket too: asked at once, the new server
+	// answers.
+	list, err := cgfsCmd(t, env, "list")
+	if err != nil {
+		t.Errorf("cgfs list right after the kill: %v\n%s", err, list)
+	}
 	for _, n := range names {
 		if !strings.Contains(list, n+"\t") {
 			t.Errorf("view %s is no longer served after the hand-overs: %q", n, list)
@@ -157,6 +172,96 @@ func TestHandoverUnderLoad(t *testing.T) {
 		list, err := cgfsCmd(t, env, "list")
 		return err == nil && strings.TrimSpace(list) == ""
 	})
+}
+
+// clientRuns is what clientsDuring ran.
+type clientRuns struct {
+	lists, execs, runs int
+	failures           []string
+}
+
+// clientsDuring runs, until stop is closed, what a host's tooling asks
+// of the daemon while it hands over, each in a loop: cgfs list, cgfs
+// exec into container name, and cgfs run of short containers under
+// parent, each of which must be served by the daemon (never in its own
+// process because the daemon seemed gone) and see its view at v2. The
+// function it returns waits for them.
+func clientsDuring(t *testing.T, env []string, name, parent, v2 string, stop <-chan struct{}) func() clientRuns {
+	var mu sync.Mutex
+	var r clientRuns
+	fail := func(format string, args ...any) {
+		mu.Lock()
+		r.failures = append(r.failures, fmt.Sprintf(format, args...))
+		mu.Unlock()
+	}
+	// cmd runs cgfs with args, bounded: a command left waiting for a
+	// server that never comes fails instead of hanging the test.
+	cmd := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c := exec.CommandContext(ctx, cgfsBin, args...)
+		c.Env = append(append(os.Environ(), env...), "CGFS_LOG=info")
+		out, err := c.CombinedOutput()
+		return string(out), err
+	}
+	stopped := func() bool {
+		select {
+		case <-stop:
+			return true
+		default:
+			return false
+		}
+	}
+	var wg sync.WaitGroup
+	loop := func(one func(i int)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; !stopped(); i++ {
+				one(i)
+			}
+		}()
+	}
+	loop(func(int) {
+		if out, err := cmd("list"); err != nil || !strings.Contains(out, name+"\t") {
+			fail("cgfs list: %v: %s", err, out)
+		}
+		mu.Lock()
+		r.lists++
+		mu.Unlock()
+	})
+	loop(func(int) {
+		if out, err := cmd("exec", name, "--", "sh", "-c", "ls "+v2+" >/dev/null && echo in"); err != nil || !strings.Contains(out, "in") {
+			fail("cgfs exec %s: %v: %s", name, err, out)
+		}
+		mu.Lock()
+		r.execs++
+		mu.Unlock()
+	})
+	// Two at a time, each reading its view again a while after it
+	// started: one attached while the next server prepares must be
+	// served by that one once it took over.
+	for _, group := range []string{"a", "b"} {
+		loop(func(i int) {
+			n := fmt.Sprintf("late-%s%d", group, i)
+			procs := "cat " + v2 + "/cgroup.procs >/dev/null"
+			out, err := cmd("run", "--name", n, "--parent", parent, "--", "sh", "-c", procs+" && sleep 0.3 && "+procs+" && echo ran")
+			if err != nil || !strings.Contains(out, "ran") {
+				fail("cgfs run --name %s: %v: %s", n, err, out)
+			} else if !strings.Contains(out, "the daemon serves the view") {
+				fail("cgfs run --name %s served its view itself: %s", n, out)
+			}
+			mu.Lock()
+			r.runs++
+			mu.Unlock()
+		})
+	}
+	return func() clientRuns {
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		return r
+	}
 }
 
 // handoverCgroups is how many cgroups the container of

@@ -1,6 +1,7 @@
 package test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -500,7 +501,12 @@ func startDaemonCmd(t testing.TB, args ...string) ([]string, *exec.Cmd) {
 // cgfsCmd runs `cgfs ARGS` with env to its end.
 func cgfsCmd(t testing.TB, env []string, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command(cgfsBin, args...)
+	// These are control commands: one that hangs (a daemon that never
+	// answers) fails the test, with the daemon's log, instead of ending
+	// the whole run at its timeout.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, cgfsBin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err

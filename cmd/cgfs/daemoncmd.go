@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -100,8 +101,17 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 			l.Close()
 		}
 	})
+	// Under a keeper every socket is one it holds a copy of, so that the
+	// next server listens on it too (daemon.Listen).
+	unixListen := func(network, path string) (*net.UnixListener, error) {
+		ln, err := d.Listen(network, path)
+		if err != nil {
+			return nil, err
+		}
+		return ln.(*net.UnixListener), nil
+	}
 	if *metricsAddr != "" {
-		ln, err := listenMetrics(*metricsAddr, reg, m, log)
+		ln, err := listenMetrics(*metricsAddr, d.Listen, reg, m, log)
 		if err != nil {
 			return err
 		}
@@ -111,10 +121,11 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sig)
-	ln, err := control.Serve(*socket, d.Handle, log)
+	ln, err := unixListen("unixpacket", *socket)
 	if err != nil {
 		return err
 	}
+	control.ServeOn(ln, d.Handle, log)
 	listeners = append(listeners, ln)
 	defer func() {
 		ln.Close()
@@ -125,7 +136,7 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 	if *seccompSocket == "" {
 		*seccompSocket = filepath.Join(filepath.Dir(*socket), "seccomp.sock")
 	}
-	sln, err := d.ServeSeccomp(*seccompSocket)
+	sln, err := unixListen("unix", *seccompSocket)
 	if err != nil {
 		return fmt.Errorf("--seccomp-socket %s: %w", *seccompSocket, err)
 	}
@@ -136,11 +147,19 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 			_ = os.Remove(*seccompSocket)
 		}
 	}()
+	if err := d.ServeSeccomp(sln); err != nil {
+		return fmt.Errorf("--seccomp-socket %s: %w", *seccompSocket, err)
+	}
 	if *lxcSocket == "" {
 		*lxcSocket = filepath.Join(filepath.Dir(*socket), "lxc-seccomp.sock")
 	}
-	lxc, err := d.ServeLXCProxy(*lxcSocket)
+	lln, err := unixListen("unixpacket", *lxcSocket)
 	if err != nil {
+		return fmt.Errorf("--lxc-seccomp-socket %s: %w", *lxcSocket, err)
+	}
+	lxc, err := d.ServeLXCProxy(lln)
+	if err != nil {
+		lln.Close()
 		return fmt.Errorf("--lxc-seccomp-socket %s: %w", *lxcSocket, err)
 	}
 	listeners = append(listeners, lxc)

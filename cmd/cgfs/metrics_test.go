@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -28,7 +29,7 @@ func TestScrapesAreBounded(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	b := blocking{entered: make(chan struct{}, maxScrapes), release: make(chan struct{})}
 	reg.MustRegister(b)
-	ln, err := listenMetrics("127.0.0.1:0", reg, metrics.New(prometheus.NewRegistry()), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ln, err := listenMetrics("127.0.0.1:0", net.Listen, reg, metrics.New(prometheus.NewRegistry()), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -137,7 +138,7 @@ func runCmd(o runOptions, log *slog.Logger) (int, error) {
 	reg := prometheus.NewRegistry()
 	m := newMetrics(reg, procs)
 	if o.metrics != "" {
-		ln, err := listenMetrics(o.metrics, reg, m, log)
+		ln, err := listenMetrics(o.metrics, net.Listen, reg, m, log)
 		if err != nil {
 			return 0, err
 		}

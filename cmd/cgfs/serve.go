@@ -45,7 +45,7 @@ func mountCmd(opts mountOptions, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	m := newMetrics(reg, procs)
 	if opts.metrics != "" {
-		ln, err := listenMetrics(opts.metrics, reg, m, log)
+		ln, err := listenMetrics(opts.metrics, net.Listen, reg, m, log)
 		if err != nil {
 			return err
 		}
@@ -97,13 +97,15 @@ func newMetrics(reg *prometheus.Registry, procs *proc.Procs) *metrics.Metrics {
 	return m
 }
 
-// listenMetrics serves /metrics and /healthz at addr: /healthz answers
+// listenMetrics serves /metrics and /healthz at addr (on the listener
+// listen makes: net.Listen, or the daemon's that a keeper holds a copy
+// of): /healthz answers
 // 200 while every view answers, 503 naming those that do not. Each
 // reads host files for every view, and whoever reaches addr may ask (a
 // container of cgfs run shares the host's network): at most
 // maxScrapes of them run at once, the rest get 503.
-func listenMetrics(addr string, reg *prometheus.Registry, m *metrics.Metrics, log *slog.Logger) (net.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
+func listenMetrics(addr string, listen func(network, addr string) (net.Listener, error), reg *prometheus.Registry, m *metrics.Metrics, log *slog.Logger) (net.Listener, error) {
+	ln, err := listen("tcp", addr)
 	if err != nil {
 		return nil, usageError{fmt.Sprintf("--metrics %s: %v", addr, err)}
 	}

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -68,6 +69,9 @@ type Answer struct {
 	Init  int        `json:"init,omitempty"`
 	// PauseMicros is how long an upgrade left the connections unserved.
 	PauseMicros int64 `json:"pause_us,omitempty"`
+	// Retry says the server is handing over to the next one: the same
+	// request, asked again, reaches that one (Ask does it).
+	Retry bool `json:"retry,omitempty"`
 	// Then runs once the answer is sent.
 	Then func() `json:"-"`
 }
@@ -89,8 +93,14 @@ func Serve(path string, h Handler, log *slog.Logger) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	go AcceptEach(ln, func(c *net.UnixConn) { answer(c, h, log) })
+	ServeOn(ln, h, log)
 	return ln, nil
+}
+
+// ServeOn answers each connection to ln (a unixpacket listener) with h
+// until ln is closed.
+func ServeOn(ln *net.UnixListener, h Handler, log *slog.Logger) {
+	go AcceptEach(ln, func(c *net.UnixConn) { answer(c, h, log) })
 }
 
 func answer(c *net.UnixConn, h Handler, log *slog.Logger) {
@@ -177,8 +187,27 @@ var ErrNotRunning = errors.New("not running")
 // descriptor that came with it, if any.
 func Ask(path string, req Request) (Answer, *os.File, error) { return AskWith(path, req, nil) }
 
-// AskWith is Ask with the descriptor f sent along (for agent).
+// retryFor bounds how long Ask asks again a server that says it is
+// handing over (Answer.Retry): a hand-over takes milliseconds.
+const retryFor = 10 * time.Second
+
+// AskWith is Ask with the descriptor f sent along (for agent). A server
+// handing over to the next one is asked again until the next answers.
 func AskWith(path string, req Request, f *os.File) (Answer, *os.File, error) {
+	deadline := time.Now().Add(retryFor)
+	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
+		a, fd, err := askOnce(path, req, f)
+		if err != nil || !a.Retry || time.Now().After(deadline) {
+			return a, fd, err
+		}
+		if fd != nil {
+			fd.Close()
+		}
+		time.Sleep(wait)
+	}
+}
+
+func askOnce(path string, req Request, f *os.File) (Answer, *os.File, error) {
 	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ECONNREFUSED) {

@@ -53,12 +53,16 @@ type Daemon struct {
 	agents []*agent.Agent
 
 	// Under a keeper (handover.go).
-	link          *keeper.Link
-	linkMu        sync.Mutex
-	kept          int             // agents kept so far, for their names
-	handing       bool            // drained for the next server
-	upgradeWait   chan keeper.Msg // the upgrade asked for, until done
-	restoring     []keeper.Msg    // kept listeners, served by Restore
+	link        *keeper.Link
+	linkMu      sync.Mutex
+	kept        int             // agents kept so far, for their names
+	handing     bool            // drained for the next server
+	upgradeWait chan keeper.Msg // the upgrade asked for, until done
+	restoring   []keeper.Msg    // kept listeners, served by Restore
+	// ops is held (read) by each request that changes what is served,
+	// and by a drain (write), which thus waits for those under way.
+	ops           sync.RWMutex
+	sockets       map[string]keeper.Msg // kept listening sockets, for Listen (sockets.go)
 	stopListening func()
 	over          chan struct{}
 	overOnce      sync.Once
@@ -84,7 +88,7 @@ func (d *Daemon) run(name string, s *served) error {
 		if taken {
 			return serve.UsageError{Msg: "a view named " + name + " is served already"}
 		}
-		return errors.New("the daemon is handing over to a new one: ask again")
+		return errHandingOver
 	}
 	d.views[name] = s
 	if d.set != nil {
@@ -142,11 +146,22 @@ func New(procs *proc.Procs, m *metrics.Metrics, w *host.Watcher, log *slog.Logge
 // Handle answers one control request from host process peer.
 func (d *Daemon) Handle(req control.Request, _ int) (control.Answer, *os.File) {
 	switch req.Op {
+	case "attach", "detach", "agent", "enter":
+		if !d.beginOp() {
+			if req.File != nil {
+				req.File.Close()
+			}
+			d.log.Info("asked to retry: the daemon is handing over", "op", req.Op, "name", req.Name)
+			return control.Answer{Error: errHandingOver.Error(), Retry: true}, nil
+		}
+		defer d.ops.RUnlock()
+	}
+	switch req.Op {
 	case "attach":
 		f, err := d.attach(req)
 		if err != nil {
 			_, usage := err.(serve.UsageError)
-			return control.Answer{Error: err.Error(), Usage: usage}, nil
+			return control.Answer{Error: err.Error(), Usage: usage, Retry: errors.Is(err, errHandingOver)}, nil
 		}
 		return control.Answer{}, f
 	case "detach":
@@ -196,9 +211,13 @@ func (d *Daemon) attach(req control.Request) (*os.File, error) {
 	}
 	d.mu.Lock()
 	_, taken := d.views[req.Name]
+	handing := d.handing
 	d.mu.Unlock()
 	if taken {
 		return nil, serve.UsageError{Msg: "a view named " + req.Name + " is served already"}
+	}
+	if handing {
+		return nil, errHandingOver
 	}
 	views, err := serve.Open(d.procs, serve.Options{Name: req.Name, Owner: req.Owner, HostDir: req.Cgroup, Shared: req.Shared, Log: d.log, Watcher: d.watcher})
 	if err != nil {
@@ -277,15 +296,15 @@ func (d *Daemon) Close() {
 	d.nested.Close()
 }
 
-// ServeSeccomp listens at path for OCI runtimes' seccomp listeners
-// (runc's seccomp.listenerPath): each connection brings the container's
-// state and the listener of its filter, which the daemon then answers
-// (statfs on the views it serves as the host's cgroupfs, cgroupfs
-// mounts with nested views). Only host root may connect.
-func (d *Daemon) ServeSeccomp(path string) (net.Listener, error) {
+// ServeSeccomp takes OCI runtimes' seccomp listeners at ln (a unix
+// stream socket, runc's seccomp.listenerPath): each connection brings
+// the container's state and the listener of its filter, which the daemon
+// then answers (statfs on the views it serves as the host's cgroupfs,
+// cgroupfs mounts with nested views). Only host root may connect.
+func (d *Daemon) ServeSeccomp(ln *net.UnixListener) error {
 	l, err := layout.Discover(d.procs)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	var mounts []mimic.Mount
 	for _, h := range l.Hierarchies {
@@ -299,25 +318,17 @@ func (d *Daemon) ServeSeccomp(path string) (net.Listener, error) {
 	d.mu.Unlock()
 	nester := &mimic.Nester{Serve: d.nested.Serve, Set: d.set, Mounts: mounts, Log: d.log}
 	d.agentCfg = agent.Config{Magic: d.set.Magic, Mounter: nester.Mount, Log: d.log}
-	ln, err := control.Listen("unix", path)
-	if err != nil {
-		return nil, err
-	}
 	go control.AcceptEach(ln, d.takeListener)
-	return ln, nil
+	return nil
 }
 
-// ServeLXCProxy answers LXC monitors at path, as
+// ServeLXCProxy answers LXC monitors at ln (a unixpacket socket), as
 // lxc.seccomp.notify.proxy (LXC keeps each container's listener and
 // forwards its notifications): with the same answers as ServeSeccomp's,
 // which must have been called first.
-func (d *Daemon) ServeLXCProxy(path string) (io.Closer, error) {
+func (d *Daemon) ServeLXCProxy(ln *net.UnixListener) (io.Closer, error) {
 	if d.set == nil {
 		return nil, errors.New("the LXC proxy needs the seccomp socket served first")
-	}
-	ln, err := control.Listen("unixpacket", path)
-	if err != nil {
-		return nil, err
 	}
 	p, err := agent.ServeLXCProxy(ln, d.agentCfg)
 	if err != nil {

@@ -128,7 +128,37 @@ type kept struct {
 // The seccomp listeners are served by Restore once ServeSeccomp ran.
 func (d *Daemon) TakeUp(link *keeper.Link) error {
 	d.link = link
-	var items []*kept
+	items := map[string]*kept{}
+	// take holds an item the keeper gave, in place of one of the same
+	// name; drop lets one go.
+	drop := func(name string) {
+		if it := items[name]; it != nil {
+			if it.views != nil {
+				it.views.Close()
+			}
+			for _, f := range it.msg.Files {
+				f.Close()
+			}
+			delete(items, name)
+		}
+		if m, ok := d.sockets[name]; ok {
+			for _, f := range m.Files {
+				f.Close()
+			}
+			delete(d.sockets, name)
+		}
+	}
+	take := func(m keeper.Msg) {
+		drop(m.Name)
+		if m.Kind == "socket" {
+			if d.sockets == nil {
+				d.sockets = map[string]keeper.Msg{}
+			}
+			d.sockets[m.Name] = m
+			return
+		}
+		items[m.Name] = &kept{name: m.Name, msg: m}
+	}
 	var wait bool
 	for {
 		m, err := link.Recv()
@@ -140,25 +170,36 @@ func (d *Daemon) TakeUp(link *keeper.Link) error {
 			break
 		}
 		if m.Op == "item" {
-			items = append(items, &kept{name: m.Name, msg: m})
+			take(m)
 		}
 	}
-	for _, it := range items {
-		if it.msg.Kind == "view" {
-			d.prepare(it)
+	prepareAll := func() {
+		for _, it := range items {
+			if it.msg.Kind == "view" && it.views == nil {
+				d.prepare(it)
+			}
 		}
 	}
+	prepareAll()
 	states := map[string]json.RawMessage{}
 	if wait {
 		d.send(keeper.Msg{Op: "ready"})
+		// What the old server attached, took or dropped since this one
+		// was started comes before go.
 		m, err := link.Recv()
-		for err == nil && m.Op != "go" {
-			m, err = link.Recv()
+		for ; err == nil && m.Op != "go"; m, err = link.Recv() {
+			switch m.Op {
+			case "item":
+				take(m)
+			case "drop":
+				drop(m.Name)
+			}
 		}
 		if err != nil {
 			return fmt.Errorf("keeper: waiting to take over: %w", err)
 		}
 		states = m.States
+		prepareAll() // those attached meanwhile, in the pause
 	}
 	var wg sync.WaitGroup
 	for _, it := range items {
@@ -285,6 +326,11 @@ func (d *Daemon) follow() {
 // listening, every connection and listener left for the next one to
 // take, each view's last state.
 func (d *Daemon) drain() map[string]json.RawMessage {
+	// The requests that change what is served (attach, detach, enter,
+	// agent) under way end first; those after are asked to retry, and
+	// reach the next server (sockets.go).
+	d.ops.Lock()
+	defer d.ops.Unlock()
 	d.mu.Lock()
 	d.handing = true
 	all := map[string]*served{}
@@ -297,6 +343,13 @@ func (d *Daemon) drain() map[string]json.RawMessage {
 	t0 := time.Now()
 	if d.stopListening != nil {
 		d.stopListening()
+	}
+	// The agents first, while the views are served: an answer under way
+	// may need one (a statfs of a file on a view).
+	for _, a := range agents {
+		if err := a.Drain(); err != nil {
+			d.log.Warn("draining a seccomp agent", "err", err)
+		}
 	}
 	var mu sync.Mutex
 	states := map[string]json.RawMessage{}
@@ -314,10 +367,6 @@ func (d *Daemon) drain() map[string]json.RawMessage {
 			states["view:"+name] = mustJSON(st)
 			mu.Unlock()
 		}()
-	}
-	for _, a := range agents {
-		a.Close()
-		<-a.Done()
 	}
 	wg.Wait()
 	d.log.Info("drained for the next server", "views", len(all), "agents", len(agents), "took", time.Since(t0))
@@ -362,6 +411,7 @@ func (d *Daemon) handedOver() { d.overOnce.Do(func() { close(d.over) }) }
 // Listening tells the keeper this server's sockets answer: an upgrade
 // is done.
 func (d *Daemon) Listening() {
+	d.dropUnusedSockets()
 	if d.link != nil {
 		d.send(keeper.Msg{Op: "listening"})
 	}

@@ -13,8 +13,10 @@
 //	    to take over), drained (stopped; the items' last states),
 //	    serving (took over), listening (its sockets answer)
 //	keeper → server: item (one held, at start), end (no more items;
-//	    Wait: prepare, send ready, and wait for go), drain, go (the
-//	    last states), done (the upgrade's end, Error or the pause)
+//	    Wait: prepare, send ready, and wait for go), drain, item and
+//	    drop (before go: what the old server kept anew or dropped since
+//	    the new one started), go (the last states), done (the
+//	    upgrade's end, Error or the pause)
 package keeper
 
 import (

@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,8 +22,11 @@ import (
 // the first keeps a pipe's write end and dies; the next says what it
 // was given by writing through it, and exits on SIGTERM.
 func TestMain(m *testing.M) {
-	if os.Getenv("KEEPER_TEST_ROLE") == "server" {
+	switch os.Getenv("KEEPER_TEST_ROLE") {
+	case "server":
 		os.Exit(server())
+	case "new":
+		os.Exit(newServer())
 	}
 	os.Exit(m.Run())
 }
@@ -123,4 +128,140 @@ func (l *lockedWriter) Write(b []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(b)
+}
+
+// newServer is the role of the server an upgrade starts in
+// TestItemsKeptDuringAnUpgradeReachTheNewServer: it says it is ready,
+// then writes to the pipe (ExtraFiles[1]) the items it holds once told
+// to go: those given at start, with the ones the keeper told of before
+// go added or dropped.
+func newServer() int {
+	l, err := Dial()
+	if err != nil || l == nil {
+		return 3
+	}
+	pipe := os.NewFile(3+1, "pipe")
+	held := map[string]bool{}
+	for {
+		m, err := l.Recv()
+		if err != nil {
+			return 4
+		}
+		if m.Op == "end" {
+			break
+		}
+		held[m.Name] = true
+	}
+	if err := l.Send(Msg{Op: "ready"}); err != nil {
+		return 5
+	}
+	for {
+		m, err := l.Recv()
+		if err != nil {
+			return 6
+		}
+		switch m.Op {
+		case "item":
+			held[m.Name] = true
+		case "drop":
+			delete(held, m.Name)
+		}
+		for _, f := range m.Files {
+			f.Close()
+		}
+		if m.Op == "go" {
+			break
+		}
+	}
+	var names []string
+	for n := range held {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	_, _ = pipe.WriteString(strings.Join(names, " ") + "\n")
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	return 0
+}
+
+// TestItemsKeptDuringAnUpgradeReachTheNewServer: what the old server
+// keeps or drops while the new one prepares (a container attached, a
+// view dropped) reaches the new one before it takes over, so no
+// connection is left with nobody to serve it.
+func TestItemsKeptDuringAnUpgradeReachTheNewServer(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	k := &Keeper{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Command: func() *exec.Cmd {
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), "KEEPER_TEST_ROLE=new")
+		cmd.ExtraFiles = []*os.File{w}
+		return cmd
+	}}
+	k.kept = map[string]*item{}
+	k.events = make(chan event, 64)
+	// The old server is this test, at the other end of a link.
+	mine, theirs, err := Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mine.Close()
+	c, err := net.FileConn(theirs)
+	theirs.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldEnd := &Link{c: c.(*net.UnixConn)}
+	defer oldEnd.Close()
+	old := &child{cmd: exec.Command("true"), link: mine, started: time.Now()}
+	k.cur = old
+	file := func() []*os.File {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []*os.File{f}
+	}
+	k.handle(old, Msg{Op: "keep", Name: "view:a", Kind: "view", Files: file()})
+	k.handle(old, Msg{Op: "keep", Name: "view:b", Kind: "view", Files: file()})
+	k.handle(old, Msg{Op: "upgrade"})
+	if k.up == nil {
+		t.Fatal("no upgrade under way")
+	}
+	defer func() {
+		_ = k.up.new.cmd.Process.Kill()
+		_ = k.up.new.cmd.Wait()
+	}()
+	newer := k.up.new
+	// While the new one prepares: c attached, a dropped, a socket taken.
+	k.handle(old, Msg{Op: "keep", Name: "view:c", Kind: "view", Files: file()})
+	k.handle(old, Msg{Op: "drop", Name: "view:a"})
+	k.handle(old, Msg{Op: "keep", Name: "socket:unix:/x", Kind: "socket", Files: file()})
+	ev := <-k.events
+	if ev.err != nil || ev.c != newer || ev.msg.Op != "ready" {
+		t.Fatalf("the new server did not say it is ready: %+v", ev)
+	}
+	k.handle(newer, ev.msg)
+	m, err := oldEnd.Recv()
+	if err != nil || m.Op != "drain" {
+		t.Fatalf("the old server was not told to drain: %+v %v", m, err)
+	}
+	k.handle(old, Msg{Op: "drained"})
+	line := make(chan string, 1)
+	go func() {
+		s, _ := bufio.NewReader(r).ReadString('\n')
+		line <- s
+	}()
+	select {
+	case got := <-line:
+		if want := "socket:unix:/x view:b view:c\n"; got != want {
+			t.Errorf("the new server took over %q, want %q", got, want)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the new server said nothing")
+	}
 }

@@ -50,6 +50,10 @@ type upgrade struct {
 	old, new *child
 	asked    *child // whoever asked (answered done); nil for SIGHUP
 	drained  time.Time
+	// changed names the items the old server kept anew or dropped
+	// after the new one was given what was kept: it is told of them
+	// once the old one drained (sendChanges).
+	changed map[string]bool
 	// pause is how long the connections had no server: from the old
 	// one's drained to the new one's serving.
 	pause time.Duration
@@ -140,6 +144,7 @@ func (k *Keeper) start(wait bool) (*child, error) {
 func (k *Keeper) handle(c *child, m Msg) {
 	switch m.Op {
 	case "keep":
+		k.noteChange(c, m.Name)
 		it := k.kept[m.Name]
 		if it == nil {
 			it = &item{}
@@ -151,6 +156,7 @@ func (k *Keeper) handle(c *child, m Msg) {
 			it.files = m.Files
 		}
 	case "drop":
+		k.noteChange(c, m.Name)
 		if it := k.kept[m.Name]; it != nil {
 			closeAll(it.files)
 			delete(k.kept, m.Name)
@@ -188,7 +194,33 @@ func (k *Keeper) handle(c *child, m Msg) {
 	}
 }
 
+// noteChange marks item name changed by server c, if c is the old
+// server of an upgrade under way.
+func (k *Keeper) noteChange(c *child, name string) {
+	if k.up != nil && c == k.up.old {
+		k.up.changed[name] = true
+	}
+}
+
+// sendChanges tells the new server of the items the old one kept or
+// dropped since the new one started (a view attached, a listener taken,
+// a view dropped while the new one prepared): the item as it is kept
+// now, or a drop.
+func (k *Keeper) sendChanges() {
+	for name := range k.up.changed {
+		m := Msg{Op: "drop", Name: name}
+		if it := k.kept[name]; it != nil {
+			m = Msg{Op: "item", Name: name, Kind: it.kind, State: it.state, Files: it.files}
+		}
+		if err := k.up.new.link.Send(m); err != nil {
+			k.Log.Warn("keeper: telling the new server of an item", "item", name, "op", m.Op, "err", err)
+		}
+	}
+	k.up.changed = map[string]bool{}
+}
+
 func (k *Keeper) sendGo(states map[string]json.RawMessage) {
+	k.sendChanges()
 	if err := k.up.new.link.Send(Msg{Op: "go", States: states}); err != nil {
 		k.Log.Warn("keeper: telling the new server to go", "err", err)
 	}
@@ -209,7 +241,7 @@ func (k *Keeper) beginUpgrade(asked *child) {
 		}
 		return
 	}
-	k.up = &upgrade{old: k.cur, new: n, asked: asked}
+	k.up = &upgrade{old: k.cur, new: n, asked: asked, changed: map[string]bool{}}
 }
 
 // finish ends the upgrade, telling whoever asked.
