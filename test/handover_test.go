@@ -395,6 +395,36 @@ func TestStormThroughHandover(t *testing.T) {
 		N: n, Rounds: rounds, Keep: true,
 		During: func(t *testing.T, s *storm) {
 			servers = append(servers, s.daemon.pid())
+			// Prometheus scrapes on through the upgrades, at the same
+			// address: the keeper holds the metrics socket too.
+			addr := s.daemon.metricsAddr()
+			stop := make(chan struct{})
+			scraped := make(chan []string, 1)
+			var scrapes int
+			go func() {
+				var failed []string
+				for {
+					select {
+					case <-stop:
+						scraped <- failed
+						return
+					default:
+					}
+					if code, body, err := getFrom(addr, "/metrics"); err != nil || code != 200 {
+						failed = append(failed, fmt.Sprintf("%d %v %.200s", code, err, body))
+					}
+					scrapes++
+					time.Sleep(20 * time.Millisecond)
+				}
+			}()
+			defer func() {
+				close(stop)
+				if failed := <-scraped; len(failed) > 0 {
+					t.Errorf("%d of %d scrapes of %s failed across the upgrades:\n%s", len(failed), scrapes, addr, strings.Join(failed, "\n"))
+				} else {
+					t.Logf("%d scrapes of %s across the upgrades, none failed", scrapes, addr)
+				}
+			}()
 			for i := 0; i < 2; i++ {
 				out, err := cgfsCmd(t, s.daemon.env, "upgrade")
 				if err != nil {

@@ -1294,21 +1294,33 @@ func (d *stormDaemon) scrape(t *testing.T) string {
 
 func (d *stormDaemon) get(t *testing.T, path string) (int, string) {
 	t.Helper()
+	code, body, err := getFrom(d.metricsAddr(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code, body
+}
+
+// metricsAddr is where the daemon serves metrics now (its last log of
+// it).
+func (d *stormDaemon) metricsAddr() string {
 	var addr string
 	for _, line := range strings.Split(d.log.String(), "\n") {
 		if strings.Contains(line, "metrics listening") {
 			_, addr, _ = strings.Cut(line, "addr=")
 		}
 	}
+	return strings.TrimSpace(addr)
+}
+
+// getFrom fetches http://addr/path on a connection of its own.
+func getFrom(addr, path string) (int, string, error) {
 	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second * laneSlowdown()}
-	resp, err := c.Get("http://" + strings.TrimSpace(addr) + path)
+	resp, err := c.Get("http://" + addr + path)
 	if err != nil {
-		t.Fatal(err)
+		return 0, "", err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(b)
+	return resp.StatusCode, string(b), err
 }
