@@ -31,21 +31,29 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func server() int {
+// given is a test server's start: its link and the items the keeper
+// gave it up to end (code: an exit status, if that failed).
+func given() (l *Link, items []Msg, code int) {
 	l, err := Dial()
 	if err != nil || l == nil {
-		return 3
+		return nil, nil, 3
 	}
-	var items []Msg
 	for {
 		m, err := l.Recv()
 		if err != nil {
-			return 4
+			return nil, nil, 4
 		}
 		if m.Op == "end" {
-			break
+			return l, items, 0
 		}
 		items = append(items, m)
+	}
+}
+
+func server() int {
+	l, items, code := given()
+	if l == nil {
+		return code
 	}
 	if len(items) == 0 { // the first: keep the pipe, then die
 		w := os.NewFile(3+1, "pipe") // ExtraFiles[1]
@@ -61,10 +69,26 @@ func server() int {
 			it.Files[0].Close()
 		}
 	}
+	return untilTerm()
+}
+
+// untilTerm waits for SIGTERM or SIGINT (a server's end).
+func untilTerm() int {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	<-sig
 	return 0
+}
+
+// serverCommand makes a server of the test binary in role, with w as
+// its ExtraFiles[1] (fd 4: the keeper's link is fd 3).
+func serverCommand(role string, w *os.File) func() *exec.Cmd {
+	return func() *exec.Cmd {
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), "KEEPER_TEST_ROLE="+role)
+		cmd.ExtraFiles = []*os.File{w}
+		return cmd
+	}
 }
 
 // TestKeeperRestartsWithWhatWasKept: a server that dies is replaced by
@@ -77,12 +101,7 @@ func TestKeeperRestartsWithWhatWasKept(t *testing.T) {
 	defer r.Close()
 	var logs bytes.Buffer
 	var mu sync.Mutex
-	k := &Keeper{Log: slog.New(slog.NewTextHandler(&lockedWriter{w: &logs, mu: &mu}, nil)), Command: func() *exec.Cmd {
-		cmd := exec.Command(os.Args[0])
-		cmd.Env = append(os.Environ(), "KEEPER_TEST_ROLE=server")
-		cmd.ExtraFiles = []*os.File{w}
-		return cmd
-	}}
+	k := &Keeper{Log: slog.New(slog.NewTextHandler(&lockedWriter{w: &logs, mu: &mu}, nil)), Command: serverCommand("server", w)}
 	done := make(chan error, 1)
 	go func() { done <- k.Run() }()
 	defer w.Close()
@@ -136,20 +155,13 @@ func (l *lockedWriter) Write(b []byte) (int, error) {
 // to go: those given at start, with the ones the keeper told of before
 // go added or dropped.
 func newServer() int {
-	l, err := Dial()
-	if err != nil || l == nil {
-		return 3
+	l, items, code := given()
+	if l == nil {
+		return code
 	}
 	pipe := os.NewFile(3+1, "pipe")
 	held := map[string]bool{}
-	for {
-		m, err := l.Recv()
-		if err != nil {
-			return 4
-		}
-		if m.Op == "end" {
-			break
-		}
+	for _, m := range items {
 		held[m.Name] = true
 	}
 	if err := l.Send(Msg{Op: "ready"}); err != nil {
@@ -179,10 +191,7 @@ func newServer() int {
 	}
 	slices.Sort(names)
 	_, _ = pipe.WriteString(strings.Join(names, " ") + "\n")
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
-	return 0
+	return untilTerm()
 }
 
 // TestItemsKeptDuringAnUpgradeReachTheNewServer: what the old server
@@ -196,12 +205,7 @@ func TestItemsKeptDuringAnUpgradeReachTheNewServer(t *testing.T) {
 	}
 	defer r.Close()
 	defer w.Close()
-	k := &Keeper{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Command: func() *exec.Cmd {
-		cmd := exec.Command(os.Args[0])
-		cmd.Env = append(os.Environ(), "KEEPER_TEST_ROLE=new")
-		cmd.ExtraFiles = []*os.File{w}
-		return cmd
-	}}
+	k := &Keeper{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Command: serverCommand("new", w)}
 	k.kept = map[string]*item{}
 	k.events = make(chan event, 64)
 	// The old server is this test, at the other end of a link.
