@@ -4,6 +4,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"sync"
@@ -140,12 +141,30 @@ func (a *Agent) Close() error {
 // received is never received again, so one left unanswered would leave
 // its caller waiting for ever. An answer may need the views (a statfs
 // of a file on one): they must still be served while Drain waits.
-func (a *Agent) Drain() error {
+//
+// It waits at most within: a caller can make its own answer wait as
+// long as it likes (a path on a FUSE file system of its own that never
+// answers), and must not hold up every other container's hand-over. The
+// notifications still unanswered then are given up (logged), as Close
+// does.
+func (a *Agent) Drain(within time.Duration) error {
 	a.draining.Store(true)
 	a.wakeReceiver()
-	<-a.done // the receiver left the listener open
-	a.inflight.Wait()
-	return a.closeListener()
+	answered := make(chan struct{})
+	go func() {
+		<-a.done // the receiver left the listener open
+		a.inflight.Wait()
+		close(answered)
+	}()
+	select {
+	case <-answered:
+		return a.closeListener()
+	case <-time.After(within):
+		a.closing.Store(true)
+		a.log.Warn("seccomp agent: an answer under way outlived the drain (a caller's path that does not answer): it is given up", "within", within)
+		a.closeListener()
+		return fmt.Errorf("an answer under way outlived %s", within)
+	}
 }
 
 // wakeReceiver tells the receiver to stop, if it has not.

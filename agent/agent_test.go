@@ -266,7 +266,7 @@ func TestDrainAnswersWhatItReceived(t *testing.T) {
 		a := Serve(os.NewFile(uintptr(dup), "listener copy"), cfg)
 		select {
 		case err := <-exited:
-			a.Drain()
+			a.Drain(time.Minute)
 			answered += a.Stats().Handled()
 			if err != nil {
 				t.Fatalf("child: %v\n%s", err, c.stderr.String())
@@ -280,10 +280,46 @@ func TestDrainAnswersWhatItReceived(t *testing.T) {
 			t.Fatalf("the child's statfs calls are not all answered after %d hand-overs (%d answered): one was dropped", turns, answered+a.Stats().Handled())
 		case <-time.After(time.Duration(turns%5) * time.Millisecond):
 		}
-		if err := a.Drain(); err != nil {
+		if err := a.Drain(time.Minute); err != nil {
 			t.Errorf("Drain: %v", err)
 		}
 		answered += a.Stats().Handled()
 		turns++
+	}
+}
+
+// TestDrainGivesUpAnAnswerThatHangs: an answer a caller keeps from
+// ending (here a Mounter that never returns; in life a path on a FUSE
+// file system of the caller's own) holds a drain up for the bound it is
+// given, no longer; the listener then goes, and the caller's mount fails
+// ENOSYS, as with no agent at all.
+func TestDrainGivesUpAnAnswerThatHangs(t *testing.T) {
+	requireRoot(t)
+	target := t.TempDir()
+	c := startChild(t, "mount-once", "CGFS_VIEW="+target)
+	called, release := make(chan struct{}), make(chan struct{})
+	defer close(release)
+	mounter := func(Caller, MountCall) (bool, unix.Errno) {
+		close(called)
+		<-release
+		return true, 0
+	}
+	a := Serve(c.listener(t), Config{Mounter: mounter, Log: testLogger(t)})
+	select {
+	case <-called:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the child's mount never reached the Mounter")
+	}
+	start := time.Now()
+	err := a.Drain(200 * time.Millisecond)
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("Drain took %s with a bound of 200ms", took)
+	}
+	if err == nil {
+		t.Error("Drain gave up an answer under way and said nothing")
+	}
+	c.wait(t)
+	if got, want := strings.TrimSpace(c.stdout.String()), strconv.Itoa(int(unix.ENOSYS)); got != want {
+		t.Errorf("the child's mount gave errno %s, want %s (ENOSYS: no listener)", got, want)
 	}
 }

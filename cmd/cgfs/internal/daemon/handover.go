@@ -322,6 +322,10 @@ func (d *Daemon) follow() {
 	}
 }
 
+// agentDrain bounds how long a drain waits for a seccomp agent's answers
+// under way (agent.Drain).
+const agentDrain = 2 * time.Second
+
 // drain stops serving for the server taking over: no new view, nothing
 // listening, every connection and listener left for the next one to
 // take, each view's last state.
@@ -345,12 +349,19 @@ func (d *Daemon) drain() map[string]json.RawMessage {
 		d.stopListening()
 	}
 	// The agents first, while the views are served: an answer under way
-	// may need one (a statfs of a file on a view).
+	// may need one (a statfs of a file on a view). All at once, each for
+	// at most agentDrain: one container cannot hold up the others.
+	var agentsDone sync.WaitGroup
 	for _, a := range agents {
-		if err := a.Drain(); err != nil {
-			d.log.Warn("draining a seccomp agent", "err", err)
-		}
+		agentsDone.Add(1)
+		go func() {
+			defer agentsDone.Done()
+			if err := a.Drain(agentDrain); err != nil {
+				d.log.Warn("draining a seccomp agent", "err", err)
+			}
+		}()
 	}
+	agentsDone.Wait()
 	var mu sync.Mutex
 	states := map[string]json.RawMessage{}
 	var wg sync.WaitGroup
