@@ -662,7 +662,7 @@ func TestRuncThroughTheOCIHook(t *testing.T) {
 	requireRoot(t)
 	requireTool(t, "runc")
 	l := detectLane(t)
-	env := startDaemon(t)
+	env := startDaemon(t, "--keep")
 	bundle := publicDir(t)
 	busyboxRootfsAt(t, filepath.Join(bundle, "rootfs"), containerBase)
 	cgroups := fmt.Sprintf("/cgfs-test-runc-%d", os.Getpid())
@@ -671,22 +671,67 @@ func TestRuncThroughTheOCIHook(t *testing.T) {
 	if len(l.v1) > 0 {
 		v2 = "/sys/fs/cgroup/unified"
 	}
-	runcConfig(t, bundle, cgroups, "grep fuse.cgfs /proc/self/mountinfo | cut -d' ' -f5; mkdir "+v2+"/sub && echo made sub; ls "+v2+" | grep sub; grep '^0::' /proc/self/cgroup; stat -f -c 'statfs %t' "+v2, env)
+	runcConfig(t, bundle, cgroups, "grep fuse.cgfs /proc/self/mountinfo | cut -d' ' -f5; mkdir "+v2+"/sub && echo made sub; ls "+v2+" | grep sub; grep '^0::' /proc/self/cgroup; stat -f -c 'statfs %t' "+v2+"; "+
+		midwayScript+"; mkdir "+v2+"/sub2 && echo made sub2; ls "+v2+" | grep sub2; stat -f -c 'statfs2 %t' "+v2, env)
 	state := t.TempDir()
 	name := fmt.Sprintf("cgfs-test-runc-%d", os.Getpid())
+	upgraded := upgradeMidway(t, env, filepath.Join(bundle, "rootfs"))
 	cmd := exec.Command("runc", "--root", state, "run", "-b", bundle, name)
 	out, err := cmd.CombinedOutput()
+	<-upgraded
 	_ = exec.Command("runc", "--root", state, "delete", "-f", name).Run()
 	t.Logf("runc:\n%s", out)
 	if err != nil {
 		t.Fatalf("runc run: %v", err)
 	}
-	for _, want := range []string{"/sys/fs/cgroup\n", "made sub", "\nsub\n", "0::/", "statfs " + cgroup2Magic} {
+	// The second half after two upgrades of the daemon: the view and
+	// the seccomp listener runc handed over were handed on.
+	for _, want := range []string{"/sys/fs/cgroup\n", "made sub", "\nsub\n", "0::/", "statfs " + cgroup2Magic,
+		"made sub2", "\nsub2\n", "statfs2 " + cgroup2Magic} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("the runc container did not say %q", want)
 		}
 	}
 	waitDropped(t, env, name)
+}
+
+// midwayScript, in a container's script, marks its middle (the file
+// /tmp/upgrade-me) and waits up to a minute for /tmp/upgraded:
+// upgradeMidway upgrades the daemon in between.
+const midwayScript = "touch /tmp/upgrade-me; i=0; while [ ! -e /tmp/upgraded ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done"
+
+// upgradeMidway waits for a container whose root file system is rootfs
+// to reach the middle of its script (midwayScript), upgrades the daemon
+// of env twice and lets the container go on. The channel is closed once
+// it is done (or gave up: the test fails).
+func upgradeMidway(t *testing.T, env []string, rootfs string) <-chan struct{} {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			if _, err := os.Stat(filepath.Join(rootfs, "tmp/upgrade-me")); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("the container never reached the middle of its script")
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		for i := 0; i < 2; i++ {
+			out, err := cgfsCmd(t, env, "upgrade")
+			if err != nil {
+				t.Errorf("cgfs upgrade with the container running: %v\n%s", err, out)
+			}
+			t.Logf("upgrade %d: %s", i+1, strings.TrimSpace(out))
+		}
+		if err := os.WriteFile(filepath.Join(rootfs, "tmp/upgraded"), nil, 0o644); err != nil {
+			t.Errorf("letting the container go on: %v", err)
+		}
+	}()
+	return done
 }
 
 // waitDropped waits for the daemon to drop the view called name once its
@@ -714,7 +759,7 @@ func busyboxRootfsAt(t *testing.T, dir string, base int) {
 func TestLXCThroughTheHook(t *testing.T) {
 	requireRoot(t)
 	requireTool(t, "lxc-start")
-	env := startDaemon(t)
+	env := startDaemon(t, "--keep")
 	dir := publicDir(t)
 	ctr := filepath.Join(dir, "ctr")
 	rootfs := filepath.Join(ctr, "rootfs")
@@ -723,7 +768,9 @@ func TestLXCThroughTheHook(t *testing.T) {
 	}
 	busyboxRootfsAt(t, rootfs, containerBase)
 	initScript := "#!/bin/sh\nexec > /tmp/result 2>&1\ngrep fuse.cgfs /proc/self/mountinfo | cut -d' ' -f5\nmkdir /sys/fs/cgroup/memory/sub 2>/dev/null || mkdir /sys/fs/cgroup/sub\necho made sub\ngrep '^0::' /proc/self/cgroup\n" +
-		"stat -f -c 'statfs %t' /sys/fs/cgroup/unified 2>/dev/null || stat -f -c 'statfs %t' /sys/fs/cgroup\n"
+		"stat -f -c 'statfs %t' /sys/fs/cgroup/unified 2>/dev/null || stat -f -c 'statfs %t' /sys/fs/cgroup\n" +
+		midwayScript + "\nmkdir /sys/fs/cgroup/memory/sub2 2>/dev/null || mkdir /sys/fs/cgroup/sub2\necho made sub2\n" +
+		"stat -f -c 'statfs2 %t' /sys/fs/cgroup/unified 2>/dev/null || stat -f -c 'statfs2 %t' /sys/fs/cgroup\n"
 	if err := os.WriteFile(filepath.Join(rootfs, "init.sh"), []byte(initScript), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -744,17 +791,20 @@ lxc.init.cmd = /init.sh
 	if err := os.WriteFile(filepath.Join(ctr, "config"), []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	upgraded := upgradeMidway(t, env, rootfs)
 	cmd := exec.Command("lxc-start", "-n", "ctr", "-P", dir, "-F", "-o", filepath.Join(dir, "lxc.log"), "-l", "WARN")
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
+	<-upgraded
 	log, _ := os.ReadFile(filepath.Join(dir, "lxc.log"))
 	result, _ := os.ReadFile(filepath.Join(rootfs, "tmp/result"))
 	t.Logf("lxc-start: %v\n%s\nlog:\n%s\nthe container said:\n%s", err, out, log, result)
 	if err != nil {
 		t.Fatalf("lxc-start: %v", err)
 	}
-	// statfs answered by the daemon, through LXC's notify proxy.
-	for _, want := range []string{"/sys/fs/cgroup\n", "made sub", "0::/", "statfs " + cgroup2Magic} {
+	// statfs answered by the daemon, through LXC's notify proxy, before
+	// and after two upgrades of the daemon.
+	for _, want := range []string{"/sys/fs/cgroup\n", "made sub", "0::/", "statfs " + cgroup2Magic, "made sub2", "statfs2 " + cgroup2Magic} {
 		if !strings.Contains(string(result), want) {
 			t.Errorf("the LXC container did not say %q", want)
 		}
