@@ -101,12 +101,42 @@ type Policy struct {
 	// owner is the user namespace owning the container, then its
 	// ancestors; the last is the server's own.
 	owner []proc.Ancestor
+	// mapped, when set, says which host ids the owner namespace maps:
+	// CAP_SYS_ADMIN over it then overrides a file's mode only where both
+	// of the file's ids are mapped, as the kernel's
+	// capable_wrt_inode_uidgid allows. Nil: the view shows no id its
+	// owner namespace does not map (a container's own view).
+	mapped Mapping
+}
+
+// Mapping says which host ids a user namespace maps.
+type Mapping interface {
+	UIDMapped(uid uint32) bool
+	GIDMapped(gid uint32) bool
 }
 
 // NewPolicy returns the policy of a view owned by the user namespace
 // chain owner (see proc.UserNSAncestry).
 func NewPolicy(owner []proc.Ancestor) *Policy {
 	return &Policy{owner: owner}
+}
+
+// NewNestedPolicy is the policy of a view owned by owner whose files
+// may show ids owner does not map (mapped says which it does): a nested
+// view, owned by a user namespace below the container's. Its privileged
+// callers override the mode only of files whose ids it maps; of the
+// others they get what the mode gives their own ids, as on the kernel's
+// cgroupfs.
+func NewNestedPolicy(owner []proc.Ancestor, mapped Mapping) *Policy {
+	return &Policy{owner: owner, mapped: mapped}
+}
+
+// CapableOver reports whether c has CAP_SYS_ADMIN over the user
+// namespace ns (the namespace, then its ancestors), by the kernel's
+// rules (security/commoncap.c cap_capable): what a mount needs of the
+// namespace that owns the caller's mount or cgroup namespace.
+func CapableOver(c Caller, ns []proc.Ancestor) bool {
+	return (&Policy{owner: ns}).capable(c)
 }
 
 // File is what a write to a control file touches, as the view describes
@@ -158,6 +188,16 @@ func (p *Policy) capable(c Caller) bool {
 	return false
 }
 
+// privileged reports whether c may override the mode of a file whose
+// shown owner and group are uid and gid: host root always;
+// CAP_SYS_ADMIN over the owner namespace where that namespace maps both.
+func (p *Policy) privileged(c Caller, uid, gid uint32) bool {
+	if hostAdmin(c) {
+		return true
+	}
+	return p.capable(c) && (p.mapped == nil || p.mapped.UIDMapped(uid) && p.mapped.GIDMapped(gid))
+}
+
 // inside reports whether c is in the owner's user namespace or below.
 func (p *Policy) inside(c Caller) bool {
 	for _, l := range c.UserNS {
@@ -199,7 +239,7 @@ func (p *Policy) mayAccess(c Caller, st *unix.Stat_t, want Want) error {
 	if err := p.maySee(c); err != nil {
 		return err
 	}
-	if p.capable(c) || modeAllows(c, st, want) {
+	if p.privileged(c, st.Uid, st.Gid) || modeAllows(c, st, want) {
 		return nil
 	}
 	return refuse(RuleMode, unix.EACCES, c)
@@ -261,7 +301,7 @@ func (p *Policy) MayChmod(r *Request, st *unix.Stat_t, atRoot bool) error {
 	if atRoot && !hostAdmin(c) {
 		return refuse(RuleRootLocked, unix.EPERM, c)
 	}
-	if p.capable(c) || c.Uid == st.Uid {
+	if p.privileged(c, st.Uid, st.Gid) || c.Uid == st.Uid {
 		return nil
 	}
 	return refuse(RuleNotOwner, unix.EPERM, c)
@@ -280,7 +320,7 @@ func (p *Policy) MayChown(r *Request, st *unix.Stat_t, atRoot bool) error {
 	if atRoot && !hostAdmin(c) {
 		return refuse(RuleRootLocked, unix.EPERM, c)
 	}
-	if p.capable(c) {
+	if p.privileged(c, st.Uid, st.Gid) {
 		return nil
 	}
 	return refuse(RuleNotOwner, unix.EPERM, c)
@@ -293,7 +333,7 @@ func (p *Policy) MayChown(r *Request, st *unix.Stat_t, atRoot bool) error {
 // without CAP_SYS_ADMIN over the owner namespace needs write access to
 // it.
 func (p *Policy) MayMigrate(opener Caller, common *unix.Stat_t) error {
-	if p.capable(opener) || modeAllows(opener, common, Write) {
+	if p.privileged(opener, common.Uid, common.Gid) || modeAllows(opener, common, Write) {
 		return nil
 	}
 	return refuse(RuleCommonAncestor, unix.EACCES, opener)
@@ -303,7 +343,8 @@ func (p *Policy) MayMigrate(opener Caller, common *unix.Stat_t) error {
 // and saved uids (host ids) are uid and suid: the kernel's rule for
 // writers that are not root, with the owner namespace's root as root.
 func (p *Policy) MayMoveV1Task(opener Caller, uid, suid uint32) error {
-	if p.capable(opener) || opener.Uid == uid || opener.Uid == suid {
+	if hostAdmin(opener) || p.capable(opener) && (p.mapped == nil || p.mapped.UIDMapped(uid) && p.mapped.UIDMapped(suid)) ||
+		opener.Uid == uid || opener.Uid == suid {
 		return nil
 	}
 	return refuse(RuleV1TaskOwner, unix.EACCES, opener)

@@ -43,7 +43,7 @@ func checkRule(t *testing.T, name string, err error, rule Rule) {
 		return
 	}
 	want := map[Rule]error{RuleOutsider: unix.EACCES, RuleMode: unix.EACCES, RuleRootLocked: unix.EPERM, RuleNotOwner: unix.EPERM,
-		RuleCommonAncestor: unix.EACCES}[rule]
+		RuleCommonAncestor: unix.EACCES, RuleV1TaskOwner: unix.EACCES}[rule]
 	if !errors.Is(err, want) {
 		t.Errorf("%s: errno %v, want %v", name, r.Errno, want)
 	}
@@ -173,6 +173,77 @@ func BenchmarkIdentify(b *testing.B) {
 	for b.Loop() {
 		if _, err := id.Identify(tid, 0, 0); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// nestedMap maps one host uid and gid, 101000, as unshare -Ur by the
+// container's uid 1000 does.
+type nestedMap struct{}
+
+func (nestedMap) UIDMapped(uid uint32) bool { return uid == 101000 }
+func (nestedMap) GIDMapped(gid uint32) bool { return gid == 101000 }
+
+// TestNestedPolicy: a view owned by a user namespace the container's
+// uid 1000 made (its cgroup namespace's owner) gives its root no more
+// than the kernel's cgroupfs would: CAP_SYS_ADMIN there overrides the
+// mode only of files whose ids it maps; the container's tree (shown as
+// the container's root's) is what its mode gives uid 1000; what the
+// container delegated to uid 1000 stays writable; host root keeps all.
+func TestNestedPolicy(t *testing.T) {
+	nestedNS := proc.NS{Dev: 4, Ino: 4026532010}
+	nestedChain := append([]proc.Ancestor{{NS: nestedNS, OwnerUID: 101000}}, ownerChain...)
+	p := NewNestedPolicy(nestedChain, nestedMap{})
+	nestedRoot := Caller{UserNS: nestedChain, CapEff: admin, Uid: 101000, Gid: 101000}
+	delegated := unix.Stat_t{Mode: unix.S_IFDIR | 0o755, Uid: 101000, Gid: 101000}
+	delegatedFile := unix.Stat_t{Mode: unix.S_IFREG | 0o644, Uid: 101000, Gid: 101000}
+	containerRoot := Caller{UserNS: ownerChain, CapEff: admin, Uid: 100000}
+	hostRoot := Caller{UserNS: hostChain, CapEff: admin}
+	for _, c := range []struct {
+		name string
+		err  error
+		rule Rule
+	}{
+		{"mkdir in the container root's cgroup", p.MayChangeEntries(known(nestedRoot), &dirStat), RuleMode},
+		{"a write to the container root's file", p.MayWrite(known(nestedRoot), File{Attr: &fileStat}), RuleMode},
+		{"a move across the container root's cgroup", p.MayMigrate(nestedRoot, &fileStat), RuleCommonAncestor},
+		{"chown of the container root's cgroup", p.MayChown(known(nestedRoot), &dirStat, false), RuleNotOwner},
+		{"chmod of the container root's cgroup", p.MayChmod(known(nestedRoot), &dirStat, false), RuleNotOwner},
+		{"moving a v1 task of the container's root", p.MayMoveV1Task(nestedRoot, 100000, 100000), RuleV1TaskOwner},
+		{"mkdir in a cgroup delegated to uid 1000", p.MayChangeEntries(known(nestedRoot), &delegated), ""},
+		{"a write to a delegated file", p.MayWrite(known(nestedRoot), File{Attr: &delegatedFile}), ""},
+		{"chown of a delegated cgroup", p.MayChown(known(nestedRoot), &delegated, false), ""},
+		{"a move below a delegated cgroup", p.MayMigrate(nestedRoot, &delegatedFile), ""},
+		{"the container's root, privileged over the nested namespace", p.MayChangeEntries(known(containerRoot), &dirStat), ""},
+		{"host root", p.MayWrite(known(hostRoot), File{Attr: &fileStat}), ""},
+		{"the view root's limits, even to its root", p.MayWrite(known(nestedRoot), File{Attr: &delegatedFile, AtRoot: true}), RuleRootLocked},
+	} {
+		checkRule(t, c.name, c.err, c.rule)
+	}
+}
+
+// TestCapableOver: CAP_SYS_ADMIN over a namespace, as a mount needs it
+// of the owners of the caller's mount and cgroup namespaces.
+func TestCapableOver(t *testing.T) {
+	nestedNS := proc.NS{Dev: 4, Ino: 4026532010}
+	nestedChain := append([]proc.Ancestor{{NS: nestedNS, OwnerUID: 101000}}, ownerChain...)
+	for _, c := range []struct {
+		name   string
+		caller Caller
+		over   []proc.Ancestor
+		want   bool
+	}{
+		{"uid 1000's own namespace over the container's", Caller{UserNS: nestedChain, CapEff: admin, Uid: 101000}, ownerChain, false},
+		{"uid 1000's own namespace over itself", Caller{UserNS: nestedChain, CapEff: admin, Uid: 101000}, nestedChain, true},
+		{"the container's root over its namespace", Caller{UserNS: ownerChain, CapEff: admin, Uid: 100000}, ownerChain, true},
+		{"the container's root without the capability", Caller{UserNS: ownerChain, Uid: 100000}, ownerChain, false},
+		{"the container's root over a namespace below", Caller{UserNS: ownerChain, CapEff: admin, Uid: 100000}, nestedChain, true},
+		{"uid 1000, the creator, from the parent", Caller{UserNS: ownerChain, Uid: 101000}, nestedChain, true},
+		{"another container's root", Caller{UserNS: otherChain, CapEff: admin}, ownerChain, false},
+		{"host root", Caller{UserNS: hostChain, CapEff: admin}, nestedChain, true},
+	} {
+		if got := CapableOver(c.caller, c.over); got != c.want {
+			t.Errorf("%s: CapableOver = %v, want %v", c.name, got, c.want)
 		}
 	}
 }

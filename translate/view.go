@@ -58,6 +58,12 @@ type Config struct {
 	Procs *proc.Procs
 	// IDs are the owner user namespace's id maps; nil shows host ids.
 	IDs *user.IdentityMapping
+	// RootShownAs, when set, are the host ids that what host root owns
+	// is shown as, instead of the root of IDs: a nested view, owned by
+	// a user namespace below the container's, shows the container's
+	// tree as the container's own view does (its root's), and its root
+	// needs no owner of its own on a cgroup it makes.
+	RootShownAs *[2]uint32
 	// V1 marks a cgroup v1 hierarchy: tasks files, no hidden leaves,
 	// cpuset children set up so tasks can join.
 	V1 bool
@@ -126,6 +132,9 @@ func New(h *host.Host, cfg Config) (*View, error) {
 	if cfg.IDs != nil {
 		u, g := cfg.IDs.RootPair()
 		v.rootUID, v.rootGID = uint32(u), uint32(g)
+	}
+	if r := cfg.RootShownAs; r != nil && cfg.IDs != nil {
+		v.rootUID, v.rootGID = r[0], r[1]
 	}
 	return v, nil
 }
@@ -512,14 +521,8 @@ func (v *View) chown(vpath string, uid, gid *uint32) error {
 		g = int(*gid)
 	}
 	if v.ids != nil {
-		cu, cg := u, g
-		if cu == -1 {
-			cu = int(v.rootUID)
-		}
-		if cg == -1 {
-			cg = int(v.rootGID)
-		}
-		if _, _, err := v.ids.ToContainer(cu, cg); err != nil {
+		m := access.IDMapping{IdentityMapping: v.ids}
+		if uid != nil && !m.UIDMapped(*uid) || gid != nil && !m.GIDMapped(*gid) {
 			return refuse(RuleUnmappedID, unix.EINVAL, fmt.Sprintf("%d:%d is not mapped in the owner's user namespace", u, g))
 		}
 	}
@@ -554,3 +557,6 @@ func (l *Limits) takeFile() bool {
 }
 
 func (l *Limits) giveFile() { l.open.Add(-1) }
+
+// Open is how many files the container holds open.
+func (l *Limits) Open() int { return int(l.open.Load()) }
