@@ -53,6 +53,10 @@ type Config struct {
 	// Resume, when set, serves a connection an earlier server made and
 	// handed over (or left behind), instead of a new one.
 	Resume *Resume
+	// Shared is the budget of the container the mount is for, shared
+	// with its other mounts; nil gives the mount one of its own, with
+	// the defaults.
+	Shared *Shared
 }
 
 // mount is the state of one mount, shared by its nodes. Nothing in it is
@@ -65,13 +69,14 @@ type mount struct {
 	// passthrough is set once the kernel accepted a backing file: then
 	// read-only opens are served by FUSE passthrough instead of DIRECT_IO.
 	passthrough atomic.Bool
-	// inflight bounds the requests of this mount served at once: the
-	// server's work for one container is bounded, whatever it sends.
-	inflight chan struct{}
-	logs     logBudget
-	relay    atomic.Pointer[relay] // nil: no events relayed
-	revived  revivedID             // see inherit.know
-	panics   atomic.Int64          // requests that panicked (panicked)
+	// shared is the container's budget, which its other mounts (nested
+	// views) draw on too: the server's work for one container is
+	// bounded, whatever it sends and however many mounts it makes.
+	shared  *Shared
+	logs    logBudget
+	relay   atomic.Pointer[relay] // nil: no events relayed
+	revived revivedID             // see inherit.know
+	panics  atomic.Int64          // requests that panicked (panicked)
 }
 
 // panicked answers a request whose handling panicked (in cgfs or in
@@ -83,16 +88,12 @@ func (m *mount) panicked(r any) fuse.Status {
 	return fuse.EIO
 }
 
-// MaxInFlight is how many requests of one mount are served at once; more
-// wait for a slot (the kernel keeps them queued).
-const MaxInFlight = 64
-
 // start begins serving the request in ctx, a FUSE operation op: it
 // waits for one of the mount's in-flight slots and starts the
 // identification of the caller. The call's end releases both and counts
 // the request with its result and the time it took.
 func (m *mount) start(ctx context.Context, op string) (*access.Request, *call) {
-	m.inflight <- struct{}{}
+	m.shared.inflight <- struct{}{}
 	c := &call{m: m, op: op, t0: time.Now(), result: "ok"}
 	if fc, ok := fuse.FromContext(ctx); ok {
 		c.r = m.ident.Request(int(fc.Pid), fc.Uid, fc.Gid)
@@ -123,7 +124,7 @@ func (c *call) fail(ctx context.Context, vpath string, err error) syscall.Errno 
 
 func (c *call) end() {
 	c.r.Done()
-	<-c.m.inflight
+	<-c.m.shared.inflight
 	c.m.count.Request(c.op, c.result, time.Since(c.t0))
 }
 
@@ -175,7 +176,11 @@ func Serve(cfg Config) (*Mounted, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &mount{views: cfg.Views, ident: cfg.Identifier, count: cfg.Metrics, log: cfg.Log, inflight: make(chan struct{}, MaxInFlight)}
+	shared := cfg.Shared
+	if shared == nil {
+		shared = NewShared(0, 0)
+	}
+	m := &mount{views: cfg.Views, ident: cfg.Identifier, count: cfg.Metrics, log: cfg.Log, shared: shared}
 	var root gofs.InodeEmbedder
 	rootIno := st.Ino
 	if len(cfg.Views) == 1 && cfg.Views[0].Dir == "" {
@@ -311,7 +316,7 @@ func (m *Mounted) startRelay(w *host.Watcher, mnt *os.File, dev uint64, owner in
 		}
 		pidfd = os.NewFile(uintptr(fd), "owner")
 	}
-	r, err := newRelay(w, mnt, dev, m.fsys.log)
+	r, err := newRelay(w, mnt, dev, m.fsys.shared, m.fsys.log)
 	if err != nil {
 		if pidfd != nil {
 			pidfd.Close()
@@ -321,9 +326,10 @@ func (m *Mounted) startRelay(w *host.Watcher, mnt *os.File, dev uint64, owner in
 	m.fsys.relay.Store(r)
 	if pidfd != nil {
 		go func() {
-			defer pidfd.Close()
 			// A pidfd turns readable when its process exits; the
-			// netpoller waits for that.
+			// netpoller waits for that, or for the relay to let go
+			// first (the view dropped while its owner lives), which
+			// closes it.
 			if rc, err := pidfd.SyscallConn(); err == nil {
 				_ = rc.Read(func(fd uintptr) bool {
 					p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
@@ -332,6 +338,10 @@ func (m *Mounted) startRelay(w *host.Watcher, mnt *os.File, dev uint64, owner in
 				})
 			}
 			r.letGo()
+		}()
+		go func() {
+			<-r.gone
+			pidfd.Close()
 		}()
 	}
 	return nil

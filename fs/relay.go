@@ -43,27 +43,26 @@ type relay struct {
 	kick    chan struct{}
 	gone    chan struct{} // closed once the root is let go
 	raised  uint64
-	// warnedFull: the one line said when MaxRelayWatches was reached.
+	// shared counts the watches against the container's budget (each
+	// is a host inotify watch, charged to host root's
+	// fs.inotify.max_user_watches, which a container's looked-up files
+	// must not exhaust for everyone); warnedFull: the one line said
+	// when it was full.
+	shared     *Shared
 	warnedFull bool
 }
-
-// MaxRelayWatches bounds the events files one mount relays: each is a
-// host inotify watch, charged to host root's fs.inotify.max_user_watches,
-// which a container's looked-up files must not exhaust for everyone.
-// Files beyond it raise no inotify event (as before the relay).
-const MaxRelayWatches = 4096
 
 type logger interface {
 	Warn(msg string, args ...any)
 	Debug(msg string, args ...any)
 }
 
-func newRelay(w *host.Watcher, mnt *os.File, dev uint64, log logger) (*relay, error) {
+func newRelay(w *host.Watcher, mnt *os.File, dev uint64, shared *Shared, log logger) (*relay, error) {
 	fd, err := unix.FcntlInt(mnt.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
-	r := &relay{w: w, dev: dev, log: log, root: os.NewFile(uintptr(fd), "cgfs mount root"),
+	r := &relay{w: w, dev: dev, log: log, shared: shared, root: os.NewFile(uintptr(fd), "cgfs mount root"),
 		watches: map[uint64]watch{}, pending: map[string]uint64{}, kick: make(chan struct{}, 1), gone: make(chan struct{})}
 	go r.run()
 	return r, nil
@@ -75,18 +74,24 @@ func (r *relay) watch(view *translate.View, vpath, mpath string, ino uint64) {
 	r.mu.Lock()
 	_, known := r.watches[ino]
 	gone := r.root == nil
-	full := len(r.watches) >= MaxRelayWatches
-	warn := full && !r.warnedFull
-	r.warnedFull = r.warnedFull || full
 	r.mu.Unlock()
-	if warn {
-		r.log.Warn("relaying no more events files: the mount watches as many as it may", "watches", MaxRelayWatches)
+	if known || gone {
+		return
 	}
-	if known || gone || full {
+	if !r.shared.takeWatch() {
+		r.mu.Lock()
+		warn := !r.warnedFull
+		r.warnedFull = true
+		r.mu.Unlock()
+		if warn {
+			_, max := r.shared.Watches()
+			r.log.Warn("relaying no more events files: the container's mounts watch as many as it may", "watches", max, "rule", "relay-watches")
+		}
 		return
 	}
 	files, err := view.EventFiles(vpath)
 	if err != nil || len(files) == 0 {
+		r.shared.giveWatch()
 		r.log.Debug("no host files to relay", "path", "/"+mpath, "err", err)
 		return
 	}
@@ -103,6 +108,7 @@ func (r *relay) watch(view *translate.View, vpath, mpath string, ino uint64) {
 		for _, c := range cancels {
 			c()
 		}
+		r.shared.giveWatch()
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
