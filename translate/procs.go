@@ -82,6 +82,9 @@ func writeTasks(threads bool) func(f *File, r *access.Request, data []byte) (int
 		if errors.Is(err, pidns.ErrTooManyStarts) {
 			return 0, refuse(RulePidNamespaces, unix.EAGAIN, "writes from new pid namespaces faster than helpers may start")
 		}
+		if errors.Is(err, pidns.ErrTooManyHelpers) {
+			return 0, refuse(RulePidNamespaces, unix.EAGAIN, "writes from more pid namespaces than the container may have helpers in, all in use")
+		}
 		if err != nil {
 			return 0, err
 		}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cgfs/cgfs/access"
 	"github.com/cgfs/cgfs/translate/host"
+	"github.com/cgfs/cgfs/translate/pidns"
 )
 
 // LeafName is the reserved name of hidden leaf cgroups. A virtual cgroup
@@ -145,6 +146,9 @@ func (v *View) hostTasks(dir, file string) ([]int, error) {
 // meanwhile are skipped.
 func (v *View) moveAllLocked(from, to string) error {
 	m, err := v.movers.Owner()
+	if errors.Is(err, pidns.ErrTooManyHelpers) || errors.Is(err, pidns.ErrTooManyStarts) {
+		return refuse(RulePidNamespaces, unix.EAGAIN, "no helper in the owner's pid namespace: "+err.Error())
+	}
 	if err != nil {
 		return err
 	}

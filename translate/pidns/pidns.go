@@ -47,11 +47,81 @@ const (
 // ErrTooManyStarts refuses a helper start over the rate.
 var ErrTooManyStarts = errors.New("helpers started too fast for this container")
 
+// ErrTooManyHelpers refuses a helper when the container's budget holds
+// as many as it may, all in use by other views of it.
+var ErrTooManyHelpers = errors.New("the container holds as many pid namespace helpers as it may")
+
+// Budget bounds the helpers of every pool of one container together
+// (its own views' and its nested views'), and how fast they start: a
+// container that mounts cgroupfs many times over does not get a pool's
+// worth of helpers for each mount. Safe for concurrent use.
+type Budget struct {
+	max int
+
+	mu        sync.Mutex
+	live      int
+	starts    float64 // a token bucket of helper starts
+	lastStart time.Time
+}
+
+// NewBudget bounds one container's helpers at max (0: MaxHelpers).
+func NewBudget(max int) *Budget {
+	if max <= 0 {
+		max = MaxHelpers
+	}
+	return &Budget{max: max}
+}
+
+// Live is how many helpers the container has, and its bound.
+func (b *Budget) Live() (n, max int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.live, b.max
+}
+
+// take takes a helper start from the budget: ErrTooManyStarts over
+// the rate, ErrTooManyHelpers at the bound.
+func (b *Budget) take() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.live >= b.max {
+		return ErrTooManyHelpers
+	}
+	now := time.Now()
+	if b.lastStart.IsZero() {
+		b.starts = float64(b.max)
+	} else {
+		b.starts = min(float64(b.max), b.starts+now.Sub(b.lastStart).Seconds()*HelperStarts)
+	}
+	b.lastStart = now
+	if b.starts < 1 {
+		return ErrTooManyStarts
+	}
+	b.starts--
+	b.live++
+	return nil
+}
+
+// full reports whether the budget is at its bound.
+func (b *Budget) full() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.live >= b.max
+}
+
+// give returns a helper that ended (or never started).
+func (b *Budget) give() {
+	b.mu.Lock()
+	b.live--
+	b.mu.Unlock()
+}
+
 // Pool gives, for the views of one container, the Mover of each pid
 // namespace a writer is in. It is safe for concurrent use.
 type Pool struct {
-	procs *proc.Procs
-	roots []*host.Host
+	procs  *proc.Procs
+	budget *Budget
+	roots  []*host.Host
 	// owner is the owner's pid namespace (held open) and where it is.
 	owner   *os.File
 	ownerNS proc.NS
@@ -60,19 +130,20 @@ type Pool struct {
 	mu      sync.Mutex
 	helpers map[proc.NS]*helper
 	clock   int
-	// starts is a token bucket of helper starts.
-	starts    float64
-	lastStart time.Time
 }
 
-// NewPool makes the pool of a container whose owner reads task ids as
-// owner, in the pid namespace ns (the pool holds a copy until Close).
-func NewPool(procs *proc.Procs, ns *os.File, owner proc.Thread) (*Pool, error) {
+// NewPool makes the pool of a view owner that reads task ids as owner,
+// in the pid namespace ns (the pool holds a copy until Close); its
+// helpers are taken from the container's budget (nil: one of its own).
+func NewPool(procs *proc.Procs, ns *os.File, owner proc.Thread, budget *Budget) (*Pool, error) {
 	fd, err := unix.FcntlInt(ns.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
-	return &Pool{procs: procs, owner: os.NewFile(uintptr(fd), "owner pidns"), ownerNS: owner.PidNS,
+	if budget == nil {
+		budget = NewBudget(0)
+	}
+	return &Pool{procs: procs, budget: budget, owner: os.NewFile(uintptr(fd), "owner pidns"), ownerNS: owner.PidNS,
 		ownerAt: owner.Level, helpers: map[proc.NS]*helper{}}, nil
 }
 
@@ -117,14 +188,18 @@ func (p *Pool) helper(ns proc.NS, open func() (*os.File, error)) (*helper, error
 		h.used = p.clock
 		return h, nil
 	}
-	if !p.mayStartLocked() {
-		return nil, ErrTooManyStarts
+	if old := p.helpers[ns]; old != nil { // dead: it makes way
+		p.closeLocked(ns, old)
 	}
-	if len(p.helpers) >= MaxHelpers {
+	if len(p.helpers) >= MaxHelpers || p.budget.full() {
 		p.evictLocked()
+	}
+	if err := p.budget.take(); err != nil {
+		return nil, err
 	}
 	f, err := open()
 	if err != nil {
+		p.budget.give()
 		return nil, err
 	}
 	if f != p.owner {
@@ -132,30 +207,20 @@ func (p *Pool) helper(ns proc.NS, open func() (*os.File, error)) (*helper, error
 	}
 	h, err := startHelper(f, p.roots)
 	if err != nil {
+		p.budget.give()
 		return nil, err
-	}
-	if old := p.helpers[ns]; old != nil {
-		old.close()
 	}
 	h.used = p.clock
 	p.helpers[ns] = h
 	return h, nil
 }
 
-// mayStartLocked takes a token from the bucket of helper starts.
-func (p *Pool) mayStartLocked() bool {
-	now := time.Now()
-	if p.lastStart.IsZero() {
-		p.starts = MaxHelpers
-	} else {
-		p.starts = min(MaxHelpers, p.starts+now.Sub(p.lastStart).Seconds()*HelperStarts)
-	}
-	p.lastStart = now
-	if p.starts < 1 {
-		return false
-	}
-	p.starts--
-	return true
+// closeLocked ends the helper h of namespace ns and gives it back to
+// the budget.
+func (p *Pool) closeLocked(ns proc.NS, h *helper) {
+	h.close()
+	delete(p.helpers, ns)
+	p.budget.give()
 }
 
 func (p *Pool) evictLocked() {
@@ -170,8 +235,7 @@ func (p *Pool) evictLocked() {
 		}
 	}
 	if !first {
-		p.helpers[oldest].close()
-		delete(p.helpers, oldest)
+		p.closeLocked(oldest, p.helpers[oldest])
 	}
 }
 
@@ -180,8 +244,7 @@ func (p *Pool) Close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for ns, h := range p.helpers {
-		h.close()
-		delete(p.helpers, ns)
+		p.closeLocked(ns, h)
 	}
 	if p.owner != nil {
 		p.owner.Close()

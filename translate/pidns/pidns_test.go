@@ -49,7 +49,7 @@ func TestHelperResolvesIDsInItsNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ns.Close()
-	pool, err := NewPool(procs, ns, th)
+	pool, err := NewPool(procs, ns, th, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,24 +97,48 @@ func TestHelperResolvesIDsInItsNamespace(t *testing.T) {
 }
 
 // TestHelperStartsAreRateLimited: a burst of MaxHelpers starts, then
-// HelperStarts a second.
+// HelperStarts a second, however many helpers ended meanwhile.
 func TestHelperStartsAreRateLimited(t *testing.T) {
-	p := Inline(nil)
+	b := NewBudget(0)
 	for i := range MaxHelpers {
-		if !p.mayStartLocked() {
-			t.Fatalf("start %d of the burst refused", i+1)
+		if err := b.take(); err != nil {
+			t.Fatalf("start %d of the burst: %v", i+1, err)
 		}
+		b.give()
 	}
-	if p.mayStartLocked() {
-		t.Error("a start past the burst allowed at once")
+	if err := b.take(); err != ErrTooManyStarts {
+		t.Errorf("a start past the burst: %v, want ErrTooManyStarts", err)
 	}
-	p.lastStart = p.lastStart.Add(-time.Second) // a second passes
+	b.lastStart = b.lastStart.Add(-time.Second) // a second passes
 	for i := range int(HelperStarts) {
-		if !p.mayStartLocked() {
-			t.Errorf("start %d of the next second refused", i+1)
+		if err := b.take(); err != nil {
+			t.Errorf("start %d of the next second: %v", i+1, err)
+		}
+		b.give()
+	}
+	if err := b.take(); err != ErrTooManyStarts {
+		t.Errorf("more starts in a second than HelperStarts: %v, want ErrTooManyStarts", err)
+	}
+}
+
+// TestBudgetBoundsLiveHelpers: a container's pools together hold at
+// most its bound of helpers; one that ends makes room.
+func TestBudgetBoundsLiveHelpers(t *testing.T) {
+	b := NewBudget(3)
+	for i := range 3 {
+		if err := b.take(); err != nil {
+			t.Fatalf("helper %d of 3: %v", i+1, err)
 		}
 	}
-	if p.mayStartLocked() {
-		t.Error("more starts in a second than HelperStarts")
+	if err := b.take(); err != ErrTooManyHelpers {
+		t.Errorf("a 4th helper with a bound of 3: %v, want ErrTooManyHelpers", err)
+	}
+	if n, max := b.Live(); n != 3 || max != 3 {
+		t.Errorf("Live() = %d, %d, want 3, 3", n, max)
+	}
+	b.give()
+	b.lastStart = b.lastStart.Add(-time.Second) // a start's token comes back
+	if err := b.take(); err != nil {
+		t.Errorf("a helper after one ended: %v", err)
 	}
 }
