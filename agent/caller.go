@@ -22,6 +22,11 @@ type Caller struct {
 	// notification: the agent's (Serve), or the LXC monitor's
 	// (ServeLXCProxy).
 	Tid int
+	// Init is the container's init as the LXC monitor names it (the
+	// proxy message's init_pid, in the monitor's pid namespace): which
+	// container the caller is of. 0 for a listener served directly
+	// (Serve), whose container is the one it was handed over for.
+	Init int
 
 	p *proc
 }
@@ -52,9 +57,10 @@ var errGone = errors.New("notification no longer alive")
 // notification is alive: a thread id cannot be reused while its thread
 // waits in a syscall.
 type proc struct {
-	tid int
-	id  uint64
-	v   validator
+	tid  int
+	init int // Caller.Init
+	id   uint64
+	v    validator
 
 	// dir is a /proc/TID directory the files are opened from (an LXC
 	// monitor's); -1: "/proc/TID/" in the agent's /proc.

@@ -331,6 +331,7 @@ func (s *LXCProxy) handleMsg(msg []byte, flags int, fds []int) []byte {
 	} else {
 		p := newProc(notifyFd(fds[2]), &n)
 		p.dir, p.mem = fds[0], fds[1] // closed by p.close
+		p.init = int(h.InitPid)
 		fds = fds[2:]
 		v = s.a.decide(p, &n)
 		p.close()

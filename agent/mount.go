@@ -63,7 +63,7 @@ func (a *Agent) mount(p *proc, n *seccompNotif) verdict {
 	if !p.valid() {
 		return gone
 	}
-	handled, errno := a.cfg.Mounter(Caller{Tid: p.tid, p: p}, m)
+	handled, errno := a.cfg.Mounter(Caller{Tid: p.tid, Init: p.init, p: p}, m)
 	if !handled {
 		return cont("Mounter declined")
 	}

@@ -61,8 +61,12 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 	seccompSocket := fl.String("seccomp-socket", "", "take OCI runtimes' seccomp listeners (runc's seccomp.listenerPath) at `PATH` (default: seccomp.sock beside --socket)")
 	lxcSocket := fl.String("lxc-seccomp-socket", "", "answer LXC's seccomp notifications (lxc.seccomp.notify.proxy) at `PATH` (default: lxc-seccomp.sock beside --socket)")
 	keep := fl.Bool("keep", false, "run under a keeper that holds every connection across restarts and upgrades")
+	bounds, checkBounds := boundsFlags(fl)
 	if err := fl.Parse(args); err != nil {
 		return usageError{err.Error()}
+	}
+	if err := checkBounds(); err != nil {
+		return err
 	}
 	if *keep && os.Getenv(keeper.Env) == "" {
 		return runKeeper(args, log)
@@ -82,7 +86,7 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 	}
 	defer w.Close()
 	m := newMetrics(reg, procs)
-	d := daemon.New(procs, m, w, log)
+	d := daemon.New(procs, m, w, *bounds, log)
 	// handed: the next server serves everything, sockets included.
 	handed := false
 	defer func() {

@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
+	"github.com/cgfs/cgfs/fs"
 	"github.com/cgfs/cgfs/translate"
+	"github.com/cgfs/cgfs/translate/pidns"
 )
 
 const usage = `usage: cgfs mount [--cgroup HOSTDIR] [--owner PID] [--name NAME] [--shared NAME]... [--max-open-files N] [--v1-max-descendants N] [--metrics ADDR] [--debug] MOUNTPOINT
@@ -77,4 +80,28 @@ func (n *names) String() string { return fmt.Sprint(*n) }
 func (n *names) Set(s string) error {
 	*n = append(*n, s)
 	return nil
+}
+
+// boundsFlags adds the flags of what each container may hold of the
+// server (its own view and its nested views together) to fl; check
+// checks them once fl is parsed.
+func boundsFlags(fl *flag.FlagSet) (b *serve.Bounds, check func() error) {
+	b = &serve.Bounds{}
+	fl.IntVar(&b.OpenFiles, "max-open-files", translate.DefaultOpenFiles, "files each container may hold open in its views at once (ENFILE beyond)")
+	fl.IntVar(&b.NestedViews, "max-nested-views", serve.DefaultNestedViews, "cgroupfs mounts of its nested runtimes each container may hold at once (ENOSPC beyond)")
+	fl.IntVar(&b.RelayWatches, "max-relay-watches", fs.MaxRelayWatches, "events files whose changes are relayed to each container's inotify watchers (no events beyond)")
+	fl.IntVar(&b.PidHelpers, "max-pid-helpers", pidns.MaxHelpers, "helper processes in each container's pid namespaces (EAGAIN beyond)")
+	fl.IntVar(&b.InFlight, "max-in-flight", fs.MaxInFlight, "FUSE requests of each container served at once (more wait)")
+	return b, func() error {
+		for _, f := range []struct {
+			name string
+			n    int
+		}{{"max-open-files", b.OpenFiles}, {"max-nested-views", b.NestedViews}, {"max-relay-watches", b.RelayWatches},
+			{"max-pid-helpers", b.PidHelpers}, {"max-in-flight", b.InFlight}} {
+			if f.n < 1 {
+				return usageError{fmt.Sprintf("--%s must be at least 1", f.name)}
+			}
+		}
+		return nil
+	}
 }

@@ -147,6 +147,9 @@ func runCmd(o runOptions, log *slog.Logger) (int, error) {
 	o.Log = log
 	var views *serve.Views
 	daemonServes := false
+	// What the container may hold of this process: its view (unless the
+	// daemon serves it) and its nested runtimes' views together.
+	budget := serve.NewBudget(serve.Bounds{})
 	o.View = func(init int) (*os.File, func(), error) {
 		// The daemon serves the view when one runs; else this process.
 		a, view, err := control.Ask(control.DaemonSocket(), control.Request{Op: "attach", Name: o.Name, Owner: init})
@@ -165,7 +168,7 @@ func runCmd(o runOptions, log *slog.Logger) (int, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		views, err = serve.Open(procs, serve.Options{Name: o.Name, Owner: init, Log: log, Watcher: w})
+		views, err = serve.Open(procs, serve.Options{Name: o.Name, Owner: init, Log: log, Watcher: w, Budget: budget})
 		if err != nil {
 			w.Close()
 			return nil, nil, err
@@ -185,8 +188,11 @@ func runCmd(o runOptions, log *slog.Logger) (int, error) {
 		return 0, err
 	}
 	defer w.Close()
-	nested := serve.NewNested(procs, serve.Options{Name: o.Name, Log: log, Watcher: w},
-		func(int) *metrics.Counts { return m.For(o.Name) })
+	// The container's root is host id o.Map.HostID: what host root owns
+	// shows as its in the container's view, and in the nested ones.
+	root := uint32(o.Map.HostID)
+	nested := serve.NewNested(procs, serve.Options{Name: o.Name, Log: log, Watcher: w, Budget: budget,
+		RootShownAs: [2]uint32{root, root}}, m.For(o.Name))
 	defer nested.Close()
 	o.Nested = nested.Serve
 	o.Notifications = func(count func() uint64) {

@@ -44,9 +44,13 @@ type Daemon struct {
 	// set is every view's device, for the statfs answers of the
 	// seccomp agents the daemon serves (OCI runtimes' listeners).
 	set    *mimic.Set
-	nested *serve.Nested
+	mounts []mimic.Mount // the host's layout, as the kernel mounts it
 
-	agentCfg agent.Config // set with set
+	// bounds are what each container may hold of the daemon (its own
+	// view and its nested views together).
+	bounds serve.Bounds
+
+	agentCfg agent.Config // set with set; Mounter per container (mounterFor)
 
 	mu     sync.Mutex
 	views  map[string]*served
@@ -71,7 +75,10 @@ type Daemon struct {
 type served struct {
 	views   *serve.Views
 	mounted *fs.Mounted
-	owner   int
+	// nested serves the container's nested runtimes' cgroupfs mounts,
+	// from the container's budget as views does.
+	nested *serve.Nested
+	owner  int
 	// req is what attached it, and ownerStart the owner's start time
 	// (so that a server taking over never serves a reused pid).
 	req        control.Request
@@ -126,6 +133,7 @@ func (d *Daemon) run(name string, s *served) error {
 		}
 		d.mu.Unlock()
 		d.unkeep(name)
+		s.nested.Close()
 		s.views.Close()
 		d.log.Info("dropped", "view", name)
 	}()
@@ -133,14 +141,21 @@ func (d *Daemon) run(name string, s *served) error {
 }
 
 // New makes a daemon that serves nothing yet; w relays events to all
-// its views.
-func New(procs *proc.Procs, m *metrics.Metrics, w *host.Watcher, log *slog.Logger) *Daemon {
-	d := &Daemon{procs: procs, ident: access.NewIdentifier(procs), metrics: m, watcher: w, log: log, views: map[string]*served{}, over: make(chan struct{})}
+// its views; each container may hold bounds of it.
+func New(procs *proc.Procs, m *metrics.Metrics, w *host.Watcher, bounds serve.Bounds, log *slog.Logger) *Daemon {
+	d := &Daemon{procs: procs, ident: access.NewIdentifier(procs), metrics: m, watcher: w, bounds: bounds, log: log, views: map[string]*served{}, over: make(chan struct{})}
 	m.AddSource(metrics.Source{Name: "cgfs_seccomp_notifications_total", Counter: true,
 		Help: "Seccomp notifications of containers' processes the daemon's agents handled.",
 		Read: func() float64 { return float64(d.agentStats()) }})
-	d.nested = serve.NewNested(procs, serve.Options{Name: "nested", Log: log, Watcher: w}, func(int) *metrics.Counts { return m.For("nested") })
 	return d
+}
+
+// newServed is what serves the container of views on mounted: with its
+// nested views, from the same budget.
+func (d *Daemon) newServed(name string, views *serve.Views, mounted *fs.Mounted, budget *serve.Budget, req control.Request) *served {
+	nested := serve.NewNested(d.procs, serve.Options{Name: name, Log: d.log, Watcher: d.watcher, Budget: budget,
+		RootShownAs: views.RootShownAs()}, d.metrics.For(name))
+	return &served{views: views, mounted: mounted, nested: nested, owner: req.Owner, req: req}
 }
 
 // Handle answers one control request from host process peer.
@@ -158,7 +173,7 @@ func (d *Daemon) Handle(req control.Request, _ int) (control.Answer, *os.File) {
 	}
 	switch req.Op {
 	case "attach":
-		f, err := d.attach(req)
+		f, _, err := d.attach(req)
 		if err != nil {
 			_, usage := err.(serve.UsageError)
 			return control.Answer{Error: err.Error(), Usage: usage, Retry: errors.Is(err, errHandingOver)}, nil
@@ -205,42 +220,44 @@ func (d *Daemon) Handle(req control.Request, _ int) (control.Answer, *os.File) {
 
 // attach serves a new view and returns its mount, detached, for the
 // asker to move into the container's mount namespace.
-func (d *Daemon) attach(req control.Request) (*os.File, error) {
+func (d *Daemon) attach(req control.Request) (*os.File, *served, error) {
 	if req.Name == "" || req.Owner <= 0 {
-		return nil, serve.UsageError{Msg: "attach needs a name and an owner"}
+		return nil, nil, serve.UsageError{Msg: "attach needs a name and an owner"}
 	}
 	d.mu.Lock()
 	_, taken := d.views[req.Name]
 	handing := d.handing
 	d.mu.Unlock()
 	if taken {
-		return nil, serve.UsageError{Msg: "a view named " + req.Name + " is served already"}
+		return nil, nil, serve.UsageError{Msg: "a view named " + req.Name + " is served already"}
 	}
 	if handing {
-		return nil, errHandingOver
+		return nil, nil, errHandingOver
 	}
-	views, err := serve.Open(d.procs, serve.Options{Name: req.Name, Owner: req.Owner, HostDir: req.Cgroup, Shared: req.Shared, Log: d.log, Watcher: d.watcher})
+	budget := serve.NewBudget(d.bounds)
+	views, err := serve.Open(d.procs, serve.Options{Name: req.Name, Owner: req.Owner, HostDir: req.Cgroup, Shared: req.Shared,
+		Log: d.log, Watcher: d.watcher, Budget: budget})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	mounted, err := views.Serve(d.ident, d.metrics.For(req.Name))
 	if err != nil {
 		views.Close()
-		return nil, err
+		return nil, nil, err
 	}
-	s := &served{views: views, mounted: mounted, owner: req.Owner, req: req}
+	s := d.newServed(req.Name, views, mounted, budget, req)
 	if s.ownerStart, err = startTime(req.Owner); err != nil {
 		mounted.Stop()
 		views.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	if err := d.run(req.Name, s); err != nil {
 		mounted.Stop()
 		views.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	d.log.Info("attached", "view", req.Name, "owner", req.Owner)
-	return mounted.Take(), nil
+	return mounted.Take(), s, nil
 }
 
 // agentStats is how many notifications the daemon's agents handled.
@@ -291,9 +308,9 @@ func (d *Daemon) Close() {
 	}
 	d.mu.Unlock()
 	for _, s := range all {
+		s.nested.Close()
 		s.mounted.Stop()
 	}
-	d.nested.Close()
 }
 
 // ServeSeccomp takes OCI runtimes' seccomp listeners at ln (a unix
@@ -312,14 +329,41 @@ func (d *Daemon) ServeSeccomp(ln *net.UnixListener) error {
 	}
 	d.mu.Lock()
 	d.set = mimic.NewSet(mounts)
+	d.mounts = mounts
 	for _, s := range d.views {
 		d.set.Add(s.mounted.Dev())
 	}
 	d.mu.Unlock()
-	nester := &mimic.Nester{Serve: d.nested.Serve, Set: d.set, Mounts: mounts, Log: d.log}
-	d.agentCfg = agent.Config{Magic: d.set.Magic, Mounter: nester.Mount, Log: d.log}
+	d.agentCfg = agent.Config{Magic: d.set.Magic, Log: d.log}
 	go control.AcceptEach(ln, d.takeListener)
 	return nil
+}
+
+// mounterFor answers the cgroupfs mounts of a container's processes with
+// nested views of that container, charged to it: the container a
+// listener was handed over for, by its view's name, or (name "") the one
+// whose init an LXC monitor names (Caller.Init). A caller of no container
+// the daemon serves is left to the kernel.
+func (d *Daemon) mounterFor(name string) agent.Mounter {
+	n := &mimic.Nester{Ident: d.ident, Set: d.set, Mounts: d.mounts, Log: d.log}
+	n.Serve = func(c agent.Caller) (*os.File, error) {
+		d.mu.Lock()
+		s := d.views[name]
+		if name == "" {
+			s = nil
+			for _, v := range d.views {
+				if c.Init != 0 && v.owner == c.Init {
+					s = v
+				}
+			}
+		}
+		d.mu.Unlock()
+		if s == nil {
+			return nil, mimic.ErrDecline
+		}
+		return s.nested.Serve(c.Tid)
+	}
+	return n.Mount
 }
 
 // ServeLXCProxy answers LXC monitors at ln (a unixpacket socket), as
@@ -330,7 +374,9 @@ func (d *Daemon) ServeLXCProxy(ln *net.UnixListener) (io.Closer, error) {
 	if d.set == nil {
 		return nil, errors.New("the LXC proxy needs the seccomp socket served first")
 	}
-	p, err := agent.ServeLXCProxy(ln, d.agentCfg)
+	cfg := d.agentCfg
+	cfg.Mounter = d.mounterFor("")
+	p, err := agent.ServeLXCProxy(ln, cfg)
 	if err != nil {
 		ln.Close()
 		return nil, err
@@ -446,7 +492,7 @@ func (d *Daemon) Restore(files []*os.File) int {
 			continue
 		}
 		name := f.Name()
-		a := d.serveAgent(f, name)
+		a := d.serveAgent(f, storedContainer(name))
 		go func() {
 			<-a.Done()
 			_ = unstoreFd(name)
@@ -454,6 +500,16 @@ func (d *Daemon) Restore(files []*os.File) int {
 		n++
 	}
 	return n
+}
+
+// storedContainer is the container of a listener stored as name
+// (seccomp-ID-TIME).
+func storedContainer(name string) string {
+	id := strings.TrimPrefix(name, "seccomp-")
+	if i := strings.LastIndexByte(id, '-'); i >= 0 {
+		id = id[:i]
+	}
+	return id
 }
 
 // storeFd keeps a copy of f in systemd's file descriptor store
@@ -493,7 +549,9 @@ func notifyWithFd(state string, fd int) error {
 // serveAgent answers a seccomp listener of container name's processes
 // (a keeper keeps a copy).
 func (d *Daemon) serveAgent(listener *os.File, name string) *agent.Agent {
-	a := agent.Serve(listener, d.agentCfg)
+	cfg := d.agentCfg
+	cfg.Mounter = d.mounterFor(name)
+	a := agent.Serve(listener, cfg)
 	d.mu.Lock()
 	d.agents = append(d.agents, a)
 	d.mu.Unlock()

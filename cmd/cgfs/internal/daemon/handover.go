@@ -115,10 +115,11 @@ func mustJSON(v any) json.RawMessage {
 
 // kept is one item the keeper handed this server at start.
 type kept struct {
-	name  string
-	msg   keeper.Msg
-	state viewState
-	views *serve.Views // prepared
+	name   string
+	msg    keeper.Msg
+	state  viewState
+	views  *serve.Views  // prepared
+	budget *serve.Budget // the views'
 }
 
 // TakeUp takes what the keeper holds (a server's start under a keeper):
@@ -231,8 +232,9 @@ func (d *Daemon) prepare(it *kept) {
 		d.log.Warn("keeper: the view's owner is gone", "view", req.Name, "owner", req.Owner)
 		return
 	}
+	it.budget = serve.NewBudget(d.bounds)
 	views, err := serve.Open(d.procs, serve.Options{Name: req.Name, Owner: req.Owner, HostDir: req.Cgroup, Shared: req.Shared,
-		Log: d.log, Watcher: d.watcher, Dirs: it.state.Dirs, TakingOver: true})
+		Log: d.log, Watcher: d.watcher, Dirs: it.state.Dirs, TakingOver: true, Budget: it.budget})
 	if err != nil {
 		d.log.Warn("keeper: opening a view again", "view", req.Name, "err", err)
 		return
@@ -287,7 +289,8 @@ func (d *Daemon) resume(it *kept, last json.RawMessage) {
 		d.unkeep(it.name)
 		return
 	}
-	s := &served{views: it.views, mounted: mounted, owner: req.Owner, req: req, ownerStart: it.state.OwnerStart}
+	s := d.newServed(req.Name, it.views, mounted, it.budget, req)
+	s.ownerStart = it.state.OwnerStart
 	if err := d.run(req.Name, s); err != nil {
 		d.log.Warn("keeper: serving a view again", "view", req.Name, "err", err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cgfs/cgfs/access"
 	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/agent"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/mimic"
@@ -35,14 +36,16 @@ type Options struct {
 	// detached mount to move onto /sys/fs/cgroup, and a stop to call
 	// when the container is gone.
 	View func(init int) (mount *os.File, stop func(), err error)
+
 	// Started is told the container init's host pid once it runs, and
 	// how to answer the seccomp listener of a process that joins the
 	// container later (cgfs exec); its return is called at the end.
 	Started func(init int, agents func(listener *os.File)) (end func())
-	// Nested serves a view of owner's cgroups (a process of the
-	// container that mounts cgroupfs), detached; it is dropped when its
-	// mounts are gone. Nil lets the kernel answer those mounts.
-	Nested func(owner int) (*os.File, error)
+	// Nested serves a view of the cgroups of host thread tid (a
+	// process of the container that mounts cgroupfs, allowed to as the
+	// kernel allows it), detached; it is dropped when its mounts are
+	// gone. Nil lets the kernel answer those mounts.
+	Nested func(tid int) (*os.File, error)
 	// Notifications, if set, is given a count of the seccomp
 	// notifications the container's agents handled, for the metrics.
 	Notifications func(count func() uint64)
@@ -192,7 +195,8 @@ func Run(o Options) (int, error) {
 			magic.Add(viewStat.Dev)
 			cfg := agent.Config{Magic: magic.Magic, Log: o.Log}
 			if o.Nested != nil {
-				cfg.Mounter = (&mimic.Nester{Serve: o.Nested, Set: magic, Mounts: cg.mounts, Log: o.Log}).Mount
+				serve := func(c agent.Caller) (*os.File, error) { return o.Nested(c.Tid) }
+				cfg.Mounter = (&mimic.Nester{Serve: serve, Ident: access.NewIdentifier(procs), Set: magic, Mounts: cg.mounts, Log: o.Log}).Mount
 			}
 			agentCfg = cfg
 			serveAgent(listener)

@@ -15,18 +15,25 @@ import (
 	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
 
+	"github.com/cgfs/cgfs/access"
+	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/agent"
 )
 
 // Nester answers a container's cgroupfs mounts (nesting keeps the
 // rules): a process of the container that mounts cgroupfs (a nested
 // runtime giving its container a /sys/fs/cgroup) gets, instead of the
-// kernel's mount, a cgfs view of its own cgroups with itself as the
-// owner: the nested container is served by cgfs, its limits locked from
-// it, its processes in hidden leaves, as the outer one is.
+// kernel's mount, a cgfs view of its own cgroups, owned as the kernel
+// owns such a mount (by the user namespace that owns the caller's cgroup
+// namespace): the nested container is served by cgfs, its limits locked
+// from it, its processes in hidden leaves, as the outer one is.
 type Nester struct {
-	Serve  func(owner int) (*os.File, error) // a new view of owner's cgroups, detached
-	Set    *Set                              // the nested views join it
+	// Serve serves a new view of the caller's cgroups, detached;
+	// ErrDecline leaves the mount to the kernel (no container cgfs
+	// serves holds the caller).
+	Serve  func(c agent.Caller) (*os.File, error)
+	Ident  *access.Identifier
+	Set    *Set // the nested views join it
 	Mounts []Mount
 	Log    *slog.Logger
 
@@ -35,14 +42,22 @@ type Nester struct {
 	suppressed int
 }
 
+// ErrDecline is Nester.Serve's answer for a caller of no container cgfs
+// serves: the kernel judges its mount.
+var ErrDecline = errors.New("no container of cgfs's: the kernel answers")
+
 // Mount is the agent's Mounter. The caller must be allowed the mount as
-// the kernel would allow it (CAP_SYS_ADMIN in the user namespace that
-// owns its mount namespace, may_mount): cgfs makes it as host root, so a
-// check here is all that stands between an unprivileged process of the
-// container and a mount anywhere in its namespace. Everything read of
-// the caller (its files, its status, its namespaces, its owner pin) is
-// read before the notification is checked alive once more, so a thread
-// id reused meanwhile can name nobody but the caller.
+// the kernel would allow it: CAP_SYS_ADMIN over the user namespace that
+// owns its mount namespace (may_mount) and over the one that owns its
+// cgroup namespace (cgroup_init_fs_context, then mount_capable). cgfs
+// makes the mount as host root, so these checks are all that stand
+// between an unprivileged process of the container and a mount anywhere
+// in its namespace, or a view that makes it its cgroups' admin (a user
+// namespace of its own, made with unshare -Ur, owns neither of the
+// container's). Everything read of the caller (its credentials, its
+// namespaces, its owner) is read before the notification is checked
+// alive once more, so a thread id reused meanwhile can name nobody but
+// the caller.
 func (n *Nester) Mount(c agent.Caller, m agent.MountCall) (bool, unix.Errno) {
 	dir, ok := n.hierarchy(m)
 	if !ok {
@@ -62,17 +77,19 @@ func (n *Nester) Mount(c agent.Caller, m agent.MountCall) (bool, unix.Errno) {
 		return true, unix.ESRCH
 	}
 	defer mntns.Close()
-	owner, err := mayMount(c.Tid, mntns)
-	if err != nil {
+	if err := n.mayMount(c.Tid, mntns); err != nil {
 		n.refuse("a cgroupfs mount by a caller the kernel would refuse", "tid", c.Tid, "why", err)
 		return true, unix.EPERM
 	}
 	if !c.Valid() {
 		return true, unix.ESRCH // the caller is gone: nobody waits for the answer
 	}
-	view, err := n.Serve(owner)
+	view, err := n.Serve(c)
+	if errors.Is(err, ErrDecline) {
+		return false, 0
+	}
 	if err != nil {
-		n.refuse("no nested view for a cgroupfs mount", "owner", owner, "err", err)
+		n.refuse("no nested view for a cgroupfs mount", "tid", c.Tid, "err", err)
 		return true, errnoOf(err, unix.EPERM)
 	}
 	defer view.Close()
@@ -85,47 +102,60 @@ func (n *Nester) Mount(c agent.Caller, m agent.MountCall) (bool, unix.Errno) {
 	}
 	n.Set.Add(vst.Dev)
 	if err := inMountNamespace(mntns, func(fds *os.File) error { return place(view, target, dir, m.Flags&unix.MS_RDONLY != 0, fds) }); err != nil {
-		n.refuse("placing a nested view", "owner", owner, "target", m.Target, "err", err)
+		n.refuse("placing a nested view", "tid", c.Tid, "target", m.Target, "err", err)
 		return true, errnoOf(err, unix.EINVAL)
 	}
-	n.Log.Info("a nested view", "owner", owner, "target", m.Target, "hierarchy", dir)
+	n.Log.Info("a nested view", "tid", c.Tid, "target", m.Target, "hierarchy", dir)
 	return true, 0
 }
 
-// mayMount returns the thread group of thread tid if it may mount in its
-// mount namespace mntns as the kernel judges it: CAP_SYS_ADMIN
-// effective, in the user namespace that owns mntns. (A caller whose
-// mount namespace belongs to a namespace below its own would be allowed
-// natively too; that is refused here, as no launcher makes one.)
-func mayMount(tid int, mntns *os.File) (int, error) {
+// mayMount is nil if thread tid may mount cgroupfs in its mount
+// namespace mntns as the kernel judges it: CAP_SYS_ADMIN (effective, by
+// cap_capable's rules) over the user namespace that owns mntns, and over
+// the one that owns its cgroup namespace.
+func (n *Nester) mayMount(tid int, mntns *os.File) error {
 	p, err := procfs.NewProc(tid)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	status, err := p.NewStatus()
 	if err != nil {
-		return 0, err
+		return err
 	}
-	const capSysAdmin = 21
-	if status.CapEff&(1<<capSysAdmin) == 0 {
-		return 0, errors.New("no CAP_SYS_ADMIN")
-	}
-	ownerFd, err := unix.IoctlRetInt(int(mntns.Fd()), unix.NS_GET_USERNS)
+	caller, err := n.Ident.Identify(tid, uint32(status.UIDs[3]), uint32(status.GIDs[3]))
 	if err != nil {
-		return 0, fmt.Errorf("NS_GET_USERNS: %w", err)
+		return err
 	}
-	defer unix.Close(ownerFd)
-	var owns, in unix.Stat_t
-	if err := unix.Fstat(ownerFd, &owns); err != nil {
-		return 0, err
+	mntOwner, err := ownerChain(int(mntns.Fd()))
+	if err != nil {
+		return fmt.Errorf("the owner of its mount namespace: %w", err)
 	}
-	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/user", tid), &in); err != nil {
-		return 0, err
+	if !access.CapableOver(caller, mntOwner) {
+		return errors.New("no CAP_SYS_ADMIN over the user namespace that owns its mount namespace")
 	}
-	if owns.Dev != in.Dev || owns.Ino != in.Ino {
-		return 0, errors.New("its mount namespace belongs to another user namespace")
+	cgns, err := os.Open(fmt.Sprintf("/proc/%d/ns/cgroup", tid))
+	if err != nil {
+		return err
 	}
-	return int(status.TGID), nil
+	defer cgns.Close()
+	cgOwner, err := ownerChain(int(cgns.Fd()))
+	if err != nil {
+		return fmt.Errorf("the owner of its cgroup namespace: %w", err)
+	}
+	if !access.CapableOver(caller, cgOwner) {
+		return errors.New("no CAP_SYS_ADMIN over the user namespace that owns its cgroup namespace")
+	}
+	return nil
+}
+
+// ownerChain is the chain of the user namespace that owns the namespace
+// nsfd (NS_GET_USERNS), itself first.
+func ownerChain(nsfd int) ([]proc.Ancestor, error) {
+	fd, err := unix.IoctlRetInt(nsfd, unix.NS_GET_USERNS)
+	if err != nil {
+		return nil, fmt.Errorf("NS_GET_USERNS: %w", err)
+	}
+	return proc.Ancestry(fd, proc.MaxDepth)
 }
 
 // refuse logs a refusal of a container's mount, at most one line a

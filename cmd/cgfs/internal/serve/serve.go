@@ -6,6 +6,7 @@
 package serve
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -44,7 +45,20 @@ type Options struct {
 	Shared []string
 	// MaxOpen and V1Max are the container's bounds; 0 takes the
 	// defaults (translate.DefaultOpenFiles, DefaultV1Descendants).
+	// MaxOpen is taken only without a Budget.
 	MaxOpen, V1Max int
+	// Budget is the container's share of the server, which its views
+	// (its own and the nested ones) draw on together; nil gives the
+	// views one of their own, of MaxOpen files and default bounds.
+	Budget *Budget
+	// Nested: Owner is a thread of the container that mounts cgroupfs
+	// (a nested runtime), and the views belong to the user namespace
+	// that owns its cgroup namespace, as a kernel cgroupfs mount would
+	// (access.CgroupNSOwner); what host root owns shows as RootShownAs
+	// (the container's root), and privilege over that namespace
+	// overrides the mode only of files whose ids it maps.
+	Nested      bool
+	RootShownAs [2]uint32
 	// Debug logs every FUSE request.
 	Debug bool
 	Log   *slog.Logger
@@ -89,13 +103,23 @@ func Open(procs *proc.Procs, o Options) (*Views, error) {
 		o.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	v := &Views{Name: o.Name, opts: o, procs: procs, log: o.Log, dirs: map[string]string{}}
+	if o.Budget == nil {
+		v.opts.Budget = NewBudget(Bounds{OpenFiles: o.MaxOpen})
+	}
 	var err error
-	if o.Owner != 0 {
+	switch {
+	case o.Nested:
+		if v.Owner, err = access.CgroupNSOwner(procs, o.Owner); err != nil {
+			return nil, err
+		}
+	case o.Owner != 0:
 		if v.Owner, err = access.OwnerOf(procs, o.Owner); err != nil {
 			return nil, UsageError{fmt.Sprintf("--owner %d: %v", o.Owner, err)}
 		}
-	} else if v.Owner, err = access.SelfOwner(procs); err != nil {
-		return nil, err
+	default:
+		if v.Owner, err = access.SelfOwner(procs); err != nil {
+			return nil, err
+		}
 	}
 	if err := v.open(); err != nil {
 		v.Close()
@@ -152,6 +176,17 @@ func (v *Views) SetLeaves(m map[string][]string) error {
 	return nil
 }
 
+// RootShownAs is what the views show host root's files as: the owner
+// namespace's root (host ids), which the container's nested views show
+// them as too (Options.RootShownAs).
+func (v *Views) RootShownAs() [2]uint32 {
+	if v.Owner.IDs == nil {
+		return [2]uint32{}
+	}
+	u, g := v.Owner.IDs.RootPair()
+	return [2]uint32{uint32(u), uint32(g)}
+}
+
 // Dirs are the host directories served, by hierarchy name (see
 // Options.Dirs).
 func (v *Views) Dirs() map[string]string { return v.dirs }
@@ -188,6 +223,7 @@ func (v *Views) ServeResumed(ident *access.Identifier, counts *metrics.Counts, r
 		Watcher:    v.opts.Watcher,
 		Owner:      v.opts.Owner,
 		Resume:     r,
+		Shared:     v.opts.Budget.fs,
 	})
 }
 
@@ -222,11 +258,20 @@ func (v *Views) outer(h layout.Hierarchy) *host.Host {
 func (v *Views) open() error {
 	o := v.opts
 	policy := access.NewPolicy(v.Owner.Chain)
-	limits := &translate.Limits{OpenFiles: o.MaxOpen} // one container: shared by its views
+	var rootShownAs *[2]uint32
+	if o.Nested {
+		var mapping access.Mapping = access.IDMapping{IdentityMapping: v.Owner.IDs}
+		if v.Owner.IDs == nil {
+			mapping = nil // the server's own namespace: every id is mapped
+		}
+		policy = access.NewNestedPolicy(v.Owner.Chain, mapping)
+		rootShownAs = &o.RootShownAs
+	}
+	limits := o.Budget.files // one container: shared by its views
 	if o.Owner != 0 {
 		// Tasks are moved from inside the container's pid namespaces.
 		var err error
-		if v.movers, err = pidns.NewPool(v.procs, v.Owner.PidNS, v.Owner.Thread); err != nil {
+		if v.movers, err = pidns.NewPool(v.procs, v.Owner.PidNS, v.Owner.Thread, o.Budget.helpers); err != nil {
 			return err
 		}
 	}
@@ -247,7 +292,7 @@ func (v *Views) open() error {
 			return UsageError{fmt.Sprintf("cannot serve %s: %v", o.HostDir, err)}
 		}
 		view, err := v.view(h, translate.Config{
-			Policy: policy, Procs: v.procs, IDs: v.Owner.IDs,
+			Policy: policy, Procs: v.procs, IDs: v.Owner.IDs, RootShownAs: rootShownAs,
 			CgroupPath: cgPath, Delegate: delegateFiles(v.log), Limits: limits,
 			Movers: v.movers, Outer: v.outer(mount),
 		}, ".")
@@ -288,7 +333,7 @@ func (v *Views) open() error {
 		}
 		v.hosts = append(v.hosts, h)
 		cfg := translate.Config{
-			Policy: policy, Procs: v.procs, IDs: v.Owner.IDs, V1: hier.V1,
+			Policy: policy, Procs: v.procs, IDs: v.Owner.IDs, RootShownAs: rootShownAs, V1: hier.V1,
 			Controllers: hier.Controllers, CgroupPath: cgPath, Limits: limits,
 			V1Descendants: o.V1Max, Movers: v.movers, Outer: v.outer(hier),
 		}
@@ -369,40 +414,53 @@ func delegateFiles(log *slog.Logger) []string {
 	return strings.Fields(string(b))
 }
 
-// Nested serves views for a container's nested runtimes: each call
-// serves a new detached mount of owner's cgroups, from one set of views
-// per owner (by pid and start time) that lives while any of its mounts
-// does. A container holds at most MaxNestedMounts of them at once.
+// Nested serves views for one container's nested runtimes: each call
+// serves a new detached mount of the cgroups of the container's thread
+// that mounts cgroupfs, owned as the kernel owns such a mount, from one
+// set of views per thread (by tid and start time) that lives while any
+// of its mounts does. They draw on the container's budget, and the
+// container holds at most its Bounds.NestedViews of them at once.
 type Nested struct {
 	procs *proc.Procs
 	ident *access.Identifier
 	opts  Options
-	count func(owner int) *metrics.Counts
+	count *metrics.Counts
 
 	mu     sync.Mutex
 	owners map[[2]uint64]*nestedOwner
 	live   int
+	closed bool
 }
 
 type nestedOwner struct {
-	views  *Views
-	mounts int
+	views   *Views
+	mounts  int
+	mounted map[*fs.Mounted]bool
 }
 
-// MaxNestedMounts bounds the nested views one container holds at once
-// (each is a FUSE connection of the server's); more are ENOSPC, as the
-// kernel answers past fs.mount-max.
-const MaxNestedMounts = 256
-
-// NewNested serves nested views with o's Watcher and Log, counted by
-// count.
-func NewNested(procs *proc.Procs, o Options, count func(owner int) *metrics.Counts) *Nested {
+// NewNested serves the nested views of the container o names (o.Name,
+// o.Budget, o.RootShownAs: what host root's files show as in its own
+// view), with o's Watcher and Log, counted by count.
+func NewNested(procs *proc.Procs, o Options, count *metrics.Counts) *Nested {
+	if o.Budget == nil {
+		o.Budget = NewBudget(Bounds{OpenFiles: o.MaxOpen})
+	}
+	o.Nested = true
 	return &Nested{procs: procs, ident: access.NewIdentifier(procs), opts: o, count: count, owners: map[[2]uint64]*nestedOwner{}}
 }
 
-// Serve serves a new view of owner's cgroups, detached.
-func (n *Nested) Serve(owner int) (*os.File, error) {
-	p, err := procfs.NewProc(owner)
+// Live is how many nested views the container holds, and its bound.
+func (n *Nested) Live() (live, max int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.live, n.opts.Budget.Bounds.NestedViews
+}
+
+// Serve serves a new view of the cgroups of host thread tid, detached.
+// Past the container's bound it is ENOSPC, as the kernel answers a
+// mount past fs.mount-max.
+func (n *Nested) Serve(tid int) (*os.File, error) {
+	p, err := procfs.NewProc(tid)
 	if err != nil {
 		return nil, err
 	}
@@ -410,24 +468,27 @@ func (n *Nested) Serve(owner int) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	key := [2]uint64{uint64(owner), stat.Starttime}
+	key := [2]uint64{uint64(tid), stat.Starttime}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.live >= MaxNestedMounts {
-		return nil, fmt.Errorf("the container holds %d nested views: %w", n.live, unix.ENOSPC)
+	if n.closed {
+		return nil, errors.New("the container's views are closed")
+	}
+	if max := n.opts.Budget.Bounds.NestedViews; n.live >= max {
+		return nil, fmt.Errorf("the container holds %d nested views, its bound: %w", n.live, unix.ENOSPC)
 	}
 	o := n.owners[key]
 	if o == nil {
 		opts := n.opts
-		opts.Name, opts.Owner = fmt.Sprintf("%s/nested:%d", opts.Name, owner), owner
+		opts.Name, opts.Owner = fmt.Sprintf("%s/nested:%d", opts.Name, tid), tid
 		v, err := Open(n.procs, opts)
 		if err != nil {
 			return nil, err
 		}
-		o = &nestedOwner{views: v}
+		o = &nestedOwner{views: v, mounted: map[*fs.Mounted]bool{}}
 		n.owners[key] = o
 	}
-	served, err := o.views.Serve(n.ident, n.count(owner))
+	served, err := o.views.Serve(n.ident, n.count)
 	if err != nil {
 		if o.mounts == 0 {
 			o.views.Close()
@@ -436,12 +497,14 @@ func (n *Nested) Serve(owner int) (*os.File, error) {
 		return nil, err
 	}
 	o.mounts++
+	o.mounted[served] = true
 	n.live++
 	go func() {
 		<-served.Done() // the nested container's mount namespace is gone
 		n.mu.Lock()
 		defer n.mu.Unlock()
 		n.live--
+		delete(o.mounted, served)
 		if o.mounts--; o.mounts == 0 && n.owners[key] == o {
 			o.views.Close()
 			delete(n.owners, key)
@@ -450,14 +513,87 @@ func (n *Nested) Serve(owner int) (*os.File, error) {
 	return served.Take(), nil
 }
 
-// Close releases the views.
+// Close stops every nested view (their mounts answer ENOTCONN) and
+// releases them.
 func (n *Nested) Close() {
 	n.mu.Lock()
-	defer n.mu.Unlock()
-	for k, o := range n.owners {
-		o.views.Close()
-		delete(n.owners, k)
+	n.closed = true
+	var mounted []*fs.Mounted
+	for _, o := range n.owners {
+		for m := range o.mounted {
+			mounted = append(mounted, m)
+		}
 	}
+	n.mu.Unlock()
+	for _, m := range mounted {
+		m.Stop() // its goroutine above releases the views with the last
+	}
+}
+
+// Bounds are what one container may hold of the server, across its own
+// view and every nested view of it: a container at a bound gets the
+// kernel's errno for that resource while every other container is served
+// as before. 0 takes each default.
+type Bounds struct {
+	// OpenFiles: interface files held open (ENFILE beyond);
+	// translate.DefaultOpenFiles.
+	OpenFiles int
+	// NestedViews: cgroupfs mounts of its nested runtimes served at
+	// once, each a FUSE connection of the server's (ENOSPC beyond);
+	// DefaultNestedViews.
+	NestedViews int
+	// RelayWatches: events files whose changes are relayed to its
+	// inotify watchers, each a host inotify watch (none beyond);
+	// fs.MaxRelayWatches.
+	RelayWatches int
+	// PidHelpers: helper processes in its pid namespaces (EAGAIN
+	// beyond); pidns.MaxHelpers.
+	PidHelpers int
+	// InFlight: its FUSE requests served at once (more wait);
+	// fs.MaxInFlight.
+	InFlight int
+}
+
+// DefaultNestedViews bounds the nested views of a container that sets
+// no bound.
+const DefaultNestedViews = 256
+
+// Budget is one container's share of the server, which every view of
+// it draws on.
+type Budget struct {
+	Bounds  Bounds // with the defaults filled in
+	files   *translate.Limits
+	fs      *fs.Shared
+	helpers *pidns.Budget
+}
+
+// NewBudget is the budget of one container with bounds b.
+func NewBudget(b Bounds) *Budget {
+	if b.OpenFiles <= 0 {
+		b.OpenFiles = translate.DefaultOpenFiles
+	}
+	if b.NestedViews <= 0 {
+		b.NestedViews = DefaultNestedViews
+	}
+	if b.RelayWatches <= 0 {
+		b.RelayWatches = fs.MaxRelayWatches
+	}
+	if b.PidHelpers <= 0 {
+		b.PidHelpers = pidns.MaxHelpers
+	}
+	if b.InFlight <= 0 {
+		b.InFlight = fs.MaxInFlight
+	}
+	return &Budget{Bounds: b, files: &translate.Limits{OpenFiles: b.OpenFiles},
+		fs: fs.NewShared(b.InFlight, b.RelayWatches), helpers: pidns.NewBudget(b.PidHelpers)}
+}
+
+// Use is what the container holds now, by bound: open files, relayed
+// events files, pid helpers.
+func (b *Budget) Use() (files, watches, helpers int) {
+	w, _ := b.fs.Watches()
+	h, _ := b.helpers.Live()
+	return b.files.Open(), int(w), h
 }
 
 // MetricsView is what /metrics reads of these views while m serves them
