@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The attacks of the second outside audit (cgfs issue 23), each
@@ -134,4 +136,64 @@ kill $victim; echo tried`)
 		t.Errorf("the attacker made %s/mine", host)
 	}
 	waitExec(t, env, "bystander", laneScript+"mkdir $V2/after && echo served", "served")
+}
+
+// TestAttachLifetimes: a failed attach (a target that does not exist)
+// leaves nothing served and its name free; 100 attaches and detaches of
+// views of a container whose init lives on leave the daemon's goroutines
+// and descriptors where they were (a dropped view held its owner's pidfd
+// and a goroutine while the owner lived).
+func TestAttachLifetimes(t *testing.T) {
+	requireRoot(t)
+	parent := runParent(t)
+	d := startStormDaemon(t, false)
+	run := startRun(t, d.env, "--parent", parent, "--name", "owner")
+	waitExec(t, d.env, "owner", "echo up", "up")
+	init := strconv.Itoa(initOf(t, run))
+	dir := publicDir(t) // in the container's mount namespace too: it shares the host's file system
+	attach := func(name, target string) (string, error) {
+		return cgfsCmd(t, d.env, "attach", "--name", name, "--owner", init, "--in", init, "--target", target)
+	}
+	list := func() string {
+		out, err := cgfsCmd(t, d.env, "list")
+		if err != nil {
+			t.Fatalf("cgfs list: %v\n%s", err, out)
+		}
+		return out
+	}
+
+	out, err := attach("stray", filepath.Join(dir, "no/such/dir"))
+	if err == nil || !strings.Contains(out, "no/such/dir") {
+		t.Errorf("attach to a target that does not exist: %v, %q; want a failure naming the target", err, out)
+	}
+	if l := list(); strings.Contains(l, "stray") {
+		t.Errorf("a failed attach left its view served:\n%s", l)
+	}
+	if out, err := attach("stray", dir); err != nil {
+		t.Fatalf("attach with the name a failed attach had: %v\n%s", err, out)
+	}
+	if out, err := cgfsCmd(t, d.env, "detach", "stray"); err != nil {
+		t.Fatalf("detach: %v\n%s", err, out)
+	}
+
+	cycle := func() {
+		if out, err := attach("cycle", dir); err != nil {
+			t.Fatalf("attach: %v\n%s", err, out)
+		}
+		if out, err := cgfsCmd(t, d.env, "detach", "cycle"); err != nil {
+			t.Fatalf("detach: %v\n%s", err, out)
+		}
+		waitFor(t, "the detached view to go", 10*time.Second, func() bool { return !strings.Contains(list(), "cycle") })
+	}
+	cycle() // the first starts what every attach shares
+	base := d.use(t)
+	base.Fds = fdKinds(d.pid())
+	for range 100 {
+		cycle()
+	}
+	s := &storm{daemon: d}
+	s.checkBackToBaseline(t, base, base)
+	if l := list(); l != "owner\t"+init+"\n" {
+		t.Errorf("cgfs list after the cycles:\n%s", l)
+	}
 }

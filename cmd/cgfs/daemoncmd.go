@@ -246,15 +246,18 @@ func parseAttach(args []string, stderr io.Writer) (attachOptions, error) {
 	return o, nil
 }
 
-// attach asks the daemon for a view and puts it in place.
+// attach asks the daemon for a view and puts it in place, and tells the
+// daemon it did: a view not put in place is dropped (its name free).
 func attach(o attachOptions) error {
-	a, view, err := control.Ask(o.socket, o.req)
+	a, view, placed, err := control.AskConfirm(o.socket, o.req)
 	if err != nil {
 		if errors.Is(err, control.ErrNotRunning) {
 			return usageError{fmt.Sprintf("the cgfs daemon is not running (%v): start it with cgfs daemon", err)}
 		}
 		return err
 	}
+	ok := false
+	defer func() { placed(ok) }()
 	if err := a.Err(); err != nil {
 		return err
 	}
@@ -263,9 +266,12 @@ func attach(o attachOptions) error {
 	}
 	defer view.Close()
 	if o.in == 0 {
-		return moveMount(view, o.target)
+		err = moveMount(view, o.target)
+	} else {
+		err = moveMountIn(view, o.in, o.target)
 	}
-	return moveMountIn(view, o.in, o.target)
+	ok = err == nil
+	return err
 }
 
 // moveMount puts the detached mount view at target in this process's

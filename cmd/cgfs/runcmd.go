@@ -150,16 +150,27 @@ func runCmd(o runOptions, log *slog.Logger) (int, error) {
 	// What the container may hold of this process: its view (unless the
 	// daemon serves it) and its nested runtimes' views together.
 	budget := serve.NewBudget(serve.Bounds{})
+	// confirm tells the daemon whether the init put its view in place.
+	var confirm func(ok bool)
+	o.Placed = func() {
+		if confirm != nil {
+			confirm(true)
+		}
+	}
 	o.View = func(init int) (*os.File, func(), error) {
 		// The daemon serves the view when one runs; else this process.
-		a, view, err := control.Ask(control.DaemonSocket(), control.Request{Op: "attach", Name: o.Name, Owner: init})
+		a, view, placed, err := control.AskConfirm(control.DaemonSocket(), control.Request{Op: "attach", Name: o.Name, Owner: init})
 		if err == nil {
 			if err := a.Err(); err != nil {
+				placed(false)
 				return nil, nil, err
 			}
 			daemonServes = true
 			log.Info("the daemon serves the view", "name", o.Name)
-			return view, func() {}, nil // it drops the view with the container
+			// The daemon drops the view with the container, or at once
+			// if the init does not put it in place.
+			confirm = placed
+			return view, func() { placed(false) }, nil
 		}
 		if !errors.Is(err, control.ErrNotRunning) {
 			log.Warn("asking the daemon; serving the view here", "err", err)

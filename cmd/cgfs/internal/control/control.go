@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -55,6 +56,10 @@ type Request struct {
 	Shared []string `json:"shared,omitempty"`
 	// Pid is the host process to enter.
 	Pid int `json:"pid,omitempty"`
+	// Confirm (attach): the asker will say whether it put the view in
+	// place, on the same connection (AskConfirm); a view it does not
+	// put in place, or whose asker ends without a word, is dropped.
+	Confirm bool `json:"confirm,omitempty"`
 	// File is the descriptor sent with the request (agent's listener);
 	// the handler owns it.
 	File *os.File `json:"-"`
@@ -74,7 +79,19 @@ type Answer struct {
 	Retry bool `json:"retry,omitempty"`
 	// Then runs once the answer is sent.
 	Then func() `json:"-"`
+	// Placed, when set, waits for the asker's word once the answer is
+	// sent (Request.Confirm): it is told whether the asker put what it
+	// was given in place; no word within ConfirmWait, or the
+	// connection's end, is a no.
+	Placed func(ok bool) `json:"-"`
 }
+
+// ConfirmWait bounds how long a server waits for an asker's word after
+// an answer that asks for one.
+var ConfirmWait = time.Minute
+
+// placedWord is an asker's word that it put the view in place.
+const placedWord = "placed"
 
 // ViewInfo is one served view in a list.
 type ViewInfo struct {
@@ -161,6 +178,11 @@ func answer(c *net.UnixConn, h Handler, log *slog.Logger) {
 	if a.Then != nil {
 		a.Then()
 	}
+	if a.Placed != nil {
+		_ = c.SetReadDeadline(time.Now().Add(ConfirmWait))
+		n, err := c.Read(buf)
+		a.Placed(err == nil && string(buf[:n]) == placedWord)
+	}
 }
 
 // received is the one descriptor a message carried, if it did.
@@ -207,34 +229,86 @@ func AskWith(path string, req Request, f *os.File) (Answer, *os.File, error) {
 	}
 }
 
+// AskConfirm is Ask for a request with Confirm set: placed must be
+// called once with whether the asker put what came in place (the server
+// drops it otherwise); it ends the connection.
+func AskConfirm(path string, req Request) (a Answer, f *os.File, placed func(ok bool), err error) {
+	req.Confirm = true
+	deadline := time.Now().Add(retryFor)
+	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
+		c, a, fd, err := ask(path, req, nil)
+		if err != nil {
+			return a, fd, nil, err
+		}
+		if !a.Retry || time.Now().After(deadline) {
+			var once sync.Once
+			return a, fd, func(ok bool) {
+				once.Do(func() {
+					if ok {
+						_, _ = c.Write([]byte(placedWord))
+					}
+					c.Close()
+				})
+			}, nil
+		}
+		c.Close()
+		if fd != nil {
+			fd.Close()
+		}
+		time.Sleep(wait)
+	}
+}
+
 func askOnce(path string, req Request, f *os.File) (Answer, *os.File, error) {
+	c, a, fd, err := ask(path, req, f)
+	if c != nil {
+		c.Close()
+	}
+	return a, fd, err
+}
+
+// ask sends req and reads the answer, leaving the connection open (nil
+// if it failed).
+func ask(path string, req Request, f *os.File) (*net.UnixConn, Answer, *os.File, error) {
+	c, a, fd, err := askOn(path, req, f)
+	if err != nil && c != nil {
+		c.Close()
+		c = nil
+	}
+	return c, a, fd, err
+}
+
+func askOn(path string, req Request, f *os.File) (*net.UnixConn, Answer, *os.File, error) {
 	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ECONNREFUSED) {
-			return Answer{}, nil, fmt.Errorf("%s: %w", path, ErrNotRunning)
+			return nil, Answer{}, nil, fmt.Errorf("%s: %w", path, ErrNotRunning)
 		}
-		return Answer{}, nil, err
+		return nil, Answer{}, nil, err
 	}
-	defer c.Close()
 	b, _ := json.Marshal(req)
 	var rights []byte
 	if f != nil {
 		rights = unix.UnixRights(int(f.Fd()))
 	}
 	if _, _, err := c.WriteMsgUnix(b, rights, nil); err != nil {
-		return Answer{}, nil, err
+		return c, Answer{}, nil, err
 	}
 	buf := make([]byte, 1<<20)
 	oob := make([]byte, unix.CmsgSpace(4))
 	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
 	if err != nil {
-		return Answer{}, nil, err
+		return c, Answer{}, nil, err
 	}
+	fd := received(oob[:oobn])
 	var a Answer
 	if err := json.Unmarshal(buf[:n], &a); err != nil {
-		return Answer{}, nil, fmt.Errorf("the answer: %w", err)
+		if fd != nil {
+			fd.Close()
+		}
+		return c, Answer{}, nil, fmt.Errorf("the answer: %w", err)
 	}
-	return a, received(oob[:oobn]), nil
+	return c, a, fd, nil
 }
 
 // Err is the answer's error, if it carries one.

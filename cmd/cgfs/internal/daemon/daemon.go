@@ -173,12 +173,23 @@ func (d *Daemon) Handle(req control.Request, _ int) (control.Answer, *os.File) {
 	}
 	switch req.Op {
 	case "attach":
-		f, _, err := d.attach(req)
+		f, s, err := d.attach(req)
 		if err != nil {
 			_, usage := err.(serve.UsageError)
 			return control.Answer{Error: err.Error(), Usage: usage, Retry: errors.Is(err, errHandingOver)}, nil
 		}
-		return control.Answer{}, f
+		var a control.Answer
+		if req.Confirm {
+			// A view its asker did not put in place (a bad target, an
+			// asker that died) is no view: nothing served, the name free.
+			a.Placed = func(ok bool) {
+				if !ok {
+					d.log.Warn("dropped: the view was not put in place", "view", req.Name)
+					s.mounted.Stop()
+				}
+			}
+		}
+		return a, f
 	case "detach":
 		if !d.Detach(req.Name) {
 			return control.Answer{Error: "no view " + req.Name, Usage: true}, nil

@@ -36,7 +36,9 @@ type Options struct {
 	// detached mount to move onto /sys/fs/cgroup, and a stop to call
 	// when the container is gone.
 	View func(init int) (mount *os.File, stop func(), err error)
-
+	// Placed, if set, is called once the init put the view in place
+	// (View may set it).
+	Placed func()
 	// Started is told the container init's host pid once it runs, and
 	// how to answer the seccomp listener of a process that joins the
 	// container later (cgfs exec); its return is called at the end.
@@ -211,6 +213,9 @@ func Run(o Options) (int, error) {
 		break
 	}
 	running = true
+	if o.Placed != nil {
+		o.Placed()
+	}
 	if o.Started != nil {
 		defer o.Started(init, serveAgent)()
 	}
