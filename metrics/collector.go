@@ -32,6 +32,10 @@ type View struct {
 	// (each may be nil).
 	Leaves  func() (now int, made, folded uint64)
 	Relayed func() uint64
+	// Budget is what the container holds of the server now, by bound
+	// ("open_files", "nested_views", "relay_watches", "pid_helpers"),
+	// and each bound (may be nil).
+	Budget func() map[string][2]float64
 }
 
 // Add makes v one of the views served; remove takes it away.
@@ -104,6 +108,8 @@ var (
 	descPidMax = prometheus.NewDesc("cgfs_container_pids_limit", "The container's task limit (absent when it has none).", []string{"container"}, nil)
 	descFrozen = prometheus.NewDesc("cgfs_container_frozen", "Whether the container's cgroup is frozen (1) or not (0).", []string{"container"}, nil)
 	descOOM    = prometheus.NewDesc("cgfs_container_oom_kills_total", "Processes the kernel's OOM killer killed in the container's cgroup.", []string{"container"}, nil)
+	descHeld   = prometheus.NewDesc("cgfs_container_held", "What the container holds of the server now, by bound: open files, nested views, relayed events files, pid namespace helpers.", []string{"container", "resource"}, nil)
+	descBound  = prometheus.NewDesc("cgfs_container_bound", "The container's bound of each resource of the server it holds.", []string{"container", "resource"}, nil)
 )
 
 // Describe sends nothing: the collector is unchecked, as its series
@@ -147,6 +153,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if v.Relayed != nil {
 			ch <- prometheus.MustNewConstMetric(descRelay, prometheus.CounterValue, float64(v.Relayed()), v.Container)
+		}
+		if v.Budget != nil {
+			for res, b := range v.Budget() {
+				ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, b[0], v.Container, res)
+				ch <- prometheus.MustNewConstMetric(descBound, prometheus.GaugeValue, b[1], v.Container, res)
+			}
 		}
 		work <- v
 	}

@@ -1,8 +1,11 @@
 package test
 
 import (
+	"bufio"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -196,4 +199,123 @@ func TestAttachLifetimes(t *testing.T) {
 	if l := list(); l != "owner\t"+init+"\n" {
 		t.Errorf("cgfs list after the cycles:\n%s", l)
 	}
+}
+
+// startExec starts `cgfs exec NAME -- sh -c SCRIPT` and returns its
+// output, line by line, and its input, which the script may wait on; it
+// is ended when the test ends.
+func startExec(t *testing.T, env []string, name, script string) (*bufio.Scanner, io.WriteCloser) {
+	t.Helper()
+	cmd := exec.Command(cgfsBin, "exec", name, "--", "sh", "-c", script)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = os.Stderr
+	in, out := startPiped(t, cmd)
+	t.Cleanup(func() {
+		in.Close()
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	return bufio.NewScanner(out), in
+}
+
+// expectLine reads lines of sc until one starts with prefix, and returns
+// it; the lines before it are logged.
+func expectLine(t *testing.T, sc *bufio.Scanner, prefix string) string {
+	t.Helper()
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), prefix) {
+			return sc.Text()
+		}
+		t.Logf("| %s", sc.Text())
+	}
+	t.Fatalf("the script ended without a line %q (%v)", prefix, sc.Err())
+	return ""
+}
+
+// TestOneContainerAtItsBoundsLeavesOthersServed: every resource the
+// daemon spends for nested views is charged to the container that mounts
+// them. One container's processes that each mount cgroupfs and hold files
+// open get ENFILE once the container holds its bound (4,096) across them
+// all (each nested owner had a budget of its own: five held 5,000); its
+// 257th nested mount is ENOSPC (the bound of 256 was the daemon's: the
+// next container's first mount failed); another container meanwhile reads
+// its view and mounts and reads nested views as before.
+func TestOneContainerAtItsBoundsLeavesOthersServed(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "busybox")
+	requireTool(t, "unshare")
+	parent := runParent(t)
+	d := startStormDaemon(t, false)
+	startRun(t, d.env, "--parent", parent, "--name", "hog")
+	startRun(t, d.env, "--parent", parent, "--name", "other")
+	waitExec(t, d.env, "hog", "echo up", "up")
+	waitExec(t, d.env, "other", "echo up", "up")
+	tmp := publicDir(t)
+	if err := os.Chown(tmp, 100000, 100000); err != nil { // cgfs run's container root
+		t.Fatal(err)
+	}
+	h := "env " + helperEnv + "=1 " + helperBin
+
+	// Open files, across five nested owners and the container's own view.
+	sc, in := startExec(t, d.env, "hog", fmt.Sprintf(`H="%[1]s"; T=%[2]s
+`+laneScript+`
+for i in 1 2 3 4 5; do
+	mkdir $T/f$i; mkfifo $T/r$i
+	unshare -m sh -c "busybox mount -t cgroup2 none $T/f$i && exec $H holdopen $T/f$i/cgroup.events 1000" > $T/r$i &
+	pids="$pids $!"
+	read r < $T/r$i; echo holder $i $r
+done
+echo own view $($H read $V2/cgroup.procs | head -c6)
+echo holding; read go
+kill $pids; wait; echo released
+`, h, tmp))
+	for i := 1; i <= 4; i++ {
+		if got := expectLine(t, sc, "holder "); got != fmt.Sprintf("holder %d OK 1000", i) {
+			t.Errorf("%s, want holder %d OK 1000", got, i)
+		}
+	}
+	// The container's own processes hold a few of its files too (its
+	// shells' inotify watches of cgroup.events, none here).
+	if got := expectLine(t, sc, "holder "); !strings.HasPrefix(got, "holder 5 ENFILE ") {
+		t.Errorf("%s: want the fifth holder refused ENFILE past the container's 4096", got)
+	}
+	if got := expectLine(t, sc, "own view"); got != "own view ENFILE" {
+		t.Errorf("%s: want the container's own view at its bound too", got)
+	}
+	expectLine(t, sc, "holding")
+	if held := metricValue(d.scrape(t), "cgfs_container_held", `container="hog"`, `resource="open_files"`); held != 4096 {
+		t.Errorf("cgfs_container_held{container=hog,resource=open_files} = %v, want 4096", held)
+	}
+	other := fmt.Sprintf(`H="%[1]s"; T=%[2]s
+`+laneScript+`
+echo read $($H read $V2/cgroup.procs | head -c2)
+mkdir -p $T/o && mkfifo $T/ro
+unshare -m sh -c "busybox mount -t cgroup2 none $T/o && exec $H holdopen $T/o/cgroup.events 500" > $T/ro &
+read r < $T/ro; echo $r; kill $!
+`, h, tmp)
+	out, err := cgfsExec(t, d.env, "other", other)
+	t.Logf("the other container:\n%s", out)
+	wantSaid(t, out, fmt.Sprintf("the other container (%v)", err), "read OK\n", "OK 500\n")
+	fmt.Fprintln(in, "go")
+	expectLine(t, sc, "released")
+
+	// Nested views: the 257th of one container, held with the others.
+	sc, in = startExec(t, d.env, "hog", fmt.Sprintf(`export T=%[1]s
+unshare -m sh -c 'n=0; for i in $(seq 257); do mkdir -p $T/n$i; busybox mount -t cgroup2 none $T/n$i 2>/dev/null && n=$((n+1)) || echo refused $i $(busybox mount -t cgroup2 none $T/n$i 2>&1 | grep -o "No space left on device"); done; echo mounted $n; read go' 
+`, tmp))
+	if got := expectLine(t, sc, "refused"); got != "refused 257 No space left on device" {
+		t.Errorf("%s: want the 257th nested mount ENOSPC", got)
+	}
+	if got := expectLine(t, sc, "mounted"); got != "mounted 256" {
+		t.Errorf("%s, want 256", got)
+	}
+	out, err = cgfsExec(t, d.env, "other", fmt.Sprintf(`mkdir -p %[1]s/o2 && unshare -m sh -c "busybox mount -t cgroup2 none %[1]s/o2 && echo nested mount OK"`, tmp))
+	wantSaid(t, out, fmt.Sprintf("the other container (%v)", err), "nested mount OK\n")
+	fmt.Fprintln(in, "go")
 }

@@ -74,6 +74,9 @@ func helperMain(args []string) int {
 	if op == "readloop" {
 		return readLoop(args[1:])
 	}
+	if op == "holdopen" && len(args) == 3 {
+		return holdOpen(path, args[2])
+	}
 	var err error
 	var out string
 	switch op {
@@ -108,6 +111,31 @@ func helperMain(args []string) int {
 	}
 	fmt.Print("OK", out)
 	return 0
+}
+
+// holdOpen opens path read-only count times (or until an open fails),
+// prints "OK N" or the errno's name and how many it holds, closes its
+// output (a reader waiting for the line goes on) and holds them until
+// it is killed.
+func holdOpen(path, count string) int {
+	n, _ := strconv.Atoi(count)
+	held := 0
+	var err error
+	for held < n {
+		if _, err = unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			break
+		}
+		held++
+	}
+	if err != nil {
+		fmt.Println(unix.ErrnoName(errnoOf(err)), held)
+	} else {
+		fmt.Println("OK", held)
+	}
+	os.Stdout.Close()
+	for {
+		unix.Pause()
+	}
 }
 
 // readLoop reads the files named, one after the other and again from

@@ -1209,16 +1209,17 @@ type stormDaemon struct {
 	*server
 	sock string
 	env  []string
-	keep bool // under a keeper: cmd is the keeper's
+	keep bool     // under a keeper: cmd is the keeper's
+	args []string // more of the daemon's flags
 }
 
 // startStormDaemon starts `cgfs daemon --metrics 127.0.0.1:0` and waits
 // for it to be ready (sd_notify READY=1) and to serve metrics; it is
 // stopped when the test ends.
-func startStormDaemon(t *testing.T, keep bool) *stormDaemon {
+func startStormDaemon(t *testing.T, keep bool, args ...string) *stormDaemon {
 	t.Helper()
 	dir := publicDir(t)
-	d := &stormDaemon{sock: filepath.Join(dir, "daemon.sock"), keep: keep}
+	d := &stormDaemon{sock: filepath.Join(dir, "daemon.sock"), keep: keep, args: args}
 	d.env = []string{"CGFS_SOCKET=" + d.sock}
 	d.start(t)
 	return d
@@ -1233,7 +1234,7 @@ func (d *stormDaemon) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	args := []string{"daemon", "--socket", d.sock, "--metrics", "127.0.0.1:0"}
+	args := append([]string{"daemon", "--socket", d.sock, "--metrics", "127.0.0.1:0"}, d.args...)
 	if d.keep {
 		args = append(args, "--keep")
 	}

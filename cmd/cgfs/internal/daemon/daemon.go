@@ -121,7 +121,9 @@ func (d *Daemon) run(name string, s *served) error {
 			}
 		}()
 	}
-	unlist := d.metrics.Add(s.views.MetricsView(name, s.mounted))
+	mv := s.views.MetricsView(name, s.mounted)
+	mv.Budget = func() map[string][2]float64 { return s.views.Budget().Held(s.nested) }
+	unlist := d.metrics.Add(mv)
 	go func() {
 		// Once the container holds the view no more (its mount namespace
 		// is gone) or it is detached, the connection ends.

@@ -176,6 +176,9 @@ func (v *Views) SetLeaves(m map[string][]string) error {
 	return nil
 }
 
+// Budget is the container's budget the views draw on.
+func (v *Views) Budget() *Budget { return v.opts.Budget }
+
 // RootShownAs is what the views show host root's files as: the owner
 // namespace's root (host ids), which the container's nested views show
 // them as too (Options.RootShownAs).
@@ -588,12 +591,21 @@ func NewBudget(b Bounds) *Budget {
 		fs: fs.NewShared(b.InFlight, b.RelayWatches), helpers: pidns.NewBudget(b.PidHelpers)}
 }
 
-// Use is what the container holds now, by bound: open files, relayed
-// events files, pid helpers.
-func (b *Budget) Use() (files, watches, helpers int) {
-	w, _ := b.fs.Watches()
-	h, _ := b.helpers.Live()
-	return b.files.Open(), int(w), h
+// Held is what the container holds now and its bound, by resource as
+// metrics name them; nested is its Nested (nil: none).
+func (b *Budget) Held(nested *Nested) map[string][2]float64 {
+	w, wmax := b.fs.Watches()
+	h, hmax := b.helpers.Live()
+	m := map[string][2]float64{
+		"open_files":    {float64(b.files.Open()), float64(b.Bounds.OpenFiles)},
+		"relay_watches": {float64(w), float64(wmax)},
+		"pid_helpers":   {float64(h), float64(hmax)},
+	}
+	if nested != nil {
+		n, max := nested.Live()
+		m["nested_views"] = [2]float64{float64(n), float64(max)}
+	}
+	return m
 }
 
 // MetricsView is what /metrics reads of these views while m serves them
@@ -632,5 +644,6 @@ func (v *Views) MetricsView(name string, m *fs.Mounted) *metrics.View {
 		return now, made, folded
 	}
 	mv.Relayed = func() uint64 { _, raised := m.Relayed(); return raised }
+	mv.Budget = func() map[string][2]float64 { return v.opts.Budget.Held(nil) }
 	return mv
 }
