@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -318,4 +319,61 @@ unshare -m sh -c 'n=0; for i in $(seq 257); do mkdir -p $T/n$i; busybox mount -t
 	out, err = cgfsExec(t, d.env, "other", fmt.Sprintf(`mkdir -p %[1]s/o2 && unshare -m sh -c "busybox mount -t cgroup2 none %[1]s/o2 && echo nested mount OK"`, tmp))
 	wantSaid(t, out, fmt.Sprintf("the other container (%v)", err), "nested mount OK\n")
 	fmt.Fprintln(in, "go")
+}
+
+// TestMetricsAreOutOfContainersReach: a cgfs run container has a network
+// namespace of its own, where nothing of the host's listens: the
+// daemon's metrics (which name every container, its limits and its
+// tasks) are out of its reach (--net host keeps the host's network, and
+// with it the reach). 2,000 idle connections to the metrics address
+// hold at most 32 of the daemon's descriptors, its containers are served
+// meanwhile, and a scrape is answered once they are gone.
+func TestMetricsAreOutOfContainersReach(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "curl")
+	parent := runParent(t)
+	d := startStormDaemon(t, false)
+	addr := d.metricsAddr()
+	get := "curl -s -m 5 -o /dev/null http://" + addr + "/metrics; echo curl $?"
+	r := cgfsRun(t, d.env, "--parent", parent, "--", "sh", "-c", get)
+	wantSaid(t, r.out, "a container of its own network", "curl 7\n") // connection refused
+	r = cgfsRun(t, d.env, "--parent", parent, "--net", "host", "--", "sh", "-c", get)
+	wantSaid(t, r.out, "a container of the host's network", "curl 0\n")
+
+	startRun(t, d.env, "--parent", parent, "--name", "served")
+	waitExec(t, d.env, "served", "echo up", "up")
+	fds := func() int {
+		entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", d.pid()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(entries)
+	}
+	base := fds()
+	var conns []net.Conn
+	for range 2000 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("connection %d: %v", len(conns)+1, err)
+		}
+		conns = append(conns, c)
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	out, err := cgfsExec(t, d.env, "served", laneScript+"mkdir $V2/during && echo served")
+	wantSaid(t, out, fmt.Sprintf("a container during the flood (%v)", err), "served\n")
+	if n := fds(); n > base+32+4 {
+		t.Errorf("the daemon holds %d descriptors with 2,000 idle metrics connections, %d before: more than the 32 connections it may hold", n, base)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	waitFor(t, "a scrape after the flood", 20*time.Second, func() bool {
+		code, _, err := getFrom(addr, "/metrics")
+		return err == nil && code == 200
+	})
 }

@@ -69,3 +69,59 @@ func TestScrapesAreBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestMetricsConnectionsAreBounded: idle connections to the metrics
+// address hold at most maxMetricsConns of the server's connections (one
+// more is closed at once), each is closed when no request header came in
+// time, and a scrape is served once they are gone.
+func TestMetricsConnectionsAreBounded(t *testing.T) {
+	defer func(d time.Duration) { metricsHeaderTimeout = d }(metricsHeaderTimeout)
+	metricsHeaderTimeout = 300 * time.Millisecond
+	ln, err := listenMetrics("127.0.0.1:0", net.Listen, prometheus.NewRegistry(), metrics.New(prometheus.NewRegistry()), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var idle []net.Conn
+	for range maxMetricsConns + 10 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		idle = append(idle, c)
+	}
+	// Each idle connection is closed by the server: the ones beyond the
+	// bound at once, the others once the header timeout passes. A read
+	// sees the end either way.
+	start := time.Now()
+	closedAt := make(chan time.Duration, len(idle))
+	for _, c := range idle {
+		go func() {
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.Read(make([]byte, 1)); err == nil {
+				t.Error("the server sent bytes to a connection that asked nothing")
+			} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Error("an idle connection was never closed by the server")
+			}
+			closedAt <- time.Since(start)
+		}()
+	}
+	early := 0
+	for range idle {
+		if d := <-closedAt; d < metricsHeaderTimeout/2 {
+			early++
+		}
+	}
+	if early != 10 {
+		t.Errorf("%d of %d idle connections were closed before the header timeout, want the 10 beyond the bound of %d", early, len(idle), maxMetricsConns)
+	}
+	resp, err := http.Get("http://" + ln.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("a scrape after the idle connections: %d", resp.StatusCode)
+	}
+}

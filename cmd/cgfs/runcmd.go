@@ -24,10 +24,11 @@ import (
 	"github.com/cgfs/cgfs/translate/host"
 )
 
-const runUsage = `usage: cgfs run [--name N] [--parent P] [--memory BYTES] [--pids N] [--cpus N] [--map HOSTID:COUNT] [--rootfs DIR] [--metrics ADDR] -- CMD...
+const runUsage = `usage: cgfs run [--name N] [--parent P] [--memory BYTES] [--pids N] [--cpus N] [--map HOSTID:COUNT] [--rootfs DIR] [--net own|host] [--metrics ADDR] -- CMD...
 
 Starts CMD as root of new user (0 -> HOSTID, COUNT ids; default
-100000:65536), mount, pid, cgroup, uts and ipc namespaces, in a cgroup of
+100000:65536), mount, pid, cgroup, uts, ipc and network (--net own: only
+its loopback; --net host shares the host's) namespaces, in a cgroup of
 its own (P/N below every hierarchy's root; default cgfs/cgfs-PID) with the
 limits set on it, its /sys/fs/cgroup that cgroup's view and a fresh /proc;
 the host's file system otherwise, or DIR as its root. Exits with CMD's
@@ -51,6 +52,7 @@ func parseRun(args []string, stderr io.Writer) (runOptions, error) {
 	fl.Float64Var(&o.Limits.CPUs, "cpus", 0, "CPU bandwidth in `CPUs` (0.5 is half of one)")
 	idmap := fl.String("map", "100000:65536", "the host ids the container's 0.. map to, `HOSTID:COUNT`")
 	fl.StringVar(&o.Rootfs, "rootfs", "", "the container's root file system `DIR` (the host's by default)")
+	netMode := fl.String("net", "own", "the container's network: `own` (a namespace of its own with only its loopback up; none is the same) or host (the host's)")
 	fl.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics")
 	if err := fl.Parse(args); err != nil {
 		return o, usageError{err.Error()}
@@ -71,6 +73,14 @@ func parseRun(args []string, stderr io.Writer) (runOptions, error) {
 		if o.Limits.Memory, err = parseBytes(*memory); err != nil {
 			return o, usageError{fmt.Sprintf("--memory %s: %v", *memory, err)}
 		}
+	}
+	switch *netMode {
+	case "own", "none":
+		o.Net = launch.NetOwn
+	case "host":
+		o.Net = launch.NetHost
+	default:
+		return o, usageError{"--net wants own, none or host, not " + *netMode}
 	}
 	h, c, ok := strings.Cut(*idmap, ":")
 	o.Map.HostID, err = strconv.Atoi(h)

@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -84,6 +86,58 @@ func mountCmd(opts mountOptions, log *slog.Logger) error {
 // maxScrapes bounds the /metrics and /healthz requests served at once.
 const maxScrapes = 2
 
+// What the metrics server holds for whoever connects: at most
+// maxMetricsConns connections at once (one more is closed as soon as it
+// is accepted), each closed if its request header has not come within
+// metricsHeaderTimeout, its request not read within metricsReadTimeout,
+// its answer not taken within metricsWriteTimeout, or when idle for
+// metricsIdleTimeout.
+const maxMetricsConns = 32
+
+var (
+	metricsHeaderTimeout = 5 * time.Second
+	metricsReadTimeout   = 10 * time.Second
+	metricsWriteTimeout  = 30 * time.Second
+	metricsIdleTimeout   = 30 * time.Second
+)
+
+// limitListener serves at most cap(slots) connections at once: one
+// accepted beyond that is closed at once, so that neither descriptors
+// nor goroutines of the server grow with connections nobody uses, and
+// the backlog does not hold a scrape behind them.
+type limitListener struct {
+	net.Listener
+	slots chan struct{}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.slots <- struct{}{}:
+			return &limitedConn{Conn: c, release: func() { <-l.slots }}, nil
+		default:
+			c.Close()
+		}
+	}
+}
+
+// limitedConn gives its slot back once, when it is closed.
+type limitedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}
+
 // newMetrics makes a server's metrics in reg, with the pid cache's
 // counts read from procs.
 func newMetrics(reg *prometheus.Registry, procs *proc.Procs) *metrics.Metrics {
@@ -102,8 +156,9 @@ func newMetrics(reg *prometheus.Registry, procs *proc.Procs) *metrics.Metrics {
 // of): /healthz answers
 // 200 while every view answers, 503 naming those that do not. Each
 // reads host files for every view, and whoever reaches addr may ask (a
-// container of cgfs run shares the host's network): at most
-// maxScrapes of them run at once, the rest get 503.
+// container of cgfs run with --net host shares the host's network): at
+// most maxScrapes of them run at once, the rest get 503, and the
+// connections and their lifetimes are bounded (maxMetricsConns).
 func listenMetrics(addr string, listen func(network, addr string) (net.Listener, error), reg *prometheus.Registry, m *metrics.Metrics, log *slog.Logger) (net.Listener, error) {
 	ln, err := listen("tcp", addr)
 	if err != nil {
@@ -127,7 +182,9 @@ func listenMetrics(addr string, listen func(network, addr string) (net.Listener,
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	go func() { _ = http.Serve(ln, mux) }()
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: metricsHeaderTimeout, ReadTimeout: metricsReadTimeout,
+		WriteTimeout: metricsWriteTimeout, IdleTimeout: metricsIdleTimeout, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	go func() { _ = srv.Serve(&limitListener{Listener: ln, slots: make(chan struct{}, maxMetricsConns)}) }()
 	log.Info("metrics listening", "addr", ln.Addr().String())
 	return ln, nil
 }

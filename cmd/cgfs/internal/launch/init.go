@@ -27,6 +27,7 @@ type initConfig struct {
 	Cmd    []string // what it becomes
 	Env    []string
 	Mounts []mimic.Mount
+	OwnNet bool // a network namespace of its own: bring its loopback up
 }
 
 // IsInit reports whether this process is a container's init; the cgfs
@@ -86,6 +87,11 @@ func InitMain() int {
 	if err := unix.Sethostname([]byte(cfg.Name)); err != nil {
 		return fail("hostname: %v", err)
 	}
+	if cfg.OwnNet {
+		if err := loopbackUp(); err != nil {
+			return fail("the loopback interface: %v", err)
+		}
+	}
 	for _, kv := range cfg.Env {
 		if p, ok := strings.CutPrefix(kv, "PATH="); ok {
 			os.Setenv("PATH", p) // where the command is looked up
@@ -125,6 +131,25 @@ func prepareRootfs(root string) error {
 		return fmt.Errorf("a tmpfs at %s: %w", sys, err)
 	}
 	return os.MkdirAll(filepath.Join(sys, "fs/cgroup"), 0o755)
+}
+
+// loopbackUp brings up lo, the one interface of a new network
+// namespace, as `ip link set lo up` does.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }
 
 // pivot makes root the root file system and drops the old one.

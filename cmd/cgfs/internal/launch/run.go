@@ -23,6 +23,21 @@ import (
 // IDMap maps the container's ids 0.. onto Count host ids from HostID.
 type IDMap struct{ HostID, Count int }
 
+// Net is a container's network namespace.
+type Net string
+
+const (
+	// NetOwn (the default): a network namespace of its own with its
+	// loopback up and nothing else, as unshare -n gives (and docker's
+	// --network none). Nothing the host listens on (the daemon's
+	// metrics among them) is reachable, and a sysfs of the container's
+	// own may be mounted (it needs a network namespace the container's
+	// user namespace owns).
+	NetOwn Net = "own"
+	// NetHost shares the host's network namespace.
+	NetHost Net = "host"
+)
+
 // Options is what cgfs run starts.
 type Options struct {
 	Name   string
@@ -30,6 +45,7 @@ type Options struct {
 	Limits Limits
 	Map    IDMap
 	Rootfs string   // "" shows the host's file system
+	Net    Net      // the network namespace
 	Cmd    []string // what runs as the container's init
 	Log    *slog.Logger
 	// View gives the container its view once its init exists: a
@@ -82,7 +98,7 @@ func Run(o Options) (int, error) {
 	}
 	conn, child := os.NewFile(uintptr(fds[0]), "init"), os.NewFile(uintptr(fds[1]), "init")
 	defer conn.Close()
-	cfg, _ := json.Marshal(initConfig{Name: o.Name, Rootfs: o.Rootfs, Cmd: o.Cmd, Env: containerEnv(), Mounts: cg.mounts})
+	cfg, _ := json.Marshal(initConfig{Name: o.Name, Rootfs: o.Rootfs, Cmd: o.Cmd, Env: containerEnv(), Mounts: cg.mounts, OwnNet: o.Net != NetHost})
 	cmd := exec.Command("/proc/self/exe")
 	cmd.Env = []string{initEnv + "=" + string(cfg)}
 	cmd.ExtraFiles = []*os.File{child}
@@ -94,6 +110,9 @@ func Run(o Options) (int, error) {
 		GidMappingsEnableSetgroups: true,
 		Credential:                 &syscall.Credential{Uid: 0, Gid: 0},
 		Pdeathsig:                  syscall.SIGKILL,
+	}
+	if o.Net != NetHost {
+		attr.Cloneflags |= syscall.CLONE_NEWNET
 	}
 	if cg.v2 != "" {
 		// cgroup v2 places the init at clone time; v1 ones after.
