@@ -2,6 +2,7 @@ package test
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The attacks of the second outside audit (cgfs issue 23), each
@@ -376,4 +379,111 @@ func TestMetricsAreOutOfContainersReach(t *testing.T) {
 		code, _, err := getFrom(addr, "/metrics")
 		return err == nil && code == 200
 	})
+}
+
+// TestOCIHookStaysInsideTheRootfs: an image whose /sys is a symbolic
+// link to a host path (absolute: the hook runs before pivot_root, in the
+// container's copy of the host's tree) gets its view inside its own root
+// file system, where the link leads once the root is the container's,
+// never at the host path, also in a rootful container with
+// rootfsPropagation shared (where the mount at the host path reached the
+// host's namespace). Where the link leads
+// nowhere inside, the hook fails, saying so, and runc with it.
+func TestOCIHookStaysInsideTheRootfs(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "runc")
+	l := detectLane(t)
+	env := startDaemon(t)
+	bundle := publicDir(t)
+	rootfs := filepath.Join(bundle, "rootfs")
+	busyboxRootfsAt(t, rootfs, containerBase)
+	escape := publicDir(t) // on the host, where the link points
+	if err := os.MkdirAll(filepath.Join(escape, "fs/cgroup"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A shared mount there, as systemd makes every mount of a host: what
+	// is mounted below it in the container's copy of the host's tree
+	// reaches the host's mount namespace.
+	if err := unix.Mount(escape, escape, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(escape, unix.MNT_DETACH) })
+	if err := unix.Mount("", escape, "", unix.MS_SHARED, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(rootfs, "sys")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(escape, filepath.Join(rootfs, "sys")); err != nil {
+		t.Fatal(err)
+	}
+	cgroups := fmt.Sprintf("/cgfs-test-runc-escape-%d", os.Getpid())
+	t.Cleanup(func() { checkNothingLeft(t, strings.TrimPrefix(cgroups, "/")) })
+	v2 := "/sys/fs/cgroup"
+	if len(l.v1) > 0 {
+		v2 = "/sys/fs/cgroup/unified"
+	}
+	runcConfig(t, bundle, cgroups, "grep fuse.cgfs /proc/self/mountinfo | cut -d' ' -f5; mkdir "+v2+"/sub && echo made sub", env)
+	// The image brings its own /sys: runc mounts no sysfs (it refuses
+	// one onto a link) and no cgroupfs there.
+	p := filepath.Join(bundle, "config.json")
+	var c map[string]any
+	b, _ := os.ReadFile(p)
+	if err := json.Unmarshal(b, &c); err != nil {
+		t.Fatal(err)
+	}
+	var mounts []any
+	for _, m := range c["mounts"].([]any) {
+		if d := m.(map[string]any)["destination"].(string); d != "/sys" && d != "/sys/fs/cgroup" {
+			mounts = append(mounts, m)
+		}
+	}
+	c["mounts"] = mounts
+	linux := c["linux"].(map[string]any)
+	linux["rootfsPropagation"] = "shared"
+	// Without a user namespace of its own, as rootful runc runs most
+	// containers: its mount namespace is no less privileged than the
+	// host's, so a copy of a shared mount there is a peer of the host's
+	// (one made in a new user namespace is a slave of it).
+	var nss []any
+	for _, ns := range linux["namespaces"].([]any) {
+		if ns.(map[string]any)["type"] != "user" {
+			nss = append(nss, ns)
+		}
+	}
+	linux["namespaces"] = nss
+	delete(linux, "uidMappings")
+	delete(linux, "gidMappings")
+	b, _ = json.Marshal(c)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run := func(name string) string {
+		state := t.TempDir()
+		out, err := exec.Command("runc", "--root", state, "run", "-b", bundle, name).CombinedOutput()
+		_ = exec.Command("runc", "--root", state, "delete", "-f", name).Run()
+		t.Logf("runc %s (%v):\n%s", name, err, out)
+		if mountinfo := readFile(t, "/proc/self/mountinfo"); strings.Contains(mountinfo, escape+"/fs/cgroup") {
+			t.Errorf("the host's mount table has a mount at the host path the image's /sys points to:\n%s", mountinfo)
+			_ = unix.Unmount(filepath.Join(escape, "fs/cgroup"), unix.MNT_DETACH)
+		}
+		if entries, _ := os.ReadDir(filepath.Join(escape, "fs/cgroup")); len(entries) != 0 {
+			t.Errorf("the host's %s/fs/cgroup shows %d entries: the view was put there", escape, len(entries))
+		}
+		waitDropped(t, env, name)
+		return string(out)
+	}
+	// Nothing at the link's target inside the root file system.
+	out := run(fmt.Sprintf("cgfs-test-runc-escape-%d-a", os.Getpid()))
+	wantSaid(t, out, "runc", "putting the view at /sys/fs/cgroup inside "+rootfs, "no such file or directory")
+	if strings.Contains(out, "made sub") {
+		t.Error("the container ran without its view")
+	}
+	// The image has that path: the view is put there, and the container
+	// finds it at /sys/fs/cgroup through its link.
+	if err := os.MkdirAll(filepath.Join(rootfs, escape, "fs/cgroup"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out = run(fmt.Sprintf("cgfs-test-runc-escape-%d-b", os.Getpid()))
+	wantSaid(t, out, "the container", escape+"/fs/cgroup\n", "made sub\n")
 }

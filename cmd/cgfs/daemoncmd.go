@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/coreos/go-systemd/v22/activation"
@@ -218,6 +219,10 @@ type attachOptions struct {
 	target string
 	in     int
 	socket string
+	// root, with in, is the directory target is resolved in, in that
+	// mount namespace: a container's root file system (the OCI hook's,
+	// before pivot_root). "" is the namespace's own root.
+	root string
 }
 
 func parseAttach(args []string, stderr io.Writer) (attachOptions, error) {
@@ -268,7 +273,7 @@ func attach(o attachOptions) error {
 	if o.in == 0 {
 		err = moveMount(view, o.target)
 	} else {
-		err = moveMountIn(view, o.in, o.target)
+		err = moveMountIn(view, o.in, o.root, o.target)
 	}
 	ok = err == nil
 	return err
@@ -284,11 +289,15 @@ func moveMount(view *os.File, target string) error {
 }
 
 // moveMountIn puts view at target in the mount namespace of process
-// pid. A thread may enter another mount namespace once it shares its
-// root and working directory with no other (unshare(CLONE_FS)); this
-// one does, makes the move there, and is never used again (its
-// goroutine stays locked to it, so the thread ends with it).
-func moveMountIn(view *os.File, pid int, target string) error {
+// pid, target resolved as the container will see it: beneath root (or
+// the namespace's root), every symbolic link in it taken as relative to
+// that root (openat2 RESOLVE_IN_ROOT), so an image's symlink never leads
+// the mount out of its root file system, then moved there by descriptor.
+// A thread may enter another mount namespace once it shares its root and
+// working directory with no other (unshare(CLONE_FS)); this one does,
+// makes the move there, and is never used again (its goroutine stays
+// locked to it, so the thread ends with it).
+func moveMountIn(view *os.File, pid int, root, target string) error {
 	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/mnt", pid))
 	if err != nil {
 		return fmt.Errorf("the mount namespace of %d: %w", pid, err)
@@ -305,9 +314,39 @@ func moveMountIn(view *os.File, pid int, target string) error {
 			done <- fmt.Errorf("entering the mount namespace of %d: %w", pid, err)
 			return
 		}
-		done <- moveMount(view, target)
+		done <- moveMountInRoot(view, root, target)
 	}()
 	return <-done
+}
+
+// moveMountInRoot puts view at target resolved in root ("" for "/") of
+// this thread's mount namespace, as a process whose root is root would
+// find it.
+func moveMountInRoot(view *os.File, root, target string) error {
+	if root == "" {
+		root = "/"
+	}
+	rfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("the root file system %s: %w", root, err)
+	}
+	defer unix.Close(rfd)
+	rel := strings.TrimPrefix(filepath.Clean("/"+target), "/")
+	if rel == "" {
+		rel = "."
+	}
+	tfd, err := unix.Openat2(rfd, rel, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return fmt.Errorf("putting the view at /%s inside %s (symbolic links resolved inside it): %w", rel, root, err)
+	}
+	defer unix.Close(tfd)
+	if err := unix.MoveMount(int(view.Fd()), "", tfd, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
+		return fmt.Errorf("putting the view at /%s inside %s: %w", rel, root, err)
+	}
+	return nil
 }
 
 // simpleCmd is `cgfs detach`, `cgfs list` and `cgfs upgrade` (the
@@ -358,7 +397,8 @@ type ociState struct {
 // runtime's namespaces as its root once the container's namespaces
 // exist, before pivot_root, and puts a view of the container's cgroups at
 // the root file system's /sys/fs/cgroup in the container's mount
-// namespace.
+// namespace, resolved inside the root file system as the container will
+// see it (the image's symbolic links lead nowhere outside it).
 func ociHookCmd(args []string, stdin io.Reader) error {
 	socket := control.DaemonSocket()
 	if len(args) == 2 && args[0] == "--socket" {
@@ -386,7 +426,8 @@ func ociHookCmd(args []string, stdin io.Reader) error {
 	}
 	return attach(attachOptions{
 		req:    control.Request{Op: "attach", Name: st.ID, Owner: st.Pid},
-		target: filepath.Join(rootfs, "sys/fs/cgroup"),
+		target: "/sys/fs/cgroup",
+		root:   rootfs,
 		in:     st.Pid,
 		socket: socket,
 	})
