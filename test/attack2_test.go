@@ -487,3 +487,54 @@ func TestOCIHookStaysInsideTheRootfs(t *testing.T) {
 	out = run(fmt.Sprintf("cgfs-test-runc-escape-%d-b", os.Getpid()))
 	wantSaid(t, out, "the container", escape+"/fs/cgroup\n", "made sub\n")
 }
+
+// TestRunRootfsHasADevOfItsOwn: a cgfs run --rootfs container gets a
+// /dev of its own, as runc and LXC give: the devices a program needs,
+// bound from the host's, and a devpts, shm and mqueue of its own. It
+// neither reads nor plants files in the host's /dev/shm, nor fills it
+// (its own holds 64 MiB, charged to it), nor sees the host's terminals.
+func TestRunRootfsHasADevOfItsOwn(t *testing.T) {
+	requireRoot(t)
+	parent := runParent(t)
+	rootfs := busyboxRootfs(t, containerBase)
+	secret := fmt.Sprintf("/dev/shm/cgfs-test-secret-%d", os.Getpid())
+	planted := fmt.Sprintf("/dev/shm/cgfs-test-planted-%d", os.Getpid())
+	fill := fmt.Sprintf("/dev/shm/cgfs-test-fill-%d", os.Getpid())
+	if err := os.WriteFile(secret, []byte("host secret\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(secret); os.Remove(planted); os.Remove(fill) })
+	var host unix.Statfs_t
+	if err := unix.Statfs("/dev/shm", &host); err != nil {
+		t.Fatal(err)
+	}
+	script := fmt.Sprintf(`cat %[1]s 2>&1 | grep -o 'No such file'; echo read $?
+echo x > %[2]s && echo planted
+dd if=/dev/zero of=%[3]s bs=1M count=70 2>&1 | grep -o 'No space left on device'
+echo devices $(ls /dev | tr '\n' ' ')
+echo null $(echo x > /dev/null && echo ok) zero $(head -c 3 /dev/zero | wc -c) urandom $(head -c 4 /dev/urandom | wc -c) full $(echo x 2>&1 > /dev/full | grep -o 'No space')
+echo pts $(ls /dev/pts | tr '\n' ' ') dev $(stat -c %%d /dev/pts)
+grep -E ' /dev(/pts|/shm|/mqueue)? ' /proc/self/mountinfo | cut -d' ' -f5,9 | sort | tr '\n' ';'; echo
+`, secret, planted, fill)
+	r := cgfsRun(t, nil, "--parent", parent, "--rootfs", rootfs, "--", "sh", "-c", script)
+	t.Logf("in the container (exit %d):\n%s", r.code, r.out)
+	hostDev := unix.Stat_t{}
+	_ = unix.Stat("/dev/pts", &hostDev)
+	wantSaid(t, r.out, "the container", "No such file\n", "planted\n", "No space left on device\n",
+		"devices core fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero\n",
+		"null ok zero 3 urandom 4 full No space\n", "pts ptmx dev ",
+		"/dev tmpfs;/dev/mqueue mqueue;/dev/pts devpts;/dev/shm tmpfs;")
+	if strings.Contains(r.out, fmt.Sprintf("dev %d\n", hostDev.Dev)) {
+		t.Errorf("the container's /dev/pts is the host's (device %d)", hostDev.Dev)
+	}
+	if _, err := os.Stat(planted); err == nil {
+		t.Errorf("the container planted %s in the host's /dev/shm", planted)
+	}
+	var after unix.Statfs_t
+	if err := unix.Statfs("/dev/shm", &after); err != nil {
+		t.Fatal(err)
+	}
+	if used := int64(host.Bfree-after.Bfree) * host.Bsize; used > 8<<20 {
+		t.Errorf("the host's /dev/shm has %d MiB less free after the container", used>>20)
+	}
+}

@@ -28,6 +28,10 @@ type initConfig struct {
 	Env    []string
 	Mounts []mimic.Mount
 	OwnNet bool // a network namespace of its own: bring its loopback up
+	// Console: the command's terminal is a pseudo-terminal of the
+	// container's own devpts (Rootfs), whose master goes back to cgfs
+	// run ("console").
+	Console bool
 }
 
 // IsInit reports whether this process is a container's init; the cgfs
@@ -64,6 +68,11 @@ func InitMain() int {
 		root = cfg.Rootfs
 		if err := prepareRootfs(root); err != nil {
 			return fail("%v", err)
+		}
+		if cfg.Console {
+			if err := console(conn, root); err != nil {
+				return fail("the container's terminal: %v", err)
+			}
 		}
 	}
 	// Rooted where the parent put this process: its own cgroups. The
@@ -116,21 +125,107 @@ func InitMain() int {
 	return fail("exec %s: %v", path, err)
 }
 
-// prepareRootfs makes root a mount of its own with /dev (the host's,
-// whose devices the container's uids mostly cannot open) and a /sys
-// holding an empty fs/cgroup for the view.
+// prepareRootfs makes root a mount of its own with a /dev of its own
+// (prepareDev) and a /sys holding an empty fs/cgroup for the view.
 func prepareRootfs(root string) error {
 	if err := unix.Mount(root, root, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("binding the root file system %s: %w", root, err)
 	}
-	if err := unix.Mount("/dev", filepath.Join(root, "dev"), "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return fmt.Errorf("binding /dev: %w", err)
+	if err := prepareDev(filepath.Join(root, "dev")); err != nil {
+		return err
 	}
 	sys := filepath.Join(root, "sys")
 	if err := unix.Mount("tmpfs", sys, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=755"); err != nil {
 		return fmt.Errorf("a tmpfs at %s: %w", sys, err)
 	}
 	return os.MkdirAll(filepath.Join(sys, "fs/cgroup"), 0o755)
+}
+
+// devNodes are the host's devices a container's /dev has, bound in (a
+// user namespace may make no device node of its own), as runc and LXC
+// give them.
+var devNodes = []string{"null", "zero", "full", "random", "urandom", "tty"}
+
+// prepareDev makes dev the container's own /dev, never the host's: a
+// tmpfs with the devNodes, a devpts instance of its own (ptmx a link
+// into it), its own shm (a tmpfs, charged to the container's memory) and
+// mqueue (of its own ipc namespace), and the usual links.
+func prepareDev(dev string) error {
+	if err := os.MkdirAll(dev, 0o755); err != nil {
+		return fmt.Errorf("the root file system's /dev: %w", err)
+	}
+	if err := unix.Mount("tmpfs", dev, "tmpfs", unix.MS_NOSUID|unix.MS_STRICTATIME, "mode=755,size=65536k"); err != nil {
+		return fmt.Errorf("a tmpfs at %s: %w", dev, err)
+	}
+	for _, n := range devNodes {
+		p := filepath.Join(dev, n)
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY, 0o666)
+		if err != nil {
+			return err
+		}
+		f.Close()
+		if err := unix.Mount("/dev/"+n, p, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("binding /dev/%s: %w", n, err)
+		}
+	}
+	for _, m := range []struct {
+		dir, fstype, data string
+		mode              os.FileMode
+		flags             uintptr
+	}{
+		{"pts", "devpts", "newinstance,ptmxmode=0666,mode=0620", 0o755, unix.MS_NOSUID | unix.MS_NOEXEC},
+		{"shm", "tmpfs", "mode=1777,size=65536k", 0o1777, unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC},
+		{"mqueue", "mqueue", "", 0o755, unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC},
+	} {
+		p := filepath.Join(dev, m.dir)
+		if err := os.Mkdir(p, m.mode); err != nil {
+			return err
+		}
+		if err := unix.Mount(m.fstype, p, m.fstype, m.flags, m.data); err != nil {
+			return fmt.Errorf("mounting %s at %s: %w", m.fstype, p, err)
+		}
+	}
+	for name, to := range map[string]string{"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
+		"stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2", "core": "/proc/kcore"} {
+		if err := os.Symlink(to, filepath.Join(dev, name)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// console makes a pseudo-terminal in the container's own devpts (below
+// root) this process's controlling terminal and stdin, stdout and
+// stderr, and hands its master back on conn.
+func console(conn int, root string) error {
+	m, err := os.OpenFile(filepath.Join(root, "dev/pts/ptmx"), os.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		return err
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		return err
+	}
+	s, err := unix.Open(filepath.Join(root, "dev/pts", fmt.Sprint(n)), unix.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlSetInt(s, unix.TIOCSCTTY, 0); err != nil {
+		unix.Close(s)
+		return fmt.Errorf("TIOCSCTTY: %w", err)
+	}
+	for fd := 0; fd <= 2; fd++ {
+		if err := unix.Dup3(s, fd, 0); err != nil {
+			unix.Close(s)
+			return err
+		}
+	}
+	unix.Close(s)
+	return unix.Sendmsg(conn, []byte("console"), unix.UnixRights(int(m.Fd())), nil, 0)
 }
 
 // loopbackUp brings up lo, the one interface of a new network

@@ -98,7 +98,13 @@ func Run(o Options) (int, error) {
 	}
 	conn, child := os.NewFile(uintptr(fds[0]), "init"), os.NewFile(uintptr(fds[1]), "init")
 	defer conn.Close()
-	cfg, _ := json.Marshal(initConfig{Name: o.Name, Rootfs: o.Rootfs, Cmd: o.Cmd, Env: containerEnv(), Mounts: cg.mounts, OwnNet: o.Net != NetHost})
+	// A terminal on stdin gets the container one of its own: from its
+	// own devpts with --rootfs (the init makes it and hands back its
+	// master), else from the host's.
+	onTerminal := isTerminal(os.Stdin)
+	console := onTerminal && o.Rootfs != ""
+	cfg, _ := json.Marshal(initConfig{Name: o.Name, Rootfs: o.Rootfs, Cmd: o.Cmd, Env: containerEnv(), Mounts: cg.mounts,
+		OwnNet: o.Net != NetHost, Console: console})
 	cmd := exec.Command("/proc/self/exe")
 	cmd.Env = []string{initEnv + "=" + string(cfg)}
 	cmd.ExtraFiles = []*os.File{child}
@@ -124,14 +130,22 @@ func Run(o Options) (int, error) {
 		attr.UseCgroupFD, attr.CgroupFD = true, fd
 	}
 	var term *terminal
-	if isTerminal(os.Stdin) {
+	switch {
+	case console:
+		attr.Setsid = true // the init makes its console its controlling terminal
+		defer func() {
+			if term != nil {
+				term.close()
+			}
+		}()
+	case onTerminal:
 		if term, err = newTerminal(o.Map.HostID); err != nil {
 			return 0, err
 		}
 		defer term.close()
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = term.slave, term.slave, term.slave
 		attr.Setsid, attr.Setctty, attr.Ctty = true, true, 0
-	} else {
+	default:
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	}
 	cmd.SysProcAttr = attr
@@ -211,6 +225,10 @@ func Run(o Options) (int, error) {
 	}
 	for {
 		msg, listener, err := readMsg(conn)
+		if err == nil && msg == "console" && listener != nil && console && term == nil {
+			term = terminalOf(listener)
+			continue
+		}
 		if err == nil && msg == "agent" && listener != nil {
 			magic := mimic.NewSet(cg.mounts)
 			magic.Add(viewStat.Dev)

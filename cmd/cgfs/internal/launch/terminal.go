@@ -59,6 +59,16 @@ func newTerminal(owner int) (*terminal, error) {
 	return t, nil
 }
 
+// terminalOf is the terminal whose master is master: the container's
+// console, made in its own devpts by its init.
+func terminalOf(master *os.File) *terminal {
+	t := &terminal{master: master}
+	if ws, err := unix.IoctlGetWinsize(int(os.Stdin.Fd()), unix.TIOCGWINSZ); err == nil {
+		_ = unix.IoctlSetWinsize(int(master.Fd()), unix.TIOCSWINSZ, ws)
+	}
+	return t
+}
+
 // copy joins the host terminal, made raw, to the container's.
 func (t *terminal) copy() {
 	if st, err := unix.IoctlGetTermios(int(os.Stdin.Fd()), unix.TCGETS); err == nil {
@@ -82,7 +92,9 @@ func (t *terminal) copy() {
 			}
 		}
 	}()
-	t.slave.Close() // the container holds it now
+	if t.slave != nil {
+		t.slave.Close() // the container holds it now
+	}
 	t.output = make(chan struct{})
 	go func() { _, _ = io.Copy(t.master, os.Stdin) }()
 	go func() {
@@ -106,5 +118,7 @@ func (t *terminal) close() {
 		_ = unix.IoctlSetTermios(int(os.Stdin.Fd()), unix.TCSETS, t.saved)
 	}
 	t.master.Close()
-	t.slave.Close()
+	if t.slave != nil {
+		t.slave.Close()
+	}
 }
