@@ -538,3 +538,54 @@ grep -E ' /dev(/pts|/shm|/mqueue)? ' /proc/self/mountinfo | cut -d' ' -f5,9 | so
 		t.Errorf("the host's /dev/shm has %d MiB less free after the container", used>>20)
 	}
 }
+
+// TestExecNeverRunsOutsideTheContainer: what cgfs exec starts in a
+// container is in the container's cgroups before it is the container's
+// in any other way. The server's write that puts it there is held: by
+// then no process of the container's user namespace (which its root may
+// ptrace, and so make fork outside every limit) may be outside the
+// container's cgroup. (The joined process used to be made in the
+// caller's cgroups and put into the container's after.)
+func TestExecNeverRunsOutsideTheContainer(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	parent := runParent(t)
+	run := startRun(t, nil, "--parent", parent, "--name", "execme")
+	waitExec(t, nil, "execme", "echo up", "up")
+	init := initOf(t, run)
+	userns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", init))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := "/" + parent + "/execme"
+	hold := holdFileWrite(t, run.Process.Pid, filepath.Join(l.cgroup2, parent, "execme", "cgroup.procs"))
+	cmd := exec.Command(cgfsBin, "exec", "execme", "--", "sh", "-c", "grep 0:: /proc/self/cgroup")
+	var out lockedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	hold.Held(t, 20*time.Second)
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", pid)); err != nil || ns != userns {
+			continue
+		}
+		if cg := hostCgroupOf(t, pid); cg != v2 && !strings.HasPrefix(cg, v2+"/") {
+			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			t.Errorf("process %d (%q) is in the container's user namespace and in cgroup %s, outside the container's %s",
+				pid, strings.ReplaceAll(string(cmdline), "\x00", " "), cg, v2)
+		}
+	}
+	hold.Release(t)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("cgfs exec: %v\n%s", err, out.String())
+	}
+	if got := out.String(); got != "0::/\n" {
+		t.Errorf("the command ran in %q, want 0::/", got)
+	}
+}

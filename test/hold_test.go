@@ -68,6 +68,12 @@ func holdWrite(t testing.TB, pid int, path string) *syscallHold {
 	return h
 }
 
+// holdFileWrite is holdWrite of writes to path alone (no sendmsg).
+func holdFileWrite(t testing.TB, pid int, path string) *syscallHold {
+	t.Helper()
+	return holdWrite(t, pid, "="+path)
+}
+
 // Held waits until a write is held and returns the thread.
 func (h *syscallHold) Held(t testing.TB, timeout time.Duration) int {
 	t.Helper()
@@ -232,8 +238,10 @@ func (h *syscallHold) handle(tid int, ws unix.WaitStatus, traced map[int]bool, p
 }
 
 // writesTo reports whether thread tid stopped at the entry of a write or
-// pwrite64 to the file path.
+// pwrite64 to the file path (or, unless path starts with "=", which then
+// goes, a sendmsg on a socket).
 func writesTo(tid int, path string) bool {
+	path, onlyFile := strings.CutPrefix(path, "=")
 	var info [88]byte
 	_, _, errno := unix.Syscall6(unix.SYS_PTRACE, ptraceGetSyscallInfo, uintptr(tid), uintptr(len(info)), uintptr(unsafe.Pointer(&info[0])), 0, 0)
 	if errno != 0 || info[0] != syscallInfoEntry {
@@ -248,7 +256,7 @@ func writesTo(tid int, path string) bool {
 	case nr == unix.SYS_WRITE || nr == unix.SYS_PWRITE64:
 		return filepath.Clean(target) == filepath.Clean(path)
 	case nr == unix.SYS_SENDMSG:
-		return strings.HasPrefix(target, "socket:")
+		return !onlyFile && strings.HasPrefix(target, "socket:")
 	}
 	return false
 }

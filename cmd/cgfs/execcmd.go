@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -14,9 +15,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/agent"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/launch"
+	"github.com/cgfs/cgfs/translate/layout"
 )
 
 const execUsage = `usage: cgfs exec NAME -- CMD...
@@ -27,18 +30,28 @@ root enables domain controllers). Exits with CMD's status.
 `
 
 // joinEnv makes the cgfs binary the first thing cgfs exec runs inside a
-// container (see joinMain).
-const joinEnv = "CGFS_EXEC_JOIN"
+// container (see joinMain); stageEnv the host process that becomes
+// nsenter once it sits in the container's cgroups (see stageMain).
+const (
+	joinEnv  = "CGFS_EXEC_JOIN"
+	stageEnv = "CGFS_EXEC_STAGE"
+)
 
 // execCmd is `cgfs exec`. It finds the container's init through whoever
-// serves NAME (cgfs run, or the daemon), joins the container's cgroup
-// namespace on this thread, and starts nsenter into the rest (a user and
-// a mount namespace are entered only by a process with one thread).
-// nsenter forks this binary (a descriptor: no host path exists in
-// there) inside the container's pid namespace; cgfs exec has the server
-// put exactly that process into the container's root cgroup, tells it
-// to go on, and it becomes CMD. Neither cgfs exec nor nsenter, host
-// processes, ever sits in the container's cgroups.
+// serves NAME (cgfs run, or the daemon) and starts a stage: this binary
+// again, a host process in the container's cgroup namespace and the
+// host's other namespaces, where the container can neither see nor
+// trace it. The server puts the stage into the container's cgroups (its
+// root, or the hidden leaf there), and only then does the stage become
+// nsenter, which enters the rest of the container's namespaces (a user
+// and a mount namespace are entered only by a process with one thread)
+// and forks this binary (a descriptor: no host path exists in there)
+// inside the container's pid namespace, which becomes CMD. So nothing
+// the container can touch (once in its user namespace, with exec, a
+// process is the container root's to ptrace) ever runs outside the
+// container's cgroups: a fork injected into it is the container's, as
+// everything it starts. nsenter is put back into cgfs exec's own cgroups
+// once its child exists.
 func execCmd(args []string) (int, error) {
 	if len(args) < 2 || args[0] == "--" {
 		fmt.Fprint(os.Stderr, execUsage)
@@ -78,6 +91,7 @@ func execCmd(args []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	defer goWrite.Close()
 	// The joined process hands its seccomp listener back on this pair,
 	// for the container's server to answer.
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
@@ -86,10 +100,10 @@ func execCmd(args []string) (int, error) {
 	}
 	back, theirs := os.NewFile(uintptr(pair[0]), "agent"), os.NewFile(uintptr(pair[1]), "agent")
 	defer back.Close()
-	c := exec.Command(nsenter, "-t", strconv.Itoa(a.Init), "-U", "-m", "-p", "-u", "-i", "-r", "-w", "--",
+	c := exec.Command("/proc/self/exe", nsenter, "-t", strconv.Itoa(a.Init), "-U", "-m", "-p", "-u", "-i", "-r", "-w", "--",
 		"/proc/self/fd/3", "--")
 	c.Args = append(c.Args, cmd...)
-	c.Env = append(launch.Env(), joinEnv+"=1")
+	c.Env = append(launch.Env(), stageEnv+"=1")
 	c.ExtraFiles = []*os.File{self, goRead, theirs} // 3, 4 and 5
 	c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
 	if err := startInCgroupNS(c, a.Init); err != nil {
@@ -98,12 +112,9 @@ func execCmd(args []string) (int, error) {
 	goRead.Close()
 	self.Close()
 	theirs.Close()
-	inside, err := forkedChild(c.Process.Pid)
-	if err == nil {
-		var ea control.Answer
-		if ea, _, err = control.Ask(socket, control.Request{Op: "enter", Name: name, Pid: inside}); err == nil {
-			err = ea.Err()
-		}
+	var ea control.Answer
+	if ea, _, err = control.Ask(socket, control.Request{Op: "enter", Name: name, Pid: c.Process.Pid}); err == nil {
+		err = ea.Err()
 	}
 	if err != nil {
 		goWrite.Close() // it exits without running the command
@@ -112,6 +123,14 @@ func execCmd(args []string) (int, error) {
 	}
 	_, _ = goWrite.Write([]byte("go"))
 	goWrite.Close()
+	if _, err := forkedChild(c.Process.Pid); err == nil {
+		// nsenter's child is the container's now: nsenter, a host
+		// process that only waits for it, need not count against the
+		// container's limits.
+		if err := intoOwnCgroups(c.Process.Pid); err != nil {
+			fmt.Fprintf(os.Stderr, "cgfs exec: nsenter stays in the container's cgroups: %v\n", err)
+		}
+	}
 	if listener, err := recvListener(back); err == nil {
 		if aa, _, err := control.AskWith(socket, control.Request{Op: "agent", Name: name}, listener); err != nil || aa.Err() != nil {
 			fmt.Fprintf(os.Stderr, "cgfs exec: the container's server does not answer its seccomp listener: %v %v\n", err, aa.Err())
@@ -163,18 +182,55 @@ func forkedChild(pid int) (int, error) {
 	return 0, errors.New("nsenter did not fork")
 }
 
-// joinMain runs inside the container for cgfs exec, as its root: it
-// waits (descriptor 4) until cgfs exec has had it put into the
-// container's cgroups, puts itself under the container's seccomp filter
-// (its listener goes back on descriptor 5), and becomes the command.
+// stageMain is cgfs exec's stage (see execCmd): it waits (descriptor 4)
+// until cgfs exec has had it put into the container's cgroups and
+// becomes nsenter (args) with joinEnv set.
+func stageMain(args []string) error {
+	ok, _ := io.ReadAll(os.NewFile(4, "go"))
+	if string(ok) != "go" {
+		return errors.New("not placed in the container's cgroups")
+	}
+	unix.Close(4)
+	if len(args) < 1 {
+		return usageError{"the stage runs nsenter"}
+	}
+	os.Unsetenv(stageEnv)
+	os.Setenv(joinEnv, "1")
+	return syscall.Exec(args[0], args, os.Environ())
+}
+
+// intoOwnCgroups moves host process pid into this process's cgroups, in
+// every hierarchy.
+func intoOwnCgroups(pid int) error {
+	procs, err := proc.Open("/proc")
+	if err != nil {
+		return err
+	}
+	defer procs.Close()
+	l, err := layout.Discover(procs)
+	if err != nil {
+		return err
+	}
+	for _, h := range l.Hierarchies {
+		dir, _, err := h.DirOf(procs, os.Getpid())
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// joinMain runs inside the container for cgfs exec, as its root, in the
+// container's cgroups (where its stage was put before it became
+// nsenter): it puts itself under the container's seccomp filter (its
+// listener goes back on descriptor 5), and becomes the command.
 func joinMain(args []string) error {
 	runtime.LockOSThread() // the filter, then exec, from this thread
 	if len(args) < 2 || args[0] != "--" {
 		return usageError{"the command to run comes after --"}
-	}
-	ok, _ := io.ReadAll(os.NewFile(4, "go"))
-	if string(ok) != "go" {
-		return errors.New("not placed in the container's cgroups")
 	}
 	os.Unsetenv(joinEnv)
 	path, err := exec.LookPath(args[1])

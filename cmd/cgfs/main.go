@@ -47,6 +47,12 @@ func main() {
 	case launch.IsInit():
 		// A container's init, until it becomes the command.
 		os.Exit(launch.InitMain())
+	case os.Getenv(stageEnv) != "":
+		// cgfs exec's stage, until it becomes nsenter.
+		if err := stageMain(os.Args[1:]); err != nil {
+			fmt.Fprintf(os.Stderr, "cgfs exec: %v\n", err)
+			os.Exit(126)
+		}
 	case os.Getenv(joinEnv) != "":
 		// cgfs exec, inside the container, until it becomes the command.
 		if err := joinMain(os.Args[1:]); err != nil {

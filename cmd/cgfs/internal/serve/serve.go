@@ -380,6 +380,10 @@ func (v *Views) view(h *host.Host, cfg translate.Config, name string) (*translat
 		// A view rooted in a hidden leaf could make cgroups inside it,
 		// which the leaf's own view takes for empty.
 		why = "the owner's cgroup is a hidden leaf of cgfs"
+	} else if v.opts.TakingOver {
+		// The server before this one judged it at attach. Since then a
+		// host process may sit there a moment (cgfs exec's stage,
+		// before it becomes the container's).
 	} else if tid, found, err := view.Foreign(v.Owner.Thread); err != nil {
 		return nil, err
 	} else if found {
