@@ -144,3 +144,58 @@ func TestOnlyRootMayAsk(t *testing.T) {
 		t.Errorf("nobody was answered %q", out)
 	}
 }
+
+// TestConfirm: an answer that waits for the asker's word (Placed) is
+// told yes when the asker says it put what came in place, and no when it
+// says not or ends without a word.
+func TestConfirm(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("only root may ask; not root")
+	}
+	told := make(chan bool, 1)
+	path := serveTest(t, func(req Request, _ int) (Answer, *os.File) {
+		if !req.Confirm {
+			t.Errorf("the request %+v does not ask to confirm", req)
+		}
+		return Answer{Placed: func(ok bool) { told <- ok }}, nil
+	})
+	for _, c := range []struct {
+		name string
+		word func(placed func(bool))
+		want bool
+	}{
+		{"placed", func(placed func(bool)) { placed(true); placed(false) }, true},
+		{"not placed", func(placed func(bool)) { placed(false) }, false},
+	} {
+		_, _, placed, err := AskConfirm(path, Request{Op: "attach"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.word(placed)
+		if got := <-told; got != c.want {
+			t.Errorf("%s: the server was told %v, want %v", c.name, got, c.want)
+		}
+	}
+	// An asker that dies before its word: a child that asks and exits.
+	cmd := exec.Command(os.Args[0], "-test.run=^TestConfirmHelper$")
+	cmd.Env = append(os.Environ(), "CONFIRM_HELPER_SOCKET="+path)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("the asker: %v\n%s", err, out)
+	}
+	if got := <-told; got {
+		t.Error("an asker that ended without a word: the server was told yes")
+	}
+}
+
+// TestConfirmHelper asks with Confirm and exits without a word (run by
+// TestConfirm).
+func TestConfirmHelper(t *testing.T) {
+	path := os.Getenv("CONFIRM_HELPER_SOCKET")
+	if path == "" {
+		t.Skip("a helper of TestConfirm")
+	}
+	if _, _, _, err := AskConfirm(path, Request{Op: "attach"}); err != nil {
+		t.Fatal(err)
+	}
+	os.Exit(0)
+}
