@@ -30,6 +30,7 @@ import (
 )
 
 const daemonUsage = `usage: cgfs daemon [--keep] [--socket PATH] [--seccomp-socket PATH] [--lxc-seccomp-socket PATH] [--metrics ADDR]
+                   [--max-open-files N] [--max-nested-views N] [--max-relay-watches N] [--max-pid-helpers N] [--max-in-flight N]
        cgfs attach --name N --owner PID [--cgroup DIR] [--shared NAME]... --target PATH [--in PID] [--socket PATH]
        cgfs detach [--socket PATH] NAME
        cgfs list [--socket PATH]
@@ -43,6 +44,12 @@ them. Only root may ask. OCI runtimes hand the daemon their containers'
 seccomp listeners at --seccomp-socket (runc's seccomp.listenerPath), LXC
 its notifications at --lxc-seccomp-socket (lxc.seccomp.notify.proxy);
 the daemon answers them as cgfs run's agent does.
+
+The --max-* flags bound what each container may hold of the daemon, its
+own view and its nested runtimes' views together: files open (ENFILE
+beyond), nested views (ENOSPC), events files relayed to its inotify
+watchers, helpers in its pid namespaces (EAGAIN), requests served at
+once (more wait).
 
 With --keep a small keeper process runs the daemon and holds a copy of
 every view's FUSE connection and every seccomp listener: a daemon that
