@@ -77,6 +77,9 @@ func helperMain(args []string) int {
 	if op == "holdopen" && len(args) == 3 {
 		return holdOpen(path, args[2])
 	}
+	if op == "unshare" && len(args) >= 3 {
+		return unshareRun(args[1], args[2:])
+	}
 	var err error
 	var out string
 	switch op {
@@ -110,6 +113,34 @@ func helperMain(args []string) int {
 		return 0
 	}
 	fmt.Print("OK", out)
+	return 0
+}
+
+// unshareRun runs cmd as root of a new user namespace that maps it to
+// the caller's ids (as unshare -r does, by any user), with a new mount
+// namespace too if flags has m and a new cgroup namespace if it has C,
+// and exits as cmd does: util-linux's unshare -UrmC, where only
+// busybox's (which has no -C) is.
+func unshareRun(flags string, cmd []string) int {
+	c := exec.Command(cmd[0], cmd[1:]...)
+	c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
+	attr := &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWUSER,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}}}
+	if strings.Contains(flags, "m") {
+		attr.Cloneflags |= syscall.CLONE_NEWNS
+	}
+	if strings.Contains(flags, "C") {
+		attr.Cloneflags |= syscall.CLONE_NEWCGROUP
+	}
+	c.SysProcAttr = attr
+	if err := c.Run(); err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		fmt.Fprintln(os.Stderr, "unshare:", err)
+		return 1
+	}
 	return 0
 }
 
