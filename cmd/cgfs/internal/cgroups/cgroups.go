@@ -1,4 +1,9 @@
-package launch
+// Package cgroups makes a container's cgroups on the host: one of its own
+// below a parent in every hierarchy the host mounts (never a hierarchy's
+// root), its limits set where the container cannot change them (the view
+// root's resource files are root-locked), processes put in them, and all
+// of it removed again, what is left in them killed.
+package cgroups
 
 import (
 	"errors"
@@ -24,24 +29,29 @@ type Limits struct {
 	CPUs   float64 // CPUs of bandwidth; 0 for none
 }
 
-// cgroups are a container's cgroup in every hierarchy, by hierarchy.
-type cgroups struct {
-	dirs    map[string]string // hierarchy mount point -> the container's cgroup
-	parents []string          // the parents (removed when no container is left in them)
-	v2      string            // the cgroup v2 one, "" if the host has none
-	v2Mount string            // and its hierarchy's mount point
-	mounts  []mimic.Mount     // the kernel's mounts of them, as the container's mount table shows
+// Set is a container's cgroup in every hierarchy.
+type Set struct {
+	// Dirs are the container's cgroups, by their hierarchy's mount
+	// point.
+	Dirs    map[string]string
+	parents []string // the parents (removed when no container is left in them)
+	// V2 is the cgroup v2 one, "" if the host has none, and V2Mount its
+	// hierarchy's mount point.
+	V2, V2Mount string
+	// Mounts are the kernel's mounts of them, as the container's mount
+	// table shows them.
+	Mounts []mimic.Mount
 }
 
-// makeCgroups makes, in every hierarchy the host mounts, the cgroup
-// parent/name below the hierarchy's root (never the root itself), and
-// sets lim on the hierarchies that have the controllers.
-func makeCgroups(procs *proc.Procs, parent, name string, lim Limits) (*cgroups, error) {
+// Make makes, in every hierarchy the host mounts, the cgroup parent/name
+// below the hierarchy's root (never the root itself), and sets lim on
+// the hierarchies that have the controllers.
+func Make(procs *proc.Procs, parent, name string, lim Limits) (*Set, error) {
 	l, err := layout.Discover(procs)
 	if err != nil {
 		return nil, err
 	}
-	cg := &cgroups{dirs: map[string]string{}}
+	cg := &Set{Dirs: map[string]string{}}
 	for _, h := range l.Hierarchies {
 		if h.Root != "/" {
 			return nil, fmt.Errorf("the server sees %s from %s, not its root: run it in the host's cgroup namespace", h.MountPoint, h.Root)
@@ -54,16 +64,16 @@ func makeCgroups(procs *proc.Procs, parent, name string, lim Limits) (*cgroups, 
 		}
 		dir := filepath.Join(p, name)
 		if err := mkdirIn(p, dir); err != nil {
-			cg.remove()
+			cg.Remove()
 			if errors.Is(err, os.ErrExist) {
 				return nil, fmt.Errorf("a container named %s runs already (%s exists)", name, dir)
 			}
 			return nil, err
 		}
-		cg.dirs[h.MountPoint] = dir
-		cg.mounts = append(cg.mounts, mimic.MountOf(h))
+		cg.Dirs[h.MountPoint] = dir
+		cg.Mounts = append(cg.Mounts, mimic.MountOf(h))
 		if !h.V1 {
-			cg.v2, cg.v2Mount = dir, h.MountPoint
+			cg.V2, cg.V2Mount = dir, h.MountPoint
 		}
 		if _, err := os.Stat(filepath.Join(dir, "cpuset.cpus")); err == nil && h.V1 {
 			// A v1 cpuset takes no task until it has cpus and mems.
@@ -75,28 +85,120 @@ func makeCgroups(procs *proc.Procs, parent, name string, lim Limits) (*cgroups, 
 			for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
 				for _, d := range levels {
 					if err := copyFile(filepath.Join(filepath.Dir(d), f), filepath.Join(d, f)); err != nil {
-						cg.remove()
+						cg.Remove()
 						return nil, err
 					}
 				}
 			}
 		}
 	}
-	if cg.v2 != "" {
+	if cg.V2 != "" {
 		// The container may hand on every controller the host offers.
-		b, _ := os.ReadFile(filepath.Join(cg.v2Mount, "cgroup.controllers"))
+		b, _ := os.ReadFile(filepath.Join(cg.V2Mount, "cgroup.controllers"))
 		for _, c := range strings.Fields(string(b)) {
-			if err := enableDown(cg.v2Mount, cg.v2, c); err != nil {
-				cg.remove()
+			if err := enableDown(cg.V2Mount, cg.V2, c); err != nil {
+				cg.Remove()
 				return nil, err
 			}
 		}
 	}
-	if err := cg.limit(lim); err != nil {
-		cg.remove()
+	if err := cg.Limit(lim); err != nil {
+		cg.Remove()
 		return nil, err
 	}
 	return cg, nil
+}
+
+// MakeParent makes the cgroup parent below every hierarchy's root (each
+// level made marked, as Make's) and sets lim on it, and on cgroup v2 at
+// most descendants cgroups below it (0: no bound). Its containers are
+// made below it with Make.
+func MakeParent(procs *proc.Procs, parent string, lim Limits, descendants int) error {
+	l, err := layout.Discover(procs)
+	if err != nil {
+		return err
+	}
+	cg := &Set{Dirs: map[string]string{}}
+	for _, h := range l.Hierarchies {
+		if h.Root != "/" {
+			return fmt.Errorf("the server sees %s from %s, not its root: run it in the host's cgroup namespace", h.MountPoint, h.Root)
+		}
+		dir := filepath.Join(h.MountPoint, parent)
+		if err := mkdirMarked(dir); err != nil {
+			return err
+		}
+		cg.Dirs[h.MountPoint] = dir
+		if !h.V1 {
+			cg.V2, cg.V2Mount = dir, h.MountPoint
+		}
+		if _, err := os.Stat(filepath.Join(dir, "cpuset.cpus")); err == nil && h.V1 {
+			for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+				var levels []string
+				for q := dir; q != h.MountPoint; q = filepath.Dir(q) {
+					levels = append([]string{q}, levels...)
+				}
+				for _, d := range levels {
+					if err := copyFile(filepath.Join(filepath.Dir(d), f), filepath.Join(d, f)); err != nil {
+						return err
+					}
+				}
+			}
+		}
+	}
+	if cg.V2 != "" && descendants > 0 {
+		if err := os.WriteFile(filepath.Join(cg.V2, "cgroup.max.descendants"), []byte(strconv.Itoa(descendants)), 0); err != nil {
+			return err
+		}
+	}
+	return cg.Limit(lim)
+}
+
+// Kill kills every process in the container's cgroups (cgroup v2's
+// cgroup.kill; where a v1 hierarchy holds one the v2 tree does not, by
+// pidfd, each checked to be in the cgroup after it was opened, so that a
+// reused pid is never signalled).
+func (cg *Set) Kill() error {
+	if cg.V2 != "" {
+		if err := os.WriteFile(filepath.Join(cg.V2, "cgroup.kill"), []byte("1"), 0); err != nil {
+			return err
+		}
+	}
+	for _, d := range cg.Dirs {
+		if d == cg.V2 {
+			continue
+		}
+		b, _ := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		for _, f := range strings.Fields(string(b)) {
+			pid, err := strconv.Atoi(f)
+			if err != nil || pid <= 0 {
+				continue
+			}
+			fd, err := unix.PidfdOpen(pid, 0)
+			if err != nil {
+				continue
+			}
+			if inCgroup(pid, d) {
+				_ = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
+			}
+			unix.Close(fd)
+		}
+	}
+	return nil
+}
+
+// inCgroup reports whether host process pid is in the v1 cgroup dir (or
+// below it), as its /proc/PID/cgroup says.
+func inCgroup(pid int, dir string) bool {
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return false
+	}
+	for _, f := range strings.Fields(string(b)) {
+		if f == strconv.Itoa(pid) {
+			return true
+		}
+	}
+	return false
 }
 
 func copyFile(from, to string) error {
@@ -110,10 +212,10 @@ func copyFile(from, to string) error {
 	return os.WriteFile(to, b, 0)
 }
 
-// limit sets the limits on the hierarchy that has each controller: a v1
+// Limit sets the limits on the hierarchy that has each controller: a v1
 // hierarchy of its own, else cgroup v2 (enabling the controller from
 // the root down).
-func (cg *cgroups) limit(lim Limits) error {
+func (cg *Set) Limit(lim Limits) error {
 	type limit struct {
 		ctrl       string
 		v1, v2     map[string]string
@@ -141,7 +243,7 @@ func (cg *cgroups) limit(lim Limits) error {
 		files := t.v2
 		if v1 {
 			files = t.v1
-		} else if err := enableDown(cg.v2Mount, dir, t.ctrl); err != nil {
+		} else if err := enableDown(cg.V2Mount, dir, t.ctrl); err != nil {
 			return err
 		}
 		for f, val := range files {
@@ -156,9 +258,9 @@ func (cg *cgroups) limit(lim Limits) error {
 // withController is the container's cgroup in the hierarchy that has
 // controller ctrl: a v1 hierarchy of its own, or cgroup v2 if its root
 // offers it.
-func (cg *cgroups) withController(ctrl string) (dir string, v1 bool) {
-	for mnt, d := range cg.dirs {
-		if d == cg.v2 {
+func (cg *Set) withController(ctrl string) (dir string, v1 bool) {
+	for mnt, d := range cg.Dirs {
+		if d == cg.V2 {
 			continue
 		}
 		var st unix.Statfs_t
@@ -177,11 +279,11 @@ func (cg *cgroups) withController(ctrl string) (dir string, v1 bool) {
 			}
 		}
 	}
-	if cg.v2 != "" {
-		b, _ := os.ReadFile(filepath.Join(cg.v2Mount, "cgroup.controllers"))
+	if cg.V2 != "" {
+		b, _ := os.ReadFile(filepath.Join(cg.V2Mount, "cgroup.controllers"))
 		for _, c := range strings.Fields(string(b)) {
 			if c == ctrl {
-				return cg.v2, false
+				return cg.V2, false
 			}
 		}
 	}
@@ -209,11 +311,11 @@ func enableDown(root, dir, ctrl string) error {
 	return nil
 }
 
-// join moves host process pid into the container's v1 cgroups (cgroup v2
-// placed it at clone time).
-func (cg *cgroups) join(pid int) error {
-	for _, d := range cg.dirs {
-		if d == cg.v2 {
+// JoinV1 moves host process pid into the container's v1 cgroups (cgroup
+// v2 placed it at clone time).
+func (cg *Set) JoinV1(pid int) error {
+	for _, d := range cg.Dirs {
+		if d == cg.V2 {
 			continue
 		}
 		if err := os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
@@ -223,11 +325,11 @@ func (cg *cgroups) join(pid int) error {
 	return nil
 }
 
-// remove kills what is left in the container's cgroups and removes them,
+// Remove kills what is left in the container's cgroups and removes them,
 // deepest first, hidden leaves and all.
-func (cg *cgroups) remove() error {
+func (cg *Set) Remove() error {
 	var errs []error
-	for _, d := range cg.dirs {
+	for _, d := range cg.Dirs {
 		if err := removeTree(d); err != nil {
 			errs = append(errs, err)
 		}
