@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/access"
+	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/metrics"
 	"github.com/cgfs/cgfs/translate"
 	"github.com/cgfs/cgfs/translate/host"
@@ -326,17 +327,9 @@ func (m *Mounted) startRelay(w *host.Watcher, mnt *os.File, dev uint64, owner in
 	m.fsys.relay.Store(r)
 	if pidfd != nil {
 		go func() {
-			// A pidfd turns readable when its process exits; the
-			// netpoller waits for that, or for the relay to let go
-			// first (the view dropped while its owner lives), which
-			// closes it.
-			if rc, err := pidfd.SyscallConn(); err == nil {
-				_ = rc.Read(func(fd uintptr) bool {
-					p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-					n, err := unix.Poll(p, 0)
-					return err != nil || n > 0 // false: wait for the netpoller
-				})
-			}
+			// Until the owner ends, or the relay lets go first (the
+			// view dropped while its owner lives), which closes it.
+			proc.WaitExit(pidfd)
 			r.letGo()
 		}()
 		go func() {
