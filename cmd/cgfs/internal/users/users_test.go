@@ -1,0 +1,111 @@
+package users
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const policyText = `# cgfs users
+*        memory=2G pids=500 containers=4
+@devs    memory=4G cpus=2
+alice    containers=16   # alice's own
+1002     refuse
+`
+
+func TestPolicyPrecedence(t *testing.T) {
+	f, err := Parse(strings.NewReader(policyText))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name   string
+		uid    int
+		groups []string
+		want   Policy
+	}{
+		{"bob", 1001, nil, func() Policy { p := Defaults; p.Memory, p.Pids, p.Containers = 2<<30, 500, 4; return p }()},
+		{"carol", 1003, []string{"devs"}, func() Policy { p := Defaults; p.Memory, p.Pids, p.Containers, p.CPUs = 4<<30, 500, 4, 2; return p }()},
+		{"alice", 1000, []string{"devs"}, func() Policy {
+			p := Defaults
+			p.Memory, p.Pids, p.Containers, p.CPUs = 4<<30, 500, 16, 2
+			return p
+		}()},
+		{"mallory", 1002, nil, func() Policy {
+			p := Defaults
+			p.Memory, p.Pids, p.Containers, p.Refused = 2<<30, 500, 4, true
+			return p
+		}()},
+	} {
+		if got := f.For(c.name, c.uid, c.groups); got != c.want {
+			t.Errorf("For(%s) = %+v, want %+v", c.name, got, c.want)
+		}
+	}
+	var none *File
+	if got := none.For("x", 5, nil); got != Defaults {
+		t.Errorf("no file: %+v, want the defaults", got)
+	}
+}
+
+func TestPolicyParseErrors(t *testing.T) {
+	for _, text := range []string{"* memory", "* memory=lots", "* pids=-1", "* cpus=NaN", "* cpus=Inf", "bob color=red", "* containers=1e3"} {
+		if _, err := Parse(strings.NewReader(text)); err == nil {
+			t.Errorf("Parse(%q) took it", text)
+		}
+	}
+}
+
+// TestLoadOnlyRootsFile: a policy file anyone but root may write is
+// refused; a missing one gives the defaults.
+func TestLoadOnlyRootsFile(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "users.conf")
+	if f, err := Load(p); err != nil || f != nil {
+		t.Errorf("Load of a missing file: %v, %v; want none, no error", f, err)
+	}
+	if err := os.WriteFile(p, []byte(policyText), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(p); err == nil {
+		t.Error("Load took a file everyone may write")
+	}
+	if err := os.Chmod(p, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Load(p)
+	if os.Getuid() != 0 {
+		if err == nil {
+			t.Error("Load took a file that is not root's")
+		}
+		return
+	}
+	if err != nil || f.For("alice", 1000, nil).Containers != 16 {
+		t.Errorf("Load: %v", err)
+	}
+}
+
+func TestSubIDs(t *testing.T) {
+	text := "alice:100000:65536\n1000:300000:10\nbob:200000:65536\nbad line\nalice:x:1\n"
+	got, err := parseSubIDs(strings.NewReader(text), Who{Uid: 1000, Name: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0] != (Range{100000, 65536}) || got[1] != (Range{300000, 10}) {
+		t.Errorf("alice's ranges %v", got)
+	}
+	for _, c := range []struct {
+		start, count int64
+		want         bool
+	}{
+		{1000, 1, true}, {100000, 65536, true}, {100001, 10, true}, {300000, 10, true},
+		{0, 1, false}, {1001, 1, false}, {1000, 2, false}, {99999, 2, false}, {100000, 65537, false}, {200000, 1, false},
+	} {
+		if Allowed(1000, got, c.start, c.count) != c.want {
+			t.Errorf("Allowed(%d, %d) = %v, want %v", c.start, c.count, !c.want, c.want)
+		}
+	}
+}
