@@ -60,9 +60,26 @@ type Request struct {
 	// place, on the same connection (AskConfirm); a view it does not
 	// put in place, or whose asker ends without a word, is dropped.
 	Confirm bool `json:"confirm,omitempty"`
+	// Limits (create, update of a user's container): what the
+	// container may use, clamped to the admin's policy.
+	Limits *Limits `json:"limits,omitempty"`
+	// NSPid (enter, from a user): the process to put into the
+	// container's cgroups, by its id in the container's pid namespace.
+	NSPid int `json:"nspid,omitempty"`
 	// File is the descriptor sent with the request (agent's listener);
 	// the handler owns it.
 	File *os.File `json:"-"`
+	// Files are the descriptors a user's request came with (adopt: a
+	// pidfd of the container's init, then its user and pid namespaces);
+	// the handler owns them.
+	Files []*os.File `json:"-"`
+}
+
+// Limits are what a container may use: 0 is none.
+type Limits struct {
+	Memory int64   `json:"memory,omitempty"` // bytes
+	Pids   int64   `json:"pids,omitempty"`
+	CPUs   float64 `json:"cpus,omitempty"`
 }
 
 // Answer is a server's reply.
@@ -279,6 +296,16 @@ func ask(path string, req Request, f *os.File) (*net.UnixConn, Answer, *os.File,
 }
 
 func askOn(path string, req Request, f *os.File) (*net.UnixConn, Answer, *os.File, error) {
+	var files []*os.File
+	if f != nil {
+		files = []*os.File{f}
+	}
+	return askFiles(path, req, files)
+}
+
+// askFiles sends req with files and reads the answer, leaving the
+// connection open.
+func askFiles(path string, req Request, files []*os.File) (*net.UnixConn, Answer, *os.File, error) {
 	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ECONNREFUSED) {
@@ -288,8 +315,12 @@ func askOn(path string, req Request, f *os.File) (*net.UnixConn, Answer, *os.Fil
 	}
 	b, _ := json.Marshal(req)
 	var rights []byte
-	if f != nil {
-		rights = unix.UnixRights(int(f.Fd()))
+	if len(files) > 0 {
+		fds := make([]int, len(files))
+		for i, f := range files {
+			fds[i] = int(f.Fd())
+		}
+		rights = unix.UnixRights(fds...)
 	}
 	if _, _, err := c.WriteMsgUnix(b, rights, nil); err != nil {
 		return c, Answer{}, nil, err

@@ -1,0 +1,264 @@
+package control
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The user socket: the same one request and one answer, JSON over a unix
+// SOCK_SEQPACKET socket, that any host user the admin lets connect may
+// use, for its own containers alone. The kernel says who asks
+// (SO_PEERCRED; SO_PEERPIDFD where the kernel has it), never the request.
+
+// UserSocket is where the daemon listens for users unless told
+// otherwise.
+const UserSocket = Dir + "/user.sock"
+
+// UserSocketPath is $CGFS_USER_SOCKET, or UserSocket.
+func UserSocketPath() string {
+	if s := os.Getenv("CGFS_USER_SOCKET"); s != "" {
+		return s
+	}
+	return UserSocket
+}
+
+// Peer is who asks on the user socket, as the kernel says.
+type Peer struct {
+	Uid, Gid, Pid int
+}
+
+// UserHandler answers a user's request; the descriptors it returns go
+// with the answer (and are closed after).
+type UserHandler func(req Request, peer Peer) (Answer, *os.File)
+
+// UserBounds bound what one user may ask of the socket.
+type UserBounds struct {
+	// Conns: connections of one user at once; more are refused.
+	Conns int
+	// Rate and Burst: requests a second of one user, after a burst;
+	// more are answered "too many requests" (EAGAIN).
+	Rate, Burst float64
+	// Refused, if set, is told each refusal and its rule.
+	Refused func(uid int, rule string)
+}
+
+// maxUserFiles bounds the descriptors one request of a user may carry.
+const maxUserFiles = 4
+
+// userReadDeadline bounds how long a user's connection may take to say
+// what it asks, and (with Confirm) its word after.
+var userReadDeadline = 10 * time.Second
+
+// ServeUsers answers each connection to ln (a unixpacket listener anyone
+// the admin chose may reach) with h, until ln is closed, within b.
+func ServeUsers(ln *net.UnixListener, h UserHandler, b UserBounds, log *slog.Logger) {
+	u := &userServer{h: h, b: b, log: log, users: map[int]*userState{}}
+	go AcceptEach(ln, u.serve)
+}
+
+type userServer struct {
+	h   UserHandler
+	b   UserBounds
+	log *slog.Logger
+
+	mu    sync.Mutex
+	users map[int]*userState
+}
+
+// userState is one user's connections and request tokens.
+type userState struct {
+	conns  int
+	tokens float64
+	last   time.Time
+	logged time.Time // its last refusal logged (a line a second at most)
+}
+
+func (u *userServer) serve(c *net.UnixConn) {
+	defer c.Close()
+	cred, err := peerCred(c)
+	if err != nil {
+		return
+	}
+	uid := int(cred.Uid)
+	u.mu.Lock()
+	st := u.users[uid]
+	if st == nil {
+		st = &userState{tokens: u.b.Burst, last: time.Now()}
+		u.users[uid] = st
+	}
+	if st.conns >= u.b.Conns {
+		u.mu.Unlock()
+		u.refuse(uid, "user-connections", "a user holds as many connections as it may")
+		writeAnswer(c, Answer{Error: "too many connections of this user to the cgfs daemon", Usage: true}, nil, u.log)
+		return
+	}
+	st.conns++
+	u.mu.Unlock()
+	defer func() {
+		u.mu.Lock()
+		st.conns--
+		if st.conns == 0 && st.tokens >= u.b.Burst {
+			delete(u.users, uid) // nothing to remember: its state is bounded by users connected
+		}
+		u.mu.Unlock()
+	}()
+	_ = c.SetReadDeadline(time.Now().Add(userReadDeadline))
+	buf, oob := make([]byte, 16<<10), make([]byte, unix.CmsgSpace(4*maxUserFiles))
+	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
+	files := receivedAll(oob[:oobn])
+	closeFiles := func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	if err != nil {
+		closeFiles()
+		return
+	}
+	if flags&(unix.MSG_CTRUNC|unix.MSG_TRUNC) != 0 || len(files) > maxUserFiles {
+		closeFiles()
+		u.refuse(uid, "user-request", "a request too long or with too many descriptors")
+		writeAnswer(c, Answer{Error: "a request cgfs does not take: too long or too many descriptors", Usage: true}, nil, u.log)
+		return
+	}
+	if !u.take(st) {
+		closeFiles()
+		u.refuse(uid, "user-rate", "a user asks faster than it may")
+		writeAnswer(c, Answer{Error: "too many requests of this user: ask again later", Usage: true}, nil, u.log)
+		return
+	}
+	var req Request
+	if err := json.Unmarshal(buf[:n], &req); err != nil {
+		closeFiles()
+		u.refuse(uid, "user-request", "a request cgfs does not understand")
+		writeAnswer(c, Answer{Error: "a request cgfs does not understand: " + err.Error(), Usage: true}, nil, u.log)
+		return
+	}
+	req.Files = files
+	a, fd := u.h(req, Peer{Uid: uid, Gid: int(cred.Gid), Pid: int(cred.Pid)})
+	writeAnswer(c, a, fd, u.log)
+	if a.Placed != nil {
+		_ = c.SetReadDeadline(time.Now().Add(ConfirmWait))
+		n, err := c.Read(buf)
+		a.Placed(err == nil && string(buf[:n]) == placedWord)
+	}
+}
+
+// take takes a request token of a user's.
+func (u *userServer) take(st *userState) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	now := time.Now()
+	st.tokens = min(u.b.Burst, st.tokens+now.Sub(st.last).Seconds()*u.b.Rate)
+	st.last = now
+	if st.tokens < 1 {
+		return false
+	}
+	st.tokens--
+	return true
+}
+
+// refuse counts a refusal and logs it, at most a line a second a user.
+func (u *userServer) refuse(uid int, rule, msg string) {
+	if u.b.Refused != nil {
+		u.b.Refused(uid, rule)
+	}
+	u.mu.Lock()
+	st := u.users[uid]
+	quiet := st != nil && time.Since(st.logged) < time.Second
+	if st != nil && !quiet {
+		st.logged = time.Now()
+	}
+	u.mu.Unlock()
+	if !quiet {
+		u.log.Warn("refused a user's request", "uid", uid, "rule", rule, "why", msg)
+	}
+}
+
+func writeAnswer(c *net.UnixConn, a Answer, fd *os.File, log *slog.Logger) {
+	b, _ := json.Marshal(a)
+	var oob []byte
+	if fd != nil {
+		oob = unix.UnixRights(int(fd.Fd()))
+		defer fd.Close()
+	}
+	if _, _, err := c.WriteMsgUnix(b, oob, nil); err != nil {
+		log.Debug("answering a user", "err", err)
+	}
+}
+
+// receivedAll is every descriptor the control messages oob carried.
+func receivedAll(oob []byte) []*os.File {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
+	var out []*os.File
+	for i := range msgs {
+		if len(msgs[i].Data)%4 != 0 {
+			continue
+		}
+		fds, err := unix.ParseUnixRights(&msgs[i])
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			unix.CloseOnExec(fd)
+			out = append(out, os.NewFile(uintptr(fd), "from a user"))
+		}
+	}
+	return out
+}
+
+func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	return cred, cerr
+}
+
+// AskUser sends req with files to the user socket at path and returns
+// the answer and the descriptor that came with it.
+func AskUser(path string, req Request, files ...*os.File) (Answer, *os.File, error) {
+	c, a, fd, err := askFiles(path, req, files)
+	if c != nil {
+		c.Close()
+	}
+	return a, fd, err
+}
+
+// AskUserConfirm is AskUser for a request that waits for the asker's
+// word (attach): see AskConfirm.
+func AskUserConfirm(path string, req Request) (Answer, *os.File, func(ok bool), error) {
+	req.Confirm = true
+	c, a, fd, err := askFiles(path, req, nil)
+	if err != nil {
+		if c != nil {
+			c.Close()
+		}
+		return a, fd, nil, err
+	}
+	var once sync.Once
+	return a, fd, func(ok bool) {
+		once.Do(func() {
+			if ok {
+				_, _ = c.Write([]byte(placedWord))
+			}
+			c.Close()
+		})
+	}, nil
+}
