@@ -19,6 +19,9 @@ type Metrics struct {
 	// refusals counts requests refused by a rule (of access, or one of
 	// the answers cgfs makes itself), by container, rule and operation.
 	refusals *prometheus.CounterVec
+	// userRefusals counts requests of users the user socket refused, by
+	// rule.
+	userRefusals *prometheus.CounterVec
 
 	mu    sync.Mutex
 	views []*View
@@ -54,7 +57,12 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help:      "Requests refused by a rule, by container, rule and operation.",
 		}, []string{"container", "rule", "op"}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.refusals, (*collector)(m),
+	m.userRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "cgfs",
+		Name:      "user_refusals_total",
+		Help:      "Requests of unprivileged users the daemon's user socket refused, by rule.",
+	}, []string{"rule"})
+	reg.MustRegister(m.requests, m.latency, m.refusals, m.userRefusals, (*collector)(m),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -91,4 +99,12 @@ func (c *Counts) Refusal(rule, op string) {
 		return
 	}
 	c.m.refusals.WithLabelValues(c.name, rule, op).Inc()
+}
+
+// UserRefusal counts one request of a user's refused by rule.
+func (m *Metrics) UserRefusal(rule string) {
+	if m == nil {
+		return
+	}
+	m.userRefusals.WithLabelValues(rule).Inc()
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -771,6 +772,10 @@ func busyboxRootfsAt(t *testing.T, dir string, base int) {
 func TestLXCThroughTheHook(t *testing.T) {
 	requireRoot(t)
 	requireTool(t, "lxc-start")
+	// With shadow's newuidmap on the machine (Debian's uidmap), LXC maps
+	// ids with it even for root, which then needs its range in
+	// /etc/subuid and /etc/subgid, as any user.
+	grantSubIDs(t, "root", containerBase, 65536)
 	env := startDaemon(t, "--keep")
 	dir := publicDir(t)
 	ctr := filepath.Join(dir, "ctr")
@@ -987,5 +992,49 @@ func TestDaemonKeepsRuncListenersAcrossRestarts(t *testing.T) {
 	}
 	if want := strconv.FormatInt(st.Type, 16); !strings.HasPrefix(string(after), want+"\n") {
 		t.Errorf("statfs of / in the container after the restart: %q, want %s", after, want)
+	}
+}
+
+// grantSubIDs gives user name the subordinate id range [start,
+// start+count) in /etc/subuid and /etc/subgid for the test, if it has not
+// got it, and takes it away again when the test ends.
+func grantSubIDs(t testing.TB, name string, start, count int) {
+	t.Helper()
+	line := fmt.Sprintf("%s:%d:%d", name, start, count)
+	for _, file := range []string{"/etc/subuid", "/etc/subgid"} {
+		b, err := os.ReadFile(file)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		if slices.Contains(strings.Split(string(b), "\n"), line) {
+			continue
+		}
+		f, err := os.OpenFile(file, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteString(line + "\n"); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		t.Cleanup(func() { removeLine(t, file, line) })
+	}
+}
+
+// removeLine removes the lines that are line from file.
+func removeLine(t testing.TB, file, line string) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	var keep []string
+	for _, l := range strings.SplitAfter(string(b), "\n") {
+		if strings.TrimSuffix(l, "\n") != line {
+			keep = append(keep, l)
+		}
+	}
+	if err := os.WriteFile(file, []byte(strings.Join(keep, "")), 0o644); err != nil {
+		t.Error(err)
 	}
 }

@@ -438,3 +438,24 @@ func (v *View) Enter(pid int) error {
 	}
 	return err
 }
+
+// EnterOwn puts the task numbered n in the owner's pid namespace into
+// the view root (its hidden leaf when the root enables domain
+// controllers), written from inside that namespace: a reused id can
+// name only another of the container's tasks.
+func (v *View) EnterOwn(n int) error {
+	m, err := v.movers.Owner()
+	if err != nil {
+		return err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	err = m.Write(v.root, "cgroup.procs", n)
+	if errors.Is(err, unix.EBUSY) && !v.v1 {
+		if err := v.ensureLeafLocked(""); err != nil {
+			return err
+		}
+		err = m.Write(v.root, host.Join(LeafName, "cgroup.procs"), n)
+	}
+	return err
+}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	osuser "os/user"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -26,6 +27,7 @@ import (
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/daemon"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/keeper"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/users"
 	"github.com/cgfs/cgfs/translate/host"
 )
 
@@ -69,6 +71,10 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 	seccompSocket := fl.String("seccomp-socket", "", "take OCI runtimes' seccomp listeners (runc's seccomp.listenerPath) at `PATH` (default: seccomp.sock beside --socket)")
 	lxcSocket := fl.String("lxc-seccomp-socket", "", "answer LXC's seccomp notifications (lxc.seccomp.notify.proxy) at `PATH` (default: lxc-seccomp.sock beside --socket)")
 	keep := fl.Bool("keep", false, "run under a keeper that holds every connection across restarts and upgrades")
+	userSocket := fl.String("user-socket", "", "serve unprivileged users' own containers at the unix socket `PATH` (e.g. /run/cgfs/user.sock; none without it)")
+	userGroup := fl.String("user-group", "", "only members of group `NAME` may use the user socket (default: every user)")
+	userPolicy := fl.String("user-policy", "/etc/cgfs/users.conf", "the admin's limits and bounds per user, a root-owned `FILE` (missing: the defaults)")
+	userParent := fl.String("user-parent", "cgfs", "the `cgroup` below every hierarchy's root that holds the users' (user-UID/NAME)")
 	bounds, checkBounds := boundsFlags(fl)
 	if err := fl.Parse(args); err != nil {
 		return usageError{err.Error()}
@@ -181,6 +187,34 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 			_ = os.Remove(*lxcSocket)
 		}
 	}()
+	if *userSocket != "" {
+		policy, err := users.Load(*userPolicy)
+		if err != nil {
+			return usageError{fmt.Sprintf("--user-policy: %v", err)}
+		}
+		parent, err := checkParent(*userParent)
+		if err != nil {
+			return err
+		}
+		uln, err := unixListen("unixpacket", *userSocket)
+		if err != nil {
+			return fmt.Errorf("--user-socket %s: %w", *userSocket, err)
+		}
+		if err := openUserSocket(*userSocket, *userGroup); err != nil {
+			uln.Close()
+			return fmt.Errorf("--user-socket %s: %w", *userSocket, err)
+		}
+		d.ServeUsers(daemon.UserConfig{Policy: policy, Parent: parent})
+		control.ServeUsers(uln, d.HandleUser, control.UserBounds{Conns: 8, Rate: 20, Burst: 40}, log)
+		listeners = append(listeners, uln)
+		defer func() {
+			uln.Close()
+			if !handed {
+				_ = os.Remove(*userSocket)
+			}
+		}()
+		log.Info("serving users", "socket", *userSocket, "group", *userGroup, "policy", *userPolicy)
+	}
 	if n := d.Restore(activation.Files(true)); n > 0 {
 		log.Info("took up seccomp listeners kept for this server", "listeners", n)
 	}
@@ -196,6 +230,30 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 		log.Info("handed over to the next server")
 	}
 	return nil
+}
+
+// openUserSocket lets users reach the socket at path: every user, or
+// the members of group alone; its directory is made passable (the
+// root-only sockets beside it stay 0600).
+func openUserSocket(path, group string) error {
+	mode, gid := os.FileMode(0o666), -1
+	if group != "" {
+		g, err := osuser.LookupGroup(group)
+		if err != nil {
+			return err
+		}
+		if gid, err = strconv.Atoi(g.Gid); err != nil {
+			return err
+		}
+		mode = 0o660
+	}
+	if err := os.Chown(path, 0, gid); err != nil {
+		return err
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		return err
+	}
+	return os.Chmod(filepath.Dir(path), 0o711)
 }
 
 // runKeeper is `cgfs daemon --keep`: a keeper that runs the daemon (the

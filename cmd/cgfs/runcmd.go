@@ -57,6 +57,20 @@ func parseRun(args []string, stderr io.Writer) (runOptions, error) {
 	if err := fl.Parse(args); err != nil {
 		return o, usageError{err.Error()}
 	}
+	if os.Geteuid() != 0 {
+		// A user's container is the daemon's to place and its ids the
+		// user's own.
+		var rootOnly []string
+		fl.Visit(func(f *flag.Flag) {
+			switch f.Name {
+			case "parent", "map", "metrics":
+				rootOnly = append(rootOnly, "--"+f.Name)
+			}
+		})
+		if len(rootOnly) > 0 {
+			return o, usageError{fmt.Sprintf("%s: root's alone (a user's container is placed by the daemon, maps the user's own ids and /etc/subuid range, and the daemon's metrics count it)", strings.Join(rootOnly, ", "))}
+		}
+	}
 	o.Cmd = fl.Args()
 	if len(o.Cmd) == 0 {
 		fl.Usage()
@@ -97,6 +111,38 @@ func parseRun(args []string, stderr io.Writer) (runOptions, error) {
 		return o, usageError{"--pids and --cpus may not be negative"}
 	}
 	return o, nil
+}
+
+// runAsUser is `cgfs run` by an unprivileged user: the daemon makes its
+// container's cgroups (within the admin's policy), adopts its init,
+// serves its view and answers its seccomp listeners.
+func runAsUser(o runOptions, log *slog.Logger) (int, error) {
+	socket := control.UserSocketPath()
+	if _, err := os.Stat(socket); err != nil {
+		return 0, userSocketErr(socket, fmt.Errorf("%s: %w", socket, control.ErrNotRunning))
+	}
+	maps, err := userMaps()
+	if err != nil {
+		return 0, err
+	}
+	o.Log = log
+	o.User = &userDaemon{socket: socket}
+	o.UserMaps = maps
+	var confirm func(ok bool)
+	o.View = func(init int) (*os.File, func(), error) {
+		view, placed, err := userView(socket, o.Name)
+		if err != nil {
+			return nil, nil, err
+		}
+		confirm = placed
+		return view, func() { placed(false) }, nil
+	}
+	o.Placed = func() {
+		if confirm != nil {
+			confirm(true)
+		}
+	}
+	return launch.Run(o.Options)
 }
 
 // checkParent is the parent cgroup path, relative to each hierarchy's
@@ -141,6 +187,9 @@ func parseBytes(s string) (int64, error) {
 // runCmd is `cgfs run`.
 func runCmd(o runOptions, log *slog.Logger) (int, error) {
 	defer startProfile()()
+	if os.Geteuid() != 0 {
+		return runAsUser(o, log)
+	}
 	procs, err := proc.Open("/proc")
 	if err != nil {
 		return 0, err

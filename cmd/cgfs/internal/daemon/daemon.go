@@ -55,6 +55,7 @@ type Daemon struct {
 	mu     sync.Mutex
 	views  map[string]*served
 	agents []*agent.Agent
+	users  *userState // nil: no user socket (users.go)
 
 	// Under a keeper (handover.go).
 	link        *keeper.Link

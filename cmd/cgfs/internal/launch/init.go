@@ -32,7 +32,15 @@ type initConfig struct {
 	// container's own devpts (Rootfs), whose master goes back to cgfs
 	// run ("console").
 	Console bool
+	// WaitMaps: cgfs run (a user's) writes the id maps once this process
+	// exists, and says "mapped" on descriptor 3; the init then starts
+	// again (exec), as root of its user namespace with every capability
+	// there, which a process of no mapped id could not have kept.
+	WaitMaps bool
 }
+
+// mappedEnv marks an init that was mapped and started again.
+const mappedEnv = "CGFS_INIT_MAPPED"
 
 // IsInit reports whether this process is a container's init; the cgfs
 // command then runs InitMain and nothing else.
@@ -55,6 +63,25 @@ func InitMain() int {
 	var cfg initConfig
 	if err := json.Unmarshal([]byte(os.Getenv(initEnv)), &cfg); err != nil || len(cfg.Cmd) == 0 {
 		return fail("bad init configuration: %v", err)
+	}
+	if cfg.WaitMaps && os.Getenv(mappedEnv) == "" {
+		buf := make([]byte, 16)
+		n, err := unix.Read(conn, buf)
+		if err != nil || string(buf[:n]) != "mapped" {
+			return 127 // cgfs run said why
+		}
+		env := append(os.Environ(), mappedEnv+"=1")
+		err = syscall.Exec("/proc/self/exe", []string{"cgfs-init"}, env)
+		return fail("starting again as root of the container: %v", err)
+	}
+	if cfg.WaitMaps {
+		os.Unsetenv(mappedEnv)
+		// The exec may have cleared the parent-death signal: cgfs run's
+		// end must still end the container.
+		// (Were it gone already, the view it never sends ends this init.)
+		if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+			return fail("parent-death signal: %v", err)
+		}
 	}
 	view, err := recvFd(conn)
 	if err != nil {
@@ -120,6 +147,12 @@ func InitMain() int {
 		return fail("handing over the seccomp listener: %v", err)
 	}
 	listener.Close()
+	// The command runs once its listener is served (by cgfs run, or
+	// the daemon it handed it to): cgfs run says go.
+	buf := make([]byte, 8)
+	if n, err := unix.Read(conn, buf); err != nil || string(buf[:n]) != "go" {
+		return 127
+	}
 	unix.CloseOnExec(conn)
 	err = syscall.Exec(path, cfg.Cmd, cfg.Env)
 	return fail("exec %s: %v", path, err)

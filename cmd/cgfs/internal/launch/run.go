@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -17,7 +19,9 @@ import (
 	"github.com/cgfs/cgfs/access"
 	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/agent"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/cgroups"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/mimic"
+	"github.com/cgfs/cgfs/translate/layout"
 )
 
 // IDMap maps the container's ids 0.. onto Count host ids from HostID.
@@ -42,7 +46,7 @@ const (
 type Options struct {
 	Name   string
 	Parent string // the container's cgroup is Parent/Name below each hierarchy's root
-	Limits Limits
+	Limits cgroups.Limits
 	Map    IDMap
 	Rootfs string   // "" shows the host's file system
 	Net    Net      // the network namespace
@@ -67,7 +71,36 @@ type Options struct {
 	// Notifications, if set, is given a count of the seccomp
 	// notifications the container's agents handled, for the metrics.
 	Notifications func(count func() uint64)
+	// User, for an unprivileged caller, is the daemon that makes the
+	// container's cgroups and puts its init in them; nil: this process
+	// (host root) does. Map is then ignored for UserMaps.
+	User UserDaemon
+	// UserMaps are the container's id maps for a user, written by
+	// shadow's newuidmap and newgidmap (its own id and its subordinate
+	// ranges).
+	UserMaps *IDMaps
 }
+
+// UserDaemon is what the cgfs daemon does for an unprivileged user's
+// container (its user socket).
+type UserDaemon interface {
+	// Create makes the container's cgroups, limited within the admin's
+	// policy.
+	Create(name string, lim cgroups.Limits) error
+	// Adopt puts the container's init (the host process init, paused
+	// before it runs anything) into them: the user proves it its own
+	// with descriptors it opens.
+	Adopt(init int) error
+	// Agent hands a seccomp listener of the container's processes to
+	// the daemon, which answers it.
+	Agent(listener *os.File) error
+	// Remove ends the container and removes its cgroups.
+	Remove() error
+}
+
+// IDMaps are a user's container's id maps: container id, host id,
+// count, as newuidmap takes them.
+type IDMaps struct{ UID, GID []syscall.SysProcIDMap }
 
 // Run starts the container and waits for it; it returns the command's
 // exit status (128+N for a signal N), and removes what it made.
@@ -82,15 +115,31 @@ func Run(o Options) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	cg, err := makeCgroups(procs, o.Parent, o.Name, o.Limits)
-	if err != nil {
-		return 0, err
-	}
-	defer func() {
-		if err := cg.remove(); err != nil {
-			o.Log.Error("removing the container's cgroups", "err", err)
+	var cg *cgroups.Set
+	var mounts []mimic.Mount
+	if o.User == nil {
+		if cg, err = cgroups.Make(procs, o.Parent, o.Name, o.Limits); err != nil {
+			return 0, err
 		}
-	}()
+		mounts = cg.Mounts
+		defer func() {
+			if err := cg.Remove(); err != nil {
+				o.Log.Error("removing the container's cgroups", "err", err)
+			}
+		}()
+	} else {
+		if mounts, err = hostMounts(procs); err != nil {
+			return 0, err
+		}
+		if err := o.User.Create(o.Name, o.Limits); err != nil {
+			return 0, err
+		}
+		defer func() {
+			if err := o.User.Remove(); err != nil {
+				o.Log.Error("removing the container", "err", err)
+			}
+		}()
+	}
 
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -103,8 +152,8 @@ func Run(o Options) (int, error) {
 	// master), else from the host's.
 	onTerminal := isTerminal(os.Stdin)
 	console := onTerminal && o.Rootfs != ""
-	cfg, _ := json.Marshal(initConfig{Name: o.Name, Rootfs: o.Rootfs, Cmd: o.Cmd, Env: containerEnv(), Mounts: cg.mounts,
-		OwnNet: o.Net != NetHost, Console: console})
+	cfg, _ := json.Marshal(initConfig{Name: o.Name, Rootfs: o.Rootfs, Cmd: o.Cmd, Env: containerEnv(), Mounts: mounts,
+		OwnNet: o.Net != NetHost, Console: console, WaitMaps: o.User != nil})
 	cmd := exec.Command("/proc/self/exe")
 	cmd.Env = []string{initEnv + "=" + string(cfg)}
 	cmd.ExtraFiles = []*os.File{child}
@@ -120,9 +169,14 @@ func Run(o Options) (int, error) {
 	if o.Net != NetHost {
 		attr.Cloneflags |= syscall.CLONE_NEWNET
 	}
-	if cg.v2 != "" {
+	if o.User != nil {
+		// A user maps ids with newuidmap once the init exists, and the
+		// daemon puts it into its cgroups.
+		attr.UidMappings, attr.GidMappings, attr.Credential = nil, nil, nil
+		attr.GidMappingsEnableSetgroups = false
+	} else if cg.V2 != "" {
 		// cgroup v2 places the init at clone time; v1 ones after.
-		fd, err := unix.Open(cg.v2, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		fd, err := unix.Open(cg.V2, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return 0, err
 		}
@@ -174,8 +228,22 @@ func Run(o Options) (int, error) {
 			_ = cmd.Wait()
 		}
 	}()
-	if err := cg.join(init); err != nil {
-		return 0, err
+	if o.User == nil {
+		if err := cg.JoinV1(init); err != nil {
+			return 0, err
+		}
+	} else {
+		if err := mapIDs(init, o.UserMaps); err != nil {
+			return 0, err
+		}
+		if err := o.User.Adopt(init); err != nil {
+			return 0, err
+		}
+		// Mapped and in its cgroups: the init goes on as root of its
+		// namespaces.
+		if _, err := conn.Write([]byte("mapped")); err != nil {
+			return 0, fmt.Errorf("starting the container: %w", err)
+		}
 	}
 	mount, stop, err := o.View(init)
 	if err != nil {
@@ -208,6 +276,15 @@ func Run(o Options) (int, error) {
 		}
 	}()
 	serveAgent := func(listener *os.File) {
+		if o.User != nil {
+			// The daemon answers a user's container (this process may
+			// mount nothing).
+			if err := o.User.Agent(listener); err != nil {
+				o.Log.Error("the daemon does not answer the container's seccomp listener", "err", err)
+			}
+			listener.Close()
+			return
+		}
 		agentsMu.Lock()
 		defer agentsMu.Unlock()
 		agents = append(agents, agent.Serve(listener, agentCfg))
@@ -230,15 +307,18 @@ func Run(o Options) (int, error) {
 			continue
 		}
 		if err == nil && msg == "agent" && listener != nil {
-			magic := mimic.NewSet(cg.mounts)
+			magic := mimic.NewSet(mounts)
 			magic.Add(viewStat.Dev)
 			cfg := agent.Config{Magic: magic.Magic, Log: o.Log}
 			if o.Nested != nil {
 				serve := func(c agent.Caller) (*os.File, error) { return o.Nested(c.Tid) }
-				cfg.Mounter = (&mimic.Nester{Serve: serve, Ident: access.NewIdentifier(procs), Set: magic, Mounts: cg.mounts, Log: o.Log}).Mount
+				cfg.Mounter = (&mimic.Nester{Serve: serve, Ident: access.NewIdentifier(procs), Set: magic, Mounts: mounts, Log: o.Log}).Mount
 			}
 			agentCfg = cfg
 			serveAgent(listener)
+			if _, err := conn.Write([]byte("go")); err != nil {
+				return 0, fmt.Errorf("starting the container: %w", err)
+			}
 			continue
 		}
 		if err != nil || msg != "" {
@@ -273,6 +353,46 @@ func Run(o Options) (int, error) {
 		return ee.ExitCode(), nil
 	}
 	return 0, err
+}
+
+// hostMounts are the kernel's mounts of every hierarchy the host has,
+// as a container's mount table shows them.
+func hostMounts(procs *proc.Procs) ([]mimic.Mount, error) {
+	l, err := layout.Discover(procs)
+	if err != nil {
+		return nil, err
+	}
+	var out []mimic.Mount
+	for _, h := range l.Hierarchies {
+		out = append(out, mimic.MountOf(h))
+	}
+	return out, nil
+}
+
+// mapIDs writes the user's container's id maps for process pid with
+// shadow's newuidmap and newgidmap (set-user-ID root: they check the
+// maps against /etc/subuid and /etc/subgid).
+func mapIDs(pid int, m *IDMaps) error {
+	if m == nil || len(m.UID) == 0 || len(m.GID) == 0 {
+		return errors.New("no id maps for the container")
+	}
+	for _, t := range []struct {
+		tool string
+		maps []syscall.SysProcIDMap
+	}{{"newuidmap", m.UID}, {"newgidmap", m.GID}} {
+		path, err := exec.LookPath(t.tool)
+		if err != nil {
+			return fmt.Errorf("cgfs run as a user maps its container's ids with shadow's newuidmap and newgidmap (Debian's uidmap): %w", err)
+		}
+		args := []string{strconv.Itoa(pid)}
+		for _, r := range t.maps {
+			args = append(args, strconv.Itoa(r.ContainerID), strconv.Itoa(r.HostID), strconv.Itoa(r.Size))
+		}
+		if out, err := exec.Command(path, args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("%s %s: %v: %s", t.tool, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		}
+	}
+	return nil
 }
 
 // readMsg reads one message, "" at end of file, and the descriptor

@@ -47,6 +47,9 @@ func newTerminal(owner int) (*terminal, error) {
 		m.Close()
 		return nil, err
 	}
+	if os.Geteuid() != 0 {
+		owner = -1 // a user's: the slave is its own, which its container's root is
+	}
 	if err := unix.Fchown(int(s.Fd()), owner, owner); err != nil {
 		m.Close()
 		s.Close()

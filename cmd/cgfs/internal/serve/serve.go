@@ -242,6 +242,18 @@ func (v *Views) Enter(pid int) error {
 	return nil
 }
 
+// EnterNS puts the task numbered n in the owner's pid namespace into
+// the container's cgroup in every hierarchy (its root, or its hidden
+// leaf), from inside that namespace.
+func (v *Views) EnterNS(n int) error {
+	for _, va := range v.views {
+		if err := va.View.EnterOwn(n); err != nil {
+			return fmt.Errorf("hierarchy %s: %w", va.Dir, err)
+		}
+	}
+	return nil
+}
+
 // outer opens the root of a hierarchy's mount, for putting back a task
 // moved in by a reused id; nil if the server's mount is not the
 // hierarchy's root.
