@@ -49,6 +49,10 @@ func setup(m *testing.M) (int, error) {
 			return 0, err
 		}
 		defer os.RemoveAll(dir)
+		// Unprivileged users the tests create run it too.
+		if err := os.Chmod(dir, 0o755); err != nil {
+			return 0, err
+		}
 		cgfsBin = filepath.Join(dir, "cgfs")
 		build := exec.Command("go", "build", "-o", cgfsBin, "../cmd/cgfs")
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr

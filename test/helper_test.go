@@ -2,6 +2,7 @@ package test
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -80,6 +81,9 @@ func helperMain(args []string) int {
 	if op == "unshare" && len(args) >= 3 {
 		return unshareRun(args[1], args[2:])
 	}
+	if op == "askuser" && len(args) >= 3 {
+		return askUser(args[1], args[2], args[3:])
+	}
 	var err error
 	var out string
 	switch op {
@@ -140,6 +144,85 @@ func unshareRun(flags string, cmd []string) int {
 		}
 		fmt.Fprintln(os.Stderr, "unshare:", err)
 		return 1
+	}
+	return 0
+}
+
+// askUser sends request (JSON) to the daemon's user socket with the
+// descriptors fdspecs name (pidfd:PID, a pidfd of PID; dead, a pidfd of a
+// process that has exited; open:PATH, PATH opened read-only; n:N, N
+// copies of /dev/null) and prints the answer's error, or OK.
+func askUser(socket, request string, fdspecs []string) int {
+	var fds []int
+	for _, spec := range fdspecs {
+		kind, arg, _ := strings.Cut(spec, ":")
+		switch kind {
+		case "pidfd":
+			pid, _ := strconv.Atoi(arg)
+			fd, err := unix.PidfdOpen(pid, 0)
+			if err != nil {
+				fmt.Println("pidfd_open:", unix.ErrnoName(errnoOf(err)))
+				return 1
+			}
+			fds = append(fds, fd)
+		case "dead":
+			c := exec.Command("true")
+			if err := c.Start(); err != nil {
+				fmt.Println(err)
+				return 1
+			}
+			fd, err := unix.PidfdOpen(c.Process.Pid, 0)
+			if err != nil {
+				fmt.Println(err)
+				return 1
+			}
+			_ = c.Wait()
+			fds = append(fds, fd)
+		case "open":
+			fd, err := unix.Open(arg, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				fmt.Println("open:", unix.ErrnoName(errnoOf(err)))
+				return 1
+			}
+			fds = append(fds, fd)
+		case "n":
+			n, _ := strconv.Atoi(arg)
+			for range n {
+				fd, _ := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+				fds = append(fds, fd)
+			}
+		}
+	}
+	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err == nil {
+		err = unix.Connect(s, &unix.SockaddrUnix{Name: socket})
+	}
+	if err != nil {
+		fmt.Println("connect:", unix.ErrnoName(errnoOf(err)))
+		return 1
+	}
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	if err := unix.Sendmsg(s, []byte(request), oob, nil, 0); err != nil {
+		fmt.Println("send:", unix.ErrnoName(errnoOf(err)))
+		return 1
+	}
+	buf := make([]byte, 1<<16)
+	n, _, _, _, err := unix.Recvmsg(s, buf, make([]byte, unix.CmsgSpace(4)), 0)
+	if err != nil {
+		fmt.Println("recv:", unix.ErrnoName(errnoOf(err)))
+		return 1
+	}
+	var a struct {
+		Error string `json:"error"`
+	}
+	_ = json.Unmarshal(buf[:n], &a)
+	if a.Error == "" {
+		fmt.Println("OK")
+	} else {
+		fmt.Println(a.Error)
 	}
 	return 0
 }

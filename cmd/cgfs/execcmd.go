@@ -64,6 +64,9 @@ func execCmd(args []string) (int, error) {
 	if len(cmd) == 0 {
 		return 0, usageError{"expected a command after --"}
 	}
+	if os.Geteuid() != 0 {
+		return execAsUser(name, cmd)
+	}
 	socket := control.RunSocket(name)
 	a, _, err := control.Ask(socket, control.Request{Op: "lookup", Name: name})
 	if errors.Is(err, control.ErrNotRunning) {
@@ -223,14 +226,122 @@ func intoOwnCgroups(pid int) error {
 	return nil
 }
 
+// execAsUser is cgfs exec by an unprivileged user, into a container of
+// its own: nsenter enters the container's namespaces (the user made its
+// user namespace, so the kernel lets it), the daemon puts the joined
+// process into the container's cgroups from inside its pid namespace,
+// and answers its seccomp listener. (The container's root is the user
+// itself: the moment the joined process sits in the user's cgroup
+// before that gives its root nothing the user has not.)
+func execAsUser(name string, cmd []string) (int, error) {
+	socket := control.UserSocketPath()
+	a, _, err := askUser(socket, control.Request{Op: "lookup", Name: name})
+	if err != nil {
+		return 0, err
+	}
+	nsenter, err := exec.LookPath("nsenter")
+	if err != nil {
+		return 0, err
+	}
+	self, err := os.Open("/proc/self/exe")
+	if err != nil {
+		return 0, err
+	}
+	goRead, goWrite, err := os.Pipe()
+	if err != nil {
+		return 0, err
+	}
+	defer goWrite.Close()
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	back, theirs := os.NewFile(uintptr(pair[0]), "agent"), os.NewFile(uintptr(pair[1]), "agent")
+	defer back.Close()
+	c := exec.Command(nsenter, "-t", strconv.Itoa(a.Init), "-U", "-m", "-p", "-u", "-i", "-r", "-w", "--",
+		"/proc/self/fd/3", "--")
+	c.Args = append(c.Args, cmd...)
+	c.Env = append(launch.Env(), joinEnv+"=wait")
+	c.ExtraFiles = []*os.File{self, goRead, theirs} // 3, 4 and 5
+	c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := c.Start(); err != nil {
+		return 0, err
+	}
+	goRead.Close()
+	self.Close()
+	theirs.Close()
+	inside, err := forkedChild(c.Process.Pid)
+	if err == nil {
+		var nspid int
+		if nspid, err = nsPid(inside); err == nil {
+			_, _, err = askUser(socket, control.Request{Op: "enter", Name: name, NSPid: nspid})
+		}
+	}
+	if err != nil {
+		goWrite.Close() // it exits without running the command
+		_ = c.Wait()
+		return 0, fmt.Errorf("joining the container's cgroups: %w", err)
+	}
+	_, _ = goWrite.Write([]byte("go"))
+	goWrite.Close()
+	if listener, err := recvListener(back); err == nil {
+		if _, _, err := askUser(socket, control.Request{Op: "agent", Name: name}, listener); err != nil {
+			fmt.Fprintf(os.Stderr, "cgfs exec: the daemon does not answer the container's seccomp listener: %v\n", err)
+		}
+		listener.Close()
+	}
+	err = c.Wait()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), nil
+	}
+	return 0, err
+}
+
+// nsPid is host process pid's id in its own pid namespace.
+func nsPid(pid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			ids := strings.Fields(f)
+			if len(ids) > 0 {
+				return strconv.Atoi(ids[len(ids)-1])
+			}
+		}
+	}
+	return 0, errors.New("no NSpid")
+}
+
 // joinMain runs inside the container for cgfs exec, as its root, in the
 // container's cgroups (where its stage was put before it became
-// nsenter): it puts itself under the container's seccomp filter (its
-// listener goes back on descriptor 5), and becomes the command.
+// nsenter; a user's cgfs exec has the daemon put it there, and says go
+// on descriptor 4): it puts itself under the container's seccomp filter
+// (its listener goes back on descriptor 5), and becomes the command.
 func joinMain(args []string) error {
 	runtime.LockOSThread() // the filter, then exec, from this thread
 	if len(args) < 2 || args[0] != "--" {
 		return usageError{"the command to run comes after --"}
+	}
+	if os.Getenv(joinEnv) == "wait" {
+		ok, _ := io.ReadAll(os.NewFile(4, "go"))
+		if string(ok) != "go" {
+			return errors.New("not placed in the container's cgroups")
+		}
+		// The container's cgroup namespace: its init's (pid 1 here). A
+		// user enters it only from inside the container's user
+		// namespace, and busybox's nsenter has no -C.
+		ns, err := os.Open("/proc/1/ns/cgroup")
+		if err != nil {
+			return err
+		}
+		err = unix.Setns(int(ns.Fd()), unix.CLONE_NEWCGROUP)
+		ns.Close()
+		if err != nil {
+			return fmt.Errorf("the container's cgroup namespace: %w", err)
+		}
 	}
 	os.Unsetenv(joinEnv)
 	path, err := exec.LookPath(args[1])

@@ -5,6 +5,7 @@
 //	cgfs exec NAME -- CMD...
 //	cgfs daemon [--socket PATH] [--metrics ADDR]
 //	cgfs attach|detach|list ...
+//	cgfs freeze|thaw|kill|stop|update NAME (a user's own container)
 //	cgfs oci-hook | lxc-hook
 //	cgfs bench [OPTIONS]
 //
@@ -112,8 +113,15 @@ func run(args []string, log *slog.Logger, stderr io.Writer) (int, error) {
 			return 0, err
 		}
 		return 0, attach(opts)
-	case "detach", "list", "upgrade":
+	case "list":
+		if os.Geteuid() != 0 {
+			return 0, userListCmd(os.Stdout)
+		}
 		return 0, simpleCmd(args[0], args[1:], os.Stdout, stderr)
+	case "detach", "upgrade":
+		return 0, simpleCmd(args[0], args[1:], os.Stdout, stderr)
+	case "freeze", "thaw", "kill", "stop", "update":
+		return 0, userOpCmd(args[0], args[1:], stderr)
 	case "oci-hook":
 		return 0, ociHookCmd(args[1:], os.Stdin)
 	case "lxc-hook":

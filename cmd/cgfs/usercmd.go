@@ -2,8 +2,12 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
+	"io"
+	"math"
 	"os"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -136,4 +140,83 @@ func userMaps() (*launch.IDMaps, error) {
 		}
 	}
 	return m, nil
+}
+
+const userOpsUsage = `usage: cgfs freeze|thaw|kill|stop NAME
+       cgfs update NAME [--memory BYTES] [--pids N] [--cpus N]
+
+An unprivileged user's own container NAME, through the daemon's user
+socket: freeze or thaw all its processes, kill them all, stop it (SIGTERM
+to its init), or change its limits (within the admin's policy).
+`
+
+// userOpCmd is cgfs freeze, thaw, kill, stop and update, by a user.
+func userOpCmd(op string, args []string, stderr io.Writer) error {
+	fl := flag.NewFlagSet(op, flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	fl.Usage = func() { fmt.Fprint(stderr, userOpsUsage) }
+	memory := fl.String("memory", "", "memory limit in `bytes` (K, M, G suffixes)")
+	pids := fl.Int64("pids", 0, "most `tasks`")
+	cpus := fl.Float64("cpus", 0, "CPU bandwidth in `CPUs`")
+	// NAME may come first or last.
+	var name string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		name, args = args[0], args[1:]
+	}
+	if err := fl.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	if name == "" && fl.NArg() == 1 {
+		name = fl.Arg(0)
+	} else if fl.NArg() != 0 || name == "" {
+		fl.Usage()
+		return usageError{op + " NAME"}
+	}
+	if os.Geteuid() == 0 {
+		return usageError{"cgfs " + op + " is for a user's own containers (root writes its containers' cgroups)"}
+	}
+	socket := control.UserSocketPath()
+	req := control.Request{Op: op, Name: name}
+	switch op {
+	case "update":
+		lim := &control.Limits{Pids: *pids, CPUs: *cpus}
+		if *memory != "" {
+			n, err := users.ParseBytes(*memory)
+			if err != nil {
+				return usageError{fmt.Sprintf("--memory %s: %v", *memory, err)}
+			}
+			lim.Memory = n
+		}
+		if lim.Pids < 0 || lim.CPUs < 0 || math.IsNaN(lim.CPUs) || math.IsInf(lim.CPUs, 0) {
+			return usageError{"--pids and --cpus want numbers of at least 0"}
+		}
+		req.Limits = lim
+	case "stop":
+		a, _, err := askUser(socket, control.Request{Op: "lookup", Name: name})
+		if err != nil {
+			return err
+		}
+		// The init is the user's own: the kernel lets it signal it.
+		fd, err := unix.PidfdOpen(a.Init, 0)
+		if err != nil {
+			return fmt.Errorf("the container's init: %w", err)
+		}
+		defer unix.Close(fd)
+		return unix.PidfdSendSignal(fd, unix.SIGTERM, nil, 0)
+	}
+	_, _, err := askUser(socket, req)
+	return err
+}
+
+// userListCmd is cgfs list by a user: its own containers and their
+// inits.
+func userListCmd(stdout io.Writer) error {
+	a, _, err := askUser(control.UserSocketPath(), control.Request{Op: "list"})
+	if err != nil {
+		return err
+	}
+	for _, v := range a.Views {
+		fmt.Fprintf(stdout, "%s\t%d\n", v.Name, v.Owner)
+	}
+	return nil
 }

@@ -325,6 +325,15 @@ func (d *Daemon) Close() {
 		s.nested.Close()
 		s.mounted.Stop()
 	}
+	// The users' containers are the daemon's: nobody else can end them.
+	d.mu.Lock()
+	u := d.users
+	d.mu.Unlock()
+	if u != nil {
+		for _, c := range u.every() {
+			d.userRemove(u, c)
+		}
+	}
 }
 
 // ServeSeccomp takes OCI runtimes' seccomp listeners at ln (a unix

@@ -446,7 +446,7 @@ func (d *Daemon) verifyInit(u *userState, who users.Who, files []*os.File) (*pro
 	}{{"user", userns}, {"pid", pidns}} {
 		fd, err := pin.Namespace(ns.kind)
 		if err != nil {
-			return nil, refuseUser("user-proof", "the container's init is gone")
+			return nil, refuseUser("user-proof", "the pidfd's process's %s namespace: %v", ns.kind, errors.Unwrap(err))
 		}
 		same := sameFile(fd, int(ns.f.Fd()))
 		unix.Close(fd)
@@ -814,6 +814,19 @@ func freeze(cg *cgroups.Set, on bool) error {
 // userRefused counts a refusal of a user's request by rule.
 func (d *Daemon) userRefused(uid int, rule string) {
 	d.metrics.UserRefusal(rule)
+}
+
+// every is every user's every container.
+func (u *userState) every() []*userContainer {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	var out []*userContainer
+	for _, m := range u.containers {
+		for _, c := range m {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // userWait bounds how long a user's init may take to be adopted after

@@ -1,0 +1,352 @@
+package test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Unprivileged host users and their containers, through the daemon's
+// user socket: real users the tests make (useradd, or /etc/passwd in the
+// VM lane), with subordinate id ranges of their own, running cgfs as
+// users do.
+
+// testUser is a host user a test made.
+type testUser struct {
+	name     string
+	uid, gid int
+	socket   string // the daemon's user socket it asks
+}
+
+var userSeq atomic.Int32
+
+// newTestUser makes host user cgfstestN with subordinate ids from
+// 400000+N*65536 (65,536 of them), and removes it when the test ends.
+func newTestUser(t *testing.T) *testUser {
+	t.Helper()
+	requireTool(t, "newuidmap")
+	requireTool(t, "newgidmap")
+	n := int(userSeq.Add(1))
+	name := fmt.Sprintf("cgfstest%d%d", os.Getpid()%1000, n)
+	if _, err := exec.LookPath("useradd"); err == nil {
+		out, err := exec.Command("useradd", "-M", "-d", "/nonexistent", "-s", "/bin/sh",
+			"-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", name).CombinedOutput()
+		if err != nil {
+			t.Fatalf("useradd %s: %v\n%s", name, err, out)
+		}
+		t.Cleanup(func() {
+			if out, err := exec.Command("userdel", "-f", name).CombinedOutput(); err != nil {
+				t.Errorf("userdel %s: %v\n%s", name, err, out)
+			}
+		})
+	} else {
+		// The VM lane's busybox userland: the files themselves.
+		id := 2000 + os.Getpid()%1000*10 + n
+		appendLine(t, "/etc/passwd", fmt.Sprintf("%s:x:%d:%d::/nonexistent:/bin/sh", name, id, id))
+		appendLine(t, "/etc/group", fmt.Sprintf("%s:x:%d:", name, id))
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tu := &testUser{name: name}
+	tu.uid, _ = strconv.Atoi(u.Uid)
+	tu.gid, _ = strconv.Atoi(u.Gid)
+	grantSubIDs(t, name, 400000+n*65536, 65536)
+	return tu
+}
+
+// appendLine adds line to file for the test.
+func appendLine(t *testing.T, file, line string) {
+	t.Helper()
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(line + "\n"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeLine(t, file, line) })
+}
+
+// command is cmd args as the user, with the environment a login gives
+// it and the daemon's user socket.
+func (u *testUser) command(name string, args ...string) *exec.Cmd {
+	c := exec.Command(name, args...)
+	c.Dir = "/"
+	c.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME=/nonexistent", "USER=" + u.name,
+		"LOGNAME=" + u.name, "CGFS_USER_SOCKET=" + u.socket}
+	c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(u.uid), Gid: uint32(u.gid), Groups: []uint32{}}}
+	return c
+}
+
+// cgfs runs `cgfs ARGS` as the user to its end.
+func (u *testUser) cgfs(t *testing.T, args ...string) runOut {
+	t.Helper()
+	c := u.command(cgfsBin, args...)
+	out, err := c.CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("cgfs %v as %s: %v", args, u.name, err)
+	}
+	return runOut{string(out), code}
+}
+
+// startUserRun starts `cgfs run --name NAME ARGS -- sh -c ...` as the
+// user in the background: a command that waits until SIGTERM (forwarded
+// to it) and exits 42 then; it is ended when the test ends.
+func (u *testUser) startRun(t *testing.T, name string, args ...string) *exec.Cmd {
+	t.Helper()
+	all := append([]string{"run", "--name", name}, args...)
+	all = append(all, "--", "sh", "-c", "trap 'exit 42' TERM; while :; do sleep 0.1; done")
+	c := u.command(cgfsBin, all...)
+	c.Stdout, c.Stderr = os.Stderr, os.Stderr
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = c.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = c.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			_ = c.Process.Kill()
+			<-done
+		}
+	})
+	waitFor(t, "the user's container "+name, 30*time.Second*laneSlowdown(), func() bool {
+		return u.cgfs(t, "exec", name, "--", "true").code == 0
+	})
+	return c
+}
+
+// userDaemon is a daemon serving users at a user socket of the test's
+// own, with policy (a root-owned file) and the users' cgroups below a
+// parent of the test's own, which is checked gone at the end.
+func userDaemon(t *testing.T, policy string, users ...*testUser) (*stormDaemon, string) {
+	t.Helper()
+	dir := publicDir(t)
+	pf := filepath.Join(dir, "users.conf")
+	if err := os.WriteFile(pf, []byte(policy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	parent := runParent(t)
+	sock := filepath.Join(dir, "user.sock")
+	d := startStormDaemon(t, false, "--user-socket", sock, "--user-policy", pf, "--user-parent", parent)
+	for _, u := range users {
+		u.socket = sock
+	}
+	return d, parent
+}
+
+// userCgroup is host hierarchy root's cgroup of user u's container name
+// ("" for the user's parent).
+func userCgroup(root, parent string, u *testUser, name string) string {
+	return filepath.Join(root, parent, fmt.Sprintf("user-%d", u.uid), name)
+}
+
+// TestUserRunEndToEnd: an ordinary user's cgfs run, through the daemon,
+// on this host's layout: the container's limits (asked for, within the
+// admin's policy) and the policy's on the user's parent are in force on
+// the host and raisable neither from inside nor by the user; inside, the
+// container's root makes cgroups, limits them, moves itself, freezes and
+// kills its children; cgfs run exits with the command's status; nothing
+// is left after.
+func TestUserRunEndToEnd(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	a := newTestUser(t)
+	_, parent := userDaemon(t, "* memory=512M pids=100 containers=2\n", a)
+	script := laneScript + `
+echo pids.max $(cat $P/pids.max) memory $(cat $MEM)
+if (echo max > $P/pids.max) 2>/dev/null; then echo RAISED; fi
+(for i in $(seq 40); do sleep 3 & done) 2>/dev/null
+read tasks < $P/pids.current
+echo tasks $tasks after 40 forks
+sleep 4
+set -e
+mkdir $V2/kids
+echo 1 > $V2/kids/cgroup.max.descendants
+echo $$ > $V2/kids/cgroup.procs
+echo moved $(grep '^0::' /proc/self/cgroup)
+echo $$ > $V2/cgroup.procs
+sleep 100 & kid=$!
+echo $kid > $V2/kids/cgroup.procs
+echo 1 > $V2/kids/cgroup.freeze
+until grep -q 'frozen 1' $V2/kids/cgroup.events; do sleep 0.1; done
+echo frozen
+echo 1 > $V2/kids/cgroup.kill
+wait $kid || echo killed $?
+until grep -q 'populated 0' $V2/kids/cgroup.events; do sleep 0.1; done
+rmdir $V2/kids && echo removed
+id -u
+exit 7
+`
+	r := a.cgfs(t, "run", "--name", "demo", "--memory", "64M", "--pids", "20", "--", "sh", "-c", script)
+	t.Logf("cgfs run as %s (exit %d):\n%s", a.name, r.code, r.out)
+	if r.code != 7 {
+		t.Errorf("cgfs run as a user exited %d, want the command's 7", r.code)
+	}
+	wantSaid(t, r.out, "the user's container", "pids.max 20 memory 67108864\n", " after 40 forks\n", "moved 0::/kids\n",
+		"frozen\n", "killed 137\n", "removed\n", "\n0\n")
+	for _, line := range strings.Split(r.out, "\n") {
+		if f := strings.Fields(line); len(f) == 5 && f[0] == "tasks" {
+			if n, _ := strconv.Atoi(f[1]); n > 20 || n < 10 {
+				t.Errorf("%d tasks after 40 forks with pids.max 20", n)
+			}
+		}
+	}
+	if strings.Contains(r.out, "RAISED") {
+		t.Error("the container's root raised its pids.max")
+	}
+	// While one runs: the limits on the host, and the user's own reach.
+	a.startRun(t, "web", "--memory", "64M")
+	pids, mem := filepath.Join(l.cgroup2, parent), filepath.Join(l.cgroup2, parent)
+	if p, ok := l.v1["pids"]; ok {
+		pids, mem = filepath.Join(p, parent), filepath.Join(l.v1["memory"], parent)
+	}
+	memFile := "memory.max"
+	if _, ok := l.v1["memory"]; ok {
+		memFile = "memory.limit_in_bytes"
+	}
+	userDir := fmt.Sprintf("user-%d", a.uid)
+	for _, c := range []struct{ file, want string }{
+		{filepath.Join(pids, userDir, "pids.max"), "100"},
+		{filepath.Join(mem, userDir, memFile), "536870912"},
+		{filepath.Join(mem, userDir, "web", memFile), "67108864"},
+	} {
+		if got := strings.TrimSpace(readFile(t, c.file)); got != c.want {
+			t.Errorf("%s = %s, want %s", c.file, got, c.want)
+		}
+	}
+	// The user cannot write its cgroups on the host, and asks for more
+	// than its policy in vain.
+	r = a.cgfs(t, "update", "web", "--memory", "4G")
+	if r.code != 0 {
+		t.Errorf("cgfs update: %d %s", r.code, r.out)
+	}
+	if got := strings.TrimSpace(readFile(t, filepath.Join(mem, userDir, "web", memFile))); got != "536870912" {
+		t.Errorf("after asking 4G the container's limit is %s, want the policy's 536870912", got)
+	}
+	out, _ := a.command("sh", "-c", "echo max > "+filepath.Join(mem, userDir, memFile)).CombinedOutput()
+	if !strings.Contains(string(out), "Permission denied") {
+		t.Errorf("the user wrote its parent's memory limit on the host: %q", out)
+	}
+}
+
+// TestUsersAreKeptApart: user B sees none of user A's containers and
+// acts on none of them by any operation; the daemon refuses a process of
+// another user's, host root's, or one that died after its pidfd was
+// opened, and the kernel refuses B A's namespaces.
+func TestUsersAreKeptApart(t *testing.T) {
+	requireRoot(t)
+	a, b := newTestUser(t), newTestUser(t)
+	d, _ := userDaemon(t, "* containers=4\n", a, b)
+	run := a.startRun(t, "web")
+	init := strconv.Itoa(initOf(t, run))
+	b.startRun(t, "mine")
+	if r := b.cgfs(t, "list"); strings.Contains(r.out, "web") {
+		t.Errorf("user B lists A's containers: %q", r.out)
+	}
+	for _, op := range [][]string{{"exec", "web", "--", "true"}, {"freeze", "web"}, {"kill", "web"}, {"stop", "web"},
+		{"update", "web", "--memory", "1M"}} {
+		r := b.cgfs(t, op...)
+		if r.code == 0 || !strings.Contains(r.out, "no container web of yours") {
+			t.Errorf("cgfs %v as B: exit %d %q, want refused (no container web of yours)", op, r.code, r.out)
+		}
+	}
+	helper := func(u *testUser, req string, specs ...string) string {
+		c := u.command(helperBin, append([]string{"askuser", u.socket, req}, specs...)...)
+		c.Env = append(c.Env, helperEnv+"=1")
+		out, _ := c.CombinedOutput()
+		return strings.TrimSpace(string(out))
+	}
+	// The kernel lets B open none of A's init's namespaces.
+	if got := helper(b, `{"op":"list"}`, "open:/proc/"+init+"/ns/user"); got != "open: EACCES" {
+		t.Errorf("B opening A's init's user namespace: %q, want EACCES", got)
+	}
+	// B's own container, to prove with.
+	binit := strings.Fields(b.cgfs(t, "list").out)[1]
+	bns := []string{"open:/proc/" + binit + "/ns/user", "open:/proc/" + binit + "/ns/pid"}
+	_ = b.cgfs(t, "run", "--name", "spare", "--", "true") // its name taken and freed again
+	if r := b.cgfs(t, "list"); strings.Contains(r.out, "spare") {
+		t.Errorf("a finished container is still listed: %q", r.out)
+	}
+	// A container of B's made by hand: create, then adopt with proofs
+	// that do not belong together.
+	if got := helper(b, `{"op":"create","name":"crafted"}`); got != "OK" {
+		t.Fatalf("create: %s", got)
+	}
+	for _, c := range []struct {
+		what  string
+		specs []string
+		want  string
+	}{
+		{"A's init with B's namespaces", append([]string{"pidfd:" + init}, bns...), "not in the user namespace sent"},
+		{"a process of host root's", append([]string{"pidfd:" + strconv.Itoa(startSleeper(t, "").Process.Pid)}, bns...), "not in the user namespace sent"},
+		{"a process that died after its pidfd was opened", append([]string{"dead"}, bns...), "no pidfd of a live process"},
+		{"no proofs", nil, "adopt needs a pidfd"},
+		{"too many descriptors", []string{"n:5"}, "too many descriptors"},
+		{"the namespaces where the pidfd goes", []string{bns[0], "pidfd:" + binit, bns[1]}, "no pidfd"},
+	} {
+		if got := helper(b, `{"op":"adopt","name":"crafted"}`, c.specs...); !strings.Contains(got, c.want) {
+			t.Errorf("adopt with %s: %q, want %q", c.what, got, c.want)
+		}
+	}
+	for _, c := range []struct{ req, want string }{
+		{`{"op":"adopt","name":"web"}`, "no container web of yours"},
+		{`{"op":"attach","name":"web"}`, "no container web of yours"},
+		{`{"op":"enter","name":"web","nspid":1}`, "no container web of yours"},
+		{`{"op":"create","name":"../../escape"}`, "a container name is"},
+		{`{"op":"create","name":"x","limits":{"memory":-1}}`, "may not be negative"},
+		{`not json`, "does not understand"},
+		{`{"op":"detach","name":"mine"}`, "answers create"},
+	} {
+		if got := helper(b, c.req); !strings.Contains(got, c.want) {
+			t.Errorf("%s: %q, want %q", c.req, got, c.want)
+		}
+	}
+	if n := metricValue(d.scrape(t), "cgfs_user_refusals_total"); n < 10 {
+		t.Errorf("cgfs_user_refusals_total = %v, want every refusal counted", n)
+	}
+	// A's container is as it was.
+	out, err := a.command(cgfsBin, "exec", "web", "--", "sh", "-c", "echo still $(grep 0:: /proc/self/cgroup)").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "still 0::/") {
+		t.Errorf("A's exec after B's attempts: %v %q", err, out)
+	}
+}
+
+// TestUserContainerGoesWithItsRun: a user's cgfs run killed with -9
+// takes its container along (the init's parent-death signal), and the
+// daemon removes the container's cgroups and name once its init is gone.
+func TestUserContainerGoesWithItsRun(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	a := newTestUser(t)
+	_, parent := userDaemon(t, "", a)
+	run := a.startRun(t, "doomed")
+	dir := userCgroup(l.cgroup2, parent, a, "doomed")
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatalf("the container's cgroup: %v", err)
+	}
+	if err := run.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the killed run's container to go", 20*time.Second*laneSlowdown(), func() bool {
+		_, err := os.Stat(dir)
+		return errors.Is(err, os.ErrNotExist) && !strings.Contains(a.cgfs(t, "list").out, "doomed")
+	})
+}
