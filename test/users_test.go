@@ -350,3 +350,59 @@ func TestUserContainerGoesWithItsRun(t *testing.T) {
 		return errors.Is(err, os.ErrNotExist) && !strings.Contains(a.cgfs(t, "list").out, "doomed")
 	})
 }
+
+// TestUserContainersThroughHandover: a user's container and its view
+// live through two upgrades of the daemon and a crash of it (the keeper
+// holds its init's pidfd and pid namespace besides the view's
+// connection): the user's commands keep working, and once the container
+// ends the daemon that took it on removes it.
+func TestUserContainersThroughHandover(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	a := newTestUser(t)
+	dir := publicDir(t)
+	pf := filepath.Join(dir, "users.conf")
+	if err := os.WriteFile(pf, []byte("* memory=256M\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	parent := runParent(t)
+	a.socket = filepath.Join(dir, "user.sock")
+	d := startStormDaemon(t, true, "--user-socket", a.socket, "--user-policy", pf, "--user-parent", parent)
+	run := a.startRun(t, "lasting")
+	check := func(when string) {
+		t.Helper()
+		out, err := a.command(cgfsBin, "exec", "lasting", "--", "sh", "-c", laneScript+"mkdir $V2/k && rmdir $V2/k && echo ok $(grep 0:: /proc/self/cgroup)").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "ok 0::/") {
+			t.Errorf("%s: the user's exec: %v %q", when, err, out)
+		}
+		if r := a.cgfs(t, "freeze", "lasting"); r.code != 0 {
+			t.Errorf("%s: freeze: %s", when, r.out)
+		}
+		if r := a.cgfs(t, "thaw", "lasting"); r.code != 0 {
+			t.Errorf("%s: thaw: %s", when, r.out)
+		}
+	}
+	check("before")
+	for i := range 2 {
+		if out, err := cgfsCmd(t, d.env, "upgrade"); err != nil {
+			t.Fatalf("upgrade %d: %v\n%s", i+1, err, out)
+		}
+	}
+	check("after two upgrades")
+	server := d.pid()
+	if err := syscall.Kill(server, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a new server", 20*time.Second*laneSlowdown(), func() bool { p := d.pid(); return p > 0 && p != server })
+	waitFor(t, "the new server to answer users", 20*time.Second*laneSlowdown(), func() bool {
+		return strings.Contains(a.cgfs(t, "list").out, "lasting\t")
+	})
+	check("after a crash")
+	cg := userCgroup(l.cgroup2, parent, a, "lasting")
+	_ = run.Process.Signal(syscall.SIGTERM)
+	_ = run.Wait()
+	waitFor(t, "the ended container removed", 20*time.Second*laneSlowdown(), func() bool {
+		_, err := os.Stat(cg)
+		return errors.Is(err, os.ErrNotExist)
+	})
+}

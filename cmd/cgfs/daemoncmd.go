@@ -108,6 +108,18 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 			d.Close()
 		}
 	}()
+	if *userSocket != "" {
+		// Before what a keeper kept: users' containers among it.
+		policy, err := users.Load(*userPolicy)
+		if err != nil {
+			return usageError{fmt.Sprintf("--user-policy: %v", err)}
+		}
+		parent, err := checkParent(*userParent)
+		if err != nil {
+			return err
+		}
+		d.ServeUsers(daemon.UserConfig{Policy: policy, Parent: parent})
+	}
 	if link != nil {
 		if err := d.TakeUp(link); err != nil {
 			return err
@@ -188,14 +200,6 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 		}
 	}()
 	if *userSocket != "" {
-		policy, err := users.Load(*userPolicy)
-		if err != nil {
-			return usageError{fmt.Sprintf("--user-policy: %v", err)}
-		}
-		parent, err := checkParent(*userParent)
-		if err != nil {
-			return err
-		}
 		uln, err := unixListen("unixpacket", *userSocket)
 		if err != nil {
 			return fmt.Errorf("--user-socket %s: %w", *userSocket, err)
@@ -204,7 +208,6 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 			uln.Close()
 			return fmt.Errorf("--user-socket %s: %w", *userSocket, err)
 		}
-		d.ServeUsers(daemon.UserConfig{Policy: policy, Parent: parent})
 		control.ServeUsers(uln, d.HandleUser, control.UserBounds{Conns: 8, Rate: 20, Burst: 40}, log)
 		listeners = append(listeners, uln)
 		defer func() {

@@ -43,6 +43,24 @@ type Set struct {
 	Mounts []mimic.Mount
 }
 
+// State is what a Set is made of, for the next server to take on.
+type State struct {
+	Dirs    map[string]string `json:"dirs"`
+	Parents []string          `json:"parents"`
+	V2      string            `json:"v2"`
+	V2Mount string            `json:"v2_mount"`
+}
+
+// State is the set's State.
+func (cg *Set) State() State {
+	return State{Dirs: cg.Dirs, Parents: cg.parents, V2: cg.V2, V2Mount: cg.V2Mount}
+}
+
+// FromState is the Set of s (an earlier server's, made by Make).
+func FromState(s State) *Set {
+	return &Set{Dirs: s.Dirs, parents: s.Parents, V2: s.V2, V2Mount: s.V2Mount}
+}
+
 // Make makes, in every hierarchy the host mounts, the cgroup parent/name
 // below the hierarchy's root (never the root itself), and sets lim on
 // the hierarchies that have the controllers.

@@ -63,6 +63,11 @@ type Request struct {
 	// Limits (create, update of a user's container): what the
 	// container may use, clamped to the admin's policy.
 	Limits *Limits `json:"limits,omitempty"`
+	// Label is the container's name in metrics, when it is not Name
+	// (a user's: USER/NAME), and Uid the user whose container it is
+	// (a view the daemon serves a user).
+	Label string `json:"label,omitempty"`
+	Uid   int    `json:"uid,omitempty"`
 	// NSPid (enter, from a user): the process to put into the
 	// container's cgroups, by its id in the container's pid namespace.
 	NSPid int `json:"nspid,omitempty"`

@@ -13,6 +13,7 @@ import (
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/keeper"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/users"
 	"github.com/cgfs/cgfs/fs"
 )
 
@@ -210,6 +211,15 @@ func (d *Daemon) TakeUp(link *keeper.Link) error {
 				defer wg.Done()
 				d.resume(it, states[it.name])
 			}()
+		} else if it.msg.Kind == "user" {
+			d.mu.Lock()
+			u := d.users
+			d.mu.Unlock()
+			if u == nil { // this server serves no users: nobody could end it
+				d.log.Warn("keeper: a user's container, but this server serves no users", "item", it.name)
+			} else {
+				d.takeUser(u, it.msg)
+			}
 		} else {
 			d.restoring = append(d.restoring, it.msg)
 		}
@@ -233,8 +243,18 @@ func (d *Daemon) prepare(it *kept) {
 		return
 	}
 	it.budget = serve.NewBudget(d.bounds)
+	v1Max := 0
+	d.mu.Lock()
+	u := d.users
+	d.mu.Unlock()
+	if req.Uid != 0 && u != nil {
+		// A user's view draws on the user's budget, as it did.
+		who := users.Lookup(req.Uid)
+		pol := u.cfg.Policy.For(who.Name, who.Uid, who.Groups)
+		it.budget, v1Max = u.budget(req.Uid, pol), pol.V1Descendants
+	}
 	views, err := serve.Open(d.procs, serve.Options{Name: req.Name, Owner: req.Owner, HostDir: req.Cgroup, Shared: req.Shared,
-		Log: d.log, Watcher: d.watcher, Dirs: it.state.Dirs, TakingOver: true, Budget: it.budget})
+		Log: d.log, Watcher: d.watcher, Dirs: it.state.Dirs, TakingOver: true, Budget: it.budget, V1Max: v1Max})
 	if err != nil {
 		d.log.Warn("keeper: opening a view again", "view", req.Name, "err", err)
 		return
@@ -281,7 +301,11 @@ func (d *Daemon) resume(it *kept, last json.RawMessage) {
 		d.log.Warn("keeper: reading a view's hidden leaves", "view", req.Name, "err", err)
 	}
 	t1 := time.Now()
-	mounted, err := it.views.ServeResumed(d.ident, d.metrics.For(req.Name), r)
+	label := req.Name
+	if req.Label != "" {
+		label = req.Label
+	}
+	mounted, err := it.views.ServeResumed(d.ident, d.metrics.For(label), r)
 	t2 := time.Now()
 	if err != nil {
 		d.log.Warn("keeper: serving a view again", "view", req.Name, "err", err)

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/cgroups"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/keeper"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/users"
 	"github.com/cgfs/cgfs/translate/host"
@@ -69,6 +71,60 @@ type userContainer struct {
 // key is the container's view name in the daemon: a user's names never
 // meet root's, which have no '/'.
 func (c *userContainer) key() string { return fmt.Sprintf("user-%d/%s", c.uid, c.name) }
+
+// userKept is what the keeper holds of a user's container (with the
+// init's pidfd and pid namespace, once adopted), for the next server.
+type userKept struct {
+	Uid    int           `json:"uid"`
+	Name   string        `json:"name"`
+	Cg     cgroups.State `json:"cgroups"`
+	Init   int           `json:"init"`
+	Policy users.Policy  `json:"policy"`
+}
+
+// keepUser gives the keeper c as it is now.
+func (d *Daemon) keepUser(c *userContainer) {
+	if d.link == nil {
+		return
+	}
+	k := userKept{Uid: c.uid, Name: c.name, Cg: c.cg.State(), Init: c.init, Policy: c.policy}
+	var files []*os.File
+	if c.pidfd != nil {
+		files = []*os.File{c.pidfd, c.pidns}
+	}
+	d.send(keeper.Msg{Op: "keep", Name: "user:" + c.key(), Kind: "user", State: mustJSON(k), Files: files})
+}
+
+// takeUser takes on a user's container the server before this one kept.
+func (d *Daemon) takeUser(u *userState, m keeper.Msg) {
+	var k userKept
+	if err := json.Unmarshal(m.State, &k); err != nil || k.Name == "" || (len(m.Files) != 0 && len(m.Files) != 2) {
+		for _, f := range m.Files {
+			f.Close()
+		}
+		d.unkeep(m.Name)
+		return
+	}
+	c := &userContainer{uid: k.Uid, name: k.Name, cg: cgroups.FromState(k.Cg), policy: k.Policy, init: k.Init}
+	if len(m.Files) == 2 {
+		c.pidfd, c.pidns = m.Files[0], m.Files[1]
+		if err := unix.SetNonblock(int(c.pidfd.Fd()), true); err != nil {
+			d.log.Warn("keeper: a user's container's init", "name", c.key(), "err", err)
+		}
+	}
+	u.mu.Lock()
+	if u.containers[c.uid] == nil {
+		u.containers[c.uid] = map[string]*userContainer{}
+	}
+	u.containers[c.uid][c.name] = c
+	u.mu.Unlock()
+	if c.pidfd != nil {
+		go d.watchUserInit(u, c)
+	} else {
+		d.orphanTimer(u, c)
+	}
+	d.log.Info("keeper: took on a user's container", "uid", c.uid, "name", c.name, "init", c.init)
+}
 
 // userState is what the daemon holds for users.
 type userState struct {
@@ -366,18 +422,23 @@ func (d *Daemon) userCreate(u *userState, who users.Who, pol users.Policy, name 
 	}
 	u.containers[who.Uid][name] = c
 	u.mu.Unlock()
-	// A container nobody adopts in time goes again.
+	d.keepUser(c)
+	d.orphanTimer(u, c)
+	d.log.Info("a user's container", "uid", who.Uid, "user", who.Name, "name", name)
+	return nil
+}
+
+// orphanTimer removes c if nobody adopts it in time.
+func (d *Daemon) orphanTimer(u *userState, c *userContainer) {
 	time.AfterFunc(userWait, func() {
 		u.mu.Lock()
 		orphan := c.init == 0
 		u.mu.Unlock()
 		if orphan {
-			d.log.Warn("a user's container was not adopted in time: removed", "uid", who.Uid, "name", name, "wait", userWait)
+			d.log.Warn("a user's container was not adopted in time: removed", "uid", c.uid, "name", c.name, "wait", userWait)
 			d.userRemove(u, c)
 		}
 	})
-	d.log.Info("a user's container", "uid", who.Uid, "user", who.Name, "name", name)
-	return nil
 }
 
 // proof is a user's container init as the kernel proved it to the
@@ -612,6 +673,7 @@ func (d *Daemon) userAdopt(u *userState, who users.Who, name string, files []*os
 	u.mu.Lock()
 	c.init, c.pidfd, c.pidns = p.pid, p.pidfd, p.pidns
 	u.mu.Unlock()
+	d.keepUser(c)
 	go d.watchUserInit(u, c)
 	d.log.Info("a user's container has its init", "uid", who.Uid, "name", name, "init", p.pid)
 	return nil
@@ -660,6 +722,12 @@ func (d *Daemon) watchUserInit(u *userState, c *userContainer) {
 // userRemove ends a user's container: its view, what is left in its
 // cgroups, the cgroups, its name.
 func (d *Daemon) userRemove(u *userState, c *userContainer) {
+	d.mu.Lock()
+	handing := d.handing
+	d.mu.Unlock()
+	if handing {
+		return // the next server has it, and sees its init end
+	}
 	pm := u.parentLock(c.uid)
 	pm.Lock()
 	defer pm.Unlock()
@@ -681,6 +749,7 @@ func (d *Daemon) userRemove(u *userState, c *userContainer) {
 		c.pidfd.Close() // wakes watchUserInit, which finds it removed
 		c.pidns.Close()
 	}
+	d.unkeep("user:" + c.key())
 	d.log.Info("a user's container is gone", "uid", c.uid, "name", c.name)
 }
 
@@ -714,11 +783,12 @@ func (d *Daemon) userAttach(u *userState, who users.Who, name string) (*os.File,
 		return nil, nil, err
 	}
 	mounted, err := views.Serve(d.ident, d.metrics.For(fmt.Sprintf("%s/%s", who.Name, name)))
+	// (req below carries that label for the next server.)
 	if err != nil {
 		views.Close()
 		return nil, nil, err
 	}
-	req := control.Request{Op: "attach", Name: key, Owner: init}
+	req := control.Request{Op: "attach", Name: key, Owner: init, Label: fmt.Sprintf("%s/%s", who.Name, name), Uid: who.Uid}
 	s := d.newServed(key, views, mounted, budget, req)
 	if s.ownerStart, err = startTime(init); err != nil {
 		mounted.Stop()

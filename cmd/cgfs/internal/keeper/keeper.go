@@ -37,7 +37,8 @@ const Env = "CGFS_KEEPER"
 type Msg struct {
 	Op   string `json:"op"`
 	Name string `json:"name,omitempty"`
-	// Kind is what an item is: "view" or "agent".
+	// Kind is what an item is: "view", "agent", "socket" or "user" (a
+	// user's container).
 	Kind  string          `json:"kind,omitempty"`
 	State json.RawMessage `json:"state,omitempty"`
 	// States are the items' last states (drained, go), by name.
