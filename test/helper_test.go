@@ -84,6 +84,41 @@ func helperMain(args []string) int {
 	if op == "askuser" && len(args) >= 3 {
 		return askUser(args[1], args[2], args[3:])
 	}
+	if op == "holdconns" && len(args) == 3 {
+		// holdconns SOCKET N: N connections that say nothing, until
+		// stdin ends.
+		n, _ := strconv.Atoi(args[2])
+		for i := range n {
+			s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+			if err == nil {
+				err = unix.Connect(s, &unix.SockaddrUnix{Name: args[1]})
+			}
+			if err != nil {
+				fmt.Println("connect", i, unix.ErrnoName(errnoOf(err)))
+				return 1
+			}
+		}
+		fmt.Println("held", n)
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		return 0
+	}
+	if op == "flood" && len(args) == 4 {
+		// flood SOCKET REQUEST N: N requests one after the other;
+		// prints how many were answered OK and how many refused for
+		// their rate.
+		n, _ := strconv.Atoi(args[3])
+		ok, limited := 0, 0
+		for range n {
+			switch out := captureAsk(args[1], args[2]); {
+			case out == "":
+				ok++
+			case strings.Contains(out, "too many requests"):
+				limited++
+			}
+		}
+		fmt.Println("ok", ok, "limited", limited)
+		return 0
+	}
 	var err error
 	var out string
 	switch op {
@@ -146,6 +181,32 @@ func unshareRun(flags string, cmd []string) int {
 		return 1
 	}
 	return 0
+}
+
+// captureAsk sends request to socket and returns the answer's error
+// ("" for none).
+func captureAsk(socket, request string) string {
+	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err.Error()
+	}
+	defer unix.Close(s)
+	if err := unix.Connect(s, &unix.SockaddrUnix{Name: socket}); err != nil {
+		return err.Error()
+	}
+	if err := unix.Sendmsg(s, []byte(request), nil, nil, 0); err != nil {
+		return err.Error()
+	}
+	buf := make([]byte, 1<<16)
+	n, err := unix.Read(s, buf)
+	if err != nil {
+		return err.Error()
+	}
+	var a struct {
+		Error string `json:"error"`
+	}
+	_ = json.Unmarshal(buf[:n], &a)
+	return a.Error
 }
 
 // askUser sends request (JSON) to the daemon's user socket with the

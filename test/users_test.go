@@ -406,3 +406,89 @@ func TestUserContainersThroughHandover(t *testing.T) {
 		return errors.Is(err, os.ErrNotExist)
 	})
 }
+
+// TestOneUserAtItsBoundsLeavesAnother: user A at every bound the
+// admin's policy and the daemon set per user (containers, files open
+// across all its containers, connections, requests a second) is refused
+// with a clear answer, while user B's containers are made, entered and
+// read as before.
+func TestOneUserAtItsBoundsLeavesAnother(t *testing.T) {
+	requireRoot(t)
+	a, b := newTestUser(t), newTestUser(t)
+	d, _ := userDaemon(t, "* containers=2 open-files=200\n", a, b)
+	a.startRun(t, "one")
+	a.startRun(t, "two")
+	if r := a.cgfs(t, "run", "--name", "three", "--", "true"); r.code != 2 || !strings.Contains(r.out, "as many as the admin's policy gives it") {
+		t.Errorf("A's third container: exit %d %q, want refused by the policy", r.code, r.out)
+	}
+	helper := func(u *testUser, stdin *os.File, args ...string) *exec.Cmd {
+		c := u.command(helperBin, args...)
+		c.Env = append(c.Env, helperEnv+"=1")
+		c.Stdin = stdin
+		return c
+	}
+	// Files: both of A's containers draw on one budget of 200. A holder
+	// in the container keeps its files until the container ends.
+	hold := func(u *testUser, name string, n int) string {
+		dir := publicDir(t)
+		if err := os.Chown(dir, u.uid, u.gid); err != nil {
+			t.Fatal(err)
+		}
+		out, _ := u.command(cgfsBin, "exec", name, "--", "sh", "-c", laneScript+fmt.Sprintf(
+			`mkfifo %[1]s/r; env %[2]s=1 %[3]s holdopen $V2/cgroup.procs %[4]d > %[1]s/r 2>/dev/null < /dev/null & read r < %[1]s/r; echo $r`,
+			dir, helperEnv, helperBin, n)).CombinedOutput()
+		return strings.TrimSpace(string(out))
+	}
+	if got := hold(a, "one", 150); got != "OK 150" {
+		t.Errorf("A holds 150 files in one container: %q", got)
+	}
+	if got := hold(a, "two", 150); !strings.HasPrefix(got, "ENFILE ") {
+		t.Errorf("A's second container past the user's 200 files: %q, want ENFILE", got)
+	}
+	// Connections: A holds 8 (the bound), its 9th is refused.
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	conns := helper(a, r, "holdconns", a.socket, "8")
+	out, err := conns.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := conns.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	line := make([]byte, 64)
+	n, _ := out.Read(line)
+	if got := strings.TrimSpace(string(line[:n])); got != "held 8" {
+		t.Fatalf("A's connections: %q", got)
+	}
+	if got, _ := helper(a, nil, "askuser", a.socket, `{"op":"list"}`).CombinedOutput(); !strings.Contains(string(got), "too many connections") {
+		t.Errorf("A's 9th connection: %q, want refused", got)
+	}
+	// B meanwhile.
+	if r := b.cgfs(t, "list"); r.code != 0 {
+		t.Errorf("B's list while A holds its connections: %d %q", r.code, r.out)
+	}
+	w.Close()
+	_ = conns.Wait()
+	// Requests a second: A's flood is cut, B is answered.
+	flood, _ := helper(a, nil, "flood", a.socket, `{"op":"list"}`, "300").CombinedOutput()
+	var ok, limited int
+	fmt.Sscanf(string(flood), "ok %d limited %d", &ok, &limited)
+	if limited == 0 || ok == 0 {
+		t.Errorf("A's 300 requests at once: %q, want the burst answered and the rest refused for their rate", flood)
+	}
+	if r := b.cgfs(t, "list"); r.code != 0 {
+		t.Errorf("B's list during A's flood: %d %q", r.code, r.out)
+	}
+	b.startRun(t, "bee")
+	if got := hold(b, "bee", 150); got != "OK 150" {
+		t.Errorf("B holds 150 files while A holds its 200: %q", got)
+	}
+	if got := metricValue(d.scrape(t), "cgfs_user_refusals_total", `rule="user-rate"`); got == 0 {
+		t.Error("no refusal counted by rule user-rate")
+	}
+}

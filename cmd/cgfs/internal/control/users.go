@@ -95,6 +95,19 @@ func (u *userServer) serve(c *net.UnixConn) {
 	if st.conns >= u.b.Conns {
 		u.mu.Unlock()
 		u.refuse(uid, "user-connections", "a user holds as many connections as it may")
+		// What it asked, if it came already, is read (unread, the close
+		// would reset the connection before the answer is read); no
+		// wait for it: the bound is on what the user holds.
+		if raw, err := c.SyscallConn(); err == nil {
+			_ = raw.Read(func(fd uintptr) bool {
+				buf, oob := make([]byte, 16<<10), make([]byte, unix.CmsgSpace(4*maxUserFiles))
+				_, oobn, _, _, _ := unix.Recvmsg(int(fd), buf, oob, unix.MSG_DONTWAIT)
+				for _, f := range receivedAll(oob[:max(oobn, 0)]) {
+					f.Close()
+				}
+				return true
+			})
+		}
 		writeAnswer(c, Answer{Error: "too many connections of this user to the cgfs daemon", Usage: true}, nil, u.log)
 		return
 	}

@@ -192,7 +192,7 @@ func (d *Daemon) HandleUser(req control.Request, peer control.Peer) (control.Ans
 	answer := func(err error) control.Answer {
 		var ue *userErr
 		if errors.As(err, &ue) {
-			d.userRefused(peer.Uid, ue.rule)
+			d.UserRefused(peer.Uid, ue.rule)
 			d.log.Warn("refused a user's request", "uid", peer.Uid, "user", who.Name, "op", req.Op, "name", req.Name, "rule", ue.rule, "why", ue.msg)
 			return control.Answer{Error: ue.msg, Usage: ue.usage}
 		}
@@ -881,8 +881,8 @@ func freeze(cg *cgroups.Set, on bool) error {
 	return errors.New("the host has no freezer")
 }
 
-// userRefused counts a refusal of a user's request by rule.
-func (d *Daemon) userRefused(uid int, rule string) {
+// UserRefused counts a refusal of a user's request by rule.
+func (d *Daemon) UserRefused(uid int, rule string) {
 	d.metrics.UserRefusal(rule)
 }
 
