@@ -65,7 +65,14 @@ func checkNothingLeft(t testing.TB, parent string) {
 	for _, r := range roots {
 		dir := filepath.Join(r, parent)
 		if _, err := os.Stat(dir); err == nil {
-			t.Errorf("cgfs left %s on the host", dir)
+			var left []string
+			_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+				if err == nil && d.IsDir() && p != dir {
+					left = append(left, strings.TrimPrefix(p, dir+"/"))
+				}
+				return nil
+			})
+			t.Errorf("cgfs left %s on the host (below it: %v)", dir, left)
 			_ = removeCgroupTree(dir)
 		}
 	}
@@ -657,7 +664,7 @@ func runcConfig(t *testing.T, bundle, cgroups, script string, env []string) {
 
 // requireTool skips (or, under CI on the host lane, fails) without a
 // client the test runs for real; the VM lane carries only busybox.
-func requireTool(t *testing.T, tool string) {
+func requireTool(t testing.TB, tool string) {
 	t.Helper()
 	if _, err := exec.LookPath(tool); err == nil {
 		return

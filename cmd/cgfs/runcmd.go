@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -78,6 +79,9 @@ func parseRun(args []string, stderr io.Writer) (runOptions, error) {
 	}
 	if err := checkName(o.Name); err != nil {
 		return o, err
+	}
+	if userNameRE.MatchString(o.Name) && filepath.Clean(o.Parent) == "cgfs" {
+		return o, usageError{fmt.Sprintf("--name %s: cgfs/user-N holds user N's containers (the daemon's)", o.Name)}
 	}
 	var err error
 	if o.Parent, err = checkParent(o.Parent); err != nil {
@@ -154,6 +158,9 @@ func checkParent(p string) (string, error) {
 	}
 	return clean, nil
 }
+
+// userNameRE is the daemon's name for a user's parent cgroup.
+var userNameRE = regexp.MustCompile(`^user-[0-9]+$`)
 
 // checkName refuses a container name that is no plain cgroup name.
 func checkName(n string) error {

@@ -48,7 +48,7 @@ func userSocketErr(socket string, err error) error {
 	case errors.Is(err, control.ErrNotRunning):
 		return usageError{fmt.Sprintf("cgfs as user %d needs the cgfs daemon's user socket, and %s answers nothing: ask the admin to run cgfs daemon --user-socket %s", os.Getuid(), socket, socket)}
 	case errors.Is(err, unix.EACCES):
-		return usageError{fmt.Sprintf("the cgfs daemon's user socket %s is not open to user %d (the admin's --user-group)", socket, os.Getuid())}
+		return usageError{fmt.Sprintf("user %d may not reach the cgfs daemon's user socket %s: the admin serves users with cgfs daemon --user-socket %s, to every user or to the members of its --user-group", os.Getuid(), socket, socket)}
 	}
 	return err
 }

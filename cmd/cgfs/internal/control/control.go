@@ -1,8 +1,10 @@
 // Package control is how cgfs commands talk to a cgfs that serves views
 // (the daemon, or cgfs run for its one container): one request and one
-// answer, JSON, over a unix SOCK_SEQPACKET socket, with a descriptor
-// passed alongside where one is handed over. Only host root may ask: the
-// peer's credentials (SO_PEERCRED) are checked on every connection.
+// answer, JSON, over a unix SOCK_SEQPACKET socket, with descriptors
+// passed alongside where they are handed over. On root's sockets only
+// host root may ask: the peer's credentials (SO_PEERCRED) are checked on
+// every connection. On the daemon's user socket (users.go) any user the
+// admin lets in may, for its own containers, within bounds per user.
 package control
 
 import (
