@@ -3,6 +3,7 @@ package test
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/user"
@@ -254,7 +255,7 @@ exit 7
 func TestUsersAreKeptApart(t *testing.T) {
 	requireRoot(t)
 	a, b := newTestUser(t), newTestUser(t)
-	d, _ := userDaemon(t, "* containers=4\n", a, b)
+	d, parent := userDaemon(t, "* containers=4\n", a, b)
 	run := a.startRun(t, "web")
 	init := strconv.Itoa(initOf(t, run))
 	b.startRun(t, "mine")
@@ -280,6 +281,10 @@ func TestUsersAreKeptApart(t *testing.T) {
 	}
 	// B's own container, to prove with.
 	binit := strings.Fields(b.cgfs(t, "list").out)[1]
+	// What B's attacks aim at, on the host: A's container.
+	aDir := filepath.Join(detectLane(t).cgroup2, parent, fmt.Sprintf("user-%d", a.uid), "web")
+	before := snapshot(t, aDir)
+	delete(before.files, "cgroup.procs") // its shell's loop comes and goes
 	bns := []string{"open:/proc/" + binit + "/ns/user", "open:/proc/" + binit + "/ns/pid"}
 	_ = b.cgfs(t, "run", "--name", "spare", "--", "true") // its name taken and freed again
 	if r := b.cgfs(t, "list"); strings.Contains(r.out, "spare") {
@@ -319,6 +324,7 @@ func TestUsersAreKeptApart(t *testing.T) {
 			t.Errorf("%s: %q, want %q", c.req, got, c.want)
 		}
 	}
+	before.check(t, aDir, "B's attacks on A's container")
 	if n := metricValue(d.scrape(t), "cgfs_user_refusals_total"); n < 10 {
 		t.Errorf("cgfs_user_refusals_total = %v, want every refusal counted", n)
 	}
@@ -529,5 +535,43 @@ func BenchmarkRunTrue(b *testing.B) {
 			b.ReportMetric(float64(percentile(took, 50).Microseconds()), "p50-µs")
 			b.ReportMetric(float64(percentile(took, 99).Microseconds()), "p99-µs")
 		})
+	}
+}
+
+// TestUserRunRootfsAndTerminal: a user's cgfs run with a root file system
+// of its own and a terminal, as root's: the container's own /dev, its
+// terminal from its own devpts, its exit status.
+func TestUserRunRootfsAndTerminal(t *testing.T) {
+	requireRoot(t)
+	a := newTestUser(t)
+	userDaemon(t, "", a)
+	rootfs := busyboxRootfs(t, a.uid)
+	master, slave := openPty(t)
+	if err := os.Chown(slave.Name(), a.uid, a.gid); err != nil {
+		t.Fatal(err)
+	}
+	cmd := a.command(cgfsBin, "run", "--name", "tty", "--rootfs", rootfs, "--",
+		"sh", "-c", "tty; test -t 0 && echo a terminal; ls /dev/pts; ls /sys/fs/cgroup | head -1; ls /; exit 3")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+	cmd.SysProcAttr.Setsid, cmd.SysProcAttr.Setctty, cmd.SysProcAttr.Ctty = true, true, 0
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	slave.Close()
+	var out strings.Builder
+	done := make(chan struct{})
+	go func() { _, _ = io.Copy(&out, master); close(done) }()
+	err := cmd.Wait()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+	}
+	t.Logf("cgfs run as %s on a terminal:\n%s", a.name, out.String())
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {
+		t.Errorf("cgfs run: %v, want exit status 3", err)
+	}
+	wantSaid(t, out.String(), "the user's container on a terminal", "/dev/pts/0", "a terminal", "ptmx", "bin")
+	if strings.Contains(out.String(), "usr") {
+		t.Errorf("the container's / is the host's, not the rootfs")
 	}
 }
