@@ -40,37 +40,44 @@ func OwnerOf(procs *proc.Procs, pid int) (*Owner, error) {
 	if o.UserNS, err = pin.NamespaceFile("user"); err != nil {
 		return nil, err
 	}
-	if o.PidNS, err = pin.NamespaceFile("pid"); err != nil {
-		o.Close()
-		return nil, err
-	}
 	if o.Chain, err = proc.UserNSAncestry(int(o.UserNS.Fd())); err != nil {
 		o.Close()
 		return nil, err
 	}
-	if o.Thread, err = pin.Thread(); err != nil {
+	if err := o.fill(procs, pin); err != nil {
 		o.Close()
 		return nil, err
 	}
+	return o, nil
+}
+
+// fill takes the pinned task's pid namespace, thread and (its user
+// namespace being o's, below the server's) id maps, and checks it alive
+// after.
+func (o *Owner) fill(procs *proc.Procs, pin *proc.Pin) error {
+	var err error
+	if o.PidNS, err = pin.NamespaceFile("pid"); err != nil {
+		return err
+	}
+	if o.Thread, err = pin.Thread(); err != nil {
+		return err
+	}
 	if len(o.Chain) > 1 {
-		dir := procs.Root() + "/" + strconv.Itoa(pid)
+		dir := procs.Root() + "/" + strconv.Itoa(pin.Tid())
 		uids, err := user.ParseIDMapFile(dir + "/uid_map")
 		if err != nil {
-			o.Close()
-			return nil, err
+			return err
 		}
 		gids, err := user.ParseIDMapFile(dir + "/gid_map")
 		if err != nil {
-			o.Close()
-			return nil, err
+			return err
 		}
 		o.IDs = &user.IdentityMapping{UIDMaps: uids, GIDMaps: gids}
 	}
 	if !pin.Alive() {
-		o.Close()
-		return nil, fmt.Errorf("owner %d exited while being read", pid)
+		return fmt.Errorf("task %d exited while being read", pin.Tid())
 	}
-	return o, nil
+	return nil
 }
 
 // SelfOwner is the owner of a view without a container: the server's own
@@ -148,31 +155,9 @@ func CgroupNSOwner(procs *proc.Procs, tid int) (*Owner, error) {
 		o.Close()
 		return nil, ErrNotInCgroupOwner
 	}
-	if o.PidNS, err = pin.NamespaceFile("pid"); err != nil {
+	if err := o.fill(procs, pin); err != nil {
 		o.Close()
 		return nil, err
-	}
-	if o.Thread, err = pin.Thread(); err != nil {
-		o.Close()
-		return nil, err
-	}
-	if len(o.Chain) > 1 {
-		dir := procs.Root() + "/" + strconv.Itoa(tid)
-		uids, err := user.ParseIDMapFile(dir + "/uid_map")
-		if err != nil {
-			o.Close()
-			return nil, err
-		}
-		gids, err := user.ParseIDMapFile(dir + "/gid_map")
-		if err != nil {
-			o.Close()
-			return nil, err
-		}
-		o.IDs = &user.IdentityMapping{UIDMaps: uids, GIDMaps: gids}
-	}
-	if !pin.Alive() {
-		o.Close()
-		return nil, fmt.Errorf("thread %d exited while being read", tid)
 	}
 	return o, nil
 }

@@ -214,17 +214,8 @@ func startExec(t *testing.T, env []string, name, script string) (*bufio.Scanner,
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	in, out := startPiped(t, cmd)
-	t.Cleanup(func() {
-		in.Close()
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
+	stopAtEnd(t, cmd, 0)
+	t.Cleanup(func() { in.Close() }) // before the wait: cleanups run last first
 	return bufio.NewScanner(out), in
 }
 

@@ -100,15 +100,11 @@ if [ -d /sys/fs/cgroup/pids ]; then P=/sys/fs/cgroup/pids; MEM=/sys/fs/cgroup/me
 else P=/sys/fs/cgroup; MEM=/sys/fs/cgroup/memory.max; V2=/sys/fs/cgroup; fi
 `
 
-// TestRunEndToEnd: `cgfs run` with limits. Inside, the container's root
-// sees its limits and cannot raise them, forks no more than its pids
-// limit, makes a cgroup, limits it, moves itself into it and back,
-// freezes and kills children there; its exit status comes out, and
-// nothing is left on the host.
-func TestRunEndToEnd(t *testing.T) {
-	requireRoot(t)
-	parent := runParent(t)
-	script := laneScript + `
+// endToEndScript is a container's session: it reads its limits and
+// cannot raise them, forks no more than its pids limit, makes a cgroup,
+// limits it, moves itself into it and back, freezes and kills a child
+// there, and exits 7.
+const endToEndScript = laneScript + `
 echo pids.max $(cat $P/pids.max) memory $(cat $MEM)
 if (echo max > $P/pids.max) 2>/dev/null; then echo RAISED; fi
 # dash exits when it cannot fork, so the forks run in a subshell, which
@@ -138,6 +134,16 @@ until grep -q 'populated 0' $V2/kids/cgroup.events; do sleep 0.1; done
 rmdir $V2/kids && echo removed
 exit 7
 `
+
+// TestRunEndToEnd: `cgfs run` with limits. Inside, the container's root
+// sees its limits and cannot raise them, forks no more than its pids
+// limit, makes a cgroup, limits it, moves itself into it and back,
+// freezes and kills children there; its exit status comes out, and
+// nothing is left on the host.
+func TestRunEndToEnd(t *testing.T) {
+	requireRoot(t)
+	parent := runParent(t)
+	script := endToEndScript
 	r := cgfsRun(t, nil, "--name", "e2e", "--parent", parent, "--pids", "20", "--memory", "64M", "--", "sh", "-c", script)
 	t.Logf("cgfs run:\n%s", r.out)
 	if r.code != 7 {
@@ -265,8 +271,17 @@ func startRun(t testing.TB, env []string, args ...string) *exec.Cmd {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	stopAtEnd(t, cmd, syscall.SIGTERM)
+	return cmd
+}
+
+// stopAtEnd ends cmd when the test ends: sig (0: none, its input is
+// closed already), then SIGKILL if it is still there 20 s after.
+func stopAtEnd(t testing.TB, cmd *exec.Cmd, sig syscall.Signal) {
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
+		if sig != 0 {
+			_ = cmd.Process.Signal(sig)
+		}
 		done := make(chan struct{})
 		go func() { _ = cmd.Wait(); close(done) }()
 		select {
@@ -276,7 +291,6 @@ func startRun(t testing.TB, env []string, args ...string) *exec.Cmd {
 			<-done
 		}
 	})
-	return cmd
 }
 
 // cgfsExec runs `cgfs exec NAME -- sh -c SCRIPT` and returns its output.

@@ -117,17 +117,7 @@ func (u *testUser) startRun(t *testing.T, name string, args ...string) *exec.Cmd
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = c.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = c.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = c.Process.Kill()
-			<-done
-		}
-	})
+	stopAtEnd(t, c, syscall.SIGTERM)
 	waitFor(t, "the user's container "+name, 30*time.Second*laneSlowdown(), func() bool {
 		return u.cgfs(t, "exec", name, "--", "true").code == 0
 	})
@@ -171,31 +161,7 @@ func TestUserRunEndToEnd(t *testing.T) {
 	l := detectLane(t)
 	a := newTestUser(t)
 	_, parent := userDaemon(t, "* memory=512M pids=100 containers=2\n", a)
-	script := laneScript + `
-echo pids.max $(cat $P/pids.max) memory $(cat $MEM)
-if (echo max > $P/pids.max) 2>/dev/null; then echo RAISED; fi
-(for i in $(seq 40); do sleep 3 & done) 2>/dev/null
-read tasks < $P/pids.current
-echo tasks $tasks after 40 forks
-sleep 4
-set -e
-mkdir $V2/kids
-echo 1 > $V2/kids/cgroup.max.descendants
-echo $$ > $V2/kids/cgroup.procs
-echo moved $(grep '^0::' /proc/self/cgroup)
-echo $$ > $V2/cgroup.procs
-sleep 100 & kid=$!
-echo $kid > $V2/kids/cgroup.procs
-echo 1 > $V2/kids/cgroup.freeze
-until grep -q 'frozen 1' $V2/kids/cgroup.events; do sleep 0.1; done
-echo frozen
-echo 1 > $V2/kids/cgroup.kill
-wait $kid || echo killed $?
-until grep -q 'populated 0' $V2/kids/cgroup.events; do sleep 0.1; done
-rmdir $V2/kids && echo removed
-id -u
-exit 7
-`
+	script := strings.Replace(endToEndScript, "exit 7", "id -u\nexit 7", 1)
 	r := a.cgfs(t, "run", "--name", "demo", "--memory", "64M", "--pids", "20", "--", "sh", "-c", script)
 	t.Logf("cgfs run as %s (exit %d):\n%s", a.name, r.code, r.out)
 	if r.code != 7 {

@@ -82,70 +82,124 @@ func execCmd(args []string) (int, error) {
 	if err := a.Err(); err != nil {
 		return 0, err
 	}
-	nsenter, err := exec.LookPath("nsenter")
+	j, err := newJoining(a.Init, cmd, true)
 	if err != nil {
 		return 0, err
 	}
-	self, err := os.Open("/proc/self/exe")
-	if err != nil {
+	defer j.close()
+	if err := startInCgroupNS(j.c, a.Init); err != nil {
 		return 0, err
 	}
-	goRead, goWrite, err := os.Pipe()
-	if err != nil {
-		return 0, err
-	}
-	defer goWrite.Close()
-	// The joined process hands its seccomp listener back on this pair,
-	// for the container's server to answer.
-	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return 0, err
-	}
-	back, theirs := os.NewFile(uintptr(pair[0]), "agent"), os.NewFile(uintptr(pair[1]), "agent")
-	defer back.Close()
-	c := exec.Command("/proc/self/exe", nsenter, "-t", strconv.Itoa(a.Init), "-U", "-m", "-p", "-u", "-i", "-r", "-w", "--",
-		"/proc/self/fd/3", "--")
-	c.Args = append(c.Args, cmd...)
-	c.Env = append(launch.Env(), stageEnv+"=1")
-	c.ExtraFiles = []*os.File{self, goRead, theirs} // 3, 4 and 5
-	c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
-	if err := startInCgroupNS(c, a.Init); err != nil {
-		return 0, err
-	}
-	goRead.Close()
-	self.Close()
-	theirs.Close()
+	j.started()
 	var ea control.Answer
-	if ea, _, err = control.Ask(socket, control.Request{Op: "enter", Name: name, Pid: c.Process.Pid}); err == nil {
+	if ea, _, err = control.Ask(socket, control.Request{Op: "enter", Name: name, Pid: j.c.Process.Pid}); err == nil {
 		err = ea.Err()
 	}
 	if err != nil {
-		goWrite.Close() // it exits without running the command
-		_ = c.Wait()
+		j.abort()
 		return 0, fmt.Errorf("joining the container's cgroups: %w", err)
 	}
-	_, _ = goWrite.Write([]byte("go"))
-	goWrite.Close()
-	if _, err := forkedChild(c.Process.Pid); err == nil {
+	j.goOn()
+	if _, err := forkedChild(j.c.Process.Pid); err == nil {
 		// nsenter's child is the container's now: nsenter, a host
 		// process that only waits for it, need not count against the
 		// container's limits.
-		if err := intoOwnCgroups(c.Process.Pid); err != nil {
+		if err := intoOwnCgroups(j.c.Process.Pid); err != nil {
 			fmt.Fprintf(os.Stderr, "cgfs exec: nsenter stays in the container's cgroups: %v\n", err)
 		}
 	}
-	if listener, err := recvListener(back); err == nil {
+	if listener, err := recvListener(j.back); err == nil {
 		if aa, _, err := control.AskWith(socket, control.Request{Op: "agent", Name: name}, listener); err != nil || aa.Err() != nil {
 			fmt.Fprintf(os.Stderr, "cgfs exec: the container's server does not answer its seccomp listener: %v %v\n", err, aa.Err())
 		}
 		listener.Close()
 	}
-	err = c.Wait()
+	return j.wait()
+}
+
+// joining is a command on its way into a container: nsenter (for root,
+// behind the stage that becomes it) with this binary to fork inside (a
+// descriptor: no host path exists in there), which waits to be told to
+// go on (descriptor 4) and hands its seccomp listener back (5).
+type joining struct {
+	c                    *exec.Cmd
+	goWrite, back        *os.File
+	self, goRead, theirs *os.File // the child's ends, until it started
+}
+
+// newJoining is the command joining init's container to run cmd: behind
+// a stage (root's cgfs exec), or nsenter itself, whose child waits to go
+// on (a user's).
+func newJoining(init int, cmd []string, stage bool) (*joining, error) {
+	nsenter, err := exec.LookPath("nsenter")
+	if err != nil {
+		return nil, err
+	}
+	j := &joining{}
+	if j.self, err = os.Open("/proc/self/exe"); err != nil {
+		return nil, err
+	}
+	if j.goRead, j.goWrite, err = os.Pipe(); err != nil {
+		j.self.Close()
+		return nil, err
+	}
+	// The joined process hands its seccomp listener back on this pair,
+	// for the container's server to answer.
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		j.started()
+		j.close()
+		return nil, err
+	}
+	j.back, j.theirs = os.NewFile(uintptr(pair[0]), "agent"), os.NewFile(uintptr(pair[1]), "agent")
+	args := []string{nsenter, "-t", strconv.Itoa(init), "-U", "-m", "-p", "-u", "-i", "-r", "-w", "--", "/proc/self/fd/3", "--"}
+	env := joinEnv + "=wait"
+	if stage {
+		args, env = append([]string{"/proc/self/exe"}, args...), stageEnv+"=1"
+	}
+	j.c = exec.Command(args[0], append(args[1:], cmd...)...)
+	j.c.Env = append(launch.Env(), env)
+	j.c.ExtraFiles = []*os.File{j.self, j.goRead, j.theirs} // 3, 4 and 5
+	j.c.Stdin, j.c.Stdout, j.c.Stderr = os.Stdin, os.Stdout, os.Stderr
+	return j, nil
+}
+
+// started lets go of the child's ends once it has them.
+func (j *joining) started() {
+	for _, f := range []*os.File{j.self, j.goRead, j.theirs} {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+// abort ends it before it runs the command.
+func (j *joining) abort() {
+	j.goWrite.Close()
+	_ = j.c.Wait()
+}
+
+// goOn tells it to go on.
+func (j *joining) goOn() {
+	_, _ = j.goWrite.Write([]byte("go"))
+	j.goWrite.Close()
+}
+
+// wait waits for it and returns its exit status.
+func (j *joining) wait() (int, error) {
+	err := j.c.Wait()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		return ee.ExitCode(), nil
 	}
 	return 0, err
+}
+
+func (j *joining) close() {
+	j.goWrite.Close()
+	if j.back != nil {
+		j.back.Close()
+	}
 }
 
 // startInCgroupNS starts c from a thread that has joined the cgroup
@@ -239,38 +293,16 @@ func execAsUser(name string, cmd []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	nsenter, err := exec.LookPath("nsenter")
+	j, err := newJoining(a.Init, cmd, false)
 	if err != nil {
 		return 0, err
 	}
-	self, err := os.Open("/proc/self/exe")
-	if err != nil {
+	defer j.close()
+	if err := j.c.Start(); err != nil {
 		return 0, err
 	}
-	goRead, goWrite, err := os.Pipe()
-	if err != nil {
-		return 0, err
-	}
-	defer goWrite.Close()
-	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return 0, err
-	}
-	back, theirs := os.NewFile(uintptr(pair[0]), "agent"), os.NewFile(uintptr(pair[1]), "agent")
-	defer back.Close()
-	c := exec.Command(nsenter, "-t", strconv.Itoa(a.Init), "-U", "-m", "-p", "-u", "-i", "-r", "-w", "--",
-		"/proc/self/fd/3", "--")
-	c.Args = append(c.Args, cmd...)
-	c.Env = append(launch.Env(), joinEnv+"=wait")
-	c.ExtraFiles = []*os.File{self, goRead, theirs} // 3, 4 and 5
-	c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
-	if err := c.Start(); err != nil {
-		return 0, err
-	}
-	goRead.Close()
-	self.Close()
-	theirs.Close()
-	inside, err := forkedChild(c.Process.Pid)
+	j.started()
+	inside, err := forkedChild(j.c.Process.Pid)
 	if err == nil {
 		var nspid int
 		if nspid, err = nsPid(inside); err == nil {
@@ -278,24 +310,17 @@ func execAsUser(name string, cmd []string) (int, error) {
 		}
 	}
 	if err != nil {
-		goWrite.Close() // it exits without running the command
-		_ = c.Wait()
+		j.abort()
 		return 0, fmt.Errorf("joining the container's cgroups: %w", err)
 	}
-	_, _ = goWrite.Write([]byte("go"))
-	goWrite.Close()
-	if listener, err := recvListener(back); err == nil {
+	j.goOn()
+	if listener, err := recvListener(j.back); err == nil {
 		if _, _, err := askUser(socket, control.Request{Op: "agent", Name: name}, listener); err != nil {
 			fmt.Fprintf(os.Stderr, "cgfs exec: the daemon does not answer the container's seccomp listener: %v\n", err)
 		}
 		listener.Close()
 	}
-	err = c.Wait()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), nil
-	}
-	return 0, err
+	return j.wait()
 }
 
 // nsPid is host process pid's id in its own pid namespace.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -21,6 +20,7 @@ import (
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/launch"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/users"
 	"github.com/cgfs/cgfs/metrics"
 	"github.com/cgfs/cgfs/translate/host"
 )
@@ -170,26 +170,8 @@ func checkName(n string) error {
 	return nil
 }
 
-// parseBytes parses 67108864, 64M, 1G.
-func parseBytes(s string) (int64, error) {
-	mult := int64(1)
-	switch {
-	case strings.HasSuffix(s, "K"):
-		mult, s = 1<<10, strings.TrimSuffix(s, "K")
-	case strings.HasSuffix(s, "M"):
-		mult, s = 1<<20, strings.TrimSuffix(s, "M")
-	case strings.HasSuffix(s, "G"):
-		mult, s = 1<<30, strings.TrimSuffix(s, "G")
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("not a positive number of bytes")
-	}
-	if n > math.MaxInt64/mult {
-		return 0, fmt.Errorf("more bytes than a limit holds")
-	}
-	return n * mult, nil
-}
+// parseBytes parses 67108864, 64K, 64M, 1G.
+func parseBytes(s string) (int64, error) { return users.ParseBytes(s) }
 
 // runCmd is `cgfs run`.
 func runCmd(o runOptions, log *slog.Logger) (int, error) {

@@ -146,17 +146,6 @@ func ServeOn(ln *net.UnixListener, h Handler, log *slog.Logger) {
 
 func answer(c *net.UnixConn, h Handler, log *slog.Logger) {
 	defer c.Close()
-	send := func(a Answer, fd *os.File) {
-		b, _ := json.Marshal(a)
-		var oob []byte
-		if fd != nil {
-			oob = unix.UnixRights(int(fd.Fd()))
-			defer fd.Close()
-		}
-		if _, _, err := c.WriteMsgUnix(b, oob, nil); err != nil {
-			log.Warn("answering", "err", err)
-		}
-	}
 	// The request is read before anything is judged, so that a refused
 	// asker is not left writing into a closed socket.
 	buf, oob := make([]byte, 64<<10), make([]byte, unix.CmsgSpace(4))
@@ -165,20 +154,13 @@ func answer(c *net.UnixConn, h Handler, log *slog.Logger) {
 		return
 	}
 	in := received(oob[:oobn])
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return
-	}
-	var cred *unix.Ucred
-	_ = raw.Control(func(fd uintptr) {
-		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	})
+	cred, err := peerCred(c)
 	if err != nil || cred.Uid != 0 {
 		// The sockets are root's alone anyway; the kernel tells who asks.
 		if err == nil {
 			log.Warn("refused a control request: only host root may ask", "uid", cred.Uid, "pid", cred.Pid)
 		}
-		send(Answer{Error: "only root may ask cgfs", Usage: true}, nil)
+		writeAnswer(c, Answer{Error: "only root may ask cgfs", Usage: true}, nil, log)
 		if in != nil {
 			in.Close()
 		}
@@ -186,7 +168,7 @@ func answer(c *net.UnixConn, h Handler, log *slog.Logger) {
 	}
 	var req Request
 	if err := json.Unmarshal(buf[:n], &req); err != nil {
-		send(Answer{Error: "a request cgfs does not understand: " + err.Error(), Usage: true}, nil)
+		writeAnswer(c, Answer{Error: "a request cgfs does not understand: " + err.Error(), Usage: true}, nil, log)
 		if in != nil {
 			in.Close()
 		}
@@ -198,7 +180,7 @@ func answer(c *net.UnixConn, h Handler, log *slog.Logger) {
 		req.File = nil
 	}
 	a, fd := h(req, int(cred.Pid))
-	send(a, fd)
+	writeAnswer(c, a, fd, log)
 	if a.Then != nil {
 		a.Then()
 	}

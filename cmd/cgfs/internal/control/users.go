@@ -202,7 +202,7 @@ func writeAnswer(c *net.UnixConn, a Answer, fd *os.File, log *slog.Logger) {
 		defer fd.Close()
 	}
 	if _, _, err := c.WriteMsgUnix(b, oob, nil); err != nil {
-		log.Debug("answering a user", "err", err)
+		log.Debug("answering", "err", err)
 	}
 }
 

@@ -333,6 +333,7 @@ func (d *Daemon) Close() {
 		for _, c := range u.every() {
 			d.userRemove(u, c)
 		}
+		u.removing.Wait() // and those under way
 	}
 }
 

@@ -134,6 +134,7 @@ type userState struct {
 	containers map[int]map[string]*userContainer
 	budgets    map[int]*serve.Budget // what each user's containers hold of the daemon, together
 	parentMu   map[int]*sync.Mutex   // one container made or removed at a time, per user
+	removing   sync.WaitGroup        // removals under way, which a stop waits for
 }
 
 // ServeUsers makes the daemon answer users (HandleUser) with cfg.
@@ -293,6 +294,11 @@ func (d *Daemon) HandleUser(req control.Request, peer control.Peer) (control.Ans
 	case "kill", "remove":
 		closeAll()
 		c, err := u.container(who.Uid, req.Name)
+		if err != nil && req.Op == "remove" {
+			// Its init's end may be removing it: that is done first.
+			u.settled(who.Uid)
+			return control.Answer{}, nil
+		}
 		if err != nil {
 			return answer(err), nil
 		}
@@ -354,6 +360,14 @@ func (u *userState) budget(uid int, pol users.Policy) *serve.Budget {
 		u.budgets[uid] = b
 	}
 	return b
+}
+
+// settled waits until no container of user uid is being made or
+// removed.
+func (u *userState) settled(uid int) {
+	pm := u.parentLock(uid)
+	pm.Lock()
+	defer pm.Unlock()
 }
 
 func (u *userState) parentLock(uid int) *sync.Mutex {
@@ -728,6 +742,8 @@ func (d *Daemon) userRemove(u *userState, c *userContainer) {
 	if handing {
 		return // the next server has it, and sees its init end
 	}
+	u.removing.Add(1)
+	defer u.removing.Done()
 	pm := u.parentLock(c.uid)
 	pm.Lock()
 	defer pm.Unlock()

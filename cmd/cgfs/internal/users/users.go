@@ -119,7 +119,10 @@ func check(k, v string) error {
 }
 
 func (p *Policy) set(k, v string) error {
-	integer := func(dst *int) error {
+	ints := map[string]*int{"descendants": &p.Descendants, "v1-descendants": &p.V1Descendants, "containers": &p.Containers,
+		"open-files": &p.OpenFiles, "nested-views": &p.NestedViews, "relay-watches": &p.RelayWatches,
+		"pid-helpers": &p.PidHelpers, "in-flight": &p.InFlight}
+	if dst, ok := ints[k]; ok {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 {
 			return fmt.Errorf("%s=%s: a number of at least 0", k, v)
@@ -148,22 +151,6 @@ func (p *Policy) set(k, v string) error {
 			return fmt.Errorf("cpus=%s: a number of CPUs of at least 0", v)
 		}
 		p.CPUs = c
-	case "descendants":
-		return integer(&p.Descendants)
-	case "v1-descendants":
-		return integer(&p.V1Descendants)
-	case "containers":
-		return integer(&p.Containers)
-	case "open-files":
-		return integer(&p.OpenFiles)
-	case "nested-views":
-		return integer(&p.NestedViews)
-	case "relay-watches":
-		return integer(&p.RelayWatches)
-	case "pid-helpers":
-		return integer(&p.PidHelpers)
-	case "in-flight":
-		return integer(&p.InFlight)
 	default:
 		return fmt.Errorf("no key %q (memory, pids, cpus, descendants, v1-descendants, containers, open-files, nested-views, relay-watches, pid-helpers, in-flight, refuse)", k)
 	}
