@@ -284,7 +284,8 @@ func TestUsersAreKeptApart(t *testing.T) {
 		{`{"op":"create","name":"../../escape"}`, "a container name is"},
 		{`{"op":"create","name":"x","limits":{"memory":-1}}`, "may not be negative"},
 		{`not json`, "does not understand"},
-		{`{"op":"detach","name":"mine"}`, "answers create"},
+		{`{"op":"detach","name":"web"}`, "no container web of yours"},
+		{`{"op":"upgrade","name":"mine"}`, "answers create"},
 	} {
 		if got := helper(b, c.req); !strings.Contains(got, c.want) {
 			t.Errorf("%s: %q, want %q", c.req, got, c.want)

@@ -135,6 +135,7 @@ type userState struct {
 	budgets    map[int]*serve.Budget // what each user's containers hold of the daemon, together
 	parentMu   map[int]*sync.Mutex   // one container made or removed at a time, per user
 	removing   sync.WaitGroup        // removals under way, which a stop waits for
+	logged     map[int]*logBucket    // each user's lines in the host log
 }
 
 // ServeUsers makes the daemon answer users (HandleUser) with cfg.
@@ -148,7 +149,8 @@ func (d *Daemon) ServeUsers(cfg UserConfig) {
 	if cfg.SubGID == "" {
 		cfg.SubGID = "/etc/subgid"
 	}
-	u := &userState{cfg: cfg, containers: map[int]map[string]*userContainer{}, budgets: map[int]*serve.Budget{}, parentMu: map[int]*sync.Mutex{}}
+	u := &userState{cfg: cfg, containers: map[int]map[string]*userContainer{}, budgets: map[int]*serve.Budget{},
+		parentMu: map[int]*sync.Mutex{}, logged: map[int]*logBucket{}}
 	d.mu.Lock()
 	d.users = u
 	d.mu.Unlock()
@@ -194,10 +196,14 @@ func (d *Daemon) HandleUser(req control.Request, peer control.Peer) (control.Ans
 		var ue *userErr
 		if errors.As(err, &ue) {
 			d.UserRefused(peer.Uid, ue.rule)
-			d.log.Warn("refused a user's request", "uid", peer.Uid, "user", who.Name, "op", req.Op, "name", req.Name, "rule", ue.rule, "why", ue.msg)
+			if n, ok := u.mayLog(peer.Uid); ok {
+				d.log.Warn("refused a user's request", "uid", peer.Uid, "user", who.Name, "op", req.Op, "name", req.Name, "rule", ue.rule, "why", ue.msg, "suppressed", n)
+			}
 			return control.Answer{Error: ue.msg, Usage: ue.usage}
 		}
-		d.log.Warn("a user's request failed", "uid", peer.Uid, "op", req.Op, "name", req.Name, "err", err)
+		if n, ok := u.mayLog(peer.Uid); ok {
+			d.log.Warn("a user's request failed", "uid", peer.Uid, "op", req.Op, "name", req.Name, "err", err, "suppressed", n)
+		}
 		return control.Answer{Error: err.Error()}
 	}
 	if pol.Refused {
@@ -291,6 +297,16 @@ func (d *Daemon) HandleUser(req control.Request, peer control.Peer) (control.Ans
 			return answer(err), nil
 		}
 		return control.Answer{}, nil
+	case "detach":
+		closeAll()
+		c, err := u.container(who.Uid, req.Name)
+		if err == nil && !d.Detach(c.key()) {
+			err = refuseUser("user-request", "container %s has no view", req.Name)
+		}
+		if err != nil {
+			return answer(err), nil
+		}
+		return control.Answer{}, nil
 	case "kill", "remove":
 		closeAll()
 		c, err := u.container(who.Uid, req.Name)
@@ -325,7 +341,7 @@ func (d *Daemon) HandleUser(req control.Request, peer control.Peer) (control.Ans
 		return control.Answer{Init: c.init}, nil
 	}
 	closeAll()
-	return answer(refuseUser("user-request", "the user socket answers create, adopt, attach, agent, enter, update, freeze, thaw, kill, remove, list and lookup, not %q", req.Op)), nil
+	return answer(refuseUser("user-request", "the user socket answers create, adopt, attach, agent, enter, update, freeze, thaw, kill, detach, remove, list and lookup, not %q", req.Op)), nil
 }
 
 // container is user uid's container name.
@@ -360,6 +376,52 @@ func (u *userState) budget(uid int, pol users.Policy) *serve.Budget {
 		u.budgets[uid] = b
 	}
 	return b
+}
+
+// logBucket is one user's budget of host log lines: a burst of 20, then
+// one a second; the line written says how many were left out.
+type logBucket struct {
+	tokens     float64
+	last       time.Time
+	suppressed int
+}
+
+// mayLog takes a line of user uid's budget: whether to write it, and
+// how many were left out before it.
+func (u *userState) mayLog(uid int) (int, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	b := u.logged[uid]
+	now := time.Now()
+	if b == nil {
+		if len(u.logged) > 4096 { // forget the quiet ones: bounded by users
+			for k, v := range u.logged {
+				if now.Sub(v.last) > time.Minute {
+					delete(u.logged, k)
+				}
+			}
+		}
+		b = &logBucket{tokens: 20, last: now}
+		u.logged[uid] = b
+	}
+	b.tokens = min(20, b.tokens+now.Sub(b.last).Seconds())
+	b.last = now
+	if b.tokens < 1 {
+		b.suppressed++
+		return 0, false
+	}
+	b.tokens--
+	n := b.suppressed
+	b.suppressed = 0
+	return n, true
+}
+
+// userInfo logs what user uid's request did, within the user's budget
+// of host log lines (mayLog).
+func (d *Daemon) userInfo(u *userState, uid int, msg string, args ...any) {
+	if n, ok := u.mayLog(uid); ok {
+		d.log.Info(msg, append(args, "uid", uid, "suppressed", n)...)
+	}
 }
 
 // settled waits until no container of user uid is being made or
@@ -438,7 +500,7 @@ func (d *Daemon) userCreate(u *userState, who users.Who, pol users.Policy, name 
 	u.mu.Unlock()
 	d.keepUser(c)
 	d.orphanTimer(u, c)
-	d.log.Info("a user's container", "uid", who.Uid, "user", who.Name, "name", name)
+	d.userInfo(u, who.Uid, "a user's container", "user", who.Name, "name", name)
 	return nil
 }
 
@@ -689,7 +751,7 @@ func (d *Daemon) userAdopt(u *userState, who users.Who, name string, files []*os
 	u.mu.Unlock()
 	d.keepUser(c)
 	go d.watchUserInit(u, c)
-	d.log.Info("a user's container has its init", "uid", who.Uid, "name", name, "init", p.pid)
+	d.userInfo(u, who.Uid, "a user's container has its init", "name", name, "init", p.pid)
 	return nil
 }
 
@@ -766,7 +828,7 @@ func (d *Daemon) userRemove(u *userState, c *userContainer) {
 		c.pidns.Close()
 	}
 	d.unkeep("user:" + c.key())
-	d.log.Info("a user's container is gone", "uid", c.uid, "name", c.name)
+	d.userInfo(u, c.uid, "a user's container is gone", "name", c.name)
 }
 
 // userAttach serves a view of user who's container, rooted at the
@@ -823,7 +885,7 @@ func (d *Daemon) userAttach(u *userState, who users.Who, name string) (*os.File,
 		views.Close()
 		return nil, nil, err
 	}
-	d.log.Info("attached", "view", key, "owner", init, "uid", who.Uid)
+	d.userInfo(u, who.Uid, "attached", "view", key, "owner", init)
 	return mounted.Take(), s, nil
 }
 
