@@ -109,3 +109,38 @@ func TestSubIDs(t *testing.T) {
 		}
 	}
 }
+
+// FuzzPolicy: a policy file never panics the parser, and what it takes
+// gives every user a policy of no negative number.
+func FuzzPolicy(f *testing.F) {
+	f.Add(policyText)
+	f.Add("* memory=1G pids=512 cpus=0.5 containers=4 descendants=10 v1-descendants=10 open-files=1 nested-views=1 relay-watches=1 pid-helpers=1 in-flight=1\n@g refuse\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		pf, err := Parse(strings.NewReader(text))
+		if err != nil {
+			return
+		}
+		p := pf.For("alice", 1000, []string{"devs", "g"})
+		if p.Memory < 0 || p.Pids < 0 || p.CPUs < 0 || p.Containers < 0 || p.Descendants < 0 || p.OpenFiles < 0 {
+			t.Fatalf("For of %q = %+v", text, p)
+		}
+	})
+}
+
+// FuzzSubIDs: a subordinate id file never panics the parser, and every
+// range it takes is inside the 32-bit ids.
+func FuzzSubIDs(f *testing.F) {
+	f.Add("alice:100000:65536\n1000:300000:10\n")
+	f.Add("alice:4294967294:1\nalice:-1:5\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		rs, err := parseSubIDs(strings.NewReader(text), Who{Uid: 1000, Name: "alice"})
+		if err != nil {
+			return
+		}
+		for _, r := range rs {
+			if r.Start < 0 || r.Count <= 0 || r.Start+r.Count > 1<<32-1 {
+				t.Fatalf("parseSubIDs(%q) took %+v", text, r)
+			}
+		}
+	})
+}
