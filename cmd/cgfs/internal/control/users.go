@@ -52,8 +52,12 @@ type UserBounds struct {
 const maxUserFiles = 4
 
 // userReadDeadline bounds how long a user's connection may take to say
-// what it asks, and (with Confirm) its word after.
-var userReadDeadline = 10 * time.Second
+// what it asks; refusedReadDeadline one refused for the user's
+// connections.
+var (
+	userReadDeadline    = 10 * time.Second
+	refusedReadDeadline = time.Second
+)
 
 // ServeUsers answers each connection to ln (a unixpacket listener anyone
 // the admin chose may reach) with h, until ln is closed, within b.
@@ -73,10 +77,12 @@ type userServer struct {
 
 // userState is one user's connections and request tokens.
 type userState struct {
-	conns  int
-	tokens float64
-	last   time.Time
-	logged time.Time // its last refusal logged (a line a second at most)
+	conns int
+	// refusing: its connections past the bound being answered.
+	refusing int
+	tokens   float64
+	last     time.Time
+	logged   time.Time // its last refusal logged (a line a second at most)
 }
 
 func (u *userServer) serve(c *net.UnixConn) {
@@ -93,20 +99,31 @@ func (u *userServer) serve(c *net.UnixConn) {
 		u.users[uid] = st
 	}
 	if st.conns >= u.b.Conns {
+		// Its request is read before the answer (unread, the close
+		// would reset the connection before the answer is read), within
+		// a moment, for as many refused connections at once as it may
+		// hold; beyond those, it is closed at once: the bound is on what
+		// the user holds.
+		answer := st.refusing < u.b.Conns
+		if answer {
+			st.refusing++
+		}
 		u.mu.Unlock()
 		u.refuse(uid, "user-connections", "a user holds as many connections as it may")
-		// What it asked, if it came already, is read (unread, the close
-		// would reset the connection before the answer is read); no
-		// wait for it: the bound is on what the user holds.
-		if raw, err := c.SyscallConn(); err == nil {
-			_ = raw.Read(func(fd uintptr) bool {
-				buf, oob := make([]byte, 16<<10), make([]byte, unix.CmsgSpace(4*maxUserFiles))
-				_, oobn, _, _, _ := unix.Recvmsg(int(fd), buf, oob, unix.MSG_DONTWAIT)
-				for _, f := range receivedAll(oob[:max(oobn, 0)]) {
-					f.Close()
-				}
-				return true
-			})
+		if !answer {
+			return
+		}
+		defer func() {
+			u.mu.Lock()
+			st.refusing--
+			u.mu.Unlock()
+		}()
+		_ = c.SetReadDeadline(time.Now().Add(refusedReadDeadline))
+		buf, oob := make([]byte, 16<<10), make([]byte, unix.CmsgSpace(4*maxUserFiles))
+		if _, oobn, _, _, err := c.ReadMsgUnix(buf, oob); err == nil {
+			for _, f := range receivedAll(oob[:oobn]) {
+				f.Close()
+			}
 		}
 		writeAnswer(c, Answer{Error: "too many connections of this user to the cgfs daemon", Usage: true}, nil, u.log)
 		return
@@ -116,7 +133,7 @@ func (u *userServer) serve(c *net.UnixConn) {
 	defer func() {
 		u.mu.Lock()
 		st.conns--
-		if st.conns == 0 && st.tokens >= u.b.Burst {
+		if st.conns == 0 && st.refusing == 0 && st.tokens >= u.b.Burst {
 			delete(u.users, uid) // nothing to remember: its state is bounded by users connected
 		}
 		u.mu.Unlock()
