@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -24,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/cgroups"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/daemon"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/keeper"
@@ -480,17 +482,22 @@ func ociHookCmd(args []string, stdin io.Reader) error {
 	if err != nil {
 		return err
 	}
-	var cfg struct {
-		Root struct {
-			Path string `json:"path"`
-		} `json:"root"`
-	}
+	var cfg ociConfig
 	if err := json.Unmarshal(b, &cfg); err != nil {
 		return fmt.Errorf("%s/config.json: %w", st.Bundle, err)
 	}
 	rootfs := cfg.Root.Path
 	if !filepath.IsAbs(rootfs) {
 		rootfs = filepath.Join(st.Bundle, rootfs)
+	}
+	if os.Geteuid() != 0 {
+		// A rootless runtime's hook runs as its user: the daemon's user
+		// socket makes the container's cgroups.
+		lim, err := cfg.limits()
+		if err != nil {
+			return err
+		}
+		return hookAsUser(st.ID, st.Pid, rootfs, "/sys/fs/cgroup", lim)
 	}
 	return attach(attachOptions{
 		req:    control.Request{Op: "attach", Name: st.ID, Owner: st.Pid},
@@ -499,6 +506,68 @@ func ociHookCmd(args []string, stdin io.Reader) error {
 		in:     st.Pid,
 		socket: socket,
 	})
+}
+
+// ociConfig is what cgfs reads of an OCI bundle's config.json: the root
+// file system, and the limits (linux.resources, and the annotations
+// cgfs.memory, cgfs.pids and cgfs.cpus, which a rootless runtime passes on
+// where it cannot set limits itself).
+type ociConfig struct {
+	Root struct {
+		Path string `json:"path"`
+	} `json:"root"`
+	Annotations map[string]string `json:"annotations"`
+	Linux       struct {
+		Resources struct {
+			Memory struct {
+				Limit *int64 `json:"limit"`
+			} `json:"memory"`
+			Pids struct {
+				Limit int64 `json:"limit"`
+			} `json:"pids"`
+			CPU struct {
+				Quota  *int64  `json:"quota"`
+				Period *uint64 `json:"period"`
+			} `json:"cpu"`
+		} `json:"resources"`
+	} `json:"linux"`
+}
+
+// limits are the container's limits the config asks for: the
+// annotations over linux.resources.
+func (c ociConfig) limits() (cgroups.Limits, error) {
+	var l cgroups.Limits
+	r := c.Linux.Resources
+	if r.Memory.Limit != nil && *r.Memory.Limit > 0 {
+		l.Memory = *r.Memory.Limit
+	}
+	if r.Pids.Limit > 0 {
+		l.Pids = r.Pids.Limit
+	}
+	if r.CPU.Quota != nil && *r.CPU.Quota > 0 {
+		period := uint64(100000)
+		if r.CPU.Period != nil && *r.CPU.Period > 0 {
+			period = *r.CPU.Period
+		}
+		l.CPUs = float64(*r.CPU.Quota) / float64(period)
+	}
+	var err error
+	if v, ok := c.Annotations["cgfs.memory"]; ok {
+		if l.Memory, err = users.ParseBytes(v); err != nil {
+			return l, usageError{fmt.Sprintf("annotation cgfs.memory=%s: %v", v, err)}
+		}
+	}
+	if v, ok := c.Annotations["cgfs.pids"]; ok {
+		if l.Pids, err = strconv.ParseInt(v, 10, 64); err != nil || l.Pids < 0 {
+			return l, usageError{fmt.Sprintf("annotation cgfs.pids=%s: a number of at least 0", v)}
+		}
+	}
+	if v, ok := c.Annotations["cgfs.cpus"]; ok {
+		if l.CPUs, err = strconv.ParseFloat(v, 64); err != nil || l.CPUs < 0 || math.IsNaN(l.CPUs) || math.IsInf(l.CPUs, 0) {
+			return l, usageError{fmt.Sprintf("annotation cgfs.cpus=%s: a number of CPUs of at least 0", v)}
+		}
+	}
+	return l, nil
 }
 
 // lxcHookCmd is `cgfs lxc-hook`, an lxc.hook.start-host hook: it runs in
@@ -515,6 +584,10 @@ func lxcHookCmd(args []string) error {
 		return usageError{"cgfs lxc-hook is an lxc.hook.start-host hook: LXC_PID is not set"}
 	}
 	name := os.Getenv("LXC_NAME")
+	if os.Geteuid() != 0 {
+		// An unprivileged container's hook runs as its user.
+		return hookAsUser("lxc-"+name, pid, "", "/sys/fs/cgroup", cgroups.Limits{})
+	}
 	return attach(attachOptions{
 		req:    control.Request{Op: "attach", Name: "lxc-" + name, Owner: pid},
 		target: "/sys/fs/cgroup",

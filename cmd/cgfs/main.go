@@ -48,6 +48,13 @@ func main() {
 	case launch.IsInit():
 		// A container's init, until it becomes the command.
 		os.Exit(launch.InitMain())
+	case os.Getenv(placeEnv) != "":
+		// A user's hook, inside a container's namespaces.
+		if err := placeMain(os.Args[1:]); err != nil {
+			fmt.Fprintf(os.Stderr, "cgfs: %v\n", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	case os.Getenv(stageEnv) != "":
 		// cgfs exec's stage, until it becomes nsenter.
 		if err := stageMain(os.Args[1:]); err != nil {

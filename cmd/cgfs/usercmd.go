@@ -7,6 +7,8 @@ import (
 	"io"
 	"math"
 	"os"
+	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -219,4 +221,72 @@ func userListCmd(stdout io.Writer) error {
 		fmt.Fprintf(stdout, "%s\t%d\n", v.Name, v.Owner)
 	}
 	return nil
+}
+
+// placeEnv makes the cgfs binary put a view in place inside a
+// container's namespaces (placeMain), where a user's hook has nsenter
+// start it: a multithreaded process cannot enter a user namespace.
+const placeEnv = "CGFS_PLACE"
+
+// hookAsUser is a runtime's hook run as an unprivileged user (rootless
+// runc's createRuntime, unprivileged LXC's start-host): the daemon makes
+// the container name's cgroups with lim, adopts init (the container's
+// init, pid 1 of its pid namespace), and serves its view, which is put
+// at target inside root (the namespace's root when "") in init's mount
+// namespace.
+func hookAsUser(name string, init int, root, target string, lim cgroups.Limits) error {
+	socket := control.UserSocketPath()
+	u := &userDaemon{socket: socket}
+	if err := u.Create(name, lim); err != nil {
+		return err
+	}
+	done := false
+	defer func() {
+		if !done {
+			_ = u.Remove()
+		}
+	}()
+	if err := u.Adopt(init); err != nil {
+		return err
+	}
+	view, placed, err := userView(socket, name)
+	if err != nil {
+		return err
+	}
+	defer view.Close()
+	err = placeIn(view, init, root, target)
+	placed(err == nil)
+	done = err == nil
+	return err
+}
+
+// placeIn puts view at target inside root in process pid's mount
+// namespace, entered with its user namespace (the user's own) by
+// nsenter, which starts this binary there (placeMain).
+func placeIn(view *os.File, pid int, root, target string) error {
+	nsenter, err := exec.LookPath("nsenter")
+	if err != nil {
+		return err
+	}
+	c := exec.Command(nsenter, "-t", strconv.Itoa(pid), "-U", "-m", "--preserve-credentials", "--", "/proc/self/fd/3", root, target)
+	self, err := os.Open("/proc/self/exe")
+	if err != nil {
+		return err
+	}
+	defer self.Close()
+	c.Env = []string{placeEnv + "=1"}
+	c.ExtraFiles = []*os.File{self, view} // 3, 4
+	if out, err := c.CombinedOutput(); err != nil {
+		return fmt.Errorf("putting the view in place: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// placeMain is placeIn's end inside the container's namespaces: the view
+// (descriptor 4) at target inside root.
+func placeMain(args []string) error {
+	if len(args) != 2 {
+		return usageError{"placing a view wants ROOT TARGET"}
+	}
+	return moveMountInRoot(os.NewFile(4, "view"), args[0], args[1])
 }
