@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -60,6 +61,39 @@ func rootlessRuncConfig(t *testing.T, u *testUser, bundle, script string) {
 	}
 }
 
+// startUntilEnd starts c; it is waited for, and (if still running when
+// the test ends) stopped by stop, else killed after 20 seconds. What it
+// returns tells whether c has ended.
+func startUntilEnd(t *testing.T, c *exec.Cmd, stop func()) (ended func() bool) {
+	t.Helper()
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = c.Wait(); close(done) }()
+	ended = func() bool {
+		select {
+		case <-done:
+			return true
+		default:
+			return false
+		}
+	}
+	t.Cleanup(func() {
+		if ended() {
+			return
+		}
+		stop()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			_ = c.Process.Kill()
+			<-done
+		}
+	})
+	return ended
+}
+
 // TestRootlessRuncThroughTheHook: Debian's runc 1.1.5, rootless, run by
 // an ordinary user: its limits (cgfs.* annotations; runc cannot set them
 // as a user on this host) are in force on the host, its container's root
@@ -105,17 +139,13 @@ while :; do sleep 0.1; done
 	run.Env = append(run.Env, "XDG_RUNTIME_DIR="+state)
 	var out lockedBuffer
 	run.Stdout, run.Stderr = &out, &out
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stopAtEnd(t, run, 0)
-	t.Cleanup(func() {
+	ended := startUntilEnd(t, run, func() {
 		k := a.command("runc", "--root", state, "kill", id, "KILL")
 		k.Env = append(k.Env, "XDG_RUNTIME_DIR="+state)
 		_ = k.Run()
 	})
 	waitFor(t, "the rootless runc container to run", 60*time.Second*laneSlowdown(), func() bool {
-		return strings.Contains(out.String(), "running\n") || run.ProcessState != nil
+		return strings.Contains(out.String(), "running\n") || ended()
 	})
 	t.Logf("runc as %s:\n%s", a.name, out.String())
 	// runc makes the cgroup namespace before the hook runs: it is rooted
@@ -150,5 +180,141 @@ while :; do sleep 0.1; done
 	}
 	waitFor(t, "the container thawed", 20*time.Second*laneSlowdown(), func() bool {
 		return keyedValue(readFile(t, events), "frozen") == "0"
+	})
+}
+
+// TestRootlessLXCThroughTheHook: Debian's LXC 5.0.2, an unprivileged
+// container its user starts (ids from the user's /etc/subuid range,
+// mapped by newuidmap), with the README's lines
+// (cmd/cgfs/examples/lxc-unprivileged.conf): LXC makes no cgroup for it
+// on this host and skips its lxc.cgroup2.* keys; cgfs's hook, as the
+// user, has the daemon make the container's cgroups with the hook's
+// limits over the config's (--memory 64M over lxc.cgroup2.memory.max =
+// 32M; lxc.cgroup2.cpu.max = 50000 100000 as it is), all in force on
+// the host; the container's root makes, limits and freezes cgroups in
+// its view; the user's cgfs freeze and stop work on lxc-NAME; nothing is
+// left when it ends.
+func TestRootlessLXCThroughTheHook(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "lxc-start")
+	l := detectLane(t)
+	a := newTestUser(t)
+	_, parent := userDaemon(t, "* memory=512M cpus=2\n", a)
+	dir := publicDir(t)
+	ctr := filepath.Join(dir, "ctr")
+	rootfs := filepath.Join(ctr, "rootfs")
+	if err := os.MkdirAll(ctr, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	busyboxRootfsAt(t, rootfs, a.sub)
+	for _, d := range []string{dir, ctr} {
+		if err := os.Chown(d, a.uid, a.gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v2, mem, pids := "/sys/fs/cgroup", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/pids.max"
+	if len(l.v1) > 0 {
+		v2, mem, pids = "/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/pids/pids.max"
+	}
+	script := fmt.Sprintf(`#!/bin/sh
+exec > /tmp/result 2>&1
+trap 'echo stopped; exit 0' TERM
+echo view $(grep -c ' - fuse.cgfs ' /proc/self/mountinfo)
+echo memory $(cat %[2]s)
+echo pids $(cat %[3]s)
+mkdir %[1]s/sub && echo made sub
+echo 5 > %[1]s/sub/cgroup.max.descendants && echo limited sub
+sleep 1000 & kid=$!
+echo $kid > %[1]s/sub/cgroup.procs
+echo 1 > %[1]s/sub/cgroup.freeze
+until grep -q 'frozen 1' %[1]s/sub/cgroup.events; do sleep 0.1; done
+echo froze a child
+kill -9 $kid
+echo running
+while :; do sleep 0.1; done
+`, v2, mem, pids)
+	initPath := filepath.Join(rootfs, "init.sh")
+	if err := os.WriteFile(initPath, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Lchown(initPath, a.sub, a.sub)
+	config := fmt.Sprintf(`lxc.uts.name = cgfs-lxc
+lxc.rootfs.path = dir:%s
+lxc.idmap = u 0 %d 65536
+lxc.idmap = g 0 %d 65536
+lxc.net.0.type = empty
+lxc.init.cmd = /init.sh
+lxc.cgroup2.memory.max = 32M
+lxc.cgroup2.cpu.max = 50000 100000
+`, rootfs, a.sub, a.sub) + example(t, "lxc-unprivileged.conf") // the README's lines
+	if err := os.WriteFile(filepath.Join(ctr, "config"), []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logFile := filepath.Join(dir, "lxc.log")
+	// LXC keeps its locks in the user's XDG_RUNTIME_DIR.
+	runtime := publicDir(t)
+	if err := os.Chown(runtime, a.uid, a.gid); err != nil {
+		t.Fatal(err)
+	}
+	lxc := func(args ...string) *exec.Cmd {
+		c := a.command(args[0], args[1:]...)
+		c.Env = append(c.Env, "XDG_RUNTIME_DIR="+runtime)
+		return c
+	}
+	start := lxc("lxc-start", "-n", "ctr", "-P", dir, "-F", "-o", logFile, "-l", "WARN")
+	var out lockedBuffer
+	start.Stdout, start.Stderr = &out, &out
+	ended := startUntilEnd(t, start, func() { _ = lxc("lxc-stop", "-n", "ctr", "-P", dir, "-k").Run() })
+	result := filepath.Join(rootfs, "tmp", "result")
+	said := func() string { b, _ := os.ReadFile(result); return string(b) }
+	waitFor(t, "the unprivileged LXC container to run", 60*time.Second*laneSlowdown(), func() bool {
+		return strings.Contains(said(), "running\n") || ended()
+	})
+	log, _ := os.ReadFile(logFile)
+	t.Logf("lxc-start as %s:\n%s\nlog:\n%s\nthe container said:\n%s", a.name, out.String(), log, said())
+	wantSaid(t, said(), "the unprivileged LXC container", "view ", "memory 67108864\n", "pids 50\n",
+		"made sub\n", "limited sub\n", "froze a child\n")
+	if strings.Contains(said(), "view 0\n") {
+		t.Error("the container's /sys/fs/cgroup is not a cgfs view")
+	}
+	host := func(ctrl, v1file, v2file string) string {
+		if m, ok := l.v1[ctrl]; ok {
+			return strings.TrimSpace(readFile(t, userCgroup(m, parent, a, "lxc-ctr")+"/"+v1file))
+		}
+		return strings.TrimSpace(readFile(t, userCgroup(l.cgroup2, parent, a, "lxc-ctr")+"/"+v2file))
+	}
+	if got := host("memory", "memory.limit_in_bytes", "memory.max"); got != "67108864" {
+		t.Errorf("the container's memory limit on the host = %s, want 67108864 (the hook's --memory over the config's)", got)
+	}
+	if got := host("pids", "pids.max", "pids.max"); got != "50" {
+		t.Errorf("the container's pids limit on the host = %s, want 50", got)
+	}
+	if got := host("cpu", "cpu.cfs_quota_us", "cpu.max"); got != "50000" && got != "50000 100000" {
+		t.Errorf("the container's CPU limit on the host = %s, want 50000 of 100000 (the config's lxc.cgroup2.cpu.max)", got)
+	}
+	// The user's cgfs works on it by name.
+	if r := a.cgfs(t, "list"); !strings.Contains(r.out, "lxc-ctr") {
+		t.Errorf("cgfs list as %s does not name lxc-ctr:\n%s", a.name, r.out)
+	}
+	events := userCgroup(l.cgroup2, parent, a, "lxc-ctr") + "/cgroup.events"
+	if r := a.cgfs(t, "freeze", "lxc-ctr"); r.code != 0 {
+		t.Fatalf("cgfs freeze lxc-ctr: %s", r.out)
+	}
+	waitFor(t, "the container frozen", 20*time.Second*laneSlowdown(), func() bool {
+		return keyedValue(readFile(t, events), "frozen") == "1"
+	})
+	if r := a.cgfs(t, "thaw", "lxc-ctr"); r.code != 0 {
+		t.Fatalf("cgfs thaw lxc-ctr: %s", r.out)
+	}
+	if r := a.cgfs(t, "stop", "lxc-ctr"); r.code != 0 {
+		t.Fatalf("cgfs stop lxc-ctr: %s", r.out)
+	}
+	waitFor(t, "lxc-start to end", 30*time.Second*laneSlowdown(), ended)
+	if !strings.Contains(said(), "stopped\n") {
+		t.Errorf("the container's init did not get cgfs stop's SIGTERM:\n%s", said())
+	}
+	waitFor(t, "the container's cgroups gone", 20*time.Second*laneSlowdown(), func() bool {
+		_, err := os.Stat(userCgroup(l.cgroup2, parent, a, "lxc-ctr"))
+		return os.IsNotExist(err)
 	})
 }

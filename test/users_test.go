@@ -26,6 +26,7 @@ type testUser struct {
 	name     string
 	uid, gid int
 	socket   string // the daemon's user socket it asks
+	sub      int    // the first of its 65536 subordinate uids and gids
 }
 
 var userSeq atomic.Int32
@@ -62,7 +63,8 @@ func newTestUser(t testing.TB) *testUser {
 	tu := &testUser{name: name}
 	tu.uid, _ = strconv.Atoi(u.Uid)
 	tu.gid, _ = strconv.Atoi(u.Gid)
-	grantSubIDs(t, name, 400000+n*65536, 65536)
+	tu.sub = 400000 + n*65536
+	grantSubIDs(t, name, tu.sub, 65536)
 	return tu
 }
 

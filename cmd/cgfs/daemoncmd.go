@@ -575,9 +575,17 @@ func (c ociConfig) limits() (cgroups.Limits, error) {
 // before its init starts (LXC_PID), and puts a view of the container's
 // cgroups at /sys/fs/cgroup in the container's mount namespace.
 func lxcHookCmd(args []string) error {
-	socket := control.DaemonSocket()
-	if len(args) >= 2 && args[0] == "--socket" {
-		socket = args[1]
+	fl := flag.NewFlagSet("lxc-hook", flag.ContinueOnError)
+	socket := fl.String("socket", control.DaemonSocket(), "the daemon's `socket` (root's containers)")
+	limits := limitFlags(fl)
+	// LXC puts the container's name, "lxc" and the hook's kind after
+	// what the configuration's line gives.
+	if err := fl.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	lim, err := limits()
+	if err != nil {
+		return err
 	}
 	pid, err := strconv.Atoi(os.Getenv("LXC_PID"))
 	if err != nil || pid <= 0 {
@@ -586,12 +594,29 @@ func lxcHookCmd(args []string) error {
 	name := os.Getenv("LXC_NAME")
 	if os.Geteuid() != 0 {
 		// An unprivileged container's hook runs as its user.
-		return hookAsUser("lxc-"+name, pid, "", "/sys/fs/cgroup", cgroups.Limits{})
+		// LXC skips its cgroup keys where it has no cgroup; the
+		// hook's flags go over them.
+		if p := os.Getenv("LXC_CONFIG_FILE"); p != "" {
+			f, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			conf, err := lxcLimits(f)
+			f.Close()
+			if err != nil {
+				return err
+			}
+			lim = over(conf, lim)
+		}
+		return hookAsUser("lxc-"+name, pid, "", "/sys/fs/cgroup", lim)
+	}
+	if lim != (cgroups.Limits{}) {
+		return usageError{"--memory, --pids and --cpus are for a user's container: LXC sets root's containers' limits from lxc.cgroup2.* itself"}
 	}
 	return attach(attachOptions{
 		req:    control.Request{Op: "attach", Name: "lxc-" + name, Owner: pid},
 		target: "/sys/fs/cgroup",
 		in:     pid,
-		socket: socket,
+		socket: *socket,
 	})
 }

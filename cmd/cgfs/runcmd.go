@@ -48,9 +48,7 @@ func parseRun(args []string, stderr io.Writer) (runOptions, error) {
 	fl.Usage = func() { fmt.Fprint(stderr, runUsage) }
 	fl.StringVar(&o.Name, "name", fmt.Sprintf("cgfs-%d", os.Getpid()), "the container's `name` (its cgroup and hostname)")
 	fl.StringVar(&o.Parent, "parent", "cgfs", "the `cgroup` below every hierarchy's root that holds containers")
-	memory := fl.String("memory", "", "memory limit in `bytes` (K, M, G suffixes)")
-	fl.Int64Var(&o.Limits.Pids, "pids", 0, "most `tasks` the container may have")
-	fl.Float64Var(&o.Limits.CPUs, "cpus", 0, "CPU bandwidth in `CPUs` (0.5 is half of one)")
+	limits := limitFlags(fl)
 	idmap := fl.String("map", "100000:65536", "the host ids the container's 0.. map to, `HOSTID:COUNT`")
 	fl.StringVar(&o.Rootfs, "rootfs", "", "the container's root file system `DIR` (the host's by default)")
 	netMode := fl.String("net", "own", "the container's network: `own` (a namespace of its own with only its loopback up; none is the same) or host (the host's)")
@@ -87,10 +85,8 @@ func parseRun(args []string, stderr io.Writer) (runOptions, error) {
 	if o.Parent, err = checkParent(o.Parent); err != nil {
 		return o, err
 	}
-	if *memory != "" {
-		if o.Limits.Memory, err = parseBytes(*memory); err != nil {
-			return o, usageError{fmt.Sprintf("--memory %s: %v", *memory, err)}
-		}
+	if o.Limits, err = limits(); err != nil {
+		return o, err
 	}
 	switch *netMode {
 	case "own", "none":
@@ -110,9 +106,6 @@ func parseRun(args []string, stderr io.Writer) (runOptions, error) {
 	}
 	if int64(o.Map.HostID)+int64(o.Map.Count) > 1<<32-1 {
 		return o, usageError{"--map " + *idmap + " goes past the last id, 4294967294"}
-	}
-	if o.Limits.Pids < 0 || o.Limits.CPUs < 0 {
-		return o, usageError{"--pids and --cpus may not be negative"}
 	}
 	return o, nil
 }

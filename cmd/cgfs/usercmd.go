@@ -5,9 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -157,9 +157,7 @@ func userOpCmd(op string, args []string, stderr io.Writer) error {
 	fl := flag.NewFlagSet(op, flag.ContinueOnError)
 	fl.SetOutput(stderr)
 	fl.Usage = func() { fmt.Fprint(stderr, userOpsUsage) }
-	memory := fl.String("memory", "", "memory limit in `bytes` (K, M, G suffixes)")
-	pids := fl.Int64("pids", 0, "most `tasks`")
-	cpus := fl.Float64("cpus", 0, "CPU bandwidth in `CPUs`")
+	limits := limitFlags(fl)
 	// NAME may come first or last.
 	var name string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
@@ -181,17 +179,11 @@ func userOpCmd(op string, args []string, stderr io.Writer) error {
 	req := control.Request{Op: op, Name: name}
 	switch op {
 	case "update":
-		lim := &control.Limits{Pids: *pids, CPUs: *cpus}
-		if *memory != "" {
-			n, err := users.ParseBytes(*memory)
-			if err != nil {
-				return usageError{fmt.Sprintf("--memory %s: %v", *memory, err)}
-			}
-			lim.Memory = n
+		l, err := limits()
+		if err != nil {
+			return err
 		}
-		if lim.Pids < 0 || lim.CPUs < 0 || math.IsNaN(lim.CPUs) || math.IsInf(lim.CPUs, 0) {
-			return usageError{"--pids and --cpus want numbers of at least 0"}
-		}
+		lim := &control.Limits{Memory: l.Memory, Pids: l.Pids, CPUs: l.CPUs}
 		req.Limits = lim
 	case "stop":
 		a, _, err := askUser(socket, control.Request{Op: "lookup", Name: name})
@@ -268,7 +260,22 @@ func placeIn(view *os.File, pid int, root, target string) error {
 	if err != nil {
 		return err
 	}
-	c := exec.Command(nsenter, "-t", strconv.Itoa(pid), "-U", "-m", "--preserve-credentials", "--", "/proc/self/fd/3", root, target)
+	// Its root stays the host's (-r/), where /proc/self/fd/3 is this
+	// binary; the container's root is /proc/PID/root from there, and
+	// root below it.
+	inRoot := filepath.Join(fmt.Sprintf("/proc/%d/root", pid), root)
+	args := []string{"-t", strconv.Itoa(pid), "-U", "-m", "-r/"}
+	// A user its container maps to root (rootless runc's one line, where
+	// setgroups is denied) stays who it is; in one mapped by newuidmap
+	// from its subordinate ids (unprivileged LXC), where it is no one,
+	// nsenter makes it the namespace's root.
+	if inside, err := uidInside(pid, os.Getuid()); err != nil {
+		return err
+	} else if inside == 0 {
+		args = append(args, "--preserve-credentials")
+	}
+	args = append(args, "--", "/proc/self/fd/3", inRoot, target)
+	c := exec.Command(nsenter, args...)
 	self, err := os.Open("/proc/self/exe")
 	if err != nil {
 		return err
@@ -280,6 +287,31 @@ func placeIn(view *os.File, pid int, root, target string) error {
 		return fmt.Errorf("putting the view in place: %v: %s", err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// uidInside is host uid's id in process pid's user namespace, or -1
+// when that namespace does not map it.
+func uidInside(pid, uid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/uid_map", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			continue
+		}
+		in, err1 := strconv.Atoi(f[0])
+		out, err2 := strconv.Atoi(f[1])
+		n, err3 := strconv.Atoi(f[2])
+		if err1 != nil || err2 != nil || err3 != nil {
+			continue
+		}
+		if uid >= out && uid-out < n {
+			return in + uid - out, nil
+		}
+	}
+	return -1, nil
 }
 
 // placeMain is placeIn's end inside the container's namespaces: the view
