@@ -131,7 +131,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		go func() {
 			defer wg.Done()
 			for v := range work {
-				use(v).send(ch, v.Container)
+				Use(v.V2, v.V1).send(ch, v.Container)
 			}
 		}()
 	}
@@ -176,22 +176,23 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// usage is what a container uses, as its host cgroup files say; a
-// missing value (no such controller, no limit) is nil.
-type usage struct {
-	cpu, mem, memMax, pids, pidsMax, frozen, oom *float64
+// Usage is what a container uses, as its host cgroup files say; a
+// missing value (no such controller, no limit) is nil. cgfs stats shows
+// it to a user, /metrics to the admin.
+type Usage struct {
+	CPUSeconds, Memory, MemoryMax, Pids, PidsMax, Frozen, OOMKills *float64
 }
 
-func (u usage) send(ch chan<- prometheus.Metric, name string) {
+func (u Usage) send(ch chan<- prometheus.Metric, name string) {
 	for _, s := range []struct {
 		d   *prometheus.Desc
 		typ prometheus.ValueType
 		v   *float64
 	}{
-		{descCPU, prometheus.CounterValue, u.cpu}, {descMem, prometheus.GaugeValue, u.mem},
-		{descMemMax, prometheus.GaugeValue, u.memMax}, {descPids, prometheus.GaugeValue, u.pids},
-		{descPidMax, prometheus.GaugeValue, u.pidsMax}, {descFrozen, prometheus.GaugeValue, u.frozen},
-		{descOOM, prometheus.CounterValue, u.oom},
+		{descCPU, prometheus.CounterValue, u.CPUSeconds}, {descMem, prometheus.GaugeValue, u.Memory},
+		{descMemMax, prometheus.GaugeValue, u.MemoryMax}, {descPids, prometheus.GaugeValue, u.Pids},
+		{descPidMax, prometheus.GaugeValue, u.PidsMax}, {descFrozen, prometheus.GaugeValue, u.Frozen},
+		{descOOM, prometheus.CounterValue, u.OOMKills},
 	} {
 		if s.v != nil {
 			ch <- prometheus.MustNewConstMetric(s.d, s.typ, *s.v, name)
@@ -199,38 +200,40 @@ func (u usage) send(ch chan<- prometheus.Metric, name string) {
 	}
 }
 
-// use reads a view's use from its host cgroups: cgroup v2 first, v1
-// for what v2 does not have (a hybrid host keeps controllers on v1).
-func use(v *View) usage {
-	var u usage
-	if d := v.V2; d != "" {
-		u.cpu = scaled(keyed(filepath.Join(d, "cpu.stat"))["usage_usec"], 1e-6)
-		u.mem, u.memMax = value(filepath.Join(d, "memory.current")), value(filepath.Join(d, "memory.max"))
-		u.oom = keyed(filepath.Join(d, "memory.events"))["oom_kill"]
-		u.pids, u.pidsMax = value(filepath.Join(d, "pids.current")), value(filepath.Join(d, "pids.max"))
-		u.frozen = keyed(filepath.Join(d, "cgroup.events"))["frozen"]
+// Use reads a container's use from its host cgroups: v2 (its cgroup on
+// the cgroup v2 hierarchy, "" if none) first, v1 (its cgroups on v1
+// hierarchies by controller: memory, cpuacct, pids, freezer) for what v2
+// does not have (a hybrid host keeps controllers on v1).
+func Use(v2 string, v1 map[string]string) Usage {
+	var u Usage
+	if d := v2; d != "" {
+		u.CPUSeconds = scaled(keyed(filepath.Join(d, "cpu.stat"))["usage_usec"], 1e-6)
+		u.Memory, u.MemoryMax = value(filepath.Join(d, "memory.current")), value(filepath.Join(d, "memory.max"))
+		u.OOMKills = keyed(filepath.Join(d, "memory.events"))["oom_kill"]
+		u.Pids, u.PidsMax = value(filepath.Join(d, "pids.current")), value(filepath.Join(d, "pids.max"))
+		u.Frozen = keyed(filepath.Join(d, "cgroup.events"))["frozen"]
 	}
-	if d := v.V1["cpuacct"]; d != "" && u.cpu == nil {
-		u.cpu = scaled(value(filepath.Join(d, "cpuacct.usage")), 1e-9)
+	if d := v1["cpuacct"]; d != "" && u.CPUSeconds == nil {
+		u.CPUSeconds = scaled(value(filepath.Join(d, "cpuacct.usage")), 1e-9)
 	}
-	if d := v.V1["memory"]; d != "" && u.mem == nil {
-		u.mem = value(filepath.Join(d, "memory.usage_in_bytes"))
+	if d := v1["memory"]; d != "" && u.Memory == nil {
+		u.Memory = value(filepath.Join(d, "memory.usage_in_bytes"))
 		// v1 says "no limit" with the largest page-aligned number.
 		if lim := value(filepath.Join(d, "memory.limit_in_bytes")); lim != nil && *lim < 1<<62 {
-			u.memMax = lim
+			u.MemoryMax = lim
 		}
-		u.oom = keyed(filepath.Join(d, "memory.oom_control"))["oom_kill"]
+		u.OOMKills = keyed(filepath.Join(d, "memory.oom_control"))["oom_kill"]
 	}
-	if d := v.V1["pids"]; d != "" && u.pids == nil {
-		u.pids, u.pidsMax = value(filepath.Join(d, "pids.current")), value(filepath.Join(d, "pids.max"))
+	if d := v1["pids"]; d != "" && u.Pids == nil {
+		u.Pids, u.PidsMax = value(filepath.Join(d, "pids.current")), value(filepath.Join(d, "pids.max"))
 	}
-	if d := v.V1["freezer"]; d != "" && u.frozen == nil {
+	if d := v1["freezer"]; d != "" && u.Frozen == nil {
 		if b, err := os.ReadFile(filepath.Join(d, "freezer.state")); err == nil {
 			f := 0.0
 			if strings.TrimSpace(string(b)) == "FROZEN" {
 				f = 1
 			}
-			u.frozen = &f
+			u.Frozen = &f
 		}
 	}
 	return u

@@ -6,7 +6,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -175,6 +177,7 @@ while :; do sleep 0.1; done
 	waitFor(t, "the container frozen", 20*time.Second*laneSlowdown(), func() bool {
 		return keyedValue(readFile(t, events), "frozen") == "1"
 	})
+	wantStats(t, a, id, "64MiB", "50", "yes")
 	if r := a.cgfs(t, "thaw", id); r.code != 0 {
 		t.Fatalf("cgfs thaw: %s", r.out)
 	}
@@ -303,6 +306,7 @@ lxc.cgroup2.cpu.max = 50000 100000
 	waitFor(t, "the container frozen", 20*time.Second*laneSlowdown(), func() bool {
 		return keyedValue(readFile(t, events), "frozen") == "1"
 	})
+	wantStats(t, a, "lxc-ctr", "64MiB", "50", "yes")
 	if r := a.cgfs(t, "thaw", "lxc-ctr"); r.code != 0 {
 		t.Fatalf("cgfs thaw lxc-ctr: %s", r.out)
 	}
@@ -317,4 +321,144 @@ lxc.cgroup2.cpu.max = 50000 100000
 		_, err := os.Stat(userCgroup(l.cgroup2, parent, a, "lxc-ctr"))
 		return os.IsNotExist(err)
 	})
+}
+
+// TestRootlessPodmanThroughTheHook: Debian's podman 4.3.1, rootless, run
+// by an ordinary user with --runtime runc (crun refuses hybrid hosts) and
+// cmd/cgfs/examples/podman-hook.json in its --hooks-dir. podman drops
+// --memory and --pids-limit here ("Resource limits are not supported and
+// ignored on cgroups V1 rootless systems") and refuses pause and stats;
+// the cgfs.* annotations' limits are in force on the host, the
+// container's root makes and freezes cgroups in its view, and cgfs
+// freeze, stats and thaw work on the name cgfs.name gives.
+func TestRootlessPodmanThroughTheHook(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "podman")
+	requireTool(t, "runc")
+	l := detectLane(t)
+	a := newTestUser(t)
+	_, parent := userDaemon(t, "* memory=512M\n", a)
+	// The user's home (podman's storage) and runtime directory.
+	home, runtime := publicDir(t), publicDir(t)
+	for _, d := range []string{home, runtime} {
+		if err := os.Chown(d, a.uid, a.gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(runtime, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	podman := func(args ...string) *exec.Cmd {
+		c := a.command("podman", args...)
+		c.Env = append(c.Env, "HOME="+home, "XDG_RUNTIME_DIR="+runtime)
+		return c
+	}
+	t.Cleanup(func() {
+		_ = podman("rm", "-af", "-t", "0").Run()
+		// Rootless podman keeps a process holding its user namespace.
+		if b, err := os.ReadFile(filepath.Join(runtime, "libpod/tmp/pause.pid")); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	// An image of busybox, imported as podman's users make one without
+	// a registry.
+	img := filepath.Join(publicDir(t), "bb.tar")
+	if out, err := exec.Command("tar", "-C", busyboxRootfs(t, 0), "-cf", img, ".").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v\n%s", err, out)
+	}
+	if out, err := podman("import", img, "cgfs-test-bb").CombinedOutput(); err != nil {
+		t.Fatalf("podman import as %s: %v\n%s", a.name, err, out)
+	}
+	hooks := publicDir(t)
+	hook := strings.Replace(example(t, "podman-hook.json"), `"PATH=`, `"CGFS_USER_SOCKET=`+a.socket+`", "PATH=`, 1)
+	if err := os.WriteFile(filepath.Join(hooks, "cgfs.json"), []byte(hook), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	v2, mem := "/sys/fs/cgroup", "/sys/fs/cgroup/memory.max"
+	if len(l.v1) > 0 {
+		v2, mem = "/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+	}
+	script := fmt.Sprintf(`echo view $(grep -c ' - fuse.cgfs ' /proc/self/mountinfo)
+echo memory $(cat %[2]s)
+mkdir %[1]s/sub && echo made sub
+sleep 1000 & kid=$!
+echo $kid > %[1]s/sub/cgroup.procs
+echo 1 > %[1]s/sub/cgroup.freeze
+until grep -q 'frozen 1' %[1]s/sub/cgroup.events; do sleep 0.1; done
+echo froze a child
+kill -9 $kid
+echo running
+while :; do sleep 0.1; done
+`, v2, mem)
+	run := podman("run", "--rm", "--runtime", "runc", "--hooks-dir", hooks, "--network", "none",
+		"--name", "web", "--memory", "64M", "--pids-limit", "50",
+		"--annotation", "cgfs.name=web", "--annotation", "cgfs.memory=64M", "--annotation", "cgfs.pids=50",
+		"cgfs-test-bb", "sh", "-c", script)
+	var out lockedBuffer
+	run.Stdout, run.Stderr = &out, &out
+	ended := startUntilEnd(t, run, func() { _ = podman("rm", "-f", "-t", "0", "web").Run() })
+	waitFor(t, "the rootless podman container to run", 90*time.Second*laneSlowdown(), func() bool {
+		return strings.Contains(out.String(), "running\n") || ended()
+	})
+	t.Logf("podman run as %s:\n%s", a.name, out.String())
+	wantSaid(t, out.String(), "the rootless podman container", "view 1\n", "memory 67108864\n", "made sub\n", "froze a child\n")
+	host := func(ctrl, v1file, v2file string) string {
+		if m, ok := l.v1[ctrl]; ok {
+			return strings.TrimSpace(readFile(t, userCgroup(m, parent, a, "web")+"/"+v1file))
+		}
+		return strings.TrimSpace(readFile(t, userCgroup(l.cgroup2, parent, a, "web")+"/"+v2file))
+	}
+	if got := host("memory", "memory.limit_in_bytes", "memory.max"); got != "67108864" {
+		t.Errorf("the container's memory limit on the host = %s, want 67108864", got)
+	}
+	if got := host("pids", "pids.max", "pids.max"); got != "50" {
+		t.Errorf("the container's pids limit on the host = %s, want 50", got)
+	}
+	// podman's own pause and stats, in its words; cgfs's do the work.
+	for _, args := range [][]string{{"pause", "web"}, {"stats", "--no-stream", "web"}} {
+		o, err := podman(args...).CombinedOutput()
+		t.Logf("podman %s as %s: %v %s", strings.Join(args, " "), a.name, err, o)
+	}
+	events := userCgroup(l.cgroup2, parent, a, "web") + "/cgroup.events"
+	if r := a.cgfs(t, "freeze", "web"); r.code != 0 {
+		t.Fatalf("cgfs freeze web: %s", r.out)
+	}
+	waitFor(t, "the container frozen", 20*time.Second*laneSlowdown(), func() bool {
+		return keyedValue(readFile(t, events), "frozen") == "1"
+	})
+	wantStats(t, a, "web", "64MiB", "50", "yes")
+	if r := a.cgfs(t, "thaw", "web"); r.code != 0 {
+		t.Fatalf("cgfs thaw web: %s", r.out)
+	}
+	waitFor(t, "the container thawed", 20*time.Second*laneSlowdown(), func() bool {
+		return keyedValue(readFile(t, events), "frozen") == "0"
+	})
+	if o, err := podman("rm", "-f", "-t", "0", "web").CombinedOutput(); err != nil {
+		t.Errorf("podman rm -f web: %v\n%s", err, o)
+	}
+	waitFor(t, "podman run to end", 30*time.Second*laneSlowdown(), ended)
+	waitFor(t, "the container's cgroups gone", 20*time.Second*laneSlowdown(), func() bool {
+		_, err := os.Stat(userCgroup(l.cgroup2, parent, a, "web"))
+		return os.IsNotExist(err)
+	})
+}
+
+// wantStats checks what user a's cgfs stats says of its container name:
+// the memory limit, the tasks limit and whether frozen.
+func wantStats(t *testing.T, a *testUser, name, memMax, pidsMax, frozen string) {
+	t.Helper()
+	r := a.cgfs(t, "stats", name)
+	t.Logf("cgfs stats %s:\n%s", name, r.out)
+	// NAME CPU MEM / LIMIT PIDS / LIMIT FROZEN OOM
+	if f := strings.Fields(lastLine(r.out)); r.code != 0 || len(f) != 10 || f[0] != name || f[4] != memMax || f[7] != pidsMax || f[8] != frozen {
+		t.Errorf("cgfs stats %s as %s does not say %s, %s tasks and frozen %s:\n%s", name, a.name, memMax, pidsMax, frozen, r.out)
+	}
+}
+
+// lastLine is s's last line that is not empty.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
 }

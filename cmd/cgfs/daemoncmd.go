@@ -490,14 +490,19 @@ func ociHookCmd(args []string, stdin io.Reader) error {
 	if !filepath.IsAbs(rootfs) {
 		rootfs = filepath.Join(st.Bundle, rootfs)
 	}
-	if os.Geteuid() != 0 {
-		// A rootless runtime's hook runs as its user: the daemon's user
+	if !hostRoot() {
+		// A rootless runtime's hook runs as its user (rootless podman's
+		// as root of the user's own user namespace): the daemon's user
 		// socket makes the container's cgroups.
 		lim, err := cfg.limits()
 		if err != nil {
 			return err
 		}
-		return hookAsUser(st.ID, st.Pid, rootfs, "/sys/fs/cgroup", lim)
+		name := st.ID
+		if n, ok := cfg.Annotations["cgfs.name"]; ok {
+			name = n
+		}
+		return hookAsUser(name, st.Pid, rootfs, "/sys/fs/cgroup", lim)
 	}
 	return attach(attachOptions{
 		req:    control.Request{Op: "attach", Name: st.ID, Owner: st.Pid},
@@ -506,6 +511,17 @@ func ociHookCmd(args []string, stdin io.Reader) error {
 		in:     st.Pid,
 		socket: socket,
 	})
+}
+
+// hostRoot tells whether this process is root in the host's user
+// namespace (the initial one, which maps every id to itself), not an
+// ordinary user nor root of a user namespace of an ordinary user's.
+func hostRoot() bool {
+	if os.Geteuid() != 0 {
+		return false
+	}
+	b, err := os.ReadFile("/proc/self/uid_map")
+	return err == nil && strings.Join(strings.Fields(string(b)), " ") == "0 0 4294967295"
 }
 
 // ociConfig is what cgfs reads of an OCI bundle's config.json: the root
@@ -592,7 +608,7 @@ func lxcHookCmd(args []string) error {
 		return usageError{"cgfs lxc-hook is an lxc.hook.start-host hook: LXC_PID is not set"}
 	}
 	name := os.Getenv("LXC_NAME")
-	if os.Geteuid() != 0 {
+	if !hostRoot() {
 		// An unprivileged container's hook runs as its user.
 		// LXC skips its cgroup keys where it has no cgroup; the
 		// hook's flags go over them.

@@ -47,3 +47,11 @@ func TestLimitsOver(t *testing.T) {
 		t.Errorf("over = %+v, want %+v", got, want)
 	}
 }
+
+func TestHumanBytes(t *testing.T) {
+	for v, want := range map[float64]string{0: "0B", 1023: "1023B", 1024: "1KiB", 557056: "544KiB", 64 << 20: "64MiB", 1.5 * (1 << 30): "1.5GiB", 1 << 50: "1024TiB"} {
+		if got := humanBytes(v); got != want {
+			t.Errorf("humanBytes(%v) = %s, want %s", v, got, want)
+		}
+	}
+}

@@ -5,7 +5,7 @@
 //	cgfs exec NAME -- CMD...
 //	cgfs daemon [--socket PATH] [--metrics ADDR]
 //	cgfs attach|detach|list ...
-//	cgfs freeze|thaw|kill|stop|update NAME (a user's own container)
+//	cgfs freeze|thaw|kill|stop|update NAME, cgfs stats [NAME] (a user's own containers)
 //	cgfs oci-hook | lxc-hook
 //	cgfs bench [OPTIONS]
 //
@@ -129,6 +129,8 @@ func run(args []string, log *slog.Logger, stderr io.Writer) (int, error) {
 		return 0, simpleCmd(args[0], args[1:], os.Stdout, stderr)
 	case "freeze", "thaw", "kill", "stop", "update":
 		return 0, userOpCmd(args[0], args[1:], stderr)
+	case "stats":
+		return 0, statsCmd(args[1:], os.Stdout, stderr)
 	case "oci-hook":
 		return 0, ociHookCmd(args[1:], os.Stdin)
 	case "lxc-hook":

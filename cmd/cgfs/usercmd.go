@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 
 	"golang.org/x/sys/unix"
 
@@ -215,6 +217,84 @@ func userListCmd(stdout io.Writer) error {
 	return nil
 }
 
+const statsUsage = `usage: cgfs stats [--json] [NAME]
+
+What an unprivileged user's own containers (or NAME) use, as their host
+cgroups say: CPU time, memory and its limit, tasks and their limit,
+whether frozen, and the OOM kills so far ("-" where the host keeps no such
+value). Root reads its containers' in the daemon's metrics.
+`
+
+// statsCmd is cgfs stats, by a user: what runc events --stats and
+// podman stats cannot say without cgroups of their own.
+func statsCmd(args []string, stdout, stderr io.Writer) error {
+	fl := flag.NewFlagSet("stats", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	fl.Usage = func() { fmt.Fprint(stderr, statsUsage) }
+	asJSON := fl.Bool("json", false, "print the answer as JSON")
+	// NAME may come first or last.
+	var name string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		name, args = args[0], args[1:]
+	}
+	if err := fl.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	if name == "" && fl.NArg() == 1 {
+		name = fl.Arg(0)
+	} else if fl.NArg() != 0 {
+		fl.Usage()
+		return usageError{"stats [NAME]"}
+	}
+	if os.Geteuid() == 0 {
+		return usageError{"cgfs stats is for a user's own containers: root reads its containers' use in the daemon's metrics (cgfs_container_*)"}
+	}
+	a, _, err := askUser(control.UserSocketPath(), control.Request{Op: "stats", Name: name})
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(a.Stats)
+	}
+	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NAME\tCPU\tMEMORY / LIMIT\tPIDS / LIMIT\tFROZEN\tOOM KILLS")
+	for _, st := range a.Stats {
+		frozen := "-"
+		if st.Frozen != nil {
+			frozen = map[bool]string{true: "yes", false: "no"}[*st.Frozen == 1]
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s / %s\t%s / %s\t%s\t%s\n", st.Name,
+			shown(st.CPUSeconds, func(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) + "s" }),
+			shown(st.Memory, humanBytes), shown(st.MemoryMax, humanBytes),
+			shown(st.Pids, count), shown(st.PidsMax, count), frozen, shown(st.OOMKills, count))
+	}
+	return w.Flush()
+}
+
+// shown is v as f writes it, or "-" when the host keeps no such value.
+func shown(v *float64, f func(float64) string) string {
+	if v == nil {
+		return "-"
+	}
+	return f(*v)
+}
+
+func count(v float64) string { return strconv.FormatFloat(v, 'f', 0, 64) }
+
+// humanBytes writes a number of bytes with a binary unit (64MiB).
+func humanBytes(v float64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB"}
+	i := 0
+	for v >= 1024 && i < len(units)-1 {
+		v /= 1024
+		i++
+	}
+	if v == float64(int64(v)) {
+		return fmt.Sprintf("%d%s", int64(v), units[i])
+	}
+	return fmt.Sprintf("%.1f%s", v, units[i])
+}
+
 // placeEnv makes the cgfs binary put a view in place inside a
 // container's namespaces (placeMain), where a user's hook has nsenter
 // start it: a multithreaded process cannot enter a user namespace.
@@ -264,7 +344,17 @@ func placeIn(view *os.File, pid int, root, target string) error {
 	// binary; the container's root is /proc/PID/root from there, and
 	// root below it.
 	inRoot := filepath.Join(fmt.Sprintf("/proc/%d/root", pid), root)
-	args := []string{"-t", strconv.Itoa(pid), "-U", "-m", "-r/"}
+	args := []string{"-t", strconv.Itoa(pid), "-m", "-r/"}
+	// A hook already in the container's user namespace (rootless
+	// podman's: runc runs in the user's one namespace) cannot enter it
+	// again (EINVAL).
+	same, err := sameNS(pid, "user")
+	if err != nil {
+		return err
+	}
+	if !same {
+		args = append(args, "-U")
+	}
 	// A user its container maps to root (rootless runc's one line, where
 	// setgroups is denied) stays who it is; in one mapped by newuidmap
 	// from its subordinate ids (unprivileged LXC), where it is no one,
@@ -287,6 +377,19 @@ func placeIn(view *os.File, pid int, root, target string) error {
 		return fmt.Errorf("putting the view in place: %v: %s", err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// sameNS tells whether process pid is in this process's namespace of
+// kind ("user", "mnt", ...).
+func sameNS(pid int, kind string) (bool, error) {
+	var mine, its unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/"+kind, &mine); err != nil {
+		return false, err
+	}
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/%s", pid, kind), &its); err != nil {
+		return false, err
+	}
+	return mine.Dev == its.Dev && mine.Ino == its.Ino, nil
 }
 
 // uidInside is host uid's id in process pid's user namespace, or -1

@@ -273,6 +273,26 @@ func (cg *Set) Limit(lim Limits) error {
 	return nil
 }
 
+// V1ByController is the set's v1 cgroups by the controllers whose use
+// cgfs reads (memory, pids, cpuacct, freezer), each found by a file of
+// its own.
+func (cg *Set) V1ByController() map[string]string {
+	files := map[string]string{"memory": "memory.usage_in_bytes", "pids": "pids.current",
+		"cpuacct": "cpuacct.usage", "freezer": "freezer.state"}
+	out := map[string]string{}
+	for _, d := range cg.Dirs {
+		if d == cg.V2 {
+			continue
+		}
+		for ctrl, f := range files {
+			if _, err := os.Stat(filepath.Join(d, f)); err == nil {
+				out[ctrl] = d
+			}
+		}
+	}
+	return out
+}
+
 // withController is the container's cgroup in the hierarchy that has
 // controller ctrl: a v1 hierarchy of its own, or cgroup v2 if its root
 // offers it.

@@ -96,6 +96,8 @@ type Answer struct {
 	Usage bool       `json:"usage,omitempty"`
 	Views []ViewInfo `json:"views,omitempty"`
 	Init  int        `json:"init,omitempty"`
+	// Stats is what a user's containers use (the user socket's stats).
+	Stats []Stats `json:"stats,omitempty"`
 	// PauseMicros is how long an upgrade left the connections unserved.
 	PauseMicros int64 `json:"pause_us,omitempty"`
 	// Retry says the server is handing over to the next one: the same
@@ -121,6 +123,19 @@ const placedWord = "placed"
 type ViewInfo struct {
 	Name  string `json:"name"`
 	Owner int    `json:"owner"`
+}
+
+// Stats is what one container uses, as its host cgroups say; a value
+// the host does not keep (no such controller, no limit) is absent.
+type Stats struct {
+	Name       string   `json:"name"`
+	CPUSeconds *float64 `json:"cpu_seconds,omitempty"`
+	Memory     *float64 `json:"memory,omitempty"`
+	MemoryMax  *float64 `json:"memory_max,omitempty"`
+	Pids       *float64 `json:"pids,omitempty"`
+	PidsMax    *float64 `json:"pids_max,omitempty"`
+	Frozen     *float64 `json:"frozen,omitempty"`
+	OOMKills   *float64 `json:"oom_kills,omitempty"`
 }
 
 // Handler answers a request from the host process peer; a descriptor it

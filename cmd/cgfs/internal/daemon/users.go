@@ -22,6 +22,7 @@ import (
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/keeper"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/users"
+	"github.com/cgfs/cgfs/metrics"
 	"github.com/cgfs/cgfs/translate/host"
 	"github.com/cgfs/cgfs/translate/layout"
 	"github.com/cgfs/cgfs/translate/pidns"
@@ -210,7 +211,7 @@ func (d *Daemon) HandleUser(req control.Request, peer control.Peer) (control.Ans
 		closeAll()
 		return answer(refuseUser("user-refused", "the admin's policy gives user %s no containers", who.Name)), nil
 	}
-	if req.Op != "list" && !userNameRE.MatchString(req.Name) {
+	if req.Op != "list" && !(req.Op == "stats" && req.Name == "") && !userNameRE.MatchString(req.Name) {
 		closeAll()
 		return answer(refuseUser("bad-name", "%q: a container name is up to 64 letters, digits, '.', '_' or '-'", req.Name)), nil
 	}
@@ -329,6 +330,25 @@ func (d *Daemon) HandleUser(req control.Request, peer control.Peer) (control.Ans
 	case "list":
 		closeAll()
 		return control.Answer{Views: u.list(who.Uid)}, nil
+	case "stats":
+		closeAll()
+		var cs []*userContainer
+		if req.Name == "" {
+			cs = u.all(who.Uid)
+		} else {
+			c, err := u.container(who.Uid, req.Name)
+			if err != nil {
+				return answer(err), nil
+			}
+			cs = []*userContainer{c}
+		}
+		var out []control.Stats
+		for _, c := range cs {
+			m := metrics.Use(c.cg.V2, c.cg.V1ByController())
+			out = append(out, control.Stats{Name: c.name, CPUSeconds: m.CPUSeconds, Memory: m.Memory,
+				MemoryMax: m.MemoryMax, Pids: m.Pids, PidsMax: m.PidsMax, Frozen: m.Frozen, OOMKills: m.OOMKills})
+		}
+		return control.Answer{Stats: out}, nil
 	case "lookup":
 		closeAll()
 		c, err := u.container(who.Uid, req.Name)
@@ -341,7 +361,7 @@ func (d *Daemon) HandleUser(req control.Request, peer control.Peer) (control.Ans
 		return control.Answer{Init: c.init}, nil
 	}
 	closeAll()
-	return answer(refuseUser("user-request", "the user socket answers create, adopt, attach, agent, enter, update, freeze, thaw, kill, detach, remove, list and lookup, not %q", req.Op)), nil
+	return answer(refuseUser("user-request", "the user socket answers create, adopt, attach, agent, enter, update, freeze, thaw, kill, detach, remove, list, stats and lookup, not %q", req.Op)), nil
 }
 
 // container is user uid's container name.
@@ -352,6 +372,18 @@ func (u *userState) container(uid int, name string) (*userContainer, error) {
 		return c, nil
 	}
 	return nil, refuseUser("no-container", "no container %s of yours", name)
+}
+
+// all is user uid's containers, by name.
+func (u *userState) all(uid int) []*userContainer {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	var out []*userContainer
+	for _, c := range u.containers[uid] {
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
 }
 
 func (u *userState) list(uid int) []control.ViewInfo {
