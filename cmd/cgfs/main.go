@@ -48,6 +48,9 @@ func main() {
 	case launch.IsInit():
 		// A container's init, until it becomes the command.
 		os.Exit(launch.InitMain())
+	case os.Getenv(delegatedEnv) != "":
+		// The server of cgfs run in a user's delegated cgroup.
+		os.Exit(delegatedMain())
 	case os.Getenv(placeEnv) != "":
 		// A user's hook, inside a container's namespaces.
 		if err := placeMain(os.Args[1:]); err != nil {

@@ -25,7 +25,7 @@ import (
 	"github.com/cgfs/cgfs/translate/host"
 )
 
-const runUsage = `usage: cgfs run [--name N] [--parent P] [--memory BYTES] [--pids N] [--cpus N] [--map HOSTID:COUNT] [--rootfs DIR] [--net own|host] [--metrics ADDR] -- CMD...
+const runUsage = `usage: cgfs run [--name N] [--parent P] [--memory BYTES] [--pids N] [--cpus N] [--map HOSTID:COUNT] [--rootfs DIR] [--net own|host] [--metrics ADDR] [--delegated] -- CMD...
 
 Starts CMD as root of new user (0 -> HOSTID, COUNT ids; default
 100000:65536), mount, pid, cgroup, uts, ipc and network (--net own: only
@@ -38,7 +38,8 @@ status and removes what it made.
 
 type runOptions struct {
 	launch.Options
-	metrics string
+	metrics   string
+	delegated bool // --delegated: the user's own cgroup, no daemon
 }
 
 func parseRun(args []string, stderr io.Writer) (runOptions, error) {
@@ -53,6 +54,7 @@ func parseRun(args []string, stderr io.Writer) (runOptions, error) {
 	fl.StringVar(&o.Rootfs, "rootfs", "", "the container's root file system `DIR` (the host's by default)")
 	netMode := fl.String("net", "own", "the container's network: `own` (a namespace of its own with only its loopback up; none is the same) or host (the host's)")
 	fl.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics")
+	fl.BoolVar(&o.delegated, "delegated", false, "an ordinary user's container in the cgroup v2 subtree delegated to the user, with no daemon (the default when no daemon serves users)")
 	if err := fl.Parse(args); err != nil {
 		return o, usageError{err.Error()}
 	}
@@ -115,8 +117,17 @@ func parseRun(args []string, stderr io.Writer) (runOptions, error) {
 // serves its view and answers its seccomp listeners.
 func runAsUser(o runOptions, log *slog.Logger) (int, error) {
 	socket := control.UserSocketPath()
-	if _, err := os.Stat(socket); err != nil {
-		return 0, userSocketErr(socket, fmt.Errorf("%s: %w", socket, control.ErrNotRunning))
+	if _, err := os.Stat(socket); err != nil || o.delegated {
+		// No daemon serves users: a cgroup delegated to the user will
+		// do.
+		mount, dir, derr := ownCgroup()
+		if derr == nil {
+			return runDelegated(o, mount, dir, log)
+		}
+		if o.delegated {
+			return 0, fmt.Errorf("--delegated: %w (run cgfs where a cgroup v2 subtree is delegated to you: systemd-run --user --scope -p Delegate=yes cgfs run ..., or an admin's chown)", derr)
+		}
+		return 0, userSocketErr(socket, fmt.Errorf("%s: %w; nor is a cgroup delegated to you: %v", socket, control.ErrNotRunning, derr))
 	}
 	maps, err := userMaps()
 	if err != nil {
@@ -172,6 +183,12 @@ func runCmd(o runOptions, log *slog.Logger) (int, error) {
 	if os.Geteuid() != 0 {
 		return runAsUser(o, log)
 	}
+	if o.delegated && o.Delegated == "" {
+		return 0, usageError{"--delegated is for an ordinary user (root's containers are made below --parent)"}
+	}
+	// The server of a user's delegated cgroup (root of the user's own
+	// user namespace) asks no daemon and answers no cgfs exec.
+	delegated := o.Delegated != ""
 	procs, err := proc.Open("/proc")
 	if err != nil {
 		return 0, err
@@ -201,6 +218,9 @@ func runCmd(o runOptions, log *slog.Logger) (int, error) {
 	o.View = func(init int) (*os.File, func(), error) {
 		// The daemon serves the view when one runs; else this process.
 		a, view, placed, err := control.AskConfirm(control.DaemonSocket(), control.Request{Op: "attach", Name: o.Name, Owner: init})
+		if delegated {
+			err = control.ErrNotRunning
+		}
 		if err == nil {
 			if err := a.Err(); err != nil {
 				placed(false)
@@ -220,7 +240,13 @@ func runCmd(o runOptions, log *slog.Logger) (int, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		views, err = serve.Open(procs, serve.Options{Name: o.Name, Owner: init, Log: log, Watcher: w, Budget: budget})
+		so := serve.Options{Name: o.Name, Owner: init, Log: log, Watcher: w, Budget: budget}
+		if delegated {
+			// Its cgroup v2 cgroup alone (on a hybrid host too: the
+			// user owns nothing on v1).
+			so.HostDir = filepath.Join(o.Delegated, o.Name)
+		}
+		views, err = serve.Open(procs, so)
 		if err != nil {
 			w.Close()
 			return nil, nil, err
@@ -253,8 +279,8 @@ func runCmd(o runOptions, log *slog.Logger) (int, error) {
 			Read: func() float64 { return float64(count()) }})
 	}
 	o.Started = func(init int, agents func(*os.File)) func() {
-		if daemonServes {
-			return func() {} // cgfs exec asks the daemon
+		if daemonServes || delegated {
+			return func() {} // cgfs exec asks the daemon, or finds none
 		}
 		// cgfs exec finds the container here.
 		ln, err := control.Serve(control.RunSocket(o.Name), func(req control.Request, _ int) (control.Answer, *os.File) {

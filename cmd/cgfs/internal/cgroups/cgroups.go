@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +39,9 @@ type Set struct {
 	// V2 is the cgroup v2 one, "" if the host has none, and V2Mount its
 	// hierarchy's mount point.
 	V2, V2Mount string
+	// top is where enabling a controller for the container starts: the
+	// v2 hierarchy's root, or the delegated cgroup (MakeDelegated).
+	top string
 	// Mounts are the kernel's mounts of them, as the container's mount
 	// table shows them.
 	Mounts []mimic.Mount
@@ -261,7 +265,7 @@ func (cg *Set) Limit(lim Limits) error {
 		files := t.v2
 		if v1 {
 			files = t.v1
-		} else if err := enableDown(cg.V2Mount, dir, t.ctrl); err != nil {
+		} else if err := enableDown(cg.enableTop(), dir, t.ctrl); err != nil {
 			return err
 		}
 		for f, val := range files {
@@ -328,8 +332,45 @@ func (cg *Set) withController(ctrl string) (dir string, v1 bool) {
 	return "", false
 }
 
+// enableTop is where enableDown starts for the set.
+func (cg *Set) enableTop() string {
+	if cg.top != "" {
+		return cg.top
+	}
+	return cg.V2Mount
+}
+
+// MakeDelegated makes the cgroup parent/name on cgroup v2 (mounted at
+// mount), where parent is a cgroup delegated to the caller (an ordinary
+// user, who owns its cgroup.procs and cgroup.subtree_control): the
+// controllers parent offers are enabled in it (never above), and lim
+// set. Nothing but the container's cgroup is made, nor removed after.
+func MakeDelegated(mount, parent, name string, lim Limits) (*Set, error) {
+	dir := filepath.Join(parent, name)
+	if err := unix.Mkdir(dir, 0o755); err != nil {
+		if err == unix.EEXIST {
+			return nil, fmt.Errorf("a container named %s runs already (%s exists)", name, dir)
+		}
+		return nil, &os.PathError{Op: "mkdir", Path: dir, Err: err}
+	}
+	cg := &Set{Dirs: map[string]string{mount: dir}, V2: dir, V2Mount: mount, top: parent,
+		Mounts: []mimic.Mount{{FSType: "cgroup2"}}}
+	b, _ := os.ReadFile(filepath.Join(parent, "cgroup.controllers"))
+	for _, c := range strings.Fields(string(b)) {
+		if err := enableDown(parent, dir, c); err != nil {
+			cg.Remove()
+			return nil, err
+		}
+	}
+	if err := cg.Limit(lim); err != nil {
+		cg.Remove()
+		return nil, err
+	}
+	return cg, nil
+}
+
 // enableDown enables controller ctrl in cgroup.subtree_control from the
-// hierarchy root down to dir's parent.
+// hierarchy root down to dir's parent, where it is not enabled yet.
 func enableDown(root, dir, ctrl string) error {
 	rel, err := filepath.Rel(root, filepath.Dir(dir))
 	if err != nil {
@@ -342,6 +383,10 @@ func enableDown(root, dir, ctrl string) error {
 	}
 	for _, part := range parts {
 		at = filepath.Join(at, part)
+		b, err := os.ReadFile(filepath.Join(at, "cgroup.subtree_control"))
+		if err == nil && slices.Contains(strings.Fields(string(b)), ctrl) {
+			continue
+		}
 		if err := os.WriteFile(filepath.Join(at, "cgroup.subtree_control"), []byte("+"+ctrl), 0); err != nil {
 			return fmt.Errorf("enabling %s in %s: %w", ctrl, at, err)
 		}

@@ -75,6 +75,12 @@ type Options struct {
 	// container's cgroups and puts its init in them; nil: this process
 	// (host root) does. Map is then ignored for UserMaps.
 	User UserDaemon
+	// Delegated, when set, is a cgroup v2 directory delegated to the
+	// ordinary user this process serves as root of a user namespace of
+	// its own (cgfs run with no daemon): the container's cgroup is
+	// made there alone (cgroups.MakeDelegated), on the v2 hierarchy
+	// mounted at DelegatedMount.
+	Delegated, DelegatedMount string
 	// UserMaps are the container's id maps for a user, written by
 	// shadow's newuidmap and newgidmap (its own id and its subordinate
 	// ranges).
@@ -118,7 +124,12 @@ func Run(o Options) (int, error) {
 	var cg *cgroups.Set
 	var mounts []mimic.Mount
 	if o.User == nil {
-		if cg, err = cgroups.Make(procs, o.Parent, o.Name, o.Limits); err != nil {
+		if o.Delegated != "" {
+			cg, err = cgroups.MakeDelegated(o.DelegatedMount, o.Delegated, o.Name, o.Limits)
+		} else {
+			cg, err = cgroups.Make(procs, o.Parent, o.Name, o.Limits)
+		}
+		if err != nil {
 			return 0, err
 		}
 		mounts = cg.Mounts
@@ -150,7 +161,7 @@ func Run(o Options) (int, error) {
 	// A terminal on stdin gets the container one of its own: from its
 	// own devpts with --rootfs (the init makes it and hands back its
 	// master), else from the host's.
-	onTerminal := isTerminal(os.Stdin)
+	onTerminal := IsTerminal(os.Stdin)
 	console := onTerminal && o.Rootfs != ""
 	cfg, _ := json.Marshal(initConfig{Name: o.Name, Rootfs: o.Rootfs, Cmd: o.Cmd, Env: containerEnv(), Mounts: mounts,
 		OwnNet: o.Net != NetHost, Console: console, WaitMaps: o.User != nil})
@@ -233,7 +244,7 @@ func Run(o Options) (int, error) {
 			return 0, err
 		}
 	} else {
-		if err := mapIDs(init, o.UserMaps); err != nil {
+		if err := MapIDs(init, o.UserMaps); err != nil {
 			return 0, err
 		}
 		if err := o.User.Adopt(init); err != nil {
@@ -369,10 +380,10 @@ func hostMounts(procs *proc.Procs) ([]mimic.Mount, error) {
 	return out, nil
 }
 
-// mapIDs writes the user's container's id maps for process pid with
+// MapIDs writes the user's container's id maps for process pid with
 // shadow's newuidmap and newgidmap (set-user-ID root: they check the
 // maps against /etc/subuid and /etc/subgid).
-func mapIDs(pid int, m *IDMaps) error {
+func MapIDs(pid int, m *IDMaps) error {
 	if m == nil || len(m.UID) == 0 || len(m.GID) == 0 {
 		return errors.New("no id maps for the container")
 	}

@@ -20,7 +20,7 @@ type terminal struct {
 	output        chan struct{} // closed when the container's output is all out
 }
 
-func isTerminal(f *os.File) bool {
+func IsTerminal(f *os.File) bool {
 	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 	return err == nil
 }
