@@ -63,6 +63,31 @@ func rootlessRuncConfig(t *testing.T, u *testUser, bundle, script string) {
 	}
 }
 
+// insideScript is what a rootless runtime's container runs in these
+// tests: it says whether its /sys/fs/cgroup is a cgfs view and its memory
+// and pids limits, makes and limits a sub-cgroup, moves a child into it
+// and freezes it, then says running and waits.
+func insideScript(l lane) string {
+	v2, mem, pids := "/sys/fs/cgroup", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/pids.max"
+	if len(l.v1) > 0 {
+		v2, mem, pids = "/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/pids/pids.max"
+	}
+	return fmt.Sprintf(`echo view $(grep -c ' - fuse.cgfs ' /proc/self/mountinfo)
+echo memory $(cat %[2]s)
+echo pids $(cat %[3]s)
+mkdir %[1]s/sub && echo made sub
+echo 5 > %[1]s/sub/cgroup.max.descendants && echo limited sub
+sleep 1000 & kid=$!
+echo $kid > %[1]s/sub/cgroup.procs
+echo 1 > %[1]s/sub/cgroup.freeze
+until grep -q 'frozen 1' %[1]s/sub/cgroup.events; do sleep 0.1; done
+echo froze a child
+kill -9 $kid
+echo running
+while :; do sleep 0.1; done
+`, v2, mem, pids)
+}
+
 // startUntilEnd starts c; it is waited for, and (if still running when
 // the test ends) stopped by stop, else killed after 20 seconds. What it
 // returns tells whether c has ended.
@@ -113,24 +138,7 @@ func TestRootlessRuncThroughTheHook(t *testing.T) {
 	if err := os.Chown(bundle, a.uid, a.gid); err != nil {
 		t.Fatal(err)
 	}
-	v2, mem := "/sys/fs/cgroup", "/sys/fs/cgroup/memory.max"
-	if len(l.v1) > 0 {
-		v2, mem = "/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory/memory.limit_in_bytes"
-	}
-	script := fmt.Sprintf(`echo view $(grep -c ' - fuse.cgfs ' /proc/self/mountinfo)
-echo memory $(cat %[2]s)
-grep 0:: /proc/self/cgroup
-mkdir %[1]s/sub && echo made sub
-echo 5 > %[1]s/sub/cgroup.max.descendants && echo limited sub
-sleep 1000 & kid=$!
-echo $kid > %[1]s/sub/cgroup.procs
-echo 1 > %[1]s/sub/cgroup.freeze
-until grep -q 'frozen 1' %[1]s/sub/cgroup.events; do sleep 0.1; done
-echo froze a child
-kill -9 $kid
-echo running
-while :; do sleep 0.1; done
-`, v2, mem)
+	script := "grep 0:: /proc/self/cgroup\n" + insideScript(l)
 	rootlessRuncConfig(t, a, bundle, script)
 	id := fmt.Sprintf("cgfs-test-rl-%d", os.Getpid()%100000)
 	state := publicDir(t)
@@ -158,32 +166,13 @@ while :; do sleep 0.1; done
 	if strings.Contains(out.String(), "view 0\n") {
 		t.Error("the container's /sys/fs/cgroup is not a cgfs view")
 	}
-	memHost := filepath.Join(l.cgroup2, parent, fmt.Sprintf("user-%d", a.uid), id, "memory.max")
-	if m, ok := l.v1["memory"]; ok {
-		memHost = filepath.Join(m, parent, fmt.Sprintf("user-%d", a.uid), id, "memory.limit_in_bytes")
-	}
-	if got := strings.TrimSpace(readFile(t, memHost)); got != "67108864" {
-		t.Errorf("the container's memory limit on the host (%s) = %s, want 67108864", memHost, got)
-	}
+	wantHostLimits(t, l, parent, a, id, "67108864", "50")
 	// runc pause cannot, as a user; cgfs freeze can.
 	pause := a.command("runc", "--root", state, "pause", id)
 	pause.Env = append(pause.Env, "XDG_RUNTIME_DIR="+state)
 	pout, perr := pause.CombinedOutput()
 	t.Logf("runc pause as %s: %v %s", a.name, perr, pout)
-	events := filepath.Join(l.cgroup2, parent, fmt.Sprintf("user-%d", a.uid), id, "cgroup.events")
-	if r := a.cgfs(t, "freeze", id); r.code != 0 {
-		t.Fatalf("cgfs freeze: %s", r.out)
-	}
-	waitFor(t, "the container frozen", 20*time.Second*laneSlowdown(), func() bool {
-		return keyedValue(readFile(t, events), "frozen") == "1"
-	})
-	wantStats(t, a, id, "64MiB", "50", "yes")
-	if r := a.cgfs(t, "thaw", id); r.code != 0 {
-		t.Fatalf("cgfs thaw: %s", r.out)
-	}
-	waitFor(t, "the container thawed", 20*time.Second*laneSlowdown(), func() bool {
-		return keyedValue(readFile(t, events), "frozen") == "0"
-	})
+	freezeAndThaw(t, l, parent, a, id)
 }
 
 // TestRootlessLXCThroughTheHook: Debian's LXC 5.0.2, an unprivileged
@@ -215,27 +204,7 @@ func TestRootlessLXCThroughTheHook(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	v2, mem, pids := "/sys/fs/cgroup", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/pids.max"
-	if len(l.v1) > 0 {
-		v2, mem, pids = "/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/pids/pids.max"
-	}
-	script := fmt.Sprintf(`#!/bin/sh
-exec > /tmp/result 2>&1
-trap 'echo stopped; exit 0' TERM
-echo view $(grep -c ' - fuse.cgfs ' /proc/self/mountinfo)
-echo memory $(cat %[2]s)
-echo pids $(cat %[3]s)
-mkdir %[1]s/sub && echo made sub
-echo 5 > %[1]s/sub/cgroup.max.descendants && echo limited sub
-sleep 1000 & kid=$!
-echo $kid > %[1]s/sub/cgroup.procs
-echo 1 > %[1]s/sub/cgroup.freeze
-until grep -q 'frozen 1' %[1]s/sub/cgroup.events; do sleep 0.1; done
-echo froze a child
-kill -9 $kid
-echo running
-while :; do sleep 0.1; done
-`, v2, mem, pids)
+	script := "#!/bin/sh\nexec > /tmp/result 2>&1\ntrap 'echo stopped; exit 0' TERM\n" + insideScript(l)
 	initPath := filepath.Join(rootfs, "init.sh")
 	if err := os.WriteFile(initPath, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
@@ -280,36 +249,16 @@ lxc.cgroup2.cpu.max = 50000 100000
 	if strings.Contains(said(), "view 0\n") {
 		t.Error("the container's /sys/fs/cgroup is not a cgfs view")
 	}
-	host := func(ctrl, v1file, v2file string) string {
-		if m, ok := l.v1[ctrl]; ok {
-			return strings.TrimSpace(readFile(t, userCgroup(m, parent, a, "lxc-ctr")+"/"+v1file))
-		}
-		return strings.TrimSpace(readFile(t, userCgroup(l.cgroup2, parent, a, "lxc-ctr")+"/"+v2file))
-	}
-	if got := host("memory", "memory.limit_in_bytes", "memory.max"); got != "67108864" {
-		t.Errorf("the container's memory limit on the host = %s, want 67108864 (the hook's --memory over the config's)", got)
-	}
-	if got := host("pids", "pids.max", "pids.max"); got != "50" {
-		t.Errorf("the container's pids limit on the host = %s, want 50", got)
-	}
-	if got := host("cpu", "cpu.cfs_quota_us", "cpu.max"); got != "50000" && got != "50000 100000" {
+	// The hook's --memory over the config's; the config's CPU.
+	wantHostLimits(t, l, parent, a, "lxc-ctr", "67108864", "50")
+	if got := hostLimit(t, l, parent, a, "lxc-ctr", "cpu", "cpu.cfs_quota_us", "cpu.max"); got != "50000" && got != "50000 100000" {
 		t.Errorf("the container's CPU limit on the host = %s, want 50000 of 100000 (the config's lxc.cgroup2.cpu.max)", got)
 	}
 	// The user's cgfs works on it by name.
 	if r := a.cgfs(t, "list"); !strings.Contains(r.out, "lxc-ctr") {
 		t.Errorf("cgfs list as %s does not name lxc-ctr:\n%s", a.name, r.out)
 	}
-	events := userCgroup(l.cgroup2, parent, a, "lxc-ctr") + "/cgroup.events"
-	if r := a.cgfs(t, "freeze", "lxc-ctr"); r.code != 0 {
-		t.Fatalf("cgfs freeze lxc-ctr: %s", r.out)
-	}
-	waitFor(t, "the container frozen", 20*time.Second*laneSlowdown(), func() bool {
-		return keyedValue(readFile(t, events), "frozen") == "1"
-	})
-	wantStats(t, a, "lxc-ctr", "64MiB", "50", "yes")
-	if r := a.cgfs(t, "thaw", "lxc-ctr"); r.code != 0 {
-		t.Fatalf("cgfs thaw lxc-ctr: %s", r.out)
-	}
+	freezeAndThaw(t, l, parent, a, "lxc-ctr")
 	if r := a.cgfs(t, "stop", "lxc-ctr"); r.code != 0 {
 		t.Fatalf("cgfs stop lxc-ctr: %s", r.out)
 	}
@@ -376,22 +325,7 @@ func TestRootlessPodmanThroughTheHook(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(hooks, "cgfs.json"), []byte(hook), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	v2, mem := "/sys/fs/cgroup", "/sys/fs/cgroup/memory.max"
-	if len(l.v1) > 0 {
-		v2, mem = "/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory/memory.limit_in_bytes"
-	}
-	script := fmt.Sprintf(`echo view $(grep -c ' - fuse.cgfs ' /proc/self/mountinfo)
-echo memory $(cat %[2]s)
-mkdir %[1]s/sub && echo made sub
-sleep 1000 & kid=$!
-echo $kid > %[1]s/sub/cgroup.procs
-echo 1 > %[1]s/sub/cgroup.freeze
-until grep -q 'frozen 1' %[1]s/sub/cgroup.events; do sleep 0.1; done
-echo froze a child
-kill -9 $kid
-echo running
-while :; do sleep 0.1; done
-`, v2, mem)
+	script := insideScript(l)
 	run := podman("run", "--rm", "--runtime", "runc", "--hooks-dir", hooks, "--network", "none",
 		"--name", "web", "--memory", "64M", "--pids-limit", "50",
 		"--annotation", "cgfs.name=web", "--annotation", "cgfs.memory=64M", "--annotation", "cgfs.pids=50",
@@ -403,38 +337,14 @@ while :; do sleep 0.1; done
 		return strings.Contains(out.String(), "running\n") || ended()
 	})
 	t.Logf("podman run as %s:\n%s", a.name, out.String())
-	wantSaid(t, out.String(), "the rootless podman container", "view 1\n", "memory 67108864\n", "made sub\n", "froze a child\n")
-	host := func(ctrl, v1file, v2file string) string {
-		if m, ok := l.v1[ctrl]; ok {
-			return strings.TrimSpace(readFile(t, userCgroup(m, parent, a, "web")+"/"+v1file))
-		}
-		return strings.TrimSpace(readFile(t, userCgroup(l.cgroup2, parent, a, "web")+"/"+v2file))
-	}
-	if got := host("memory", "memory.limit_in_bytes", "memory.max"); got != "67108864" {
-		t.Errorf("the container's memory limit on the host = %s, want 67108864", got)
-	}
-	if got := host("pids", "pids.max", "pids.max"); got != "50" {
-		t.Errorf("the container's pids limit on the host = %s, want 50", got)
-	}
+	wantSaid(t, out.String(), "the rootless podman container", "view 1\n", "memory 67108864\n", "pids 50\n", "made sub\n", "limited sub\n", "froze a child\n")
+	wantHostLimits(t, l, parent, a, "web", "67108864", "50")
 	// podman's own pause and stats, in its words; cgfs's do the work.
 	for _, args := range [][]string{{"pause", "web"}, {"stats", "--no-stream", "web"}} {
 		o, err := podman(args...).CombinedOutput()
 		t.Logf("podman %s as %s: %v %s", strings.Join(args, " "), a.name, err, o)
 	}
-	events := userCgroup(l.cgroup2, parent, a, "web") + "/cgroup.events"
-	if r := a.cgfs(t, "freeze", "web"); r.code != 0 {
-		t.Fatalf("cgfs freeze web: %s", r.out)
-	}
-	waitFor(t, "the container frozen", 20*time.Second*laneSlowdown(), func() bool {
-		return keyedValue(readFile(t, events), "frozen") == "1"
-	})
-	wantStats(t, a, "web", "64MiB", "50", "yes")
-	if r := a.cgfs(t, "thaw", "web"); r.code != 0 {
-		t.Fatalf("cgfs thaw web: %s", r.out)
-	}
-	waitFor(t, "the container thawed", 20*time.Second*laneSlowdown(), func() bool {
-		return keyedValue(readFile(t, events), "frozen") == "0"
-	})
+	freezeAndThaw(t, l, parent, a, "web")
 	if o, err := podman("rm", "-f", "-t", "0", "web").CombinedOutput(); err != nil {
 		t.Errorf("podman rm -f web: %v\n%s", err, o)
 	}
@@ -442,6 +352,50 @@ while :; do sleep 0.1; done
 	waitFor(t, "the container's cgroups gone", 20*time.Second*laneSlowdown(), func() bool {
 		_, err := os.Stat(userCgroup(l.cgroup2, parent, a, "web"))
 		return os.IsNotExist(err)
+	})
+}
+
+// hostLimit is user a's container name's limit file on the host: v1file
+// in controller ctrl's v1 hierarchy where the host has one, else v2file
+// on cgroup v2.
+func hostLimit(t *testing.T, l lane, parent string, a *testUser, name, ctrl, v1file, v2file string) string {
+	t.Helper()
+	if m, ok := l.v1[ctrl]; ok {
+		return strings.TrimSpace(readFile(t, filepath.Join(userCgroup(m, parent, a, name), v1file)))
+	}
+	return strings.TrimSpace(readFile(t, filepath.Join(userCgroup(l.cgroup2, parent, a, name), v2file)))
+}
+
+// wantHostLimits checks user a's container name's memory and pids
+// limits on the host.
+func wantHostLimits(t *testing.T, l lane, parent string, a *testUser, name, mem, pids string) {
+	t.Helper()
+	if got := hostLimit(t, l, parent, a, name, "memory", "memory.limit_in_bytes", "memory.max"); got != mem {
+		t.Errorf("%s's memory limit on the host = %s, want %s", name, got, mem)
+	}
+	if got := hostLimit(t, l, parent, a, name, "pids", "pids.max", "pids.max"); got != pids {
+		t.Errorf("%s's pids limit on the host = %s, want %s", name, got, pids)
+	}
+}
+
+// freezeAndThaw freezes user a's container name with cgfs freeze (the
+// kernel says frozen), checks what cgfs stats says of it (64MiB, 50
+// tasks, frozen), and thaws it with cgfs thaw.
+func freezeAndThaw(t *testing.T, l lane, parent string, a *testUser, name string) {
+	t.Helper()
+	events := filepath.Join(userCgroup(l.cgroup2, parent, a, name), "cgroup.events")
+	if r := a.cgfs(t, "freeze", name); r.code != 0 {
+		t.Fatalf("cgfs freeze %s: %s", name, r.out)
+	}
+	waitFor(t, name+" frozen", 20*time.Second*laneSlowdown(), func() bool {
+		return keyedValue(readFile(t, events), "frozen") == "1"
+	})
+	wantStats(t, a, name, "64MiB", "50", "yes")
+	if r := a.cgfs(t, "thaw", name); r.code != 0 {
+		t.Fatalf("cgfs thaw %s: %s", name, r.out)
+	}
+	waitFor(t, name+" thawed", 20*time.Second*laneSlowdown(), func() bool {
+		return keyedValue(readFile(t, events), "frozen") == "0"
 	})
 }
 

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -223,16 +222,8 @@ func runDelegated(o runOptions, mount, dir string, log *slog.Logger) (int, error
 		Cloneflags: syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS,
 		Pdeathsig:  syscall.SIGKILL,
 	}
-	// Pdeathsig comes when the starting thread ends: it is kept.
-	started, release := make(chan error, 1), make(chan struct{})
-	defer close(release)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		started <- cmd.Start()
-		<-release
-	}()
-	err = <-started
+	release, err := launch.StartKept(cmd)
+	defer release()
 	child.Close()
 	if err != nil {
 		return 0, fmt.Errorf("starting cgfs run's server: %w", err)
@@ -267,14 +258,7 @@ func runDelegated(o runOptions, mount, dir string, log *slog.Logger) (int, error
 	}()
 	err = cmd.Wait()
 	close(done)
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return 128 + int(ws.Signal()), nil
-		}
-		return ee.ExitCode(), nil
-	}
-	return 0, err
+	return launch.ExitStatus(err)
 }
 
 // delegatedMain is the server (see above): started again once mapped,

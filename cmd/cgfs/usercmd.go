@@ -154,23 +154,37 @@ socket: freeze or thaw all its processes, kill them all, stop it (SIGTERM
 to its init), or change its limits (within the admin's policy).
 `
 
+// parseWithName parses args with fl, where the one NAME (or none) may
+// come first or last.
+func parseWithName(fl *flag.FlagSet, args []string) (string, error) {
+	var name string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		name, args = args[0], args[1:]
+	}
+	if err := fl.Parse(args); err != nil {
+		return "", usageError{err.Error()}
+	}
+	switch {
+	case fl.NArg() == 0:
+		return name, nil
+	case name == "" && fl.NArg() == 1:
+		return fl.Arg(0), nil
+	}
+	fl.Usage()
+	return "", usageError{"one NAME at the most, not " + strings.Join(append([]string{name}, fl.Args()...), " ")}
+}
+
 // userOpCmd is cgfs freeze, thaw, kill, stop and update, by a user.
 func userOpCmd(op string, args []string, stderr io.Writer) error {
 	fl := flag.NewFlagSet(op, flag.ContinueOnError)
 	fl.SetOutput(stderr)
 	fl.Usage = func() { fmt.Fprint(stderr, userOpsUsage) }
 	limits := limitFlags(fl)
-	// NAME may come first or last.
-	var name string
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		name, args = args[0], args[1:]
+	name, err := parseWithName(fl, args)
+	if err != nil {
+		return err
 	}
-	if err := fl.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	if name == "" && fl.NArg() == 1 {
-		name = fl.Arg(0)
-	} else if fl.NArg() != 0 || name == "" {
+	if name == "" {
 		fl.Usage()
 		return usageError{op + " NAME"}
 	}
@@ -200,7 +214,7 @@ func userOpCmd(op string, args []string, stderr io.Writer) error {
 		defer unix.Close(fd)
 		return unix.PidfdSendSignal(fd, unix.SIGTERM, nil, 0)
 	}
-	_, _, err := askUser(socket, req)
+	_, _, err = askUser(socket, req)
 	return err
 }
 
@@ -232,19 +246,9 @@ func statsCmd(args []string, stdout, stderr io.Writer) error {
 	fl.SetOutput(stderr)
 	fl.Usage = func() { fmt.Fprint(stderr, statsUsage) }
 	asJSON := fl.Bool("json", false, "print the answer as JSON")
-	// NAME may come first or last.
-	var name string
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		name, args = args[0], args[1:]
-	}
-	if err := fl.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	if name == "" && fl.NArg() == 1 {
-		name = fl.Arg(0)
-	} else if fl.NArg() != 0 {
-		fl.Usage()
-		return usageError{"stats [NAME]"}
+	name, err := parseWithName(fl, args)
+	if err != nil {
+		return err
 	}
 	if os.Geteuid() == 0 {
 		return usageError{"cgfs stats is for a user's own containers: root reads its containers' use in the daemon's metrics (cgfs_container_*)"}

@@ -114,21 +114,31 @@ func Make(procs *proc.Procs, parent, name string, lim Limits) (*Set, error) {
 			}
 		}
 	}
+	if err := cg.handOn(lim); err != nil {
+		return nil, err
+	}
+	return cg, nil
+}
+
+// handOn enables every controller the set's top offers from there down
+// to its v2 cgroup's parent (the container may hand them all on), and
+// sets lim; on failure the set is removed.
+func (cg *Set) handOn(lim Limits) error {
 	if cg.V2 != "" {
-		// The container may hand on every controller the host offers.
-		b, _ := os.ReadFile(filepath.Join(cg.V2Mount, "cgroup.controllers"))
+		top := cg.enableTop()
+		b, _ := os.ReadFile(filepath.Join(top, "cgroup.controllers"))
 		for _, c := range strings.Fields(string(b)) {
-			if err := enableDown(cg.V2Mount, cg.V2, c); err != nil {
+			if err := enableDown(top, cg.V2, c); err != nil {
 				cg.Remove()
-				return nil, err
+				return err
 			}
 		}
 	}
 	if err := cg.Limit(lim); err != nil {
 		cg.Remove()
-		return nil, err
+		return err
 	}
-	return cg, nil
+	return nil
 }
 
 // MakeParent makes the cgroup parent below every hierarchy's root (each
@@ -355,15 +365,7 @@ func MakeDelegated(mount, parent, name string, lim Limits) (*Set, error) {
 	}
 	cg := &Set{Dirs: map[string]string{mount: dir}, V2: dir, V2Mount: mount, top: parent,
 		Mounts: []mimic.Mount{{FSType: "cgroup2"}}}
-	b, _ := os.ReadFile(filepath.Join(parent, "cgroup.controllers"))
-	for _, c := range strings.Fields(string(b)) {
-		if err := enableDown(parent, dir, c); err != nil {
-			cg.Remove()
-			return nil, err
-		}
-	}
-	if err := cg.Limit(lim); err != nil {
-		cg.Remove()
+	if err := cg.handOn(lim); err != nil {
 		return nil, err
 	}
 	return cg, nil

@@ -214,19 +214,9 @@ func Run(o Options) (int, error) {
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	}
 	cmd.SysProcAttr = attr
-	// Pdeathsig comes when the thread that started the init ends, not
-	// the process, and Go ends a thread whose goroutine exits locked to
-	// it (pidns helpers do, on whatever thread they run). So the init is
-	// started from a thread kept for it until Run returns.
-	started, release := make(chan error, 1), make(chan struct{})
-	defer close(release)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		started <- cmd.Start()
-		<-release
-	}()
-	if err := <-started; err != nil {
+	release, err := StartKept(cmd)
+	defer release()
+	if err != nil {
 		child.Close()
 		return 0, fmt.Errorf("starting the container: %w", err)
 	}
@@ -352,7 +342,28 @@ func Run(o Options) (int, error) {
 	if term != nil {
 		term.copy()
 	}
-	err = cmd.Wait()
+	return ExitStatus(cmd.Wait())
+}
+
+// StartKept starts cmd from a thread kept until release is called.
+// Pdeathsig comes when the thread that started a process ends, not the
+// process, and Go ends a thread whose goroutine exits locked to it
+// (pidns helpers do, on whatever thread they run).
+func StartKept(cmd *exec.Cmd) (release func(), err error) {
+	started, kept := make(chan error, 1), make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		started <- cmd.Start()
+		<-kept
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { close(kept) }) }, <-started
+}
+
+// ExitStatus is what cgfs run exits with for what cmd.Wait said: the
+// command's status, 128+N for a signal N.
+func ExitStatus(err error) (int, error) {
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
