@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
@@ -284,27 +285,32 @@ func TestV1DescendantsAreBounded(t *testing.T) {
 	c.expect(t, "OK", "mkdir", cg+"/pids/own-count")
 }
 
-// forkHostAt starts a host process that gets host pid want (the host's
-// next pid set, retried if another process takes it first).
-func forkHostAt(t *testing.T, want int) *exec.Cmd {
+// forkHostAt starts a host process (sleep) with host pid want, through
+// testdata/forkat.c (clone3's set_tid: the pid is taken exactly, or the
+// test fails saying why); it is killed when the test ends.
+func forkHostAt(t *testing.T, want int) int {
 	t.Helper()
-	for range 50 {
-		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(want-1)), 0); err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command("sleep", "1000")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		if cmd.Process.Pid == want {
-			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-			return cmd
-		}
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+	bin := testTool(t, "forkat")
+	cmd := exec.Command(bin, strconv.Itoa(want), "sleep", "1000")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no host process got pid %d", want)
-	return nil
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if strings.TrimSpace(line) != fmt.Sprintf("started %d", want) {
+		t.Fatalf("forkat %d: %q", want, line)
+	}
+	// forkat waits for it: the pid is its child's until then.
+	fd, err := unix.PidfdOpen(want, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); unix.Close(fd) })
+	return want
 }
 
 // TestReusedIDNeverMovesAHostProcess holds the server's write of a
@@ -332,7 +338,7 @@ func TestReusedIDNeverMovesAHostProcess(t *testing.T) {
 	// taken again.
 	c.expect(t, "OK", "killreap", victim)
 	hostProc := forkHostAt(t, victimHost)
-	hostHome := hostCgroupOf(t, hostProc.Process.Pid)
+	hostHome := hostCgroupOf(t, hostProc)
 	stranger := c.do(t, "forkat", victim)
 	if stranger != victim {
 		t.Fatalf("the container's new process got id %s, want %s", stranger, victim)
@@ -344,7 +350,7 @@ func TestReusedIDNeverMovesAHostProcess(t *testing.T) {
 	if got := c.do(t, "bgwait"); got != "ESRCH" {
 		t.Errorf("the container's write of a task that died = %q, want ESRCH", got)
 	}
-	if got := hostCgroupOf(t, hostProc.Process.Pid); got != hostHome {
+	if got := hostCgroupOf(t, hostProc); got != hostHome {
 		t.Errorf("a host process that took a dead task's pid was moved from %s to %s", hostHome, got)
 	}
 	if got := hostCgroupOf(t, strangerHost); got != strangerHome {

@@ -139,15 +139,19 @@ rmdir $J
 }
 
 // clone3Client is the static C client of clone3(CLONE_INTO_CGROUP) in
-// testdata, built for the test (the VM lane gets it built).
-func clone3Client(t *testing.T) string {
+// testdata.
+func clone3Client(t *testing.T) string { return testTool(t, "clone3") }
+
+// testTool is testdata/NAME.c, a static C tool built for the test (the
+// VM lane gets it built).
+func testTool(t *testing.T, name string) string {
 	t.Helper()
 	if dir := os.Getenv("CGFS_TOOLS"); dir != "" {
-		return filepath.Join(dir, "clone3")
+		return filepath.Join(dir, name)
 	}
 	requireTool(t, "gcc")
-	bin := filepath.Join(publicDir(t), "clone3")
-	if out, err := exec.Command("gcc", "-static", "-O2", "-o", bin, "testdata/clone3.c").CombinedOutput(); err != nil {
+	bin := filepath.Join(publicDir(t), name)
+	if out, err := exec.Command("gcc", "-static", "-O2", "-o", bin, "testdata/"+name+".c").CombinedOutput(); err != nil {
 		t.Fatalf("gcc: %v\n%s", err, out)
 	}
 	return bin

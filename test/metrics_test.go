@@ -33,8 +33,12 @@ read x
 `
 	cmd := exec.Command(cgfsBin, "run", "--name", "mx", "--parent", parent, "--pids", "50", "--memory", "64M", "--metrics", addr, "--", "sh", "-c", script)
 	in, out := startPiped(t, cmd)
+	// The first line is read before anything else reads the pipe (a
+	// reader racing for it could take it and leave this one waiting).
+	r := bufio.NewReader(out)
+	line, _ := r.ReadString('\n')
 	done := make(chan error, 1)
-	go func() { _, _ = io.Copy(io.Discard, out); done <- cmd.Wait() }()
+	go func() { _, _ = io.Copy(io.Discard, r); done <- cmd.Wait() }()
 	t.Cleanup(func() {
 		in.Close()
 		select {
@@ -44,7 +48,6 @@ read x
 			<-done
 		}
 	})
-	line, _ := bufio.NewReader(out).ReadString('\n')
 	if !strings.HasPrefix(line, "ready") {
 		t.Fatalf("the container said %q, not ready", line)
 	}
