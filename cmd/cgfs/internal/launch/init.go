@@ -93,7 +93,7 @@ func InitMain() int {
 	root := "/"
 	if cfg.Rootfs != "" {
 		root = cfg.Rootfs
-		if err := prepareRootfs(root); err != nil {
+		if err := prepareRootfs(root, cfg.OwnNet); err != nil {
 			return fail("%v", err)
 		}
 		if cfg.Console {
@@ -159,19 +159,52 @@ func InitMain() int {
 }
 
 // prepareRootfs makes root a mount of its own with a /dev of its own
-// (prepareDev) and a /sys holding an empty fs/cgroup for the view.
-func prepareRootfs(root string) error {
+// (prepareDev) and a read-only /sys (prepareSys).
+func prepareRootfs(root string, ownNet bool) error {
 	if err := unix.Mount(root, root, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("binding the root file system %s: %w", root, err)
 	}
 	if err := prepareDev(filepath.Join(root, "dev")); err != nil {
 		return err
 	}
-	sys := filepath.Join(root, "sys")
-	if err := unix.Mount("tmpfs", sys, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=755"); err != nil {
-		return fmt.Errorf("a tmpfs at %s: %w", sys, err)
+	return prepareSys(filepath.Join(root, "sys"), ownNet)
+}
+
+// prepareSys gives the container a sysfs at sys, read-only, as runc and
+// Docker give theirs: one of its own network namespace (ownNet), or a
+// bind of the host's without what is mounted below it. Nested runtimes
+// mount sysfs for their containers again, and the kernel allows that in
+// a user namespace only where a sysfs is already fully visible in the
+// mount namespace (mount_too_revealing): a tmpfs at /sys left them none.
+// Its fs/cgroup, an empty directory of sysfs's own, takes the view.
+func prepareSys(sys string, ownNet bool) error {
+	const flags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+	if ownNet {
+		// Made here, where the host's /sys is still visible, by root of
+		// the user namespace that owns the container's network. Read-only
+		// is the mount's, not the superblock's: a superblock made
+		// read-only would bind every later sysfs mount of the container
+		// to be read-only too, which the kernel does not ask of a host.
+		if err := unix.Mount("sysfs", sys, "sysfs", flags, ""); err != nil {
+			return fmt.Errorf("mounting sysfs at %s: %w", sys, err)
+		}
+		if err := unix.Mount("", sys, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|flags, ""); err != nil {
+			return fmt.Errorf("making %s read-only: %w", sys, err)
+		}
+		return nil
 	}
-	return os.MkdirAll(filepath.Join(sys, "fs/cgroup"), 0o755)
+	// The host's network, whose sysfs only host root may mount: the
+	// host's own /sys, with what is mounted below it (the kernel lets no
+	// user namespace take a mount without what it locked below), all
+	// read-only.
+	if err := unix.Mount("/sys", sys, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("binding the host's /sys at %s: %w", sys, err)
+	}
+	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV | unix.MOUNT_ATTR_NOEXEC}
+	if err := unix.MountSetattr(unix.AT_FDCWD, sys, unix.AT_RECURSIVE, attr); err != nil {
+		return fmt.Errorf("making %s read-only: %w", sys, err)
+	}
+	return nil
 }
 
 // devNodes are the host's devices a container's /dev has, bound in (a
