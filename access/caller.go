@@ -259,6 +259,32 @@ func (r *Request) PidNamespace() (*os.File, error) {
 	return f, nil
 }
 
+// pidfdThread is PIDFD_THREAD (Linux 6.9): a pidfd of one thread, not
+// of a thread group's leader.
+const pidfdThread = unix.O_EXCL
+
+// Pidfd opens a pidfd of the calling thread, through the same pin: the
+// pin lives after the open, so the pidfd names the caller and no task
+// that took its id since.
+func (r *Request) Pidfd() (*os.File, error) {
+	if _, err := r.pinned(); err != nil {
+		return nil, err
+	}
+	fd, err := unix.PidfdOpen(r.tid, pidfdThread)
+	if err == unix.ESRCH {
+		r.gone = true
+		return nil, ErrGone
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pidfd_open %d: %w", r.tid, err)
+	}
+	if !r.alive() {
+		unix.Close(fd)
+		return nil, ErrGone
+	}
+	return os.NewFile(uintptr(fd), "pidfd"), nil
+}
+
 // Thread identifies the calling thread as a reader or writer of task
 // ids: its thread group and pid namespace, read through the same pin.
 func (r *Request) Thread() (proc.Thread, error) {

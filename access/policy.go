@@ -40,10 +40,6 @@ const (
 	// RuleV1DevicesAllow: below the view root a container may narrow its
 	// device access (devices.deny), never widen it (devices.allow). EPERM.
 	RuleV1DevicesAllow Rule = "v1-devices-allow"
-	// RuleV1EventControl: cgroup.event_control names file descriptors
-	// of the writer, which the kernel would look up in the server's own
-	// fd table; cgfs never writes it for anyone. EPERM.
-	RuleV1EventControl Rule = "v1-event-control"
 	// RuleV1TaskOwner: on cgroup v1 a writer who is not root may move
 	// only tasks whose real or saved uid is its own (the kernel's
 	// __cgroup1_procs_write); root of the owner namespace may move any.

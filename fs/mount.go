@@ -264,6 +264,9 @@ func Serve(cfg Config) (*Mounted, error) {
 		served.conn, served.dev = unix.Minor(mst.Dev), mst.Dev
 		served.init = initBytes(server.KernelSettings())
 	}
+	for _, va := range cfg.Views {
+		va.View.SetMountDev(served.dev)
+	}
 	go func() {
 		server.Wait()
 		close(served.served)

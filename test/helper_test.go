@@ -2,11 +2,13 @@ package test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -77,6 +79,23 @@ func helperMain(args []string) int {
 	}
 	if op == "holdopen" && len(args) == 3 {
 		return holdOpen(path, args[2])
+	}
+	if op == "oomwatch" && len(args) == 3 {
+		return oomWatch(args[1], args[2])
+	}
+	if op == "cgroupns" {
+		// cgroupns CMD...: a cgroup namespace of its own (rooted at its
+		// cgroup), nothing else new: util-linux's unshare -C.
+		runtime.LockOSThread()
+		err := unix.Unshare(unix.CLONE_NEWCGROUP)
+		if err == nil {
+			var path string
+			if path, err = exec.LookPath(args[1]); err == nil {
+				err = syscall.Exec(path, args[1:], os.Environ())
+			}
+		}
+		fmt.Println(err)
+		return 1
 	}
 	if op == "unshare" && len(args) >= 3 {
 		return unshareRun(args[1], args[2:])
@@ -460,4 +479,45 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// oomWatch registers, as cgroup v1's memory.rst shows, an eventfd of its
+// own for OOM notifications of cgroup dir, naming memory.oom_control of
+// cfdDir (dir itself, or another cgroup), and says how the write went
+// ("register OK" or its errno's name). Registered, it runs a child that
+// allocates in dir until the kernel kills it, and says how many
+// notifications the eventfd holds ("oom events N", within 20 seconds).
+func oomWatch(dir, cfdDir string) int {
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		fmt.Println("eventfd:", err)
+		return 1
+	}
+	cfd, err := unix.Open(filepath.Join(cfdDir, "memory.oom_control"), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		fmt.Println("open:", err)
+		return 1
+	}
+	err = writeFile(filepath.Join(dir, "cgroup.event_control"), fmt.Sprintf("%d %d", efd, cfd))
+	if err != nil {
+		fmt.Println("register", unix.ErrnoName(errnoOf(err)))
+		return 0
+	}
+	fmt.Println("register OK")
+	child := exec.Command("/proc/self/exe", "alloc", filepath.Join(dir, "cgroup.procs"), "512")
+	child.Env = os.Environ()
+	out, err := child.CombinedOutput()
+	fmt.Printf("allocating child: %v %s", err, out)
+	fds := []unix.PollFd{{Fd: int32(efd), Events: unix.POLLIN}}
+	if n, err := unix.Poll(fds, 20000); err != nil || n == 0 {
+		fmt.Println("oom events 0")
+		return 0
+	}
+	buf := make([]byte, 8)
+	if _, err := unix.Read(efd, buf); err != nil {
+		fmt.Println("read:", err)
+		return 1
+	}
+	fmt.Println("oom events", binary.LittleEndian.Uint64(buf))
+	return 0
 }

@@ -186,7 +186,11 @@ func TestV1Refusals(t *testing.T) {
 		attack{"notify_on_release at the root", "EPERM", []string{"write", cg + "/memory/notify_on_release", "1"}},
 		attack{"notify_on_release below", "EPERM", []string{"write", cg + "/memory/child/notify_on_release", "1"}},
 		attack{"devices.allow below the root", "EPERM", []string{"write", cg + "/devices/child/devices.allow", "a"}},
-		attack{"cgroup.event_control (server fds)", "EPERM", []string{"write", cg + "/memory/child/cgroup.event_control", "3 4 1"}},
+		// The numbers are the writer's, never the server's: ones it has
+		// not, or that are no eventfd and control file, are refused.
+		attack{"cgroup.event_control: descriptors the writer has not", "EBADF", []string{"write", cg + "/memory/child/cgroup.event_control", "1000 1001"}},
+		attack{"cgroup.event_control: no eventfd", "EINVAL", []string{"write", cg + "/memory/child/cgroup.event_control", "0 1"}},
+		attack{"cgroup.event_control: not its form", "EINVAL", []string{"write", cg + "/memory/child/cgroup.event_control", "3,4"}},
 		attack{"a host pid into tasks", "ESRCH", []string{"write", cg + "/memory/child/tasks", strconv.Itoa(hostSleeper.Process.Pid)}},
 		attack{"a host pid into cgroup.procs", "ESRCH", []string{"write", cg + "/pids/child/cgroup.procs", strconv.Itoa(hostSleeper.Process.Pid)}},
 		attack{"a non-root user makes a cgroup", "EACCES", []string{"as", "1000", "mkdir", cg + "/memory/child/sub"}},
@@ -228,4 +232,29 @@ func TestOwnerAloneOnAV2Host(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(host, "child")); err != nil {
 		t.Errorf("mkdir through the owner's view made no host cgroup: %v", err)
 	}
+}
+
+// TestEventControlCarriesTheWritersOwnDescriptors: cgroup v1 memory
+// notifications through the view (containerd's and conmon's OOM
+// monitors use them): a process of the container registers its own
+// eventfd for memory.oom_control of a cgroup it made, and the kernel
+// signals that eventfd when it OOM-kills a task there; a control file of
+// another cgroup is EINVAL, as the kernel answers.
+func TestEventControlCarriesTheWritersOwnDescriptors(t *testing.T) {
+	requireRoot(t)
+	l := detectLane(t)
+	if _, ok := l.v1["memory"]; !ok {
+		t.Skip("cgroup.event_control is cgroup v1's: this host has no v1 memory hierarchy (it runs in the host lane)")
+	}
+	parent := runParent(t)
+	helper := "env " + helperEnv + "=1 " + helperBin
+	script := fmt.Sprintf(`m=/sys/fs/cgroup/memory
+mkdir $m/oom $m/other
+echo 33554432 > $m/oom/memory.limit_in_bytes
+%[1]s oomwatch $m/oom $m/other
+%[1]s oomwatch $m/oom $m/oom
+`, helper)
+	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
+	t.Logf("in the container:\n%s", r.out)
+	wantSaid(t, r.out, "the container", "register EINVAL\n", "register OK\n", "signal: killed", "oom events 1\n")
 }

@@ -20,10 +20,7 @@ func init() {
 	// Below the root a container may narrow its device access
 	// (devices.deny), never widen it; at the root both are root-locked.
 	register("devices.allow", &controlFile{guard: guard{rule: access.RuleV1DevicesAllow, belowRoot: true}})
-	// cgroup.event_control names file descriptors of the writer, which
-	// the kernel would look up in the server's fd table: never written,
-	// for anyone.
-	register("cgroup.event_control", &controlFile{guard: guard{rule: access.RuleV1EventControl, all: true}})
+	// cgroup.event_control: see events.go.
 }
 
 // cloneCpuset gives a new v1 cpuset cgroup its parent's cpus and mems:

@@ -45,6 +45,9 @@ type View struct {
 	// lock).
 	v1Limit, v1Count int
 	v1Counted        time.Time
+	// dev is the serving mount's device number (SetMountDev): a
+	// cgroup.event_control writer's control file must be one of it.
+	dev atomic.Uint64
 
 	// mu is the view lock (see the package doc).
 	mu sync.Mutex

@@ -335,8 +335,7 @@ func FuzzSubtreeControlWrite(f *testing.F) {
 // for (cgroup.freeze, cgroup.type, cgroup.kill, resource limits, v1
 // files) reach the host as written, byte for byte, in one write; the v1
 // files guarded against containers (release_agent, notify_on_release,
-// devices.allow, cgroup.event_control) are refused at open with EPERM,
-// host root's writes too for cgroup.event_control, and change nothing.
+// devices.allow) are refused at open with EPERM and change nothing.
 func FuzzPassThroughWrite(f *testing.F) {
 	for i, name := range []string{"v1-memory.limit_in_bytes", "v1-cpuset.cpus", "v1-devices.list"} {
 		f.Add(fake.Kernel(f, name), uint8(i))
@@ -350,8 +349,8 @@ func FuzzPassThroughWrite(f *testing.F) {
 	v1Files := []string{"a/memory.limit_in_bytes", "a/cpuset.cpus", "a/cpuset.mems", "a/devices.deny", "a/freezer.state",
 		"a/cgroup.clone_children", "a/memory.soft_limit_in_bytes"}
 	guarded := map[string]access.Rule{"release_agent": access.RuleV1ReleaseAgent, "a/notify_on_release": access.RuleV1ReleaseAgent,
-		"a/devices.allow": access.RuleV1DevicesAllow, "a/cgroup.event_control": access.RuleV1EventControl}
-	v1Files = append(v1Files, "release_agent", "a/notify_on_release", "a/devices.allow", "a/cgroup.event_control")
+		"a/devices.allow": access.RuleV1DevicesAllow}
+	v1Files = append(v1Files, "release_agent", "a/notify_on_release", "a/devices.allow")
 	policy := access.NewPolicy(ownerChain)
 	v2, dir2, _ := newView(f, Config{Policy: policy})
 	v1, dir1, _ := newView(f, Config{Policy: policy, V1: true, Controllers: "memory", CgroupPath: "/c1"})
@@ -377,7 +376,7 @@ func FuzzPassThroughWrite(f *testing.F) {
 		fake.Write(t, hostFile, before)
 		fh, err := v.Open(r, vpath, unix.O_WRONLY)
 		rule, isGuarded := guarded[vpath]
-		if isGuarded && (!byHost || rule == access.RuleV1EventControl) {
+		if isGuarded && !byHost {
 			got, _ := os.ReadFile(hostFile)
 			if !errors.Is(err, unix.EPERM) || ruleOf(err) != rule || string(got) != before {
 				t.Fatalf("open of %s for writing = %v, host %q; want EPERM by %s, host unchanged", vpath, err, got, rule)
