@@ -539,10 +539,16 @@ awk '$5 == "%[3]s" { for (i = 7; $i != "-"; i++) {}; print "fstype", $(i+1) }' /
 	wantSaid(t, r.out, "the container", "permission denied", "unprivileged 1\n", "mounts 0\n", "root 0\n", "fstype fuse.cgfs\n")
 }
 
-// TestNoNestedViewOfALeaf: a process cgfs keeps in a hidden leaf that
-// mounts cgroupfs gets EPERM, not a view rooted in the leaf (where it
-// could make cgroups the leaf's own view takes for empty).
-func TestNoNestedViewOfALeaf(t *testing.T) {
+// TestNestedMountIsRootedAtTheCgroupNamespace: the kernel roots a
+// cgroupfs mount at the mounter's cgroup namespace root, not at its
+// cgroup (systemd-nspawn mounts from its supervisor cgroup and expects
+// the whole tree), and so does cgfs: a process cgfs keeps in a hidden
+// leaf, or one in a sub-cgroup, mounts the container's whole view (no
+// leaf in it); one that took a cgroup namespace of its own in the
+// sub-cgroup mounts that cgroup; one whose namespace is rooted in a
+// hidden leaf gets EPERM, not a view of the leaf (where it could make
+// cgroups the leaf's own view takes for empty).
+func TestNestedMountIsRootedAtTheCgroupNamespace(t *testing.T) {
 	requireRoot(t)
 	requireTool(t, "busybox")
 	l := detectLane(t)
@@ -550,11 +556,40 @@ func TestNoNestedViewOfALeaf(t *testing.T) {
 	parent := runParent(t)
 	v2, _, _ := lanePaths(t)
 	dir := publicDir(t)
-	script := fmt.Sprintf(`echo +%s > %s/cgroup.subtree_control
+	for _, m := range []string{"leaf", "sub", "own", "ownleaf"} {
+		if err := os.Mkdir(filepath.Join(dir, m), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	helper := "env " + helperEnv + "=1 " + helperBin
+	scripts := map[string]string{
+		// In the sub-cgroup, then in a cgroup namespace rooted there.
+		"sub.sh": fmt.Sprintf(`echo $$ > %[1]s/sub/cgroup.procs
+busybox mount -t cgroup2 none %[2]s/sub; echo sub mount $?
+ls %[2]s/sub | grep -c '^sub$' | sed 's/^/sub sees: /'
+%[3]s cgroupns sh %[2]s/own.sh
+`, v2, dir, helper),
+		"own.sh": fmt.Sprintf(`busybox mount -t cgroup2 none %[1]s/own; echo own mount $?
+grep -c -x $$ %[1]s/own/cgroup.procs | sed 's/^/own holds itself: /'
+ls %[1]s/own | grep -c '^sub$' | sed 's/^/own sees sub: /'
+`, dir),
+		"ownleaf.sh": fmt.Sprintf("busybox mount -t cgroup2 none %s/ownleaf; echo ownleaf mount $?\n", dir),
+	}
+	for name, text := range scripts {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	script := fmt.Sprintf(`echo +%[1]s > %[2]s/cgroup.subtree_control
 grep 0:: /proc/self/cgroup
-busybox mount -t cgroup2 none %s; echo mount $?
-`, ctrl, v2, dir)
+mkdir %[2]s/sub
+busybox mount -t cgroup2 none %[3]s/leaf; echo leaf mount $?
+ls -a %[3]s/leaf | grep -c -e '^sub$' -e '^.cgfs-leaf$' | sed 's/^/leaf sees: /'
+%[4]s cgroupns sh %[3]s/ownleaf.sh
+sh %[3]s/sub.sh
+`, ctrl, v2, dir, helper)
 	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
 	t.Logf("in the container:\n%s", r.out)
-	wantSaid(t, r.out, "the container", "0::/.cgfs-leaf\n", "permission denied", "mount 1\n")
+	wantSaid(t, r.out, "the container", "0::/.cgfs-leaf\n", "leaf mount 0\n", "leaf sees: 1\n",
+		"ownleaf mount 1\n", "sub mount 0\n", "sub sees: 1\n", "own mount 0\n", "own holds itself: 1\n", "own sees sub: 0\n")
 }

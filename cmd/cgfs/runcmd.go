@@ -270,7 +270,9 @@ func runCmd(o runOptions, log *slog.Logger) (int, error) {
 	// shows as its in the container's view, and in the nested ones.
 	root := uint32(o.Map.HostID)
 	nested := serve.NewNested(procs, serve.Options{Name: o.Name, Log: log, Watcher: w, Budget: budget,
-		RootShownAs: [2]uint32{root, root}}, m.For(o.Name))
+		RootShownAs: [2]uint32{root, root}, Outer: func() *serve.Views {
+			return views // nil while the daemon serves the container
+		}}, m.For(o.Name))
 	defer nested.Close()
 	o.Nested = nested.Serve
 	o.Notifications = func(count func() uint64) {

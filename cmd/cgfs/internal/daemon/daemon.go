@@ -157,7 +157,7 @@ func New(procs *proc.Procs, m *metrics.Metrics, w *host.Watcher, bounds serve.Bo
 // nested views, from the same budget.
 func (d *Daemon) newServed(name string, views *serve.Views, mounted *fs.Mounted, budget *serve.Budget, req control.Request) *served {
 	nested := serve.NewNested(d.procs, serve.Options{Name: name, Log: d.log, Watcher: d.watcher, Budget: budget,
-		RootShownAs: views.RootShownAs()}, d.metrics.For(name))
+		RootShownAs: views.RootShownAs(), Outer: func() *serve.Views { return views }}, d.metrics.For(name))
 	return &served{views: views, mounted: mounted, nested: nested, owner: req.Owner, req: req}
 }
 

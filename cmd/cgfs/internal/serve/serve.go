@@ -74,6 +74,15 @@ type Options struct {
 	// TakingOver: another server serves these views until this one takes
 	// their connections over; it leaves their hidden leaves alone.
 	TakingOver bool
+	// Outer, for nested views, is the container's own views (nil while
+	// it has none). A nested view is rooted where the kernel roots a
+	// cgroupfs mount, at the caller's cgroup namespace root, where that
+	// lies within the container's directories (elsewhere at the caller's
+	// cgroup); and the tasks its root may hold are the container's, of
+	// its pid namespace or below (the caller may be in a pid namespace of
+	// its own, as systemd-nspawn's payload is, and its cgroup the
+	// container's in a hierarchy its runtime leaves alone).
+	Outer func() *Views
 }
 
 // UsageError is a mistake in what was asked: a command exits 2 for it.
@@ -396,7 +405,7 @@ func (v *Views) view(h *host.Host, cfg translate.Config, name string) (*translat
 		// The server before this one judged it at attach. Since then a
 		// host process may sit there a moment (cgfs exec's stage,
 		// before it becomes the container's).
-	} else if tid, found, err := view.Foreign(v.Owner.Thread); err != nil {
+	} else if tid, found, err := view.Foreign(v.tasksOf()); err != nil {
 		return nil, err
 	} else if found {
 		why = fmt.Sprintf("the owner's cgroup %s holds task %d, which is outside the owner's namespaces", cfg.CgroupPath, tid)
@@ -411,6 +420,18 @@ func (v *Views) view(h *host.Host, cfg translate.Config, name string) (*translat
 	}
 	return nil, UsageError{fmt.Sprintf("--owner %d: hierarchy %s: %s; give the container a cgroup of its own there, or pass --shared %s to serve it read-only",
 		v.opts.Owner, name, why, name)}
+}
+
+// tasksOf is the thread whose pid namespace (and those below it) the
+// tasks of a view root may be in: the owner's, or for a nested view the
+// container's (Options.Outer).
+func (v *Views) tasksOf() proc.Thread {
+	if v.opts.Nested && v.opts.Outer != nil {
+		if o := v.opts.Outer(); o != nil && o.Owner != nil {
+			return o.Owner.Thread
+		}
+	}
+	return v.Owner.Thread
 }
 
 func has(list []string, s string) bool {
@@ -500,7 +521,18 @@ func (n *Nested) Serve(tid int) (*os.File, error) {
 	if o == nil {
 		opts := n.opts
 		opts.Name, opts.Owner = fmt.Sprintf("%s/nested:%d", opts.Name, tid), tid
+		opts.Dirs = n.nsRootDirs(tid)
 		v, err := Open(n.procs, opts)
+		if err != nil && opts.Dirs != nil {
+			// The namespace's root holds tasks of pid namespaces above
+			// the caller's (a payload of systemd-nspawn, in a pid
+			// namespace of its own, whose cgroup namespace is the
+			// container's): a view there would let it manage them.
+			// Its own cgroup, as before.
+			n.opts.Log.Debug("no nested view at the cgroup namespace root: at the caller's cgroup", "tid", tid, "err", err)
+			opts.Dirs = nil
+			v, err = Open(n.procs, opts)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -662,4 +694,47 @@ func (v *Views) MetricsView(name string, m *fs.Mounted) *metrics.View {
 	mv.Relayed = func() uint64 { _, raised := m.Relayed(); return raised }
 	mv.Budget = func() map[string][2]float64 { return v.opts.Budget.Held(nil) }
 	return mv
+}
+
+// nsRootDirs is where the kernel would root a cgroupfs mount of thread
+// tid: at its cgroup namespace's root (proc.CgroupNSRoots), as host
+// directories by hierarchy name, in each hierarchy where that lies
+// within the container's own directories. systemd-nspawn, for one,
+// mounts from a cgroup of its own (supervisor) and expects the whole
+// tree of its namespace. Hierarchies left out (the caller's namespace
+// is the host's there, or above the container's cgroup) are rooted at
+// the caller's cgroup, as nothing of the container's reaches above it.
+func (n *Nested) nsRootDirs(tid int) map[string]string {
+	if n.opts.Outer == nil || n.opts.Outer() == nil {
+		return nil
+	}
+	within := n.opts.Outer().Dirs()
+	if len(within) == 0 {
+		return nil
+	}
+	roots, err := n.procs.CgroupNSRoots(tid)
+	if err != nil {
+		n.opts.Log.Debug("no cgroup namespace root: the nested view is rooted at the caller's cgroup", "tid", tid, "err", err)
+		return nil
+	}
+	l, err := layout.Discover(n.procs)
+	if err != nil {
+		return nil
+	}
+	dirs := map[string]string{}
+	for _, hier := range l.Hierarchies {
+		path, ok := hier.Controllers.In(roots)
+		top, mine := within[hier.Name]
+		if !ok || !mine {
+			continue
+		}
+		rel, err := filepath.Rel(hier.Root, path)
+		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+			continue
+		}
+		if dir := filepath.Join(hier.MountPoint, rel); dir == top || strings.HasPrefix(dir, top+"/") {
+			dirs[hier.Name] = dir
+		}
+	}
+	return dirs
 }
