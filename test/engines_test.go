@@ -136,7 +136,8 @@ func engineRun(t *testing.T, root, parent, name, command string, check func(what
 }
 
 // enginePrelude sends the script's output to the test (engineRun) and
-// defines check, which asks the host to look (a
+// defines waitfor (a condition the engine makes true in its time, within
+// 30 seconds), check, which asks the host to look (a
 // HOSTCHECK line) and waits until it has, and engineCgroup, the cgroup
 // of a process of the engine's container below the cgfs container's
 // (its memory hierarchy's line on v1, its cgroup v2 line otherwise):
@@ -146,6 +147,8 @@ const enginePrelude = `set -u
 exec > /out/say
 check() { echo HOSTCHECK "$@"; read _ < /out/go; }
 engineCgroup() { sed -n 's/^[0-9]*:memory:\///p; s/^0::\///p' | head -1; }
+# waitfor CONDITION: until it holds, at most 30 seconds.
+waitfor() { n=0; until eval "$1"; do n=$((n+1)); [ $n -gt 300 ] && return 1; sleep 0.1; done; }
 `
 
 // engineChecks answers an engine script's checks, for the cgfs container
@@ -235,8 +238,17 @@ docker unpause $id > /dev/null && echo unpaused
 check thawed $cg
 docker stats --no-stream --format 'stats {{.MemUsage}} {{.PIDs}}' $id
 docker run --rm --network none --pids-limit 5 busybox sh -c 'for i in 1 2 3 4 5 6 7 8; do sleep 30 & done' 2>&1 | grep -m1 -o "can't fork"
-docker run --name oom --network none --memory 32m busybox busybox dd if=/dev/zero of=/dev/null bs=100M count=1
-echo oom exit $?
+# The OOM comes once the engine's monitor is registered (before run -d
+# returns): the payload waits on a FIFO for the go. Its init lives on
+# (the OOM killer takes dd), as the monitors drop an event of a cgroup
+# already removed.
+mkdir /tmp/oomgo && mkfifo /tmp/oomgo/fifo
+docker run -d --name oom --network none --memory 32m -v /tmp/oomgo:/go busybox sh -c 'read x < /go/fifo; busybox dd if=/dev/zero of=/dev/null bs=100M count=1; echo dd $?; exec sleep 1000' > /dev/null
+echo go > /tmp/oomgo/fifo
+waitfor 'docker logs oom 2>&1 | grep -q "^dd "' && docker logs oom 2>&1 | grep '^dd ' | sed 's/^dd /oom exit /'
+# Docker says OOMKilled when a container ends after an OOM event.
+waitfor 'docker events --since 0 --until "$(date +%s)" --filter container=oom --filter event=oom | grep -q oom'
+docker kill oom > /dev/null; docker wait oom > /dev/null
 echo OOMKilled $(docker inspect -f '{{.State.OOMKilled}}' oom)
 docker rm -f $id oom > /dev/null
 kill $dpid; wait $dpid; echo dockerd ended
@@ -277,10 +289,11 @@ p unpause $id > /dev/null && echo unpaused
 check thawed $cg
 p stats --no-stream --format 'stats {{.MemUsage}} {{.PIDs}}' $id
 p run --rm --network none --pids-limit 5 busybox sh -c 'for i in 1 2 3 4 5 6 7 8; do sleep 30 & done' 2>&1 | grep -m1 -o "can't fork"
-mkdir /tmp/cwd && cd /tmp/cwd
-p run --name oom --network none --memory 32m busybox busybox dd if=/dev/zero of=/dev/null bs=100M count=1
-echo oom exit $?
-[ -e /tmp/cwd/oom ] && echo conmon saw the OOM
+mkdir /tmp/cwd /tmp/oomgo && mkfifo /tmp/oomgo/fifo && cd /tmp/cwd
+p run -d --name oom --network none --memory 32m -v /tmp/oomgo:/go busybox sh -c 'read x < /go/fifo; busybox dd if=/dev/zero of=/dev/null bs=100M count=1; echo dd $?; exec sleep 1000' > /dev/null
+echo go > /tmp/oomgo/fifo
+waitfor 'p logs oom 2>&1 | grep -q "^dd "' && p logs oom 2>&1 | grep '^dd ' | sed 's/^dd /oom exit /'
+waitfor '[ -e /tmp/cwd/oom ]' && echo conmon saw the OOM
 echo OOMKilled $(p inspect -f '{{.State.OOMKilled}}' oom)
 p rm -f -t 0 $id oom > /dev/null && echo removed
 `
@@ -313,16 +326,21 @@ epid=$!
 i=0
 until grep -q /namespaces/create /out/events; do i=$((i+1)); ctr namespaces create probe$i; done
 ctr run -d --rootfs --memory-limit 67108864 --cpus 0.5 /root/busybox c1 /bin/sleep 1000 && echo started
-cg=$(ctr task exec --exec-id e1 c1 /bin/cat /proc/self/cgroup | engineCgroup) && echo exec in $cg
+e=0
+waitfor 'e=$((e+1)); cg=$(ctr task exec --exec-id e$e c1 /bin/cat /proc/self/cgroup | engineCgroup); [ -n "$cg" ]' && echo exec in $cg
 check limits $cg 67108864 - 50000
 ctr task pause c1 && echo paused
 check frozen $cg
 ctr task resume c1 && echo resumed
 check thawed $cg
 ctr task metrics c1 | grep -E 'memory.limit_in_bytes|memory.max' | sed 's/^/metrics /'
-ctr run --rm --rootfs --memory-limit 33554432 /root/busybox oom /bin/busybox dd if=/dev/zero of=/dev/null bs=100M count=1
-echo oom exit $?
-grep -q '/tasks/oom' /out/events && echo event /tasks/oom
+mkdir /tmp/oomgo && mkfifo /tmp/oomgo/fifo
+ctr run -d --rootfs --memory-limit 33554432 --mount type=bind,src=/tmp/oomgo,dst=/go,options=rbind:rw /root/busybox oom /bin/sh -c 'read x < /go/fifo; /bin/busybox dd if=/dev/zero of=/dev/null bs=100M count=1; exec /bin/sleep 1000'
+echo go > /tmp/oomgo/fifo
+waitfor 'grep -q /tasks/oom /out/events' && echo event /tasks/oom
+ctr task kill -s KILL oom
+waitfor 'grep /tasks/exit /out/events | grep -q "\"container_id\":\"oom\""'
+ctr task delete oom > /dev/null; ctr container delete oom
 ctr task kill -s KILL c1; ctr task delete c1 > /dev/null 2>&1; until ctr task delete c1 > /dev/null 2>&1 || ! ctr task ls -q | grep -q c1; do sleep 0.1; done
 ctr container delete c1 && echo removed
 kill $epid $cpid; wait $cpid; echo containerd ended
@@ -333,7 +351,7 @@ kill $epid $cpid; wait $cpid; echo containerd ended
 		t.Errorf("cgfs run exited %d", code)
 	}
 	wantSaid(t, out, "containerd inside", "started\n", "exec in ", "paused\n", "resumed\n",
-		"metrics ", "67108864", "oom exit 137\n", "event /tasks/oom\n", "removed\n", "containerd ended\n")
+		"metrics ", "67108864", "event /tasks/oom\n", "removed\n", "containerd ended\n")
 }
 
 // writeScript writes what an engine container runs, /out/script.sh.
