@@ -217,7 +217,9 @@ func engineChecks(t *testing.T, parent, name string) func(string) {
 // runc) inside a cgfs run --rootfs container, started as its root: a
 // container with --memory 64m, --pids-limit 20 and --cpus 0.5 has them on
 // the host, docker exec runs in it, docker pause freezes it on the host,
-// docker stats reads its limit, a fork past a pids limit is refused, and
+// docker stats reads its limit, --network host is the cgfs container's
+// network (its own, with only its loopback), a fork past a pids limit is
+// refused, and
 // an OOM kill is reported as Docker reports it natively (OOMKilled=true:
 // containerd's v1 OOM monitor registers through cgroup.event_control).
 func TestDockerInsideRootfs(t *testing.T) {
@@ -237,6 +239,7 @@ check frozen $cg
 docker unpause $id > /dev/null && echo unpaused
 check thawed $cg
 docker stats --no-stream --format 'stats {{.MemUsage}} {{.PIDs}}' $id
+docker run --rm --network host busybox sh -c 'echo host network: $(ls /sys/class/net)'
 docker run --rm --network none --pids-limit 5 busybox sh -c 'for i in 1 2 3 4 5 6 7 8; do sleep 30 & done' 2>&1 | grep -m1 -o "can't fork"
 # The OOM comes once the engine's monitor is registered (before run -d
 # returns): the payload waits on a FIFO for the go. Its init lives on
@@ -260,7 +263,7 @@ kill $dpid; wait $dpid; echo dockerd ended
 		t.Errorf("cgfs run exited %d; dockerd's log:\n%s", code, log)
 	}
 	wantSaid(t, out, "docker inside", "imported\n", "started\n", "exec in docker/", "paused\n", "unpaused\n",
-		"stats ", " / 64MiB ", "can't fork", "oom exit 137\n", "OOMKilled true\n", "dockerd ended\n")
+		"stats ", " / 64MiB ", "host network: lo\n", "can't fork", "oom exit 137\n", "OOMKilled true\n", "dockerd ended\n")
 }
 
 // TestPodmanInsideRootfs: Debian's podman 4.3.1 with runc (conmon,
