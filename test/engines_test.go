@@ -230,18 +230,8 @@ func TestDockerInsideRootfs(t *testing.T) {
 	script := enginePrelude + `dockerd --iptables=false --ip-masq=false --bridge=none > /out/dockerd.log 2>&1 &
 dpid=$!
 until docker version > /dev/null 2>&1; do sleep 0.1; done
-docker import /root/busybox.tar busybox > /dev/null && echo imported
-id=$(docker run -d --network none --memory 64m --pids-limit 20 --cpus 0.5 busybox sleep 1000) && echo started
-cg=$(docker exec $id cat /proc/self/cgroup | engineCgroup) && echo exec in $cg
-check limits $cg 67108864 20 50000
-docker pause $id > /dev/null && echo paused
-check frozen $cg
-docker unpause $id > /dev/null && echo unpaused
-check thawed $cg
-docker stats --no-stream --format 'stats {{.MemUsage}} {{.PIDs}}' $id
-docker run --rm --network host busybox sh -c 'echo host network: $(ls /sys/class/net)'
-docker run --rm --network none --pids-limit 5 busybox sh -c 'for i in 1 2 3 4 5 6 7 8; do sleep 30 & done' 2>&1 | grep -m1 -o "can't fork"
-# The OOM comes once the engine's monitor is registered (before run -d
+` + dockerCLIScript("docker") + `docker run --rm --network host busybox sh -c 'echo host network: $(ls /sys/class/net)'
+` + dockerCLIFork("docker") + `# The OOM comes once the engine's monitor is registered (before run -d
 # returns): the payload waits on a FIFO for the go. Its init lives on
 # (the OOM killer takes dd), as the monitors drop an event of a cgroup
 # already removed.
@@ -282,17 +272,7 @@ func TestPodmanInsideRootfs(t *testing.T) {
 	parent, name := runParent(t), "podman"
 	root := engineRootfs(t, "containers")
 	script := enginePrelude + `p() { podman --runtime runc --cgroup-manager cgroupfs --events-backend file "$@"; }
-p import /root/busybox.tar busybox > /dev/null && echo imported
-id=$(p run -d --network none --memory 64m --pids-limit 20 --cpus 0.5 busybox sleep 1000) && echo started
-cg=$(p exec $id cat /proc/self/cgroup | engineCgroup) && echo exec in $cg
-check limits $cg 67108864 20 50000
-p pause $id > /dev/null && echo paused
-check frozen $cg
-p unpause $id > /dev/null && echo unpaused
-check thawed $cg
-p stats --no-stream --format 'stats {{.MemUsage}} {{.PIDs}}' $id
-p run --rm --network none --pids-limit 5 busybox sh -c 'for i in 1 2 3 4 5 6 7 8; do sleep 30 & done' 2>&1 | grep -m1 -o "can't fork"
-mkdir /tmp/cwd /tmp/oomgo && mkfifo /tmp/oomgo/fifo && cd /tmp/cwd
+` + dockerCLIScript("p") + `` + dockerCLIFork("p") + `mkdir /tmp/cwd /tmp/oomgo && mkfifo /tmp/oomgo/fifo && cd /tmp/cwd
 p run -d --name oom --network none --memory 32m -v /tmp/oomgo:/go busybox sh -c 'read x < /go/fifo; busybox dd if=/dev/zero of=/dev/null bs=100M count=1; echo dd $?; exec sleep 1000' > /dev/null
 echo go > /tmp/oomgo/fifo
 waitfor 'p logs oom 2>&1 | grep -q "^dd "' && p logs oom 2>&1 | grep '^dd ' | sed 's/^dd /oom exit /'
@@ -421,4 +401,28 @@ systemctl stop cgfs-nspawn.service && echo stopped
 	}
 	wantSaid(t, out, "systemd and nspawn inside", "pid1 systemd\n", "started\n", "payload at its namespace root: 10\n",
 		"active\n", "below the service: payload\n", "stopped\n")
+}
+
+// dockerCLIScript is what Docker's and podman's command lines (cli) do
+// alike: import the busybox image, run a container with 64M, 20 pids and
+// half a CPU, exec in it, check its limits on the host, pause it
+// (frozen on the host), unpause it, and read its stats.
+func dockerCLIScript(cli string) string {
+	return strings.ReplaceAll(`C import /root/busybox.tar busybox > /dev/null && echo imported
+id=$(C run -d --network none --memory 64m --pids-limit 20 --cpus 0.5 busybox sleep 1000) && echo started
+cg=$(C exec $id cat /proc/self/cgroup | engineCgroup) && echo exec in $cg
+check limits $cg 67108864 20 50000
+C pause $id > /dev/null && echo paused
+check frozen $cg
+C unpause $id > /dev/null && echo unpaused
+check thawed $cg
+C stats --no-stream --format 'stats {{.MemUsage}} {{.PIDs}}' $id
+`, "C ", cli+" ")
+}
+
+// dockerCLIFork runs a container of 5 pids that forks 8 times: its
+// shell says it cannot fork.
+func dockerCLIFork(cli string) string {
+	return cli + ` run --rm --network none --pids-limit 5 busybox sh -c 'for i in 1 2 3 4 5 6 7 8; do sleep 30 & done' 2>&1 | grep -m1 -o "can't fork"
+`
 }
