@@ -271,6 +271,12 @@ func (r *Request) Pidfd() (*os.File, error) {
 		return nil, err
 	}
 	fd, err := unix.PidfdOpen(r.tid, pidfdThread)
+	if err == unix.EINVAL {
+		// A kernel before 6.9 opens pidfds of thread group leaders
+		// alone: the leader's, when the thread shares its descriptor
+		// table (kcmp KCMP_FILES), which is all a pidfd here is for.
+		fd, err = r.leaderPidfd()
+	}
 	if err == unix.ESRCH {
 		r.gone = true
 		return nil, ErrGone
@@ -283,6 +289,29 @@ func (r *Request) Pidfd() (*os.File, error) {
 		return nil, ErrGone
 	}
 	return os.NewFile(uintptr(fd), "pidfd"), nil
+}
+
+// kcmpFiles is KCMP_FILES: whether two tasks share one descriptor
+// table.
+const kcmpFiles = 2
+
+// leaderPidfd opens a pidfd of the calling thread's group leader, if the
+// thread shares its descriptor table.
+func (r *Request) leaderPidfd() (int, error) {
+	tgid, err := r.id.ThreadGroup(r.tid)
+	if err != nil {
+		return -1, unix.ESRCH
+	}
+	if tgid != r.tid {
+		same, _, errno := unix.Syscall6(unix.SYS_KCMP, uintptr(r.tid), uintptr(tgid), kcmpFiles, 0, 0, 0)
+		if errno != 0 {
+			return -1, errno
+		}
+		if same != 0 {
+			return -1, fmt.Errorf("thread %d has a descriptor table of its own, and this kernel opens no pidfd of a thread", r.tid)
+		}
+	}
+	return unix.PidfdOpen(tgid, 0)
 }
 
 // Thread identifies the calling thread as a reader or writer of task
