@@ -288,7 +288,7 @@ func (n *node) relayOpen(ctx context.Context, vpath string) *relayHandle {
 	if fc, ok := fuse.FromContext(ctx); ok {
 		r := n.m.ident.Request(int(fc.Pid), fc.Uid, fc.Gid)
 		defer r.Done()
-		if f, err := n.t.view.Open(r, vpath, unix.O_RDONLY); err == nil {
+		if f, err := n.t.view.OpenRelay(r, vpath); err == nil {
 			h.f = f
 		}
 	}

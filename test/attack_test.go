@@ -87,13 +87,26 @@ func TestOpenModeThreeIsJudged(t *testing.T) {
 func TestOpenFilesAreBounded(t *testing.T) {
 	requireRoot(t)
 	l := detectLane(t)
-	host, c, s := containerWithView(t, l, containerBase, "--max-open-files", "16")
+	host, c, s := containerWithView(t, l, containerBase, "--max-open-files", "16", "--metrics", "127.0.0.1:0")
 	before := snapshot(t, host)
+	// A file is the container's until its release reaches the server,
+	// which the kernel sends after close(2) returns: each full round
+	// starts when the server holds none.
+	noneHeld := func() {
+		waitFor(t, "the server to hold none of the container's files", 10*time.Second*laneSlowdown(), func() bool {
+			return metricValue(s.scrape(t), "cgfs_container_held", `resource="open_files"`) == 0
+		})
+	}
+	noneHeld()
 	c.expect(t, "OK 16", "openhold", cg+"/cgroup.events", "0", "16")
+	if held := metricValue(s.scrape(t), "cgfs_container_held", `resource="open_files"`); held != 16 {
+		t.Errorf("cgfs_container_held{resource=open_files} = %v while the container holds 16", held)
+	}
 	c.expect(t, "ENFILE 0", "openhold", cg+"/cgroup.events", "0", "1")
 	c.expect(t, "ENFILE 0", "openhold", cg+"/cgroup.procs", "1", "1")
 	s.waitLog(t, "rule=open-files")
 	c.expect(t, "OK", "closeheld")
+	noneHeld()
 	c.expect(t, "OK 16", "openhold", cg+"/cgroup.events", "0", "16")
 	c.expect(t, "OK", "closeheld")
 	before.check(t, host, "the opens")

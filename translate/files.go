@@ -113,6 +113,9 @@ type File struct {
 	opener access.Caller
 	// reader is whose pid namespace task ids are shown in.
 	reader proc.Thread
+	// counted: the open is one of the container's (Limits.OpenFiles);
+	// the relay's are not (OpenRelay).
+	counted bool
 
 	// mu guards rendered: computed content is rendered at each read
 	// from offset 0 and served from rendered for later offsets.
@@ -132,6 +135,18 @@ type File struct {
 // as a read and as a write. A container holds at most its limit of open
 // files (ENFILE beyond).
 func (v *View) Open(r *access.Request, vpath string, flags int) (*File, error) {
+	return v.open(r, vpath, flags, true)
+}
+
+// OpenRelay opens the events file vpath read-only for the server's own
+// relay (r: its thread), outside the container's bound of open files: a
+// relay write at a moment the container holds its limit must not take
+// one of its files.
+func (v *View) OpenRelay(r *access.Request, vpath string) (*File, error) {
+	return v.open(r, vpath, unix.O_RDONLY, false)
+}
+
+func (v *View) open(r *access.Request, vpath string, flags int, counted bool) (*File, error) {
 	acc := flags & unix.O_ACCMODE
 	writes := acc != unix.O_RDONLY || flags&unix.O_TRUNC != 0
 	reads := acc != unix.O_WRONLY
@@ -148,15 +163,17 @@ func (v *View) Open(r *access.Request, vpath string, flags int) (*File, error) {
 		return nil, refuse(RuleLeafPath, unix.EISDIR, "a leaf path is a directory")
 	}
 	vpath = real
-	if !v.limits.takeFile() {
+	if counted && !v.limits.takeFile() {
 		return nil, refuse(RuleOpenFiles, unix.ENFILE, fmt.Sprintf("the container holds %d open files", v.limits.OpenFiles))
 	}
 	hf, err := v.host.Open(vpath, flags&^(unix.O_CREAT|unix.O_EXCL|unix.O_TRUNC)|unix.O_NOFOLLOW)
 	if err != nil {
-		v.limits.giveFile()
+		if counted {
+			v.limits.giveFile()
+		}
 		return nil, err
 	}
-	f := &File{v: v, vpath: vpath, host: hf, leafPath: through}
+	f := &File{v: v, vpath: vpath, host: hf, leafPath: through, counted: counted}
 	f.cgroup, f.name = split(vpath)
 	f.cf = controlFileOf(f.name)
 	if err := f.judge(r, writes, reads); err != nil {
@@ -302,7 +319,9 @@ func (v *View) PassthroughProbe() (*os.File, error) {
 
 // Close releases the host file.
 func (f *File) Close() error {
-	f.v.limits.giveFile()
+	if f.counted {
+		f.v.limits.giveFile()
+	}
 	if f.backing != nil {
 		f.backing.Close()
 	}
