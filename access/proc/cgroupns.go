@@ -33,10 +33,23 @@ func (p *Procs) CgroupNSRoots(tid int) ([]procfs.Cgroup, error) {
 	done := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		own, err := unix.Open("/proc/thread-self/ns/cgroup", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer unix.Close(own)
 		if err := unix.Setns(ns, unix.CLONE_NEWCGROUP); err != nil {
 			done <- result{err: fmt.Errorf("entering the cgroup namespace of %d: %w", tid, err)}
 			return
 		}
+		// Go never ends the main thread (it parks it for good): that one
+		// goes back, or it would keep the task's namespace alive.
+		defer func() {
+			if unix.Gettid() == unix.Getpid() {
+				_ = unix.Setns(own, unix.CLONE_NEWCGROUP)
+			}
+		}()
 		lines, err := p.Cgroups(tid)
 		done <- result{lines, err}
 	}()

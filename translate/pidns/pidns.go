@@ -327,10 +327,23 @@ func startHelper(ns *os.File, roots []*host.Host) (*helper, error) {
 		// The thread that enters the namespace has its children made
 		// there; it is never unlocked, so it ends with this goroutine.
 		runtime.LockOSThread()
+		own, err := unix.Open("/proc/thread-self/ns/pid_for_children", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			started <- err
+			return
+		}
+		defer unix.Close(own)
 		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWPID); err != nil {
 			started <- fmt.Errorf("setns(pid): %w", err)
 			return
 		}
+		// Go never ends the main thread (it parks it for good): that one
+		// goes back, or it would keep the namespace alive.
+		defer func() {
+			if unix.Gettid() == unix.Getpid() {
+				_ = unix.Setns(own, unix.CLONE_NEWPID)
+			}
+		}()
 		started <- cmd.Start()
 	}()
 	if err := <-started; err != nil {

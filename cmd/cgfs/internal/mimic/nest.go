@@ -262,6 +262,12 @@ func inMountNamespace(mntns *os.File, fn func(fds *os.File) error) error {
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked
+		own, err := os.Open("/proc/thread-self/ns/mnt")
+		if err != nil {
+			done <- err
+			return
+		}
+		defer own.Close()
 		if err := unix.Unshare(unix.CLONE_FS); err != nil {
 			done <- fmt.Errorf("unshare(CLONE_FS): %w", err)
 			return
@@ -270,9 +276,21 @@ func inMountNamespace(mntns *os.File, fn func(fds *os.File) error) error {
 			done <- fmt.Errorf("setns: %w", err)
 			return
 		}
+		defer leaveOnMainThread(own, unix.CLONE_NEWNS)
 		done <- fn(fds)
 	}()
 	return <-done
+}
+
+// leaveOnMainThread puts a thread that is to end with its locked
+// goroutine back into namespace own, if it is the main thread: Go never
+// ends that one (it parks it for good), and a main thread left in a
+// container's mount namespace would keep that namespace, and the
+// container's mounts (a nested view among them), alive.
+func leaveOnMainThread(own *os.File, nstype int) {
+	if unix.Gettid() == os.Getpid() {
+		_ = unix.Setns(int(own.Fd()), nstype)
+	}
 }
 
 // errnoOf is err's errno, or def.
