@@ -55,10 +55,7 @@ func helperMain(args []string) int {
 			err = syscall.Setresuid(id, id, id)
 		}
 		if err == nil {
-			var path string
-			if path, err = exec.LookPath(args[2]); err == nil {
-				err = syscall.Exec(path, args[2:], os.Environ())
-			}
+			err = execCmd(args[2:])
 		}
 		fmt.Println(err)
 		return 1
@@ -89,10 +86,7 @@ func helperMain(args []string) int {
 		runtime.LockOSThread()
 		err := unix.Unshare(unix.CLONE_NEWCGROUP)
 		if err == nil {
-			var path string
-			if path, err = exec.LookPath(args[1]); err == nil {
-				err = syscall.Exec(path, args[1:], os.Environ())
-			}
+			err = execCmd(args[1:])
 		}
 		fmt.Println(err)
 		return 1
@@ -520,4 +514,13 @@ func oomWatch(dir, cfdDir string) int {
 	}
 	fmt.Println("oom events", binary.LittleEndian.Uint64(buf))
 	return 0
+}
+
+// execCmd becomes cmd (looked up in PATH); it returns only on failure.
+func execCmd(cmd []string) error {
+	path, err := exec.LookPath(cmd[0])
+	if err == nil {
+		err = syscall.Exec(path, cmd, os.Environ())
+	}
+	return err
 }
