@@ -423,11 +423,17 @@ func (v *Views) view(h *host.Host, cfg translate.Config, name string) (*translat
 }
 
 // tasksOf is the thread whose pid namespace (and those below it) the
-// tasks of a view root may be in: the owner's, or for a nested view the
-// container's (Options.Outer).
+// tasks of a view root may be in: the owner's; for a nested view owned
+// by the container's own user namespace (its root's caller, as
+// privileged over them as the container's root), the container's
+// (Options.Outer). A nested view owned by a user namespace made inside
+// the container keeps the owner's: it may not be given a root holding
+// the container's tasks outside its pid namespace.
 func (v *Views) tasksOf() proc.Thread {
 	if v.opts.Nested && v.opts.Outer != nil {
-		if o := v.opts.Outer(); o != nil && o.Owner != nil {
+		o := v.opts.Outer()
+		if o != nil && o.Owner != nil && len(o.Owner.Chain) > 0 && len(v.Owner.Chain) > 0 &&
+			o.Owner.Chain[0].NS == v.Owner.Chain[0].NS {
 			return o.Owner.Thread
 		}
 	}
