@@ -26,36 +26,13 @@ func (p *Procs) CgroupNSRoots(tid int) ([]procfs.Cgroup, error) {
 		return nil, err
 	}
 	defer unix.Close(ns)
-	type result struct {
-		lines []procfs.Cgroup
-		err   error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		own, err := unix.Open("/proc/thread-self/ns/cgroup", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		defer unix.Close(own)
-		if err := unix.Setns(ns, unix.CLONE_NEWCGROUP); err != nil {
-			done <- result{err: fmt.Errorf("entering the cgroup namespace of %d: %w", tid, err)}
-			return
-		}
-		// Go never ends the main thread (it parks it for good): that one
-		// goes back, or it would keep the task's namespace alive.
-		defer func() {
-			if unix.Gettid() == unix.Getpid() {
-				_ = unix.Setns(own, unix.CLONE_NEWCGROUP)
-			}
-		}()
-		lines, err := p.Cgroups(tid)
-		done <- result{lines, err}
-	}()
-	in := <-done
-	if in.err != nil {
-		return nil, in.err
+	var in []procfs.Cgroup
+	err = InNamespace(ns, unix.CLONE_NEWCGROUP, func() (err error) {
+		in, err = p.Cgroups(tid)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading the cgroups of %d in its cgroup namespace: %w", tid, err)
 	}
 	out, err := p.Cgroups(tid)
 	if err != nil {
@@ -63,7 +40,7 @@ func (p *Procs) CgroupNSRoots(tid int) ([]procfs.Cgroup, error) {
 	}
 	var roots []procfs.Cgroup
 	for _, o := range out {
-		for _, i := range in.lines {
+		for _, i := range in {
 			if i.HierarchyID != o.HierarchyID {
 				continue
 			}
@@ -93,4 +70,45 @@ func nsRoot(outer, inner string) (string, bool) {
 		root = "/"
 	}
 	return root, true
+}
+
+// nsFiles names a namespace kind's file in /proc/TID/ns, as setns joins
+// it for the thread itself (a pid namespace is its children's).
+var nsFiles = map[int]string{unix.CLONE_NEWNS: "mnt", unix.CLONE_NEWCGROUP: "cgroup", unix.CLONE_NEWPID: "pid_for_children"}
+
+// InNamespace runs fn on a thread of its own that enters the namespace
+// ns of kind nstype (CLONE_NEWNS, CLONE_NEWCGROUP or CLONE_NEWPID),
+// leaving the file system attributes it shares first for a mount
+// namespace. The thread is never used again: it ends with its goroutine,
+// unless it is Go's main thread, which Go parks for good instead; that
+// one goes back to its own namespace first, or it would keep ns alive
+// (for a mount namespace, with a container's mounts in it).
+func InNamespace(ns, nstype int, fn func() error) error {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		own, err := unix.Open("/proc/thread-self/ns/"+nsFiles[nstype], unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer unix.Close(own)
+		if nstype == unix.CLONE_NEWNS {
+			if err := unix.Unshare(unix.CLONE_FS); err != nil {
+				done <- fmt.Errorf("unshare(CLONE_FS): %w", err)
+				return
+			}
+		}
+		if err := unix.Setns(ns, nstype); err != nil {
+			done <- fmt.Errorf("setns: %w", err)
+			return
+		}
+		defer func() {
+			if unix.Gettid() == unix.Getpid() {
+				_ = unix.Setns(own, nstype)
+			}
+		}()
+		done <- fn()
+	}()
+	return <-done
 }

@@ -14,7 +14,6 @@ import (
 	"os/signal"
 	osuser "os/user"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -373,20 +372,11 @@ func moveMountIn(view *os.File, pid int, root, target string) error {
 		return fmt.Errorf("the mount namespace of %d: %w", pid, err)
 	}
 	defer ns.Close()
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread goes with this goroutine
-		if err := unix.Unshare(unix.CLONE_FS); err != nil {
-			done <- fmt.Errorf("unshare(CLONE_FS): %w", err)
-			return
-		}
-		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNS); err != nil {
-			done <- fmt.Errorf("entering the mount namespace of %d: %w", pid, err)
-			return
-		}
-		done <- moveMountInRoot(view, root, target)
-	}()
-	return <-done
+	err = proc.InNamespace(int(ns.Fd()), unix.CLONE_NEWNS, func() error { return moveMountInRoot(view, root, target) })
+	if err != nil {
+		return fmt.Errorf("in the mount namespace of %d: %w", pid, err)
+	}
+	return nil
 }
 
 // moveMountInRoot puts view at target resolved in root ("" for "/") of

@@ -210,16 +210,10 @@ func startInCgroupNS(c *exec.Cmd, pid int) error {
 		return fmt.Errorf("the container's cgroup namespace: %w", err)
 	}
 	defer ns.Close()
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread goes with this goroutine
-		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWCGROUP); err != nil {
-			done <- fmt.Errorf("joining the container's cgroup namespace: %w", err)
-			return
-		}
-		done <- c.Start()
-	}()
-	return <-done
+	if err := proc.InNamespace(int(ns.Fd()), unix.CLONE_NEWCGROUP, c.Start); err != nil {
+		return fmt.Errorf("starting in the container's cgroup namespace: %w", err)
+	}
+	return nil
 }
 
 // forkedChild waits for process pid (nsenter) to fork, and returns the

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -322,31 +321,9 @@ func startHelper(ns *os.File, roots []*host.Host) (*helper, error) {
 	// A private mount namespace (Go makes / rprivate in it) for the
 	// namespace's own proc filesystem.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
-	started := make(chan error, 1)
-	go func() {
-		// The thread that enters the namespace has its children made
-		// there; it is never unlocked, so it ends with this goroutine.
-		runtime.LockOSThread()
-		own, err := unix.Open("/proc/thread-self/ns/pid_for_children", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			started <- err
-			return
-		}
-		defer unix.Close(own)
-		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWPID); err != nil {
-			started <- fmt.Errorf("setns(pid): %w", err)
-			return
-		}
-		// Go never ends the main thread (it parks it for good): that one
-		// goes back, or it would keep the namespace alive.
-		defer func() {
-			if unix.Gettid() == unix.Getpid() {
-				_ = unix.Setns(own, unix.CLONE_NEWPID)
-			}
-		}()
-		started <- cmd.Start()
-	}()
-	if err := <-started; err != nil {
+	// The thread that enters the namespace has its children made there.
+	err = proc.InNamespace(int(ns.Fd()), unix.CLONE_NEWPID, cmd.Start)
+	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("starting a helper in the pid namespace: %w", err)
 	}

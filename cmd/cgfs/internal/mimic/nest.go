@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -251,46 +250,15 @@ func place(view, target *os.File, dir string, readOnly bool, fds *os.File) error
 }
 
 // inMountNamespace runs fn on a thread of its own in mount namespace
-// mntns, with this process's /proc/self/fd opened before. The thread is
-// never used again (its goroutine stays locked to it and ends).
+// mntns (proc.InNamespace), with this process's /proc/self/fd opened
+// before.
 func inMountNamespace(mntns *os.File, fn func(fds *os.File) error) error {
 	fds, err := os.Open("/proc/self/fd")
 	if err != nil {
 		return err
 	}
 	defer fds.Close()
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked
-		own, err := os.Open("/proc/thread-self/ns/mnt")
-		if err != nil {
-			done <- err
-			return
-		}
-		defer own.Close()
-		if err := unix.Unshare(unix.CLONE_FS); err != nil {
-			done <- fmt.Errorf("unshare(CLONE_FS): %w", err)
-			return
-		}
-		if err := unix.Setns(int(mntns.Fd()), unix.CLONE_NEWNS); err != nil {
-			done <- fmt.Errorf("setns: %w", err)
-			return
-		}
-		defer leaveOnMainThread(own, unix.CLONE_NEWNS)
-		done <- fn(fds)
-	}()
-	return <-done
-}
-
-// leaveOnMainThread puts a thread that is to end with its locked
-// goroutine back into namespace own, if it is the main thread: Go never
-// ends that one (it parks it for good), and a main thread left in a
-// container's mount namespace would keep that namespace, and the
-// container's mounts (a nested view among them), alive.
-func leaveOnMainThread(own *os.File, nstype int) {
-	if unix.Gettid() == os.Getpid() {
-		_ = unix.Setns(int(own.Fd()), nstype)
-	}
+	return proc.InNamespace(int(mntns.Fd()), unix.CLONE_NEWNS, func() error { return fn(fds) })
 }
 
 // errnoOf is err's errno, or def.
