@@ -31,7 +31,9 @@ import (
 // 1000 has no capability), then with a cgroup namespace of its own too
 // (unshare -UrmC), where the kernel allows the mount but its files stay
 // host root's, so nothing of root's is writable. A cgroup the container's
-// root delegated to uid 1000 stays uid 1000's. d1 and d2 are empty
+// root delegated to uid 1000 stays uid 1000's. With a pid namespace of
+// its own too (unshare -UrmCp) its view would be rooted over the
+// container's tasks outside that namespace: EPERM. d1 and d2 are empty
 // directories for the mounts; on a hybrid host the v1 freezer is tried
 // as well.
 func nestedAttack(d1, d2 string) string {
@@ -52,6 +54,7 @@ echo rootprocs $($H write %[3]s/cgroup.procs $victim)
 echo delegated $($H mkdir %[3]s/sub/mine)
 echo self $($H write %[3]s/sub/mine/cgroup.procs 0)
 '
+$H as 1000 $H unshare mCp sh -c 'busybox mount -t cgroup2 none %[3]s; echo pidns $?'
 if [ -d /sys/fs/cgroup/freezer ]; then
 mkdir /sys/fs/cgroup/freezer/jail
 $H as 1000 $H unshare mC sh -c '
@@ -76,7 +79,7 @@ func checkNestedAttack(t *testing.T, out string, v1 bool) {
 	t.Helper()
 	v2, _, _ := lanePaths(t)
 	wants := []string{"prepared\n",
-		"cgroupns 0\n", "fstype fuse.cgfs\n",
+		"cgroupns 0\n", "fstype fuse.cgfs\n", "pidns 1\n",
 		"mkdir EACCES\n", "move EACCES\n", "freeze EACCES\n", "kill EACCES\n", "limit EACCES\n", "rootprocs EACCES\n",
 		"delegated OK\n", "self EACCES\n",
 		"victim 0::/ S\n", "jail frozen 0 populated 0\n", "made " + v2 + "/sub/mine\n"}

@@ -170,7 +170,8 @@ func helperMain(args []string) int {
 
 // unshareRun runs cmd as root of a new user namespace that maps it to
 // the caller's ids (as unshare -r does, by any user), with a new mount
-// namespace too if flags has m and a new cgroup namespace if it has C,
+// namespace too if flags has m, a new cgroup namespace if it has C and
+// a new pid namespace (cmd its first process) if it has p,
 // and exits as cmd does: util-linux's unshare -UrmC, where only
 // busybox's (which has no -C) is.
 func unshareRun(flags string, cmd []string) int {
@@ -184,6 +185,9 @@ func unshareRun(flags string, cmd []string) int {
 	}
 	if strings.Contains(flags, "C") {
 		attr.Cloneflags |= syscall.CLONE_NEWCGROUP
+	}
+	if strings.Contains(flags, "p") {
+		attr.Cloneflags |= syscall.CLONE_NEWPID
 	}
 	c.SysProcAttr = attr
 	if err := c.Run(); err != nil {
