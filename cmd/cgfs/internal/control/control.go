@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -262,21 +263,35 @@ func AskConfirm(path string, req Request) (a Answer, f *os.File, placed func(ok 
 			return a, fd, nil, err
 		}
 		if !a.Retry || time.Now().After(deadline) {
-			var once sync.Once
-			return a, fd, func(ok bool) {
-				once.Do(func() {
-					if ok {
-						_, _ = c.Write([]byte(placedWord))
-					}
-					c.Close()
-				})
-			}, nil
+			return a, fd, confirmer(c), nil
 		}
 		c.Close()
 		if fd != nil {
 			fd.Close()
 		}
 		time.Sleep(wait)
+	}
+}
+
+// confirmer says on c whether the asker put the view in place. A "no"
+// waits (within ConfirmWait) for the server to end the connection, which
+// it does once it dropped what it gave: the asker that goes on sees
+// nothing of it served.
+func confirmer(c *net.UnixConn) func(ok bool) {
+	var once sync.Once
+	return func(ok bool) {
+		once.Do(func() {
+			defer c.Close()
+			if ok {
+				_, _ = c.Write([]byte(placedWord))
+				return
+			}
+			if c.CloseWrite() != nil {
+				return
+			}
+			_ = c.SetReadDeadline(time.Now().Add(ConfirmWait))
+			_, _ = io.Copy(io.Discard, c)
+		})
 	}
 }
 

@@ -282,13 +282,5 @@ func AskUserConfirm(path string, req Request) (Answer, *os.File, func(ok bool), 
 		}
 		return a, fd, nil, err
 	}
-	var once sync.Once
-	return a, fd, func(ok bool) {
-		once.Do(func() {
-			if ok {
-				_, _ = c.Write([]byte(placedWord))
-			}
-			c.Close()
-		})
-	}, nil
+	return a, fd, confirmer(c), nil
 }

@@ -84,6 +84,23 @@ type served struct {
 	// (so that a server taking over never serves a reused pid).
 	req        control.Request
 	ownerStart uint64
+	// dropped is closed once the view is dropped: off the list, its
+	// name free, its metrics and nested views gone.
+	dropped chan struct{}
+}
+
+// dropWait bounds how long a request that drops a view (detach, a view
+// not put in place) waits for it to be gone before it answers.
+const dropWait = 10 * time.Second
+
+// stop stops serving s and waits (within dropWait) until it is dropped,
+// so that whoever asked sees it gone when answered.
+func (s *served) stop() {
+	s.mounted.Stop()
+	select {
+	case <-s.dropped:
+	case <-time.After(dropWait):
+	}
 }
 
 // run registers the view s serves as name (the daemon's list, the
@@ -139,6 +156,7 @@ func (d *Daemon) run(name string, s *served) error {
 		s.nested.Close()
 		s.views.Close()
 		d.log.Info("dropped", "view", name)
+		close(s.dropped)
 	}()
 	return nil
 }
@@ -158,7 +176,7 @@ func New(procs *proc.Procs, m *metrics.Metrics, w *host.Watcher, bounds serve.Bo
 func (d *Daemon) newServed(name string, views *serve.Views, mounted *fs.Mounted, budget *serve.Budget, req control.Request) *served {
 	nested := serve.NewNested(d.procs, serve.Options{Name: name, Log: d.log, Watcher: d.watcher, Budget: budget,
 		RootShownAs: views.RootShownAs(), Outer: func() *serve.Views { return views }}, d.metrics.For(name))
-	return &served{views: views, mounted: mounted, nested: nested, owner: req.Owner, req: req}
+	return &served{views: views, mounted: mounted, nested: nested, owner: req.Owner, req: req, dropped: make(chan struct{})}
 }
 
 // Handle answers one control request from host process peer.
@@ -188,7 +206,7 @@ func (d *Daemon) Handle(req control.Request, _ int) (control.Answer, *os.File) {
 			a.Placed = func(ok bool) {
 				if !ok {
 					d.log.Warn("dropped: the view was not put in place", "view", req.Name)
-					s.mounted.Stop()
+					s.stop()
 				}
 			}
 		}
@@ -285,7 +303,8 @@ func (d *Daemon) agentStats() uint64 {
 	return n
 }
 
-// Detach stops serving the view name; the container sees ENOTCONN.
+// Detach stops serving the view name; the container sees ENOTCONN. It
+// returns once the view is dropped.
 func (d *Daemon) Detach(name string) bool {
 	d.mu.Lock()
 	s := d.views[name]
@@ -293,7 +312,7 @@ func (d *Daemon) Detach(name string) bool {
 	if s == nil {
 		return false
 	}
-	s.mounted.Stop()
+	s.stop()
 	return true
 }
 

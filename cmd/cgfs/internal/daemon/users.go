@@ -243,7 +243,7 @@ func (d *Daemon) HandleUser(req control.Request, peer control.Peer) (control.Ans
 			a.Placed = func(ok bool) {
 				if !ok {
 					d.log.Warn("dropped: the view was not put in place", "view", s.req.Name)
-					s.mounted.Stop()
+					s.stop()
 				}
 			}
 		}
