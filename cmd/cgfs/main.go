@@ -31,6 +31,7 @@ import (
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/bench"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/launch"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/node"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
 	"github.com/cgfs/cgfs/translate/pidns"
 )
@@ -41,6 +42,11 @@ type usageError struct{ msg string }
 func (e usageError) Error() string { return e.msg }
 
 func main() {
+	if os.Getenv(node.HoldEnv) != "" {
+		// A keeper the DaemonSet's agent starts: it waits to be moved
+		// out of the pod's cgroups.
+		node.Hold()
+	}
 	switch {
 	case pidns.IsHelper():
 		// A helper in a container's pid namespace (translate/pidns).
@@ -138,6 +144,10 @@ func run(args []string, log *slog.Logger, stderr io.Writer) (int, error) {
 		return 0, ociHookCmd(args[1:], os.Stdin)
 	case "lxc-hook":
 		return 0, lxcHookCmd(args[1:])
+	case "nri":
+		return 0, nriCmd(args[1:], log, stderr)
+	case "node":
+		return 0, nodeCmd(args[1:], log, stderr)
 	case "bench":
 		return benchCmd(args[1:], os.Stdout, stderr)
 	case "bench-floor": // the bench's floor server
