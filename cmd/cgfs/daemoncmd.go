@@ -495,12 +495,28 @@ func ociHookCmd(args []string, stdin io.Reader) error {
 		return hookAsUser(name, st.Pid, rootfs, "/sys/fs/cgroup", lim)
 	}
 	return attach(attachOptions{
-		req:    control.Request{Op: "attach", Name: st.ID, Owner: st.Pid},
+		req:    control.Request{Op: "attach", Name: st.ID, Owner: st.Pid, Label: podLabel(cfg.Annotations)},
 		target: "/sys/fs/cgroup",
 		root:   rootfs,
 		in:     st.Pid,
 		socket: socket,
 	})
+}
+
+// podLabel is a Kubernetes container's name in metrics,
+// NAMESPACE/POD/CONTAINER, from what containerd's CRI (or CRI-O) writes
+// into its config; "" for a container of no pod.
+func podLabel(ann map[string]string) string {
+	for _, keys := range [][3]string{
+		{"io.kubernetes.cri.sandbox-namespace", "io.kubernetes.cri.sandbox-name", "io.kubernetes.cri.container-name"},
+		{"io.kubernetes.pod.namespace", "io.kubernetes.pod.name", "io.kubernetes.container.name"},
+	} {
+		ns, pod, ctr := ann[keys[0]], ann[keys[1]], ann[keys[2]]
+		if ns != "" && pod != "" && ctr != "" {
+			return ns + "/" + pod + "/" + ctr
+		}
+	}
+	return ""
 }
 
 // hostRoot tells whether this process is root in the host's user

@@ -89,6 +89,18 @@ type served struct {
 	dropped chan struct{}
 }
 
+// labelOf is the container's name in metrics: its Label if the asker
+// gave one (a pod's namespace/pod/container, a user's USER/NAME), else
+// its name.
+func labelOf(req control.Request) string {
+	if req.Label != "" {
+		return req.Label
+	}
+	return req.Name
+}
+
+func (s *served) label() string { return labelOf(s.req) }
+
 // dropWait bounds how long a request that drops a view (detach, a view
 // not put in place) waits for it to be gone before it answers.
 const dropWait = 10 * time.Second
@@ -139,7 +151,7 @@ func (d *Daemon) run(name string, s *served) error {
 			}
 		}()
 	}
-	mv := s.views.MetricsView(name, s.mounted)
+	mv := s.views.MetricsView(s.label(), s.mounted)
 	mv.Budget = func() map[string][2]float64 { return s.views.Budget().Held(s.nested) }
 	unlist := d.metrics.Add(mv)
 	go func() {
@@ -272,7 +284,7 @@ func (d *Daemon) attach(req control.Request) (*os.File, *served, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	mounted, err := views.Serve(d.ident, d.metrics.For(req.Name))
+	mounted, err := views.Serve(d.ident, d.metrics.For(labelOf(req)))
 	if err != nil {
 		views.Close()
 		return nil, nil, err

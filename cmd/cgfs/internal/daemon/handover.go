@@ -301,11 +301,7 @@ func (d *Daemon) resume(it *kept, last json.RawMessage) {
 		d.log.Warn("keeper: reading a view's hidden leaves", "view", req.Name, "err", err)
 	}
 	t1 := time.Now()
-	label := req.Name
-	if req.Label != "" {
-		label = req.Label
-	}
-	mounted, err := it.views.ServeResumed(d.ident, d.metrics.For(label), r)
+	mounted, err := it.views.ServeResumed(d.ident, d.metrics.For(labelOf(req)), r)
 	t2 := time.Now()
 	if err != nil {
 		d.log.Warn("keeper: serving a view again", "view", req.Name, "err", err)
