@@ -20,10 +20,21 @@ import (
 // itself enforces N on the visible tree at mkdir (EAGAIN, as the
 // kernel). The view root's limits belong to the host and are shown and
 // enforced as they are.
+//
+// The kernel keeps any N up to INT_MAX (an int; INT_MAX itself is what
+// "max" stores, and reads back as "max"). Where 2N+1 or N+1 reaches
+// INT_MAX, the host holds "max" (no host limit: no host holds a billion
+// cgroups) and N is kept beside it, in limitXattr on the host file, to
+// be read back as written. The attribute counts only while the host
+// file says "max": a value cgfs writes otherwise removes it.
 func init() {
 	register("cgroup.max.descendants", limitFile(decodeDescendants, encodeDescendants))
 	register("cgroup.max.depth", limitFile(decodeDepth, encodeDepth))
 }
+
+// limitXattr keeps a container's limit that its host file holds as
+// "max" (see above): the decimal number.
+const limitXattr = "trusted.cgfs.limit"
 
 func encodeDescendants(n int64) int64 { return 2*n + 1 }
 func decodeDescendants(h int64) int64 { return max(h-1, 0) / 2 }
@@ -37,8 +48,15 @@ func limitFile(decode, encode func(int64) int64) *controlFile {
 			if err != nil || f.cgroup == "" {
 				return raw, err
 			}
+			if string(strstrip(raw)) == "max" { // or the container's limit beside it
+				kept, _ := host.Xattr(f.host, limitXattr) // none where it cannot be kept
+				if k, kerr := strconv.ParseInt(string(kept), 10, 32); kerr == nil && k >= 0 {
+					return []byte(strconv.FormatInt(k, 10) + "\n"), nil
+				}
+				return raw, nil
+			}
 			n, perr := strconv.ParseInt(strings.TrimSpace(string(raw)), 10, 64)
-			if perr != nil { // "max"
+			if perr != nil {
 				return raw, nil
 			}
 			return []byte(strconv.FormatInt(decode(n), 10) + "\n"), nil
@@ -47,12 +65,19 @@ func limitFile(decode, encode func(int64) int64) *controlFile {
 			v := f.v
 			v.mu.Lock() // mkdir reads the limits under the view lock
 			defer v.mu.Unlock()
-			if f.cgroup == "" || string(strstrip(data)) == "max" {
+			if f.cgroup == "" {
+				return v.host.Write(f.host, f.vpath, data)
+			}
+			if string(strstrip(data)) == "max" {
+				// The container's "max": nothing kept beside it.
+				if err := host.SetFileXattr(f.host, limitXattr, nil); err != nil {
+					return 0, err
+				}
 				return v.host.Write(f.host, f.vpath, data)
 			}
 			// The kernel's parser (cgroup_max_descendants_write,
 			// cgroup_max_depth_write): "max" or kstrtoint, negative
-			// ERANGE.
+			// ERANGE; INT_MAX is "max".
 			n, err := kstrtoint(data)
 			if err == nil && n < 0 {
 				err = unix.ERANGE
@@ -60,14 +85,30 @@ func limitFile(decode, encode func(int64) int64) *controlFile {
 			if err != nil {
 				return 0, refuse(RuleBadValue, err.(unix.Errno), "not a limit (data "+strconv.Quote(host.Shorten(data))+")")
 			}
-			val := strconv.FormatInt(encode(n), 10)
-			if encode(n) > math.MaxInt32 {
-				// More than the kernel holds (it would answer ERANGE)
-				// and more cgroups than it can count: no limit, as the
-				// kernel's own INT_MAX is.
-				val = "max"
+			if encode(n) < math.MaxInt32 {
+				if _, err := v.host.Write(f.host, f.vpath, []byte(strconv.FormatInt(encode(n), 10))); err != nil {
+					return 0, err
+				}
+				if err := host.SetFileXattr(f.host, limitXattr, nil); err != nil {
+					return 0, err
+				}
+				return len(data), nil
 			}
-			if _, err := v.host.Write(f.host, f.vpath, []byte(val)); err != nil {
+			// More than the host holds: "max" there, n beside it (none
+			// for INT_MAX, the kernel's own "max").
+			old, err := host.Xattr(f.host, limitXattr)
+			if err != nil {
+				return 0, err
+			}
+			var kept []byte
+			if n < math.MaxInt32 {
+				kept = []byte(strconv.FormatInt(n, 10))
+			}
+			if err := host.SetFileXattr(f.host, limitXattr, kept); err != nil {
+				return 0, err
+			}
+			if _, err := v.host.Write(f.host, f.vpath, []byte("max")); err != nil {
+				_ = host.SetFileXattr(f.host, limitXattr, old) // as it was
 				return 0, err
 			}
 			return len(data), nil
@@ -76,7 +117,8 @@ func limitFile(decode, encode func(int64) int64) *controlFile {
 }
 
 // limitOf returns the container's limit in file of virtual cgroup vdir
-// (-1 for max).
+// (-1 for max). A limit kept beside a host "max" (limitXattr) counts as
+// max here: it is more cgroups, or deeper, than any host holds.
 func (v *View) limitOf(vdir, file string, decode func(int64) int64) int64 {
 	raw, err := v.host.ReadFile(host.Join(vdir, file))
 	if err != nil {

@@ -256,6 +256,54 @@ func TestLimitsLeaveRoomForLeaves(t *testing.T) {
 	}
 }
 
+// TestLimitsUpToIntMaxReadBack: the kernel keeps any limit up to INT_MAX
+// (cgroup_max_descendants_write, cgroup_max_depth_write: an int; INT_MAX
+// is what "max" stores and reads back as "max"); one whose host value
+// (2N+1, N+1) would pass INT_MAX is "max" on the host and reads back as
+// written. Written over, it leaves nothing behind.
+func TestLimitsUpToIntMaxReadBack(t *testing.T) {
+	v, dir, r := newView(t, Config{})
+	for _, c := range []struct {
+		file, in   string
+		host, want string // host text after, what the view reads
+	}{
+		{"cgroup.max.descendants", "1500000000", "max", "1500000000"},
+		{"cgroup.max.descendants", "1073741823", "max", "1073741823"}, // 2N+1 is INT_MAX
+		{"cgroup.max.descendants", "1073741822", "2147483645", "1073741822"},
+		{"cgroup.max.descendants", "2147483647", "max", "max"},
+		{"cgroup.max.descendants", "1500000000", "max", "1500000000"},
+		{"cgroup.max.descendants", "max", "max", "max"},
+		{"cgroup.max.descendants", "1500000000", "max", "1500000000"},
+		{"cgroup.max.descendants", "5", "11", "5"},
+		{"cgroup.max.depth", "1500000000", "1500000001", "1500000000"},
+		{"cgroup.max.depth", "2147483646", "max", "2147483646"}, // N+1 is INT_MAX
+		{"cgroup.max.depth", "2147483645", "2147483646", "2147483645"},
+		{"cgroup.max.depth", "2147483647", "max", "max"},
+	} {
+		vpath := "a/" + c.file
+		if err := write(v, r, vpath, c.in); err != nil {
+			t.Errorf("write %s %s: %v", c.in, vpath, err)
+			continue
+		}
+		if b, _ := os.ReadFile(filepath.Join(dir, vpath)); strings.TrimSpace(string(b)) != c.host {
+			t.Errorf("write %s %s: host %q, want %q", c.in, vpath, b, c.host)
+		}
+		if got := read(t, v, r, vpath); strings.TrimSpace(got) != c.want {
+			t.Errorf("write %s %s reads back %q, want %q", c.in, vpath, got, c.want)
+		}
+	}
+	// Past INT_MAX the kernel answers ERANGE, and nothing changes.
+	if err := write(v, r, "a/cgroup.max.descendants", "2147483648"); !errors.Is(err, unix.ERANGE) {
+		t.Errorf("write 2147483648 = %v, want ERANGE", err)
+	}
+	// The host's own "max", once the container wrote a number below it,
+	// is max.
+	fake.Write(t, filepath.Join(dir, "a/cgroup.max.descendants"), "max\n")
+	if got := read(t, v, r, "a/cgroup.max.descendants"); strings.TrimSpace(got) != "max" {
+		t.Errorf("the host's max reads %q, want max", got)
+	}
+}
+
 // TestLimitValuesAsTheKernelParses: what cgroup_max_descendants_write
 // answers on Linux 6.18 (measured natively).
 func TestLimitValuesAsTheKernelParses(t *testing.T) {

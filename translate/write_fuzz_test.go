@@ -189,14 +189,15 @@ func mapsEqual(a, b map[string]string) bool {
 // view root a write is the host's, carried as it is. Below it, "max" as
 // the kernel reads it goes to the host as it is; a number the kernel
 // takes goes as the host value that leaves room for hidden leaves, a
-// value the kernel's parser takes too, and reads back as the number
-// written (or "max", for a number past what the host can hold); one the
-// kernel refuses is refused with its errno (EINVAL, ERANGE) and changes
-// nothing. The host's own text reads as the container's limit.
+// value the kernel's parser takes too, or as "max" where that value would
+// reach INT_MAX, and reads back as the number written (INT_MAX as "max",
+// as the kernel reads it); one the kernel refuses is refused with its
+// errno (EINVAL, ERANGE) and changes nothing. The host's own text reads
+// as the container's limit.
 func FuzzLimitWrite(f *testing.F) {
 	for i, s := range []string{"max", "max\n", " max ", "0", "1\n", "5", "0x10", "010", " 5 \n", "+3", "-1", "99999999999",
 		"1 2", "abc", "0b1", "", "maxx", "-0", "2147483648", "4\x00", "\t7\t",
-		"max\xa0", "max\u00a0", "2147483647", "1073741824"} {
+		"max\xa0", "max\u00a0", "2147483647", "1073741824", "1073741823", "1500000000", "2147483646"} {
 		f.Add([]byte(s), uint8(i))
 	}
 	f.Add(fake.Kernel(f, "v2-root-cgroup.stat"), uint8(0)) // the host text phase reads it as a limit file
@@ -213,6 +214,9 @@ func FuzzLimitWrite(f *testing.F) {
 		hostFile := filepath.Join(dir, vpath)
 		const before = "max\n"
 		fake.Write(t, hostFile, before)
+		if err := unix.Removexattr(hostFile, limitXattr); err != nil && err != unix.ENODATA {
+			t.Fatal(err)
+		}
 		err := write(v, r, vpath, string(data))
 		b, rerr := os.ReadFile(hostFile)
 		if rerr != nil {
@@ -252,18 +256,24 @@ func FuzzLimitWrite(f *testing.F) {
 		encoded := codecs[i][0](n)
 		hostN, herr := kKstrtoint([]byte(got))
 		switch {
-		case encoded > math.MaxInt32 && string(kStrstrip([]byte(got))) == "max":
+		case encoded >= math.MaxInt32:
+			if string(kStrstrip([]byte(got))) != "max" {
+				t.Fatalf("write %q (%d) to %s gave the host %q, want max (%d is past what it holds)", data, n, vpath, got, encoded)
+			}
 		case herr != 0 || hostN != encoded:
 			t.Fatalf("write %q (%d) to %s gave the host %q (%v), want %d, a value the kernel takes", data, n, vpath, got, errnoOrNil(herr), encoded)
 		}
-		shown := strings.TrimSpace(read(t, v, r, vpath))
-		if shown != strconv.FormatInt(n, 10) && !(encoded > math.MaxInt32 && shown == "max") {
-			t.Fatalf("write %q (%d) to %s reads back %q", data, n, vpath, shown)
+		want := strconv.FormatInt(n, 10)
+		if n == math.MaxInt32 {
+			want = "max" // what "max" stores
+		}
+		if shown := strings.TrimSpace(read(t, v, r, vpath)); shown != want {
+			t.Fatalf("write %q (%d) to %s reads back %q, want %q", data, n, vpath, shown, want)
 		}
 
 		// The host's own text, as the view shows it.
 		fake.Write(t, hostFile, string(data))
-		shown = read(t, v, r, vpath)
+		shown := read(t, v, r, vpath)
 		if h, err := strconv.ParseInt(strings.TrimSuffix(string(data), "\n"), 10, 32); err == nil && h >= 0 && strconv.FormatInt(h, 10)+"\n" == string(data) {
 			if want := strconv.FormatInt(codecs[i][1](h), 10) + "\n"; shown != want {
 				t.Fatalf("host %s %q reads %q, want %q", vpath, data, shown, want)

@@ -302,6 +302,25 @@ func Xattr(f *os.File, name string) ([]byte, error) {
 	return val, nil
 }
 
+// SetFileXattr sets the extended attribute name of the open host file f
+// to val, or removes it for a nil val (none to remove, or a file system
+// that keeps none, is no error).
+func SetFileXattr(f *os.File, name string, val []byte) error {
+	op, err := "setxattr", error(nil)
+	if val == nil {
+		op, err = "removexattr", unix.Fremovexattr(int(f.Fd()), name)
+		if err == unix.ENODATA || err == unix.EOPNOTSUPP {
+			err = nil
+		}
+	} else {
+		err = unix.Fsetxattr(int(f.Fd()), name, val, 0)
+	}
+	if err != nil {
+		return &Error{Op: op, Path: f.Name(), Err: err}
+	}
+	return nil
+}
+
 // getxattr reads an attribute with get, nil when there is none.
 func getxattr(path, name string, get func(path, name string, dest []byte) (int, error)) ([]byte, error) {
 	buf := make([]byte, 256)
