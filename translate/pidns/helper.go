@@ -138,6 +138,10 @@ func IsHelper() bool { return os.Getenv(helperEnv) != "" }
 // filesystem over /proc (its mount namespace is private) and then writes
 // ids as asked until the server goes.
 func HelperMain() int {
+	// Named for what it is where the container sees it (the exec of
+	// /proc/self/exe named it "exe"): the process's comm, which is its
+	// leader thread's, whatever thread this is.
+	_ = os.WriteFile("/proc/self/comm", []byte(HelperName), 0)
 	nroots, _ := strconv.Atoi(os.Getenv(helperEnv))
 	conn := 3
 	roots := make([]*host.Host, nroots)

@@ -303,6 +303,22 @@ func errnoOf(err error) error {
 // helperEnv makes the cgfs binary a helper (see IsHelper).
 const helperEnv = "CGFS_PIDNS_HELPER"
 
+// HelperName is what a helper is called where the container sees it
+// (ps): its argv[0], and its comm as the kernel keeps it (15 bytes,
+// "cgfs-pidns-help").
+const HelperName = "cgfs-pidns-helper"
+
+// helperEnviron is a helper's environment: helperEnv, and glibc's malloc
+// kept to its main arena. The cgfs binary uses cgo, and glibc gives each
+// thread that allocates an arena of its own, 64 MiB of address space
+// apiece: most of a helper's size in the container's ps beside the Go
+// runtime's own reservations (its heap's page summaries, ~1 GiB of
+// PROT_NONE space no setting shrinks). The helper allocates next to
+// nothing through malloc.
+func helperEnviron(roots int) []string {
+	return []string{helperEnv + "=" + strconv.Itoa(roots), "MALLOC_ARENA_MAX=1"}
+}
+
 // startHelper starts a helper in the pid namespace ns, holding roots.
 func startHelper(ns *os.File, roots []*host.Host) (*helper, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
@@ -312,7 +328,8 @@ func startHelper(ns *os.File, roots []*host.Host) (*helper, error) {
 	conn, child := os.NewFile(uintptr(fds[0]), "helper"), os.NewFile(uintptr(fds[1]), "helper")
 	defer child.Close()
 	cmd := exec.Command("/proc/self/exe")
-	cmd.Env = []string{helperEnv + "=" + strconv.Itoa(len(roots))}
+	cmd.Args[0] = HelperName
+	cmd.Env = helperEnviron(len(roots))
 	cmd.ExtraFiles = []*os.File{child}
 	for _, r := range roots {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, r.Root())

@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -140,5 +141,70 @@ func TestBudgetBoundsLiveHelpers(t *testing.T) {
 	b.lastStart = b.lastStart.Add(-time.Second) // a start's token comes back
 	if err := b.take(); err != nil {
 		t.Errorf("a helper after one ended: %v", err)
+	}
+}
+
+// TestHelperIsNamedForWhatItIs: where the container lists its processes
+// (ps reads comm and cmdline), a helper is cgfs-pidns-helper, not
+// /proc/self/exe; and glibc keeps its malloc to one arena (64 MiB of
+// address space a thread otherwise, in the container's ps VSZ).
+func TestHelperIsNamedForWhatItIs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CI=true: a pid namespace needs root")
+		}
+		t.Skip("a pid namespace needs root")
+	}
+	sleep := exec.Command("sleep", "1000")
+	sleep.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sleep.Process.Kill(); _ = sleep.Wait() })
+	procs, err := proc.Open("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	th, err := procs.Thread(sleep.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := os.Open("/proc/" + strconv.Itoa(sleep.Process.Pid) + "/ns/pid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	pool, err := NewPool(procs, ns, th, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	m, err := pool.Owner()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, ok := m.(*helper)
+	if !ok {
+		t.Fatalf("the owner's Mover is %T, want a helper", m)
+	}
+	dir := "/proc/" + strconv.Itoa(h.cmd.Process.Pid)
+	for _, c := range []struct{ file, want string }{
+		{"comm", "cgfs-pidns-help\n"}, // the kernel keeps 15 bytes
+		{"cmdline", HelperName + "\x00"},
+	} {
+		if b, err := os.ReadFile(filepath.Join(dir, c.file)); err != nil || string(b) != c.want {
+			t.Errorf("the helper's %s = %q, %v; want %q", c.file, b, err, c.want)
+		}
+	}
+	env, err := os.ReadFile(filepath.Join(dir, "environ"))
+	if err != nil || !strings.Contains("\x00"+string(env), "\x00MALLOC_ARENA_MAX=1\x00") {
+		t.Errorf("the helper's environment = %q, %v; want MALLOC_ARENA_MAX=1 in it", env, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "status")); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "VmSize") || strings.HasPrefix(line, "Threads") {
+				t.Log(line)
+			}
+		}
 	}
 }
