@@ -133,7 +133,7 @@ func runAsUser(o runOptions, log *slog.Logger) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	o.Log = log
+	o.Log, o.Stderr = log, os.Stderr
 	o.User = &userDaemon{socket: socket}
 	o.UserMaps = maps
 	var confirm func(ok bool)
@@ -202,7 +202,7 @@ func runCmd(o runOptions, log *slog.Logger) (int, error) {
 		}
 		defer ln.Close()
 	}
-	o.Log = log
+	o.Log, o.Stderr = log, os.Stderr
 	var views *serve.Views
 	daemonServes := false
 	// What the container may hold of this process: its view (unless the

@@ -64,6 +64,12 @@ func (u *userDaemon) Create(name string, lim cgroups.Limits) error {
 	return err
 }
 
+func (u *userDaemon) Update(lim cgroups.Limits) error {
+	_, _, err := askUser(u.socket, control.Request{Op: "update", Name: u.name,
+		Limits: &control.Limits{Memory: lim.Memory, Pids: lim.Pids, CPUs: lim.CPUs}})
+	return err
+}
+
 // Adopt sends a pidfd of the init and its user and pid namespaces, all
 // opened here: the kernel let this process open them, so they are the
 // user's.

@@ -8,6 +8,8 @@ package cgroups
 import (
 	"errors"
 	"fmt"
+	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/mimic"
+	"github.com/cgfs/cgfs/translate/host"
 	"github.com/cgfs/cgfs/translate/layout"
 )
 
@@ -28,6 +31,47 @@ type Limits struct {
 	Memory int64   // bytes; 0 for none
 	Pids   int64   // tasks; 0 for none
 	CPUs   float64 // CPUs of bandwidth; 0 for none
+}
+
+// The kernel's bounds on the limits cgfs sets.
+const (
+	// CPUPeriod is the bandwidth period cgfs sets, in microseconds (the
+	// kernel's default, cpu.cfs_period_us and cpu.max alike).
+	CPUPeriod = 100000
+	// minQuota and maxQuota bound a quota in microseconds, as
+	// tg_set_cfs_bandwidth (kernel/sched/core.c) does with EINVAL:
+	// min_cfs_quota_period (1ms) and max_cfs_runtime (MAX_BW, 2^44-1
+	// microseconds).
+	minQuota = 1000
+	maxQuota = 1<<44 - 1
+	// MaxPids is the largest pids.max: pids_max_write
+	// (kernel/cgroup/pids.c) answers EINVAL from PIDS_MAX, which is
+	// PID_MAX_LIMIT+1 (4194304 tasks on 64-bit).
+	MaxPids = 4 << 20
+)
+
+// CPUQuota is the quota, in microseconds of each CPUPeriod, that gives
+// cpus CPUs of bandwidth, or why the kernel would refuse it.
+func CPUQuota(cpus float64) (int64, error) {
+	if math.IsNaN(cpus) || math.IsInf(cpus, 0) {
+		return 0, errors.New("not a finite number of CPUs")
+	}
+	q := math.Round(cpus * CPUPeriod)
+	switch {
+	case q < minQuota:
+		return 0, fmt.Errorf("less than the kernel's least, %g CPUs (a quota of %dus per %dus period)", float64(minQuota)/CPUPeriod, minQuota, CPUPeriod)
+	case q > maxQuota:
+		return 0, fmt.Errorf("more than the kernel's most, %d CPUs (a quota of 2^44-1us per %dus period)", maxQuota/CPUPeriod, CPUPeriod)
+	}
+	return int64(q), nil
+}
+
+// CheckPids says why the kernel would refuse a pids.max of n tasks.
+func CheckPids(n int64) error {
+	if n > MaxPids {
+		return fmt.Errorf("more than the kernel's most, %d tasks (PID_MAX_LIMIT)", int64(MaxPids))
+	}
+	return nil
 }
 
 // Set is a container's cgroup in every hierarchy.
@@ -259,13 +303,20 @@ func (cg *Set) Limit(lim Limits) error {
 		todo = append(todo, limit{"memory", map[string]string{"memory.limit_in_bytes": n}, map[string]string{"memory.max": n}, true})
 	}
 	if lim.Pids > 0 {
+		if err := CheckPids(lim.Pids); err != nil {
+			return fmt.Errorf("%d tasks: %w", lim.Pids, err)
+		}
 		n := strconv.FormatInt(lim.Pids, 10)
 		todo = append(todo, limit{"pids", map[string]string{"pids.max": n}, map[string]string{"pids.max": n}, true})
 	}
 	if lim.CPUs > 0 {
-		quota := strconv.FormatInt(int64(lim.CPUs*100000), 10)
-		todo = append(todo, limit{"cpu", map[string]string{"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": quota},
-			map[string]string{"cpu.max": quota + " 100000"}, true})
+		q, err := CPUQuota(lim.CPUs)
+		if err != nil {
+			return fmt.Errorf("%g CPUs: %w", lim.CPUs, err)
+		}
+		quota, period := strconv.FormatInt(q, 10), strconv.Itoa(CPUPeriod)
+		todo = append(todo, limit{"cpu", map[string]string{"cpu.cfs_period_us": period, "cpu.cfs_quota_us": quota},
+			map[string]string{"cpu.max": quota + " " + period}, true})
 	}
 	for _, t := range todo {
 		dir, v1 := cg.withController(t.ctrl)
@@ -305,6 +356,71 @@ func (cg *Set) V1ByController() map[string]string {
 		}
 	}
 	return out
+}
+
+// A Hit is a limit the kernel counted as hit in a set's cgroups: the
+// event file and key it counts in, and how often.
+type Hit struct {
+	File, Key string
+	N         int64
+	What      string // what it means, as a person says it
+}
+
+func (h Hit) String() string { return fmt.Sprintf("%s (%s %s %d)", h.What, h.File, h.Key, h.N) }
+
+// Memory reports whether h is a memory limit's.
+func (h Hit) Memory() bool { return strings.HasPrefix(h.File, "memory.") }
+
+// hitFiles are the event counters of a set's limits: OOM kills on
+// cgroup v2 (memory.events, counted over the subtree) and v1
+// (memory.oom_control, each cgroup its own), forks refused at pids.max
+// (pids.events, v1 and v2).
+var hitFiles = []struct {
+	file, key, what string
+	subtree         bool // summed over the cgroups below too
+}{
+	{"memory.events", "oom_kill", "out of memory", false},
+	{"memory.oom_control", "oom_kill", "out of memory", true},
+	{"pids.events", "max", "a fork refused at the task limit", false},
+}
+
+// Hits are the limits the kernel counted as hit in the set's cgroups
+// (none where it counted nothing), memory first.
+func (cg *Set) Hits() []Hit {
+	var out []Hit
+	for _, hf := range hitFiles {
+		var n int64
+		for _, d := range cg.Dirs {
+			n += countIn(d, hf.file, hf.key, hf.subtree)
+		}
+		if n > 0 {
+			out = append(out, Hit{File: hf.file, Key: hf.key, N: n, What: hf.what})
+		}
+	}
+	return out
+}
+
+// countIn is key's count in the flat keyed file of cgroup dir (and, with
+// subtree, of every cgroup below it); 0 where there is none.
+func countIn(dir, file, key string, subtree bool) int64 {
+	read := func(d string) int64 {
+		b, err := os.ReadFile(filepath.Join(d, file))
+		if err != nil {
+			return 0
+		}
+		return host.Keyed(b)[key]
+	}
+	if !subtree {
+		return read(dir)
+	}
+	var n int64
+	_ = filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+		if err == nil && e.IsDir() {
+			n += read(p)
+		}
+		return nil
+	})
+	return n
 }
 
 // withController is the container's cgroup in the hierarchy that has

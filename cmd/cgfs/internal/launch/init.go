@@ -51,7 +51,8 @@ func IsInit() bool { return os.Getenv(initEnv) != "" }
 // /sys/fs/cgroup with a fresh /proc (and the root file system, with
 // Rootfs), takes a cgroup namespace of its own (rooted at the cgroups
 // its parent put it in), and becomes the command. What fails is said on
-// descriptor 3; a successful exec closes it.
+// descriptor 3; it says "exec" before it execs, and a successful exec
+// closes it.
 func InitMain() int {
 	runtime.LockOSThread() // namespaces and mounts are this thread's
 	conn := 3
@@ -154,6 +155,11 @@ func InitMain() int {
 		return 127
 	}
 	unix.CloseOnExec(conn)
+	// cgfs run set the task limit: what ends this process from here on
+	// ends the command (an exec that fails says why after this).
+	if _, err := unix.Write(conn, []byte("exec")); err != nil {
+		return 127
+	}
 	err = syscall.Exec(path, cfg.Cmd, cfg.Env)
 	return fail("exec %s: %v", path, err)
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -52,6 +54,9 @@ type Options struct {
 	Net    Net      // the network namespace
 	Cmd    []string // what runs as the container's init
 	Log    *slog.Logger
+	// Stderr is told why the container's init was killed, where its
+	// cgroups' events say (nil: nowhere).
+	Stderr io.Writer
 	// View gives the container its view once its init exists: a
 	// detached mount to move onto /sys/fs/cgroup, and a stop to call
 	// when the container is gone.
@@ -93,6 +98,8 @@ type UserDaemon interface {
 	// Create makes the container's cgroups, limited within the admin's
 	// policy.
 	Create(name string, lim cgroups.Limits) error
+	// Update sets the container's limits anew, within the policy.
+	Update(lim cgroups.Limits) error
 	// Adopt puts the container's init (the host process init, paused
 	// before it runs anything) into them: the user proves it its own
 	// with descriptors it opens.
@@ -110,7 +117,13 @@ type IDMaps struct{ UID, GID []syscall.SysProcIDMap }
 
 // Run starts the container and waits for it; it returns the command's
 // exit status (128+N for a signal N), and removes what it made.
-func Run(o Options) (int, error) {
+//
+// The task limit (Limits.Pids) is set once the init is about to become
+// the command, never while cgfs's own init runs: its Go runtime's
+// threads are tasks of the container's cgroup (the kernel counts them
+// when the init joins, and refuses it more), and the exec leaves one.
+// So pids.max 1 lets the command run alone, as the kernel would.
+func Run(o Options) (code int, err error) {
 	// Caught from the start, so that a signal while the container is
 	// made does not end cgfs run before it removes what it made; they
 	// reach the container once it runs.
@@ -123,11 +136,13 @@ func Run(o Options) (int, error) {
 	}
 	var cg *cgroups.Set
 	var mounts []mimic.Mount
+	atStart := o.Limits
+	atStart.Pids = 0 // set before the exec (setTaskLimit)
 	if o.User == nil {
 		if o.Delegated != "" {
-			cg, err = cgroups.MakeDelegated(o.DelegatedMount, o.Delegated, o.Name, o.Limits)
+			cg, err = cgroups.MakeDelegated(o.DelegatedMount, o.Delegated, o.Name, atStart)
 		} else {
-			cg, err = cgroups.Make(procs, o.Parent, o.Name, o.Limits)
+			cg, err = cgroups.Make(procs, o.Parent, o.Name, atStart)
 		}
 		if err != nil {
 			return 0, err
@@ -142,7 +157,7 @@ func Run(o Options) (int, error) {
 		if mounts, err = hostMounts(procs); err != nil {
 			return 0, err
 		}
-		if err := o.User.Create(o.Name, o.Limits); err != nil {
+		if err := o.User.Create(o.Name, atStart); err != nil {
 			return 0, err
 		}
 		defer func() {
@@ -222,11 +237,16 @@ func Run(o Options) (int, error) {
 	}
 	child.Close()
 	init := cmd.Process.Pid
-	running := false
+	// running: the init became the command (or died after it said it
+	// would); until then, a failure ends the init, and one the init's
+	// death explains is said as that.
+	running, execing := false, false
 	defer func() {
 		if !running {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
+			ws := endInit(cmd, conn)
+			if err != nil && ws.Signaled() {
+				err = o.killedAtStart(ws.Signal(), cg, err)
+			}
 		}
 	}()
 	if o.User == nil {
@@ -317,9 +337,18 @@ func Run(o Options) (int, error) {
 			}
 			agentCfg = cfg
 			serveAgent(listener)
+			if err := o.setTaskLimit(cg); err != nil {
+				return 0, err
+			}
 			if _, err := conn.Write([]byte("go")); err != nil {
 				return 0, fmt.Errorf("starting the container: %w", err)
 			}
+			continue
+		}
+		if err == nil && msg == "exec" {
+			// The init becomes the command: its end from here on is the
+			// command's, unless the exec fails (it says so).
+			execing = true
 			continue
 		}
 		if err != nil || msg != "" {
@@ -329,6 +358,11 @@ func Run(o Options) (int, error) {
 			return 0, fmt.Errorf("starting the container: %w", err)
 		}
 		break
+	}
+	if !execing {
+		// The init ended without a word: it was killed before it could
+		// say it would become the command.
+		return 0, errors.New("starting the container: the container's init ended before it ran the command")
 	}
 	running = true
 	if o.Placed != nil {
@@ -342,7 +376,113 @@ func Run(o Options) (int, error) {
 	if term != nil {
 		term.copy()
 	}
-	return ExitStatus(cmd.Wait())
+	werr := cmd.Wait()
+	if ee := (*exec.ExitError)(nil); errors.As(werr, &ee) && cg != nil {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && o.Stderr != nil {
+			if why := hitsText(hitsFor(ws.Signal(), cg)); why != "" {
+				fmt.Fprintf(o.Stderr, "cgfs run: the container's init was killed (%s): %s\n", unix.SignalName(ws.Signal()), why)
+			}
+		}
+	}
+	return ExitStatus(werr)
+}
+
+// setTaskLimit sets the container's task limit, if it has one (see Run).
+func (o *Options) setTaskLimit(cg *cgroups.Set) error {
+	if o.Limits.Pids <= 0 {
+		return nil
+	}
+	var err error
+	if cg != nil {
+		err = cg.Limit(cgroups.Limits{Pids: o.Limits.Pids})
+	} else {
+		err = o.User.Update(o.Limits)
+	}
+	if err != nil {
+		return fmt.Errorf("--pids %d: %w", o.Limits.Pids, err)
+	}
+	return nil
+}
+
+// endInit ends an init that did not become the command and reaps it:
+// the end of its connection makes it exit (what it was doing fails), or
+// it was killed already; one that still runs after a while is killed.
+// It returns how the init ended.
+func endInit(cmd *exec.Cmd, conn *os.File) syscall.WaitStatus {
+	conn.Close()
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait() // how it ended is in cmd.ProcessState
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+	var ws syscall.WaitStatus
+	if cmd.ProcessState != nil {
+		ws, _ = cmd.ProcessState.Sys().(syscall.WaitStatus)
+	}
+	return ws
+}
+
+// killedAtStart is the error of a start that failed with err while the
+// container's init was killed by sig, before it ran the command: where
+// the cgroups' events say a limit was hit, the limit is named first
+// (the container cannot start within it), and err (what failed then)
+// follows if the kernel refused it, with its errno.
+func (o *Options) killedAtStart(sig syscall.Signal, cg *cgroups.Set, err error) error {
+	hits := hitsFor(sig, cg)
+	msg := fmt.Sprintf("the container's init was killed (%s) before it ran the command", unix.SignalName(sig))
+	if why := hitsText(hits); why != "" {
+		msg += ": " + why
+	}
+	var limit string
+	for _, h := range hits {
+		switch {
+		case h.Memory() && o.Limits.Memory > 0 && limit == "":
+			limit = fmt.Sprintf("--memory %d", o.Limits.Memory)
+		case !h.Memory() && o.Limits.Pids > 0 && limit == "":
+			limit = fmt.Sprintf("--pids %d", o.Limits.Pids)
+		}
+	}
+	if limit != "" {
+		msg = limit + ": too little for cgfs run to start the container: " + msg
+	}
+	// What failed then is said where the kernel refused it: anything
+	// else judged a dead init (on v1, an exiting task's cgroups read as
+	// the hierarchy's roots).
+	if errno := syscall.Errno(0); errors.As(err, &errno) {
+		msg += fmt.Sprintf("; what failed then: %v (%s)", err, unix.ErrnoName(errno))
+	}
+	return errors.New(msg)
+}
+
+// hitsFor are the limits cg's events count as hit that may have killed a
+// process by sig: the OOM killer's SIGKILL, or a fork refused (which a
+// program may die of by any signal, as Go's runtime aborts).
+func hitsFor(sig syscall.Signal, cg *cgroups.Set) []cgroups.Hit {
+	if cg == nil {
+		return nil
+	}
+	var out []cgroups.Hit
+	for _, h := range cg.Hits() {
+		if !h.Memory() || sig == syscall.SIGKILL {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// hitsText says the limits hits counts as hit, "" for none.
+func hitsText(hits []cgroups.Hit) string {
+	var out []string
+	for _, h := range hits {
+		out = append(out, h.String())
+	}
+	return strings.Join(out, "; ")
 }
 
 // StartKept starts cmd from a thread kept until release is called.
