@@ -171,7 +171,19 @@ func (w *inherit) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, 
 	if st := w.knowIn(cancel, h); !st.Ok() {
 		return st
 	}
-	return w.mark(w.RawFileSystem.Lookup(cancel, h, name, out), out.NodeId)
+	st := w.mark(w.RawFileSystem.Lookup(cancel, h, name, out), out.NodeId)
+	if uncached(&out.Attr) {
+		// go-fuse gives a zero timeout its default: zero it here.
+		out.EntryValid, out.EntryValidNsec, out.AttrValid, out.AttrValidNsec = 0, 0, 0, 0
+	}
+	return st
+}
+
+// uncached tells whether the kernel must not keep attributes a: those of
+// a file that shows spliceSize, which a splice read trims to what it
+// read; the next open's lookup must show spliceSize again.
+func uncached(a *fuse.Attr) bool {
+	return a.Mode&unix.S_IFMT == unix.S_IFREG && a.Size == spliceSize
 }
 
 // Forget: every node the bridge knows since the takeover was marked, so
@@ -210,7 +222,11 @@ func (w *inherit) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.
 	if st := w.knowIn(cancel, &in.InHeader); !st.Ok() {
 		return st
 	}
-	return w.RawFileSystem.GetAttr(cancel, in, out)
+	st := w.RawFileSystem.GetAttr(cancel, in, out)
+	if uncached(&out.Attr) {
+		out.AttrValid, out.AttrValidNsec = 0, 0
+	}
+	return st
 }
 
 func (w *inherit) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrOut) fuse.Status {

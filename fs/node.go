@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"path"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -36,8 +37,9 @@ func join(dir, name string) string {
 	return dir + "/" + name
 }
 
-func (n *node) child(ctx context.Context, st *unix.Stat_t, out *fuse.EntryOut) *gofs.Inode {
+func (n *node) child(ctx context.Context, name string, st *unix.Stat_t, out *fuse.EntryOut) *gofs.Inode {
 	fillAttr(&out.Attr, st)
+	n.m.spliceable(out, name, st)
 	return n.NewInode(ctx, &node{m: n.m, t: n.t}, gofs.StableAttr{Mode: st.Mode & unix.S_IFMT, Ino: st.Ino})
 }
 
@@ -55,7 +57,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 		// Once looked up, it may be watched.
 		rl.watch(n.t.view, join(vp, name), join(n.t.dir, join(vp, name)), st.Ino)
 	}
-	return n.child(ctx, &st, out), 0
+	return n.child(ctx, name, &st, out), 0
 }
 
 var _ = (gofs.NodeOnForgetter)((*node)(nil))
@@ -78,6 +80,9 @@ func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOu
 		return c.fail(ctx, vp, err)
 	}
 	fillAttr(&out.Attr, &st)
+	if n.m.spliceSize(path.Base(vp), &st) {
+		out.Attr.Size = spliceSize // never cached: inherit.uncache
+	}
 	return 0
 }
 
@@ -167,7 +172,7 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	if errno := c.fail(ctx, join(vp, name), err); errno != 0 {
 		return nil, errno
 	}
-	return n.child(ctx, &st, out), 0
+	return n.child(ctx, name, &st, out), 0
 }
 
 var _ = (gofs.NodeRmdirer)((*node)(nil))
@@ -263,6 +268,34 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		return nil, 0, c.fail(ctx, vp, err)
 	}
 	return &handle{f: f, m: n.m, vpath: vp}, n.m.openFlags(f), 0
+}
+
+// spliceSize is the size a file read with FOPEN_DIRECT_IO shows: since
+// Linux 6.5 (2cb1e08985e3) FUSE splices such a file from the page
+// cache, up to the inode's size, so sendfile(2) and splice(2) of a
+// size-0 file read nothing (busybox cat printed empty task lists); the
+// kernel's fix (copy_splice_read for FOPEN_DIRECT_IO) is not in every
+// kernel. With a size the page cache is filled by READs, the short
+// reply trims the size to what the file holds, and the entry and
+// attributes are never cached, so each open's lookup restores it and
+// each open drops the cached pages (no FOPEN_KEEP_CACHE). read(2) is
+// untouched: direct I/O ignores the size. A splice reads at most
+// spliceSize of a file.
+const spliceSize = 64 << 10
+
+// spliceSize tells whether the file of attributes st shows spliceSize:
+// a regular file the host shows empty whose opens this mount serves
+// with FOPEN_DIRECT_IO (computed content, or no passthrough).
+func (m *mount) spliceSize(name string, st *unix.Stat_t) bool {
+	return st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size == 0 && (translate.Computed(name) || !m.passthrough.Load())
+}
+
+// spliceable shows spliceSize in a lookup's entry (see spliceSize);
+// inherit.uncache keeps the kernel from caching it.
+func (m *mount) spliceable(out *fuse.EntryOut, name string, st *unix.Stat_t) {
+	if m.spliceSize(name, st) {
+		out.Attr.Size = spliceSize
+	}
 }
 
 // fillAttr copies host attributes into a FUSE attribute.

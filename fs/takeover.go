@@ -295,6 +295,7 @@ func (m *mount) revive(ctx context.Context, t *tree, id uint64, out *fuse.EntryO
 		rl.watch(t.view, vp, join(t.dir, vp), id)
 	}
 	fillAttr(&out.Attr, &st)
+	m.spliceable(out, path.Base(vp), &st)
 	m.revived.Store(id)
 	return cur, 0
 }

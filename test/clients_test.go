@@ -593,3 +593,44 @@ sh %[3]s/sub.sh
 	wantSaid(t, r.out, "the container", "0::/.cgfs-leaf\n", "leaf mount 0\n", "leaf sees: 1\n",
 		"ownleaf mount 1\n", "sub mount 0\n", "sub sees: 1\n", "own mount 0\n", "own holds itself: 1\n", "own sees sub: 0\n")
 }
+
+// TestSendfileReadsWhatReadReads: busybox cat copies with sendfile(2),
+// which since Linux 6.5 splices a FUSE file opened with FOPEN_DIRECT_IO
+// from the page cache, up to the inode's size: cgfs's computed files
+// (task lists) showed size 0 and read empty that way, in every busybox
+// container (a Kubernetes pod's `cat cgroup.procs` printed nothing).
+// Each file must read the same by sendfile as by read(2), also right
+// after the file grew (no size kept from the read before), and stat
+// must not make a reader stop short.
+func TestSendfileReadsWhatReadReads(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "busybox")
+	parent := runParent(t)
+	script := laneScript + `
+mkdir $P/sub $V2/sub
+for i in 1 2 3; do sleep 100 & pids="$pids $!"; echo $! > $P/sub/cgroup.procs; echo $! > $V2/sub/cgroup.procs; done
+for f in $P/sub/cgroup.procs $P/sub/tasks $V2/sub/cgroup.procs $V2/cgroup.controllers $V2/sub/cgroup.events $P/sub/pids.max; do
+  [ -e $f ] || continue
+  a=$(busybox cat $f | tr '\n' ' '); b=$(while read l; do printf '%s ' "$l"; done < $f)
+  if [ "$a" = "$b" ] && [ -n "$a" ]; then echo "same $f"; else echo "DIFFER $f: sendfile [$a] read [$b]"; fi
+done
+n1=$(busybox cat $P/sub/cgroup.procs | wc -l)
+for i in 1 2; do sleep 100 & pids="$pids $!"; echo $! > $P/sub/cgroup.procs; done
+n2=$(busybox cat $P/sub/cgroup.procs | wc -l)
+echo "grew $n1 $n2"
+kill $pids; wait
+rmdir $P/sub $V2/sub
+echo done`
+	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
+	t.Logf("cgfs run:\n%s", r.out)
+	if r.code != 0 || !strings.Contains(r.out, "\ndone") && !strings.HasPrefix(r.out, "done") {
+		t.Fatalf("exit %d", r.code)
+	}
+	if strings.Contains(r.out, "DIFFER") || strings.Count(r.out, "same ") < 4 {
+		t.Errorf("sendfile and read(2) disagree, or too few files compared")
+	}
+	var n1, n2 int
+	if _, err := fmt.Sscanf(r.out[strings.Index(r.out, "grew "):], "grew %d %d", &n1, &n2); err != nil || n2 != n1+2 {
+		t.Errorf("the task list by sendfile grew from %d to %d lines, want 2 more (%v)", n1, n2, err)
+	}
+}

@@ -61,6 +61,14 @@ func register(name string, cf *controlFile) {
 // suffix.
 func registerSuffix(suffix string, cf *controlFile) { bySuffix[suffix] = cf }
 
+// Computed tells whether cgfs computes what a reader of the interface
+// file name reads (task ids, controllers, events with hidden leaves),
+// rather than passing the host file through.
+func Computed(name string) bool {
+	cf := controlFileOf(name)
+	return cf != nil && cf.read != nil
+}
+
 // controlFileOf returns the behaviour of the interface file name, nil
 // when it is passed through.
 func controlFileOf(name string) *controlFile {
