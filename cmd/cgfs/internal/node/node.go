@@ -47,14 +47,17 @@ var runtimeSpec []byte
 
 // dropIn is containerd's configuration for the RuntimeClass's handler
 // "cgfs" (runc with cgfs's base spec: the hook and the seccomp
-// listener), by containerd configuration version: 2 for containerd
-// 1.6/1.7 (which read it only where their config imports
-// /etc/containerd/conf.d/*.toml), 3 for 2.x (which imports that by
-// default). Both turn on NRI's default validator in 2.x, so pods may
-// require the plugin (required-plugins.noderesource.dev).
+// listener), by containerd configuration version. Version 3 (containerd
+// 2.x) is a drop-in at DropIn, which 2.x imports by default and merges
+// key by key; it also turns on NRI's default validator, so pods may
+// require the plugin (required-plugins.noderesource.dev). Version 2
+// (containerd 1.6, 1.7) goes to Snippet1x for the admin to merge into
+// config.toml: 1.x replaces a whole plugin's section with an imported
+// one, so a drop-in would drop the node's own CRI settings.
 var dropIn = map[int]string{
-	2: `# cgfs: the RuntimeClass "cgfs" (containerd 1.6/1.7); installed by cgfs node install
-version = 2
+	2: `# cgfs: the RuntimeClass "cgfs" for containerd 1.6/1.7. Merge into
+# /etc/containerd/config.toml (not conf.d: containerd 1.x replaces the
+# whole CRI section with an imported one), then restart containerd.
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cgfs]
   runtime_type = "io.containerd.runc.v2"
   base_runtime_spec = "` + RuntimeSpec + `"
@@ -69,10 +72,14 @@ version = 3
 `,
 }
 
+// Snippet1x is where Install puts containerd 1.x's part (see dropIn).
+const Snippet1x = "/opt/cgfs/containerd-1.x.toml"
+
 // Install puts this binary at Binary, the base spec at RuntimeSpec and
-// containerd's drop-in at DropIn under host (the host's / as the pod
-// mounts it), each by rename, so a keeper running the old binary and a
-// containerd reading the old file see a whole file either way.
+// containerd's part at DropIn (2.x) or Snippet1x (1.x) under host (the
+// host's / as the pod mounts it), each by rename, so a keeper running
+// the old binary and a containerd reading the old file see a whole file
+// either way.
 func Install(host string, configVersion int) error {
 	conf, ok := dropIn[configVersion]
 	if !ok {
@@ -89,7 +96,7 @@ func Install(host string, configVersion int) error {
 	}{
 		{Binary, self, 0o755},
 		{RuntimeSpec, runtimeSpec, 0o644},
-		{DropIn, []byte(conf), 0o644},
+		{map[int]string{2: Snippet1x, 3: DropIn}[configVersion], []byte(conf), 0o644},
 	} {
 		if err := writeByRename(filepath.Join(host, f.path), f.data, f.mode); err != nil {
 			return err

@@ -15,12 +15,12 @@ func TestInstallPutsEachFileInPlace(t *testing.T) {
 		if err := Install(host, version); err != nil {
 			t.Fatalf("install, version %d: %v", version, err)
 		}
-		conf, err := os.ReadFile(filepath.Join(host, DropIn))
+		conf, err := os.ReadFile(filepath.Join(host, map[int]string{2: Snippet1x, 3: DropIn}[version]))
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, want := range map[int][]string{
-			2: {"version = 2", `[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cgfs]`, `base_runtime_spec = "/opt/cgfs/runtime-spec.json"`},
+			2: {`[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cgfs]`, `base_runtime_spec = "/opt/cgfs/runtime-spec.json"`},
 			3: {"version = 3", `[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.cgfs]`, `[plugins."io.containerd.nri.v1.nri".default_validator]`},
 		}[version] {
 			if !strings.Contains(string(conf), want) {
