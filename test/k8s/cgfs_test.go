@@ -248,6 +248,7 @@ func (c *Cluster) checkNoView(t *testing.T, pod string) {
 func TestDaemonSetAndNRIGiveOptedInPodsAView(t *testing.T) {
 	c := Start(t, Options{Containerd: "2"})
 	deployCgfs(t, c, 3)
+	c.checkAgentConfined(t)
 
 	optIn := map[string]string{"view.cgfs.dev": "true"}
 	for _, p := range []podSpec{
@@ -367,6 +368,50 @@ func TestRuntimeClassOnContainerd16(t *testing.T) {
 	c.WaitPod(t, "default", "plain", 2*time.Minute)
 	c.checkView(t, "runtime-class")
 	c.checkNoView(t, "plain")
+}
+
+// checkAgentConfined: the agent's service account, with a token bound
+// to the agent's pod as the pod's own is, may set its node's
+// cgfs.dev/ready and nothing else of it (the manifest's
+// ValidatingAdmissionPolicy over RBAC's patch on nodes).
+func (c *Cluster) checkAgentConfined(t *testing.T) {
+	t.Helper()
+	pod, err := c.Kubectl("-n", "cgfs-system", "get", "pods", "-o", "jsonpath={.items[0].metadata.name} {.items[0].metadata.uid}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	name, uid, _ := strings.Cut(pod, " ")
+	token, err := c.Kubectl("-n", "cgfs-system", "create", "token", "cgfs", "--bound-object-kind", "Pod", "--bound-object-name", name, "--bound-object-uid", uid)
+	if err != nil {
+		t.Fatalf("a token of the agent's pod: %v", err)
+	}
+	ca := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(ca, c.CACert(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	as := func(args ...string) (string, error) {
+		// The later --kubeconfig wins: no admin certificate goes along.
+		cmd := c.KubectlCmd(append([]string{"--kubeconfig", "/dev/null", "--server", fmt.Sprintf("https://127.0.0.1:%d", c.APIServerPort()),
+			"--certificate-authority", ca, "--token", strings.TrimSpace(token)}, args...)...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := as("label", "node", NodeName, "cgfs.dev/ready=true", "--overwrite"); err != nil {
+		t.Errorf("the agent cannot set its node's label: %v\n%s", err, out)
+	}
+	for _, args := range [][]string{
+		{"label", "node", NodeName, "stolen=1"},
+		{"taint", "node", NodeName, "evil=1:NoSchedule"},
+		{"cordon", NodeName},
+		{"annotate", "node", NodeName, "note=1"},
+	} {
+		// (kubectl cordon exits 0 after "error: unable to cordon")
+		out, err := as(args...)
+		if !strings.Contains(out, "denied request: the cgfs agent may change only") {
+			t.Errorf("the agent's account: kubectl %s: %v\n%s; want the policy's refusal", strings.Join(args, " "), err, out)
+		}
+	}
+	t.Logf("the agent's account may set cgfs.dev/ready and is refused the rest")
 }
 
 // patchNRI takes the DaemonSet's NRI container away (on=false) or puts
