@@ -16,12 +16,8 @@ import (
 // nothing is left behind.
 func TestBenchCommand(t *testing.T) {
 	requireRoot(t)
-	if _, err := exec.LookPath("perl"); err != nil {
-		if os.Getenv("CGFS_LANE") == "vm" {
-			t.Skip("perl is not in the VM's initramfs: this test runs in the host lane")
-		}
-		skip(t, "no perl (the bench's task spawner)")
-	}
+	_, err := exec.LookPath("perl")
+	laneNeeds(t, hostLane, err == nil, "no perl (the bench's task spawner; not in the VM's initramfs)")
 	requireTool(t, "find")
 	out := filepath.Join(t.TempDir(), "BENCHMARKS.md")
 	if err := os.WriteFile(out, []byte("# old\n\n## kept\n\nan earlier run\n"), 0o644); err != nil {

@@ -182,7 +182,7 @@ func TestCgroupTools(t *testing.T) {
 	parent := runParent(t)
 	ctrl, file, value := "pids", "pids.max", "42"
 	if len(l.v1) == 0 && !l.controllers["pids"] {
-		t.Skip("no pids controller on this machine")
+		skip(t, "no pids controller on this machine")
 	}
 	script := fmt.Sprintf(`set -e
 cgcreate -g %[1]s:/tools
@@ -231,9 +231,8 @@ kill $!
 func TestGoFindsItsCPULimit(t *testing.T) {
 	requireRoot(t)
 	l := detectLane(t)
-	if len(l.v1) > 0 || !l.controllers["cpu"] || !l.controllers["memory"] || runtime.NumCPU() < 3 {
-		t.Skipf("needs the cpu controller on cgroup v2 and 3 or more CPUs (Go never sets GOMAXPROCS below 2), here %d: this test runs in the VM lane", runtime.NumCPU())
-	}
+	laneOnly(t, vmLane, len(l.v1) == 0 && l.controllers["cpu"] && l.controllers["memory"] && runtime.NumCPU() >= 3,
+		fmt.Sprintf("needs the cpu and memory controllers on cgroup v2 and 3 or more CPUs (Go never sets GOMAXPROCS below 2), here %d", runtime.NumCPU()))
 	parent := runParent(t)
 	gomaxprocs := "env " + helperEnv + "=1 " + helperBin + " gomaxprocs x"
 	// Enabling a controller at the root moves the root's processes
@@ -274,9 +273,7 @@ func TestNestedRunc(t *testing.T) { testNested(t, "runc") }
 // TestNestedCrun: the same with crun 1.8.1, on cgroup v2 (crun refuses
 // a hybrid layout on a host as well: it supports v1 or v2, not both).
 func TestNestedCrun(t *testing.T) {
-	if len(detectLane(t).v1) > 0 {
-		t.Skip("crun 1.8.1 refuses hybrid hosts (measured natively too): this test runs in the VM lane")
-	}
+	laneOnly(t, vmLane, len(detectLane(t).v1) == 0, "crun 1.8.1 refuses hybrid hosts (measured natively too)")
 	testNested(t, "crun")
 }
 
@@ -348,9 +345,7 @@ mkdir %[3]s && echo $$ > %[3]s/cgroup.procs && echo moved $(grep -c /sub /proc/s
 func TestThreadedControllersKeepADomain(t *testing.T) {
 	requireRoot(t)
 	l := detectLane(t)
-	if len(l.v1) > 0 || !l.controllers["pids"] {
-		t.Skip("needs the pids controller on cgroup v2: this test runs in the VM lane")
-	}
+	laneOnly(t, vmLane, len(l.v1) == 0 && l.controllers["pids"], "needs the pids controller on cgroup v2")
 	parent := runParent(t)
 	script := `mkdir /sys/fs/cgroup/a
 echo +pids > /sys/fs/cgroup/cgroup.subtree_control
@@ -436,12 +431,8 @@ lxc.mount.auto = proc:mixed sys:mixed cgroup:rw:force
 func TestSystemdAsPID1(t *testing.T) {
 	requireRoot(t)
 	const systemd = "/lib/systemd/systemd"
-	if _, err := os.Stat(systemd); err != nil {
-		if os.Getenv("CGFS_LANE") == "vm" {
-			t.Skip("systemd is not in the VM's initramfs: this test runs in the host lane")
-		}
-		skip(t, "no "+systemd+" (Debian's systemd package; .ci/run installs it)")
-	}
+	_, err := os.Stat(systemd)
+	laneNeeds(t, hostLane, err == nil, "no "+systemd+" (Debian's systemd package, which .ci/run installs; not in the VM's initramfs)")
 	requireTool(t, "unshare")
 	parent := runParent(t)
 	root := publicDir(t)

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -109,6 +110,65 @@ func skip(t testing.TB, reason string) {
 		t.Fatalf("CI=true forbids skipping: %s", reason)
 	}
 	t.Skip(reason)
+}
+
+// ciLane names one of the two lanes CI runs the whole suite in.
+type ciLane string
+
+const (
+	// hostLane is .ci/run's go test on the machine itself: cgroup v1
+	// hierarchies beside a cgroup2 that has only hugetlb, and every
+	// client .ci/run installs.
+	hostLane ciLane = "host"
+	// vmLane is test/vm (CGFS_LANE=vm): pure cgroup v2 with every
+	// controller, 3 CPUs, busybox only.
+	vmLane ciLane = "vm"
+)
+
+// currentLane is the lane the suite runs in: the VM lane says so in
+// CGFS_LANE, anything else counts as the host lane.
+func currentLane() ciLane {
+	if os.Getenv("CGFS_LANE") == "vm" {
+		return vmLane
+	}
+	return hostLane
+}
+
+// laneClaims is, by test, the lane a met laneOnly named.
+var laneClaims sync.Map // t.Name() -> ciLane
+
+// laneOnly is laneNeeds for a need only the lane runsIn can meet (its
+// shape: cgroup v1 hierarchies or none): met, it claims the test for
+// this lane, and a later unmet need of the test that names the other
+// lane then fails it under CI=true, as that test would skip in both.
+func laneOnly(t testing.TB, runsIn ciLane, ok bool, reason string) {
+	t.Helper()
+	if ok && runsIn == currentLane() {
+		laneClaims.Store(t.Name(), runsIn)
+	}
+	laneNeeds(t, runsIn, ok, reason)
+}
+
+// laneNeeds states a need of a test that the lane runsIn meets (the
+// other lane may too): met (ok), the test goes on; unmet, it skips,
+// recording why and where it runs instead. Under CI=true an unmet need
+// fails the test in runsIn itself, and in a lane laneOnly claimed the
+// test for: a test cannot pass CI by skipping in both lanes. Every
+// other skip goes through skip, which CI=true forbids.
+func laneNeeds(t testing.TB, runsIn ciLane, ok bool, reason string) {
+	t.Helper()
+	if ok {
+		return
+	}
+	if here := currentLane(); os.Getenv("CI") == "true" {
+		if runsIn == here {
+			t.Fatalf("CI=true: this test runs in the %s lane, which this is, yet %s", runsIn, reason)
+		}
+		if claimed, _ := laneClaims.Load(t.Name()); claimed == here {
+			t.Fatalf("CI=true: this test needs the %s lane's shape (met here) and the %s lane for another need (%s): it would skip in both lanes", here, runsIn, reason)
+		}
+	}
+	t.Skipf("%s: this test runs in the %s lane", reason, runsIn)
 }
 
 // lane describes the machine the suite runs on, read from the machine

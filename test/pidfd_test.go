@@ -29,15 +29,20 @@ func TestPidfdOfAWritingThread(t *testing.T) {
 	defer unix.Close(p[1])
 	tids := make(chan int)
 	release := make(chan struct{})
-	go func() {
-		runtime.LockOSThread() // a thread of its own, ended with the goroutine
-		tids <- unix.Gettid()
-		<-release
-	}()
-	tid := <-tids
 	defer close(release)
+	lockedThread := func() int {
+		go func() {
+			runtime.LockOSThread() // a thread of its own, ended with the goroutine
+			tids <- unix.Gettid()
+			<-release
+		}()
+		return <-tids
+	}
+	// A goroutine may land on the leader thread; while it holds that
+	// thread, a second one cannot.
+	tid := lockedThread()
 	if tid == unix.Getpid() {
-		t.Skip("the goroutine ran on the leader thread")
+		tid = lockedThread()
 	}
 	r := access.NewIdentifier(procs).Request(tid, 0, 0)
 	defer r.Done()

@@ -32,9 +32,7 @@ func v1Container(t *testing.T, l lane) (map[string]string, *container, *server) 
 // are removed after the container is gone.
 func v1Cgroups(t *testing.T, l lane, skip string) (map[string]string, *container) {
 	t.Helper()
-	if len(l.v1) == 0 {
-		t.Skip("no cgroup v1 hierarchies on this machine (the VM lane is pure cgroup v2)")
-	}
+	laneOnly(t, hostLane, len(l.v1) > 0, "no cgroup v1 hierarchies on this machine")
 	dirs := map[string]string{}
 	for name, root := range l.v1 {
 		if name == skip {
@@ -213,9 +211,7 @@ func TestV1Refusals(t *testing.T) {
 func TestOwnerAloneOnAV2Host(t *testing.T) {
 	requireRoot(t)
 	l := detectLane(t)
-	if len(l.v1) > 0 {
-		t.Skip("this host has cgroup v1 hierarchies: --owner alone gives the layout view (TestV1LayoutMirrorsTheHost)")
-	}
+	laneOnly(t, vmLane, len(l.v1) == 0, "this host has cgroup v1 hierarchies: --owner alone gives the layout view (TestV1LayoutMirrorsTheHost)")
 	host := newCgroup(t, l)
 	c := startContainer(t, host, containerBase)
 	s := mountView(t, "", "--owner", strconv.Itoa(c.pid()))
@@ -243,9 +239,8 @@ func TestOwnerAloneOnAV2Host(t *testing.T) {
 func TestEventControlCarriesTheWritersOwnDescriptors(t *testing.T) {
 	requireRoot(t)
 	l := detectLane(t)
-	if _, ok := l.v1["memory"]; !ok {
-		t.Skip("cgroup.event_control is cgroup v1's: this host has no v1 memory hierarchy (it runs in the host lane)")
-	}
+	_, ok := l.v1["memory"]
+	laneOnly(t, hostLane, ok, "cgroup.event_control is cgroup v1's: this host has no v1 memory hierarchy")
 	parent := runParent(t)
 	helper := "env " + helperEnv + "=1 " + helperBin
 	script := fmt.Sprintf(`m=/sys/fs/cgroup/memory
