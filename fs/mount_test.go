@@ -176,28 +176,60 @@ func TestListingHidesTheLeaf(t *testing.T) {
 	}
 }
 
+// TestReadsAreNeverCached: what the host writes shows at the next read,
+// through a new open within the attribute timeout and through the same
+// open read again from its start, for a passed-through file and a
+// computed one. A page cache in front of either (an open reply without
+// FOPEN_DIRECT_IO or passthrough, or with FOPEN_KEEP_CACHE) would
+// answer a read with what an earlier read saw.
 func TestReadsAreNeverCached(t *testing.T) {
 	dir := fakeCgroup(t)
 	mnt := testMount(t, dir)
-	for _, text := range []string{"populated 1\nfrozen 0\n", "populated 0\nfrozen 1\n"} {
-		if err := os.WriteFile(filepath.Join(dir, "cgroup.events"), []byte(text), 0o644); err != nil {
-			t.Fatal(err)
+	cases := []struct {
+		name string
+		host []string // what the host writes, in turn
+		want []string // what the view then shows
+	}{
+		{"cgroup.events", []string{"populated 1\nfrozen 0\n", "populated 0\nfrozen 1\n", "populated 1\nfrozen 1\n"}, nil},
+		// cgroup.stat leaves the hidden leaf out of nr_descendants.
+		{"cgroup.stat",
+			[]string{"nr_descendants 2\nnr_dying_descendants 0\n", "nr_descendants 3\nnr_dying_descendants 0\n", "nr_descendants 4\nnr_dying_descendants 1\n"},
+			[]string{"nr_descendants 1\nnr_dying_descendants 0\n", "nr_descendants 2\nnr_dying_descendants 0\n", "nr_descendants 3\nnr_dying_descendants 1\n"}},
+	}
+	for _, c := range cases {
+		if c.want == nil {
+			c.want = c.host
 		}
-		b, err := readMounted(t, filepath.Join(mnt, "cgroup.events"))
+		hostFile, file := filepath.Join(dir, c.name), filepath.Join(mnt, c.name)
+		f, err := openMounted(t, file, unix.O_RDONLY)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if string(b) != text {
-			t.Errorf("read %q after the host wrote %q", b, text)
+		defer f.Close()
+		for i, text := range c.host {
+			if err := os.WriteFile(hostFile, []byte(text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			// The open made first, read again from its start (an open
+			// without FOPEN_KEEP_CACHE would drop cached pages: this
+			// read comes before the next one).
+			buf := make([]byte, 4096)
+			n, err := f.ReadAt(buf, 0)
+			if err != nil && err != io.EOF {
+				t.Fatal(err)
+			}
+			if string(buf[:n]) != c.want[i] {
+				t.Errorf("%s: the first open read %q again after the host wrote %q, want %q", c.name, buf[:n], text, c.want[i])
+			}
+			// A new open, within the attribute and entry timeouts.
+			b, err := readMounted(t, file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(b) != c.want[i] {
+				t.Errorf("%s: a new open read %q after the host wrote %q, want %q", c.name, b, text, c.want[i])
+			}
 		}
-	}
-	// cgroup.stat leaves the hidden leaf out of nr_descendants.
-	b, err := readMounted(t, filepath.Join(mnt, "cgroup.stat"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.HasPrefix(string(b), "nr_descendants 1\n") {
-		t.Errorf("cgroup.stat = %q, want nr_descendants 1", b)
 	}
 }
 
