@@ -102,6 +102,10 @@ func (h *helper) call(what string, n int, fd *os.File, fields ...string) error {
 	buf := make([]byte, 32)
 	var m int
 	err := retry(func() (err error) { m, err = unix.Read(int(h.conn.Fd()), buf); return err })
+	if errors.Is(err, unix.EAGAIN) {
+		h.broken.Store(true) // its answer may yet come: never read it as another call's
+		return fmt.Errorf("helper did not answer in time")
+	}
 	if err != nil || m == 0 {
 		h.broken.Store(true)
 		return fmt.Errorf("helper gone: %v", err)

@@ -319,13 +319,35 @@ func helperEnviron(roots int) []string {
 	return []string{helperEnv + "=" + strconv.Itoa(roots), "MALLOC_ARENA_MAX=1"}
 }
 
+// helperTimeout bounds each read of a helper's answer (its start, each
+// call): a helper that hangs is broken and replaced, and the request
+// waiting for it fails, instead of holding that FUSE request forever.
+// Generous: the VM lane runs tens of times slower than a host.
+const helperTimeout = 30 * time.Second
+
+// helperConn makes the connection to a helper: the server's end, whose
+// reads time out after timeout (SO_RCVTIMEO: the reads are plain
+// read(2), outside the netpoller), and the helper's.
+func helperConn(timeout time.Duration) (conn, child *os.File, err error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	tv := unix.NsecToTimeval(timeout.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fds[0], unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+		return nil, nil, fmt.Errorf("helper connection: %w", err)
+	}
+	return os.NewFile(uintptr(fds[0]), "helper"), os.NewFile(uintptr(fds[1]), "helper"), nil
+}
+
 // startHelper starts a helper in the pid namespace ns, holding roots.
 func startHelper(ns *os.File, roots []*host.Host) (*helper, error) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	conn, child, err := helperConn(helperTimeout)
 	if err != nil {
 		return nil, err
 	}
-	conn, child := os.NewFile(uintptr(fds[0]), "helper"), os.NewFile(uintptr(fds[1]), "helper")
 	defer child.Close()
 	cmd := exec.Command("/proc/self/exe")
 	cmd.Args[0] = HelperName

@@ -208,3 +208,29 @@ func TestHelperIsNamedForWhatItIs(t *testing.T) {
 		}
 	}
 }
+
+// TestCallOfAHelperThatNeverAnswersTimesOut: a helper that takes a
+// request and never answers fails the call once its read times out, and
+// is broken (replaced), instead of holding the caller forever.
+func TestCallOfAHelperThatNeverAnswersTimesOut(t *testing.T) {
+	conn, child, err := helperConn(50 * time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	defer child.Close() // the helper's end: open, silent
+	h := &helper{conn: conn}
+	done := make(chan error, 1)
+	go func() { done <- h.Write(0, "cgroup.procs", 1) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Write to a silent helper = nil, want an error")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Write to a silent helper did not return")
+	}
+	if !h.dead() {
+		t.Error("a helper that did not answer is not marked broken")
+	}
+}
