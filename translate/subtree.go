@@ -72,17 +72,18 @@ func (x *leafIndex) under(vdir string) int64 {
 	return n
 }
 
-// indexLeaves walks the view once to find the leaves it has.
 // IndexLeaves reads afresh which cgroups have hidden leaves: for a
 // server taking over from another, which made and folded leaves until
 // it drained.
 func (v *View) IndexLeaves() error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return v.indexLeaves()
+	return v.indexLeavesLocked()
 }
 
-func (v *View) indexLeaves() error {
+// indexLeavesLocked walks the view once to find the leaves it has. v.mu
+// is held (or v is not yet shared).
+func (v *View) indexLeavesLocked() error {
 	v.leaves.m = map[string]bool{}
 	if v.v1 {
 		return nil // no leaves on v1: no internal-process rule there
@@ -267,7 +268,7 @@ func (v *View) Reconcile() error {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if err := v.indexLeaves(); err != nil {
+	if err := v.indexLeavesLocked(); err != nil {
 		return err
 	}
 	v.leaves.mu.Lock()

@@ -121,7 +121,7 @@ func New(h *host.Host, cfg Config) (*View, error) {
 	if v.v1Limit == 0 {
 		v.v1Limit = DefaultV1Descendants
 	}
-	if err := v.indexLeaves(); err != nil {
+	if err := v.indexLeavesLocked(); err != nil { // v is not shared yet
 		return nil, err
 	}
 	v.movers, v.outer = cfg.Movers, cfg.Outer
