@@ -257,7 +257,12 @@ func Serve(cfg Config) (*Mounted, error) {
 	if mnt != nil { // a stat waits for INIT: now it is answered
 		var mst unix.Stat_t
 		if err := unix.Fstat(int(mnt.Fd()), &mst); err != nil {
+			// go-fuse serves already: closing the connection's only
+			// mount ends the connection (the kernel aborts it when the
+			// superblock goes), and with it go-fuse's serving, which
+			// is over when Serve returns.
 			mnt.Close()
+			server.Wait()
 			served.master.Close()
 			return nil, err
 		}
