@@ -24,7 +24,10 @@ func TestMain(m *testing.M) {
 // TestHelperResolvesIDsInItsNamespace: in a new pid namespace whose
 // init is a sleep, id 1 is that sleep, not the host's init, for both the
 // pin and the write.
-func TestHelperResolvesIDsInItsNamespace(t *testing.T) {
+// poolInNewPidNS is a Pool for a sleep in a pid namespace of its own
+// (ended with the test).
+func poolInNewPidNS(t *testing.T) *Pool {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("CI=true: a pid namespace needs root")
@@ -49,12 +52,17 @@ func TestHelperResolvesIDsInItsNamespace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ns.Close()
+	t.Cleanup(func() { ns.Close() })
 	pool, err := NewPool(procs, ns, th, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pool.Close()
+	t.Cleanup(func() { pool.Close() })
+	return pool
+}
+
+func TestHelperResolvesIDsInItsNamespace(t *testing.T) {
+	pool := poolInNewPidNS(t)
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -149,36 +157,7 @@ func TestBudgetBoundsLiveHelpers(t *testing.T) {
 // /proc/self/exe; and glibc keeps its malloc to one arena (64 MiB of
 // address space a thread otherwise, in the container's ps VSZ).
 func TestHelperIsNamedForWhatItIs(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI=true: a pid namespace needs root")
-		}
-		t.Skip("a pid namespace needs root")
-	}
-	sleep := exec.Command("sleep", "1000")
-	sleep.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
-	if err := sleep.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sleep.Process.Kill(); _ = sleep.Wait() })
-	procs, err := proc.Open("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	th, err := procs.Thread(sleep.Process.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := os.Open("/proc/" + strconv.Itoa(sleep.Process.Pid) + "/ns/pid")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	pool, err := NewPool(procs, ns, th, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := poolInNewPidNS(t)
 	m, err := pool.Owner()
 	if err != nil {
 		t.Fatal(err)

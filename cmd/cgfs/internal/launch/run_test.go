@@ -153,19 +153,25 @@ func TestTaskLimitLetsTheInitRunAlone(t *testing.T) {
 	}
 }
 
+// needMemory makes o's container skip the test, once its cgroups
+// exist, where the host has no memory controller.
+func needMemory(t *testing.T, o *Options, l *layout.Layout) {
+	view := o.View
+	o.View = func(init int) (*os.File, func(), error) {
+		if controlFile(l, *o, "memory.max") == "" && controlFile(l, *o, "memory.limit_in_bytes") == "" {
+			t.Skip("the host has no memory controller")
+		}
+		return view(init)
+	}
+}
+
 // TestMemoryTooLittleToStart: a memory limit the init cannot start in
 // (the OOM killer kills it) is an error that names the limit and the
 // kernel's count, never what a dead init made fail (its v1 cgroups read
 // as the hierarchies' roots).
 func TestMemoryTooLittleToStart(t *testing.T) {
 	o, l := container(t, cgroups.Limits{Memory: 1}, "/bin/true")
-	view := o.View
-	o.View = func(init int) (*os.File, func(), error) {
-		if controlFile(l, o, "memory.max") == "" && controlFile(l, o, "memory.limit_in_bytes") == "" {
-			t.Skip("the host has no memory controller")
-		}
-		return view(init)
-	}
+	needMemory(t, &o, l)
 	var stderr bytes.Buffer
 	o.Stderr = &stderr
 	code, err := Run(o)
@@ -183,13 +189,7 @@ func TestMemoryTooLittleToStart(t *testing.T) {
 // it did, and cgfs run says why on its stderr, from the cgroup's count.
 func TestKilledInitSaysWhy(t *testing.T) {
 	o, l := container(t, cgroups.Limits{Memory: 64 << 20}, "/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1")
-	view := o.View
-	o.View = func(init int) (*os.File, func(), error) {
-		if controlFile(l, o, "memory.max") == "" && controlFile(l, o, "memory.limit_in_bytes") == "" {
-			t.Skip("the host has no memory controller")
-		}
-		return view(init)
-	}
+	needMemory(t, &o, l)
 	var stderr bytes.Buffer
 	o.Stderr = &stderr
 	code, err := Run(o)
