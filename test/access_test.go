@@ -428,3 +428,48 @@ func hugetlbMaxFile(t *testing.T, dir string) string {
 	}
 	return filepath.Base(matches[0])
 }
+
+// TestTaskWritesKeepTheOpenersCgroupNamespace is the kernel selftest
+// test_core's lesser_ns_open: a process opens cgroup.procs of b from a
+// cgroup namespace rooted at b, is moved to a, and writes "0" to what it
+// opened: the kernel checks the task and the destination against the
+// namespace it saved at open, and answers ENOENT (the task is outside
+// it). A move inside the namespace it opened from goes through.
+func TestTaskWritesKeepTheOpenersCgroupNamespace(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "unshare")
+	parent := runParent(t)
+	d := publicDir(t)
+	for _, fifo := range []string{"opened", "go"} {
+		if err := syscall.Mkfifo(filepath.Join(d, fifo), 0o666); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(filepath.Join(d, fifo), 0o666); err != nil { // past the umask: the container's root is no one here
+			t.Fatal(err)
+		}
+	}
+	script := laneScript + fmt.Sprintf(`d=%s
+mkdir $V2/a $V2/b $V2/b/c
+(echo 0 > $V2/b/cgroup.procs; exec unshare -C sh -c '/bin/echo 0 > '$V2'/b/c/cgroup.procs && echo inner moved; /bin/echo 0 > '$V2'/b/cgroup.procs
+  exec 3> '$V2'/b/cgroup.procs; echo > '$d'/opened; read x < '$d'/go
+  if /bin/echo 0 >&3; then echo outer moved; else echo outer refused; fi') &
+child=$!
+read x < $d/opened
+echo $child > $V2/a/cgroup.procs
+echo go > $d/go
+wait $child
+echo "now in $(grep -c /a$ /proc/$child/cgroup 2>/dev/null || echo gone)"
+rmdir $V2/a $V2/b/c $V2/b
+echo done`, d)
+	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
+	t.Logf("cgfs run (%d):\n%s", r.code, r.out)
+	if !strings.Contains(r.out, "inner moved") {
+		t.Errorf("a move inside the namespace the file was opened from was refused")
+	}
+	if !strings.Contains(r.out, "outer refused") || !strings.Contains(r.out, "No such file or directory") {
+		t.Errorf("a task moved out of the namespace its cgroup.procs was opened from moved back through it; want ENOENT, as the kernel")
+	}
+	if !strings.Contains(r.out, "\ndone") {
+		t.Errorf("the script did not finish")
+	}
+}

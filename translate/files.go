@@ -121,6 +121,9 @@ type File struct {
 	opener access.Caller
 	// reader is whose pid namespace task ids are shown in.
 	reader proc.Thread
+	// opened is the cgroup namespace the task file was opened for
+	// writing from, as the kernel saves it at open (see openerNS).
+	opened nsScope
 	// counted: the open is one of the container's (Limits.OpenFiles);
 	// the relay's are not (OpenRelay).
 	counted bool
@@ -205,6 +208,11 @@ func (f *File) judge(r *access.Request, writes, reads bool) error {
 		}
 		if f.opener, err = r.Caller(); err != nil { // identified above
 			return err
+		}
+		if f.cf != nil && f.cf.reader { // a task file
+			if f.opened, err = f.v.openerNS(r); err != nil {
+				return err
+			}
 		}
 	}
 	if reads {

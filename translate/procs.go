@@ -121,6 +121,9 @@ func (v *View) migrateLocked(f *File, m pidns.Mover, n int) error {
 	if err != nil {
 		return err
 	}
+	if !f.opened.holds(from) || !f.opened.holds(f.cgroup) {
+		return refuse(RuleOpenerNamespace, unix.ENOENT, "the task ("+from+") or "+f.vpath+" is outside the cgroup namespace the file was opened in")
+	}
 	common, err := v.stat(host.Join(commonAncestor(from, f.cgroup), "cgroup.procs"))
 	if err != nil {
 		return err
@@ -458,4 +461,120 @@ func (v *View) EnterOwn(n int) error {
 		err = m.Write(v.root, host.Join(LeafName, "cgroup.procs"), n)
 	}
 	return err
+}
+
+// nsScope is a cgroup namespace's root as a view sees it.
+type nsScope struct {
+	// root is the view path of the namespace's root when it is below
+	// the view root ("" when it is the view root or above it: the whole
+	// view is inside).
+	root string
+	// outside: the root is neither (the namespace holds nothing of the
+	// view), or could not be told.
+	outside bool
+}
+
+// holds tells whether the view's cgroup vpath is inside the namespace.
+func (s nsScope) holds(vpath string) bool {
+	return !s.outside && (s.root == "" || vpath == s.root || strings.HasPrefix(vpath, s.root+"/"))
+}
+
+// nsRootsKept bounds the namespaces whose roots a view remembers.
+const nsRootsKept = 64
+
+// keptScope is a remembered namespace's scope, with a descriptor of the
+// namespace itself: held, it cannot end, so its inode number cannot
+// name another namespace while it is remembered.
+type keptScope struct {
+	scope nsScope
+	fd    int
+}
+
+// openerNS is the cgroup namespace of r's caller as this view sees it.
+// A namespace's root never changes, so it is remembered by the
+// namespace's inode; the server's own (the host's, or the one it was
+// started in) holds every view.
+func (v *View) openerNS(r *access.Request) (nsScope, error) {
+	th, err := r.Thread()
+	if err != nil {
+		return nsScope{}, err
+	}
+	pin, err := v.procs.Pin(th.Tid)
+	if err != nil {
+		return nsScope{}, errNoSuchTask
+	}
+	defer pin.Close()
+	fd, err := pin.Namespace("cgroup")
+	if err != nil {
+		// No cgroup namespace to keep (a kernel without them; the unit
+		// tests' fake /proc): the view's own scope, as before.
+		return nsScope{}, nil
+	}
+	keep := false
+	defer func() {
+		if !keep {
+			unix.Close(fd)
+		}
+	}()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nsScope{}, err
+	}
+	var own unix.Stat_t
+	if unix.Stat("/proc/thread-self/ns/cgroup", &own) == nil && own.Ino == st.Ino && own.Dev == st.Dev {
+		return nsScope{}, nil
+	}
+	v.nsMu.Lock()
+	k, ok := v.nsScopes[st.Ino]
+	v.nsMu.Unlock()
+	if ok {
+		return k.scope, nil
+	}
+	roots, err := v.procs.CgroupNSRoots(th.Tid)
+	if err != nil || !pin.Alive() {
+		return nsScope{}, errNoSuchTask
+	}
+	s := nsScope{outside: true}
+	if p, ok := v.controllers.In(roots); ok {
+		base := strings.TrimSuffix(v.cgroupPath, "/")
+		switch {
+		case p == "/" || p == v.cgroupPath || strings.HasPrefix(base+"/", strings.TrimSuffix(p, "/")+"/"):
+			s = nsScope{} // at or above the view root
+		default:
+			if rel, ok := v.virtualOf(p); ok {
+				if rel == LeafName {
+					rel = ""
+				}
+				s = nsScope{root: strings.TrimSuffix(rel, "/"+LeafName)}
+			}
+		}
+	}
+	v.nsMu.Lock()
+	defer v.nsMu.Unlock()
+	if _, ok := v.nsScopes[st.Ino]; ok {
+		return s, nil
+	}
+	if v.nsScopes == nil || len(v.nsScopes) >= nsRootsKept {
+		v.forgetScopesLocked()
+		v.nsScopes = map[uint64]keptScope{}
+	}
+	v.nsScopes[st.Ino] = keptScope{scope: s, fd: fd}
+	keep = true
+	return s, nil
+}
+
+// Close lets go of what the view holds of its callers (the cgroup
+// namespaces it remembers); its host directories are its server's.
+func (v *View) Close() {
+	v.nsMu.Lock()
+	defer v.nsMu.Unlock()
+	v.forgetScopesLocked()
+}
+
+// forgetScopesLocked lets the remembered namespaces go.
+func (v *View) forgetScopesLocked() {
+	for _, k := range v.nsScopes {
+		unix.Close(k.fd)
+	}
+	v.nsScopes = nil
 }

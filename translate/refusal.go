@@ -35,6 +35,11 @@ const (
 	// RuleBadValue: text the kernel's parser would refuse (EINVAL, or
 	// ERANGE for a number out of range).
 	RuleBadValue access.Rule = "bad-value"
+	// RuleOpenerNamespace: a task write whose task or destination is
+	// outside the cgroup namespace the file was opened from (ENOENT, as
+	// cgroup_procs_write_permission checks both against the namespace
+	// it saved at open).
+	RuleOpenerNamespace access.Rule = "opener-cgroupns"
 	// RuleNoSuchTask: a written id names no task the writer can see
 	// (ESRCH, as find_task_by_vpid failing).
 	RuleNoSuchTask access.Rule = "no-such-task"

@@ -25,6 +25,10 @@ type View struct {
 	host   *host.Host
 	policy *access.Policy
 	procs  *proc.Procs
+	// nsMu guards nsScopes: the cgroup namespaces task files were
+	// opened from, by inode (openerNS).
+	nsMu     sync.Mutex
+	nsScopes map[uint64]keptScope
 	// ids maps the owner's user namespace; nil when the view has no
 	// container owner (ids are shown as they are).
 	ids              *user.IdentityMapping

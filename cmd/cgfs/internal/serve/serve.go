@@ -208,6 +208,9 @@ func (v *Views) Close() {
 	if v.movers != nil {
 		v.movers.Close()
 	}
+	for _, va := range v.views {
+		va.View.Close()
+	}
 	for _, h := range v.hosts {
 		h.Close()
 	}
