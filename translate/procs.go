@@ -480,7 +480,7 @@ func (s nsScope) holds(vpath string) bool {
 }
 
 // nsRootsKept bounds the namespaces whose roots a view remembers.
-const nsRootsKept = 64
+const nsRootsKept = 8
 
 // keptScope is a remembered namespace's scope, with a descriptor of the
 // namespace itself: held, it cannot end, so its inode number cannot
