@@ -470,7 +470,7 @@ type nsScope struct {
 	// view is inside).
 	root string
 	// outside: the root is neither (the namespace holds nothing of the
-	// view), or could not be told.
+	// view).
 	outside bool
 }
 
@@ -490,11 +490,18 @@ type keptScope struct {
 	fd    int
 }
 
-// openerNS is the cgroup namespace of r's caller as this view sees it.
+// openerNS is the cgroup namespace of r's caller as this view sees it,
+// on cgroup v2 (cgroup_procs_write_permission checks the namespace the
+// file was opened in).
 // A namespace's root never changes, so it is remembered by the
 // namespace's inode; the server's own (the host's, or the one it was
 // started in) holds every view.
 func (v *View) openerNS(r *access.Request) (nsScope, error) {
+	if v.v1 {
+		// cgroup v1 judges a migration by credentials alone
+		// (__cgroup1_procs_write): no namespace is kept.
+		return nsScope{}, nil
+	}
 	th, err := r.Thread()
 	if err != nil {
 		return nsScope{}, err
@@ -534,18 +541,22 @@ func (v *View) openerNS(r *access.Request) (nsScope, error) {
 	if err != nil || !pin.Alive() {
 		return nsScope{}, errNoSuchTask
 	}
-	s := nsScope{outside: true}
+	// A root that cannot be told (the opener is outside it: "/.." in
+	// its own line) narrows nothing, as before.
+	var s nsScope
 	if p, ok := v.controllers.In(roots); ok {
 		base := strings.TrimSuffix(v.cgroupPath, "/")
 		switch {
 		case p == "/" || p == v.cgroupPath || strings.HasPrefix(base+"/", strings.TrimSuffix(p, "/")+"/"):
-			s = nsScope{} // at or above the view root
+			// at or above the view root: the whole view
 		default:
 			if rel, ok := v.virtualOf(p); ok {
 				if rel == LeafName {
 					rel = ""
 				}
 				s = nsScope{root: strings.TrimSuffix(rel, "/"+LeafName)}
+			} else {
+				s = nsScope{outside: true} // beside the view: none of it
 			}
 		}
 	}
