@@ -437,7 +437,8 @@ func hugetlbMaxFile(t *testing.T, dir string) string {
 // it). A move inside the namespace it opened from goes through.
 func TestTaskWritesKeepTheOpenersCgroupNamespace(t *testing.T) {
 	requireRoot(t)
-	requireTool(t, "unshare")
+	// util-linux's unshare: busybox's (the VM's) has no -C.
+	laneNeeds(t, hostLane, exec.Command("unshare", "-C", "true").Run() == nil, "no unshare -C (util-linux's) to make a cgroup namespace")
 	parent := runParent(t)
 	d := publicDir(t)
 	for _, fifo := range []string{"opened", "go"} {
@@ -448,17 +449,20 @@ func TestTaskWritesKeepTheOpenersCgroupNamespace(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The child holds "opened" open from the start, so that the parent's
+	// read ends (EOF) if it dies early; "go" is opened read-write by the
+	// parent, so its write never waits for a reader that is gone.
 	script := laneScript + fmt.Sprintf(`d=%s
 mkdir $V2/a $V2/b $V2/b/c
-(echo 0 > $V2/b/cgroup.procs; exec unshare -C sh -c '/bin/echo 0 > '$V2'/b/c/cgroup.procs && echo inner moved; /bin/echo 0 > '$V2'/b/cgroup.procs
-  exec 3> '$V2'/b/cgroup.procs; echo > '$d'/opened; read x < '$d'/go
+(exec 4> $d/opened; echo 0 > $V2/b/cgroup.procs; exec unshare -C sh -c '/bin/echo 0 > '$V2'/b/c/cgroup.procs && echo inner moved; /bin/echo 0 > '$V2'/b/cgroup.procs
+  exec 3> '$V2'/b/cgroup.procs; echo >&4; exec 4>&-; read x < '$d'/go
   if /bin/echo 0 >&3; then echo outer moved; else echo outer refused; fi') &
 child=$!
-read x < $d/opened
+exec 5< $d/opened 6<> $d/go
+read x <&5
 echo $child > $V2/a/cgroup.procs
-echo go > $d/go
+echo go >&6
 wait $child
-echo "now in $(grep -c /a$ /proc/$child/cgroup 2>/dev/null || echo gone)"
 rmdir $V2/a $V2/b/c $V2/b
 echo done`, d)
 	r := cgfsRun(t, nil, "--parent", parent, "--", "sh", "-c", script)
