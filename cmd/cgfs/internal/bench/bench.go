@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/cgroups"
 )
 
 // Options is what one bench run measures and where it writes.
@@ -267,7 +269,7 @@ func (b *bed) setUp() error {
 			continue
 		}
 		p := filepath.Join(root, b.name)
-		b.cleanups = append(b.cleanups, func() { removeTree(p) })
+		b.cleanups = append(b.cleanups, func() { _ = cgroups.RemoveTree(p) })
 	}
 
 	// The container: its root's cgroup is b.v2, its worker measures.
@@ -567,24 +569,3 @@ func readFile(p string) string {
 }
 
 func countLines(p string) int { return len(strings.Fields(readFile(p))) }
-
-// removeTree removes the cgroup dir and everything below it, killing
-// what is left inside.
-func removeTree(dir string) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return
-	}
-	for _, e := range entries {
-		if e.IsDir() {
-			removeTree(filepath.Join(dir, e.Name()))
-		}
-	}
-	for try := 0; try < 500; try++ {
-		if err := unix.Rmdir(dir); err == nil || err == unix.ENOENT {
-			return
-		}
-		_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
-		time.Sleep(10 * time.Millisecond)
-	}
-}

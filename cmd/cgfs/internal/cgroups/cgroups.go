@@ -531,7 +531,7 @@ func (cg *Set) JoinV1(pid int) error {
 func (cg *Set) Remove() error {
 	var errs []error
 	for _, d := range cg.Dirs {
-		if err := removeTree(d); err != nil {
+		if err := RemoveTree(d); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -588,8 +588,9 @@ func mkdirMarked(dir string) error {
 	return nil
 }
 
-// removeTree empties and removes the cgroup dir and everything below it.
-func removeTree(dir string) error {
+// RemoveTree empties and removes the cgroup dir and everything below it,
+// killing what is left inside (within 10 s).
+func RemoveTree(dir string) error {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -599,7 +600,7 @@ func removeTree(dir string) error {
 	}
 	for _, e := range entries {
 		if e.IsDir() {
-			if err := removeTree(filepath.Join(dir, e.Name())); err != nil {
+			if err := RemoveTree(filepath.Join(dir, e.Name())); err != nil {
 				return err
 			}
 		}
