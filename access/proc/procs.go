@@ -56,6 +56,20 @@ func (p *Procs) Thread(tid int) (Thread, error) {
 	return pin.Thread()
 }
 
+// StartTime is when task tid started, in clock ticks after boot: with
+// its id, what names one task across id reuse.
+func (p *Procs) StartTime(tid int) (uint64, error) {
+	pr, err := p.fs.Proc(tid)
+	if err != nil {
+		return 0, err
+	}
+	st, err := pr.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return st.Starttime, nil
+}
+
 // Thread identifies the pinned task as a reader or writer of task ids.
 func (t *Pin) Thread() (Thread, error) {
 	tgid, nspid, err := t.Status()

@@ -290,7 +290,7 @@ func (d *Daemon) attach(req control.Request) (*os.File, *served, error) {
 		return nil, nil, err
 	}
 	s := d.newServed(req.Name, views, mounted, budget, req)
-	if s.ownerStart, err = startTime(req.Owner); err != nil {
+	if s.ownerStart, err = d.procs.StartTime(req.Owner); err != nil {
 		mounted.Stop()
 		views.Close()
 		return nil, nil, err

@@ -8,8 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/procfs"
-
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/keeper"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
@@ -39,19 +37,6 @@ type viewState struct {
 // agentState is what the keeper holds of a seccomp listener.
 type agentState struct {
 	Container string `json:"container"`
-}
-
-// startTime is when process pid started (clock ticks after boot).
-func startTime(pid int) (uint64, error) {
-	p, err := procfs.NewProc(pid)
-	if err != nil {
-		return 0, err
-	}
-	st, err := p.Stat()
-	if err != nil {
-		return 0, err
-	}
-	return st.Starttime, nil
 }
 
 func (s *served) state() viewState {
@@ -238,7 +223,7 @@ func (d *Daemon) prepare(it *kept) {
 		return
 	}
 	req := it.state.Req
-	if st, err := startTime(req.Owner); err != nil || st != it.state.OwnerStart {
+	if st, err := d.procs.StartTime(req.Owner); err != nil || st != it.state.OwnerStart {
 		d.log.Warn("keeper: the view's owner is gone", "view", req.Name, "owner", req.Owner)
 		return
 	}

@@ -900,7 +900,7 @@ func (d *Daemon) userAttach(u *userState, who users.Who, name string) (*os.File,
 	}
 	req := control.Request{Op: "attach", Name: key, Owner: init, Label: fmt.Sprintf("%s/%s", who.Name, name), Uid: who.Uid}
 	s := d.newServed(key, views, mounted, budget, req)
-	if s.ownerStart, err = startTime(init); err != nil {
+	if s.ownerStart, err = d.procs.StartTime(init); err != nil {
 		mounted.Stop()
 		views.Close()
 		return nil, nil, err

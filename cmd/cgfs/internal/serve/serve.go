@@ -15,7 +15,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/access"
@@ -509,15 +508,11 @@ func (n *Nested) Live() (live, max int) {
 // Past the container's bound it is ENOSPC, as the kernel answers a
 // mount past fs.mount-max.
 func (n *Nested) Serve(tid int) (*os.File, error) {
-	p, err := procfs.NewProc(tid)
+	start, err := n.procs.StartTime(tid)
 	if err != nil {
 		return nil, err
 	}
-	stat, err := p.Stat()
-	if err != nil {
-		return nil, err
-	}
-	key := [2]uint64{uint64(tid), stat.Starttime}
+	key := [2]uint64{uint64(tid), start}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
