@@ -101,6 +101,17 @@ func labelOf(req control.Request) string {
 
 func (s *served) label() string { return labelOf(s.req) }
 
+// labelUsedLocked tells whether a served view is shown in metrics as
+// label (d.mu held).
+func (d *Daemon) labelUsedLocked(label string) bool {
+	for name, s := range d.views {
+		if name == label || s.label() == label {
+			return true
+		}
+	}
+	return false
+}
+
 // dropWait bounds how long a request that drops a view (detach, a view
 // not put in place) waits for it to be gone before it answers.
 const dropWait = 10 * time.Second
@@ -126,6 +137,13 @@ func (d *Daemon) run(name string, s *served) error {
 			return serve.UsageError{Msg: "a view named " + name + " is served already"}
 		}
 		return errHandingOver
+	}
+	if s.req.Label != "" && d.labelUsedLocked(s.req.Label) {
+		// Metrics show each view once: a label shown already (a pod's
+		// container restarting while its old view goes) would make
+		// every scrape fail. The unique name stands in.
+		d.log.Warn("a view's label is shown already: its name stands in", "view", name, "label", s.req.Label)
+		s.req.Label = ""
 	}
 	d.views[name] = s
 	if d.set != nil {
