@@ -7,6 +7,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -490,6 +491,15 @@ type keptScope struct {
 	fd    int
 }
 
+// serverCgroupNS is the server's own cgroup namespace, read once: a
+// server never leaves it (a thread that enters another for a moment
+// serves no request).
+var serverCgroupNS = sync.OnceValue(func() unix.Stat_t {
+	var st unix.Stat_t
+	_ = unix.Stat("/proc/self/ns/cgroup", &st)
+	return st
+})
+
 // openerNS is the cgroup namespace of r's caller as this view sees it,
 // on cgroup v2 (cgroup_procs_write_permission checks the namespace the
 // file was opened in).
@@ -527,8 +537,7 @@ func (v *View) openerNS(r *access.Request) (nsScope, error) {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return nsScope{}, err
 	}
-	var own unix.Stat_t
-	if unix.Stat("/proc/thread-self/ns/cgroup", &own) == nil && own.Ino == st.Ino && own.Dev == st.Dev {
+	if own := serverCgroupNS(); own.Ino == st.Ino && own.Dev == st.Dev {
 		return nsScope{}, nil
 	}
 	v.nsMu.Lock()
