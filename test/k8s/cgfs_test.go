@@ -101,7 +101,8 @@ type podSpec struct {
 	name         string
 	annotations  map[string]string
 	runtimeClass string
-	ownUsers     bool // hostUsers: false
+	ownUsers     bool   // hostUsers: false
+	extra        string // more lines of the pod's spec, as they are
 }
 
 func (p podSpec) yaml() string {
@@ -120,6 +121,7 @@ func (p podSpec) yaml() string {
 	if p.ownUsers {
 		b.WriteString("  hostUsers: false\n")
 	}
+	b.WriteString(p.extra)
 	fmt.Fprintf(&b, `  containers:
     - name: app
       image: %s

@@ -15,21 +15,7 @@ import (
 // sleeper is a busybox pod that sleeps, with limits; extra is added to
 // its spec.
 func sleeper(name, extra string) string {
-	return fmt.Sprintf(`apiVersion: v1
-kind: Pod
-metadata:
-  name: %s
-  namespace: default
-spec:
-  terminationGracePeriodSeconds: 1
-%s  containers:
-    - name: app
-      image: %s
-      imagePullPolicy: Never
-      command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
-      resources:
-        limits: {memory: 64Mi, cpu: 500m}
-`, name, extra, BusyboxImage)
+	return podSpec{name: name, extra: extra}.yaml()
 }
 
 // inPod runs a command in the pod's container.
