@@ -298,11 +298,11 @@ func TestV1DescendantsAreBounded(t *testing.T) {
 }
 
 // forkHostAt starts a host process (sleep) with host pid want, through
-// testdata/forkat.c (clone3's set_tid: the pid is taken exactly, or the
-// test fails saying why); it is killed when the test ends.
-func forkHostAt(t *testing.T, want int) int {
+// testdata/forkat.c built at bin (clone3's set_tid: the pid is taken
+// exactly, or the test fails saying why); it is killed when the test
+// ends.
+func forkHostAt(t *testing.T, bin string, want int) int {
 	t.Helper()
-	bin := testTool(t, "forkat")
 	cmd := exec.Command(bin, strconv.Itoa(want), "sleep", "1000")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -334,6 +334,7 @@ func forkHostAt(t *testing.T, want int) int {
 func TestReusedIDNeverMovesAHostProcess(t *testing.T) {
 	requireRoot(t)
 	l := detectLane(t)
+	forkat := testTool(t, "forkat")
 	host, c, s := containerWithView(t, l, containerBase)
 	c.expect(t, "OK", "mkdir", cg+"/c1")
 	warm := c.do(t, "spawn") // the first move starts what migrations need
@@ -349,9 +350,9 @@ func TestReusedIDNeverMovesAHostProcess(t *testing.T) {
 	// The window, held open: the named task dies and both its ids are
 	// taken again.
 	c.expect(t, "OK", "killreap", victim)
-	hostProc := forkHostAt(t, victimHost)
+	hostProc := forkHostAt(t, forkat, victimHost)
 	hostHome := hostCgroupOf(t, hostProc)
-	stranger := c.do(t, "forkat", victim)
+	stranger := c.do(t, "forkat", victim, forkat)
 	if stranger != victim {
 		t.Fatalf("the container's new process got id %s, want %s", stranger, victim)
 	}

@@ -217,18 +217,26 @@ func containerOp(op []string, children *[]*exec.Cmd) string {
 		}
 		return "no such child"
 	case "forkat":
-		// Spawns a child that gets id N in this pid namespace (the
-		// namespace's next id set, as checkpoint/restore does).
-		want, _ := strconv.Atoi(arg(1))
-		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(want-1)), 0); err != nil {
-			return "ns_last_pid: " + errAnswer(err)
+		// Spawns a child that gets id N in this pid namespace, exactly:
+		// forkat BIN N runs testdata/forkat.c's BIN, which asks clone3
+		// for the id (set_tid, as checkpoint/restore does). Setting
+		// ns_last_pid instead would race every thread any Go process in
+		// the namespace starts meanwhile.
+		cmd := exec.Command(arg(2), arg(1), "sleep", "1000")
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			return err.Error()
 		}
-		cmd := exec.Command("sleep", "1000")
 		if err := cmd.Start(); err != nil {
 			return err.Error()
 		}
 		*children = append(*children, cmd)
-		return strconv.Itoa(cmd.Process.Pid)
+		line, _ := bufio.NewReader(out).ReadString('\n')
+		got, ok := strings.CutPrefix(strings.TrimSpace(line), "started ")
+		if !ok {
+			return "forkat: " + strings.TrimSpace(line)
+		}
+		return got
 	case "readloopall":
 		// Reads PATH N times; answers OK and the last answer's errno.
 		n, _ := strconv.Atoi(arg(2))
