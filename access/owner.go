@@ -9,7 +9,7 @@ import (
 	"github.com/moby/sys/user"
 	"golang.org/x/sys/unix"
 
-	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/proc"
 )
 
 // Owner is the container a view belongs to, taken from one of its

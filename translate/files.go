@@ -9,7 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/access"
-	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/proc"
 	"github.com/cgfs/cgfs/translate/host"
 )
 

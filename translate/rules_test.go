@@ -7,7 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/access"
-	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/proc"
 )
 
 // The write rules as a container meets them: which control file, where,

@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/access"
-	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/proc"
 	"github.com/cgfs/cgfs/test/fake"
 	"github.com/cgfs/cgfs/translate/host"
 )

@@ -23,12 +23,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
-	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/cgroups"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/daemon"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/keeper"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/users"
+	"github.com/cgfs/cgfs/proc"
 	"github.com/cgfs/cgfs/translate/host"
 )
 

@@ -15,10 +15,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/agent"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/launch"
+	"github.com/cgfs/cgfs/proc"
 	"github.com/cgfs/cgfs/translate/layout"
 )
 

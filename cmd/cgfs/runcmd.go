@@ -16,12 +16,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cgfs/cgfs/access"
-	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/launch"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/users"
 	"github.com/cgfs/cgfs/metrics"
+	"github.com/cgfs/cgfs/proc"
 	"github.com/cgfs/cgfs/translate/host"
 )
 

@@ -12,7 +12,7 @@ import (
 
 	"github.com/prometheus/procfs"
 
-	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/proc"
 )
 
 // Hierarchy is one cgroup hierarchy the host has mounted.

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cgfs/cgfs/access/proc"
+	"github.com/cgfs/cgfs/proc"
 	"github.com/cgfs/cgfs/translate/host"
 )
 

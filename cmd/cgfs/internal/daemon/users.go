@@ -16,13 +16,13 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/cgroups"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/keeper"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/users"
 	"github.com/cgfs/cgfs/metrics"
+	"github.com/cgfs/cgfs/proc"
 	"github.com/cgfs/cgfs/translate/host"
 	"github.com/cgfs/cgfs/translate/layout"
 	"github.com/cgfs/cgfs/translate/pidns"

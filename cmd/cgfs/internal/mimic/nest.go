@@ -15,8 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/access"
-	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/agent"
+	"github.com/cgfs/cgfs/proc"
 )
 
 // Nester answers a container's cgroupfs mounts (nesting keeps the

@@ -20,8 +20,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
+	"github.com/cgfs/cgfs/proc"
 	"github.com/cgfs/cgfs/translate/layout"
 )
 

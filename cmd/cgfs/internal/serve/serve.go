@@ -18,9 +18,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/access"
-	"github.com/cgfs/cgfs/access/proc"
 	"github.com/cgfs/cgfs/fs"
 	"github.com/cgfs/cgfs/metrics"
+	"github.com/cgfs/cgfs/proc"
 	"github.com/cgfs/cgfs/translate"
 	"github.com/cgfs/cgfs/translate/host"
 	"github.com/cgfs/cgfs/translate/layout"
