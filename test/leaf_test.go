@@ -424,32 +424,54 @@ func TestPidsMaxEnforcedBelowTheRoot(t *testing.T) {
 // TestThreadedChildrenNeedNoProcessesBeside: a cgroup with processes
 // that enables only a threaded controller keeps them in its leaf (it
 // stays a domain and its children valid domains, as at a host's root).
-// The price: while they are there it cannot become a thread root, so a
-// child cannot be made threaded (EOPNOTSUPP, as the kernel answers while
-// a domain child holds processes); with nothing enabled it can, and a
-// threaded controller enabled then keeps the kernel's rules.
+// When a child is made threaded, the leaf gives the processes back and
+// the cgroup becomes a thread root holding them, as natively (the
+// kernel answers EOPNOTSUPP while a domain child holds processes), but
+// only where that loses nothing: not while a child has a setting of the
+// controller (turning it off for a moment would reset it), not with a
+// domain controller enabled (no cgroup below the root can be a thread
+// root then).
 func TestThreadedChildrenNeedNoProcessesBeside(t *testing.T) {
 	requireRoot(t)
 	l := detectLane(t)
 	requireController(t, l, "pids")
+	requireController(t, l, "memory")
 	host, c, _ := containerWithView(t, l, containerBase)
 	c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "+pids")
-	if got, want := hostCgroupOf(t, c.pid()), cgroupPath(l, host)+"/"+leafName; got != want {
-		t.Errorf("after +pids alone the container init is in %s, want %s", got, want)
+	leaf := cgroupPath(l, host) + "/" + leafName
+	if got := hostCgroupOf(t, c.pid()); got != leaf {
+		t.Errorf("after +pids alone the container init is in %s, want %s", got, leaf)
 	}
 	c.expect(t, "OKdomain\n", "read", cg+"/cgroup.type")
 	c.expect(t, "OK", "mkdir", cg+"/t")
+	c.expect(t, "OK", "mkdir", cg+"/set")
 	c.expect(t, "OKdomain\n", "read", cg+"/t/cgroup.type")
+	// A sibling's pids.max would be reset: the kernel's answer stands.
+	c.expect(t, "OK", "write", cg+"/set/pids.max", "10")
 	c.expect(t, "ENOTSUP", "write", cg+"/t/cgroup.type", "threaded")
-	// With nothing enabled the leaf folds back, and then (as natively)
-	// the child can be made threaded: the cgroup becomes a thread root
-	// holding its processes.
-	c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "-pids")
-	if got, want := hostCgroupOf(t, c.pid()), cgroupPath(l, host); got != want {
-		t.Errorf("after -pids the container init is in %s, want %s (the leaf folded)", got, want)
+	c.expect(t, "OK10\n", "read", cg+"/set/pids.max")
+	if got := hostCgroupOf(t, c.pid()); got != leaf {
+		t.Errorf("after a refused threaded write the container init is in %s, want it still in %s", got, leaf)
 	}
+	// A domain controller enabled: no thread root possible below the
+	// real root, leaf or not.
+	c.expect(t, "OK", "write", cg+"/set/pids.max", "max")
+	c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "+memory")
+	c.expect(t, "ENOTSUP", "write", cg+"/t/cgroup.type", "threaded")
+	c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "-memory")
+	c.expect(t, "OKpids\n", "read", cg+"/cgroup.subtree_control")
+	// Threaded controllers only, nothing set below: the processes come
+	// back and the child is threaded.
 	c.expect(t, "OK", "write", cg+"/t/cgroup.type", "threaded")
+	if got, want := hostCgroupOf(t, c.pid()), cgroupPath(l, host); got != want {
+		t.Errorf("after the threaded write the container init is in %s, want %s (the leaf folded)", got, want)
+	}
+	c.expect(t, "OKthreaded\n", "read", cg+"/t/cgroup.type")
 	c.expect(t, "OKdomain threaded\n", "read", cg+"/cgroup.type")
-	c.expect(t, "OK", "write", cg+"/cgroup.subtree_control", "+pids")
+	c.expect(t, "OKpids\n", "read", cg+"/cgroup.subtree_control")
 	c.expect(t, "OK", "write", cg+"/t/pids.max", "100")
+	// The thread root keeps the kernel's rules: its other domain child
+	// is invalid now, and a domain controller cannot be enabled.
+	c.expect(t, "OKdomain invalid\n", "read", cg+"/set/cgroup.type")
+	c.expect(t, "ENOTSUP", "write", cg+"/cgroup.subtree_control", "+memory")
 }

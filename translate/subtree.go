@@ -319,3 +319,127 @@ func (v *View) walk(vdir string, visit func(vdir string, leaf bool) error) error
 	}
 	return nil
 }
+
+// cgroup.type: a child made threaded may need its parent's processes
+// back from the hidden leaf (see writeCgroupType).
+func init() {
+	register("cgroup.type", &controlFile{write: writeCgroupType})
+}
+
+// threadedControllers are the controllers a thread subtree may use (the
+// kernel's cgrp_dfl_threaded_ss_mask), and what each of a child's files
+// of them holds until someone writes it: a child's own settings would be
+// lost when the controller is turned off in its parent for a moment.
+var threadedControllers = map[string]map[string]string{
+	"cpu": {
+		"cpu.weight": "100", "cpu.max": "max 100000", "cpu.max.burst": "0",
+		"cpu.idle": "0", "cpu.uclamp.min": "0.00", "cpu.uclamp.max": "max",
+	},
+	"cpuset":     {"cpuset.cpus": "", "cpuset.mems": "", "cpuset.cpus.partition": "member"},
+	"perf_event": {},
+	"pids":       {"pids.max": "max"},
+}
+
+// writeCgroupType carries a write to cgroup.type of f's cgroup. Making a
+// cgroup threaded needs its parent P to be able to be a thread root: no
+// populated domain child and no domain controller enabled. A P that
+// enabled controllers while it held processes keeps those processes in
+// its hidden leaf, a populated domain child, so the kernel answers
+// EOPNOTSUPP where, at a real root (which is exempt), the write would
+// succeed. When P enables only threaded controllers, the leaf is not
+// needed for them (threaded controllers take internal processes), so
+// the processes come back into P and the write is tried again; P is
+// then a thread root, as a kernel cgroup with processes and threaded
+// controllers is. With a domain controller enabled in P (memory, io)
+// the kernel's answer stands: no cgroup below the root can be a thread
+// root and enable one, and cgfs does not move the threaded subtree
+// elsewhere to pretend it could (see the README's "Hidden leaves").
+func writeCgroupType(f *File, _ *access.Request, data []byte) (int, error) {
+	v := f.v
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	n, err := v.host.Write(f.host, f.vpath, data)
+	if !errors.Is(err, unix.EOPNOTSUPP) || strings.TrimSpace(string(data)) != "threaded" || f.cgroup == "" || v.v1 {
+		return n, err
+	}
+	parent, _ := split(f.cgroup)
+	if !v.hasLeaf(parent) {
+		return n, err
+	}
+	if ok, ferr := v.leafToThreadRootLocked(parent); ferr != nil || !ok {
+		return n, err // the kernel's first answer stands
+	}
+	return v.host.Write(f.host, f.vpath, data)
+}
+
+// leafToThreadRootLocked folds the hidden leaf of cgroup dir back while
+// dir keeps its controllers, when they are all threaded and no child has
+// changed a setting of theirs: it turns them off in dir for a moment
+// (the kernel refuses internal processes only while some controller is
+// on), moves the leaf's processes back, removes the leaf and turns them
+// on again. It reports whether dir has no leaf now; on a failure
+// midway, dir is put back as it was.
+func (v *View) leafToThreadRootLocked(dir string) (bool, error) {
+	sc := host.Join(dir, "cgroup.subtree_control")
+	b, err := v.host.ReadFile(sc)
+	if err != nil {
+		return false, err
+	}
+	enabled := strings.Fields(string(b))
+	for _, c := range enabled {
+		if _, ok := threadedControllers[c]; !ok {
+			return false, nil
+		}
+	}
+	if ok, err := v.childrenAtDefaultsLocked(dir, enabled); err != nil || !ok {
+		return false, err
+	}
+	toggle := func(sign string) error {
+		if len(enabled) == 0 {
+			return nil
+		}
+		_, err := v.host.WriteFile(sc, []byte(sign+strings.Join(enabled, " "+sign)))
+		return err
+	}
+	if err := toggle("-"); err != nil {
+		return false, nil // a child enables one itself (EBUSY): leave it be
+	}
+	if err := v.foldLocked(dir); err != nil || v.hasLeaf(dir) {
+		return false, errors.Join(err, toggle("+"))
+	}
+	if err := toggle("+"); err != nil {
+		// Put the processes back into a leaf, then the controllers.
+		err = errors.Join(err, v.ensureLeafLocked(dir))
+		err = errors.Join(err, v.moveAllLocked(dir, host.Join(dir, LeafName)), toggle("+"))
+		return false, err
+	}
+	return true, nil
+}
+
+// childrenAtDefaultsLocked reports whether no visible child of cgroup
+// dir has changed a file of the controllers named from what it holds
+// when made (threadedControllers).
+func (v *View) childrenAtDefaultsLocked(dir string, controllers []string) (bool, error) {
+	entries, err := v.host.Names(dir)
+	if err != nil {
+		return false, err
+	}
+	for _, e := range entries {
+		if !e.IsDir() || e.Name == LeafName {
+			continue
+		}
+		child := host.Join(dir, e.Name)
+		for _, c := range controllers {
+			for file, def := range threadedControllers[c] {
+				got, err := v.host.ReadFile(host.Join(child, file))
+				if errors.Is(err, unix.ENOENT) {
+					continue // not in this kernel
+				}
+				if err != nil || strings.TrimSpace(string(got)) != def {
+					return false, err
+				}
+			}
+		}
+	}
+	return true, nil
+}
