@@ -19,27 +19,50 @@ import (
 )
 
 // helper is the server's side of a helper process in a pid namespace.
+// Calls to it may be in flight together (up to helperInflight): each
+// request carries an id its answer names, so the kernel's moves, which
+// it serialises itself, are all that waits in line, not the round trips
+// (the kernel selftests' 100 children moving themselves at once).
 type helper struct {
-	conn *os.File // SOCK_SEQPACKET: one message each way per call
+	// conn is a SOCK_SEQPACKET socket, one message per request and per
+	// answer, in the netpoller: a Close wakes its reader.
+	conn *os.File
 	cmd  *exec.Cmd
 	// procfs is the namespace's own proc filesystem, reached through the
 	// helper's root; procs reads tasks there, by their ids there.
 	procfs *os.File
 	procs  *proc.Procs
 	used   int // for eviction, under Pool.mu
+	// timeout bounds each call's wait for its answer (helperTimeout).
+	timeout time.Duration
 
-	mu     sync.Mutex // one call at a time
-	broken atomic.Bool
-	exited chan struct{} // closed once the helper is reaped
+	slots   chan struct{} // one per call in flight
+	mu      sync.Mutex    // guards next and pending
+	next    uint64
+	pending map[uint64]chan syscall.Errno // closed: the helper is gone
+	broken  atomic.Bool
+	exited  chan struct{} // closed once the helper is reaped
 }
 
-// ready waits for the helper to mount the namespace's proc filesystem
-// and opens it.
+// helperInflight bounds the calls in flight to one helper: as many
+// moves as a container's processes make at once wait for a slot here,
+// not in the helper.
+const helperInflight = 16
+
+func newHelper(conn *os.File, cmd *exec.Cmd) *helper {
+	return &helper{conn: conn, cmd: cmd, timeout: helperTimeout, slots: make(chan struct{}, helperInflight),
+		pending: map[uint64]chan syscall.Errno{}, exited: make(chan struct{})}
+}
+
+// ready waits for the helper to mount the namespace's proc filesystem,
+// opens it, and starts reading the helper's answers.
 func (h *helper) ready() error {
 	buf := make([]byte, 256)
-	n, err := unix.Read(int(h.conn.Fd()), buf)
-	if err != nil || string(buf[:max(n, 0)]) != "ready" {
-		return fmt.Errorf("helper did not start: %q %v", buf[:max(n, 0)], err)
+	_ = h.conn.SetReadDeadline(time.Now().Add(h.timeout))
+	n, err := h.conn.Read(buf)
+	_ = h.conn.SetReadDeadline(time.Time{})
+	if err != nil || string(buf[:n]) != "ready" {
+		return fmt.Errorf("helper did not start: %q %v", buf[:n], err)
 	}
 	fd, err := unix.Open(fmt.Sprintf("/proc/%d/root/proc", h.cmd.Process.Pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -47,7 +70,42 @@ func (h *helper) ready() error {
 	}
 	h.procfs = os.NewFile(uintptr(fd), "helper proc")
 	h.procs, err = proc.Open(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err == nil {
+		go h.answers()
+	}
 	return err
+}
+
+// answers hands each answer of the helper to the call waiting for it,
+// until the connection ends; then every call still waiting fails.
+func (h *helper) answers() {
+	buf := make([]byte, 64)
+	for {
+		n, err := h.conn.Read(buf)
+		if err != nil || n == 0 {
+			break
+		}
+		idText, errnoText, _ := strings.Cut(string(buf[:n]), "\x00")
+		id, ierr := strconv.ParseUint(idText, 10, 64)
+		e, eerr := strconv.Atoi(errnoText)
+		if ierr != nil || eerr != nil {
+			break // not the helper speaking
+		}
+		h.mu.Lock()
+		ch := h.pending[id]
+		delete(h.pending, id)
+		h.mu.Unlock()
+		if ch != nil {
+			ch <- syscall.Errno(e)
+		}
+	}
+	h.broken.Store(true)
+	h.mu.Lock()
+	for id, ch := range h.pending {
+		close(ch)
+		delete(h.pending, id)
+	}
+	h.mu.Unlock()
 }
 
 func (h *helper) dead() bool { return h.broken.Load() }
@@ -88,40 +146,75 @@ func (h *helper) MoveAll(root int, from, to string) error {
 
 // call sends one request (and fd, if any) and waits for its errno.
 func (h *helper) call(what string, n int, fd *os.File, fields ...string) error {
+	select {
+	case h.slots <- struct{}{}:
+	case <-h.exited:
+		return errors.New("helper gone")
+	}
+	defer func() { <-h.slots }()
+	ch := make(chan syscall.Errno, 1)
 	h.mu.Lock()
-	defer h.mu.Unlock()
+	if h.broken.Load() {
+		h.mu.Unlock()
+		return errors.New("helper gone")
+	}
+	h.next++
+	id := h.next
+	h.pending[id] = ch
+	h.mu.Unlock()
+	forget := func() {
+		h.mu.Lock()
+		delete(h.pending, id)
+		h.mu.Unlock()
+	}
 	var oob []byte
 	if fd != nil {
 		oob = unix.UnixRights(int(fd.Fd()))
 	}
-	msg := []byte(strings.Join(fields, "\x00"))
-	if err := retry(func() error { return unix.Sendmsg(int(h.conn.Fd()), msg, oob, nil, 0) }); err != nil {
+	msg := []byte(strconv.FormatUint(id, 10) + "\x00" + strings.Join(fields, "\x00"))
+	if err := h.send(msg, oob); err != nil {
+		forget()
 		h.broken.Store(true)
 		return fmt.Errorf("helper: %w", err)
 	}
-	buf := make([]byte, 32)
-	var m int
-	err := retry(func() (err error) { m, err = unix.Read(int(h.conn.Fd()), buf); return err })
-	if errors.Is(err, unix.EAGAIN) {
-		h.broken.Store(true) // its answer may yet come: never read it as another call's
+	timer := time.NewTimer(h.timeout)
+	defer timer.Stop()
+	var e syscall.Errno
+	select {
+	case got, ok := <-ch:
+		if !ok {
+			return errors.New("helper gone")
+		}
+		e = got
+	case <-timer.C:
+		forget()
+		h.broken.Store(true) // replaced at its next use
 		return fmt.Errorf("helper did not answer in time")
-	}
-	if err != nil || m == 0 {
-		h.broken.Store(true)
-		return fmt.Errorf("helper gone: %v", err)
-	}
-	e, err := strconv.Atoi(string(buf[:m]))
-	if err != nil {
-		return fmt.Errorf("helper answered %q", buf[:m])
 	}
 	if e != 0 {
 		data := ""
 		if n >= 0 {
 			data = strconv.Itoa(n)
 		}
-		return &host.Error{Op: "write", Path: what, Data: data, Err: syscall.Errno(e)}
+		return &host.Error{Op: "write", Path: what, Data: data, Err: e}
 	}
 	return nil
+}
+
+// send writes one request, with its descriptors, through the netpoller.
+func (h *helper) send(msg, oob []byte) error {
+	rc, err := h.conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Write(func(fd uintptr) bool {
+		serr = unix.Sendmsg(int(fd), msg, oob, nil, 0)
+		return serr != unix.EAGAIN
+	}); err != nil {
+		return err
+	}
+	return serr
 }
 
 // retry calls f again while it is interrupted.
@@ -159,9 +252,12 @@ func HelperMain() int {
 	if _, err := unix.Write(conn, []byte("ready")); err != nil {
 		return 1
 	}
-	buf := make([]byte, 3*4096)
-	oob := make([]byte, unix.CmsgSpace(4))
+	// Each request is carried out on a goroutine of its own and
+	// answered with its id: the server bounds how many are in flight.
+	var answer sync.Mutex
 	for {
+		buf := make([]byte, 3*4096)
+		oob := make([]byte, unix.CmsgSpace(4))
 		n, oobn, _, _, err := unix.Recvmsg(conn, buf, oob, 0)
 		if err == unix.EINTR {
 			continue
@@ -169,10 +265,13 @@ func HelperMain() int {
 		if err != nil || n == 0 {
 			return 0 // the server is gone
 		}
-		errno := serve(roots, strings.Split(string(buf[:n]), "\x00"), oob[:oobn])
-		if _, err := unix.Write(conn, []byte(strconv.Itoa(int(errno)))); err != nil {
-			return 0
-		}
+		id, req, _ := strings.Cut(string(buf[:n]), "\x00")
+		go func() {
+			errno := serve(roots, strings.Split(req, "\x00"), oob[:oobn])
+			answer.Lock()
+			defer answer.Unlock()
+			_, _ = unix.Write(conn, []byte(id+"\x00"+strconv.Itoa(int(errno))))
+		}()
 	}
 }
 

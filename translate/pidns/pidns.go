@@ -319,22 +319,21 @@ func helperEnviron(roots int) []string {
 	return []string{helperEnv + "=" + strconv.Itoa(roots), "MALLOC_ARENA_MAX=1"}
 }
 
-// helperTimeout bounds each read of a helper's answer (its start, each
-// call): a helper that hangs is broken and replaced, and the request
-// waiting for it fails, instead of holding that FUSE request forever.
-// Generous: the VM lane runs tens of times slower than a host.
+// helperTimeout bounds the wait for a helper's start and for each
+// call's answer: a helper that hangs is broken and replaced, and the
+// request waiting for it fails, instead of holding that FUSE request
+// forever. Generous: the VM lane runs tens of times slower than a host.
 const helperTimeout = 30 * time.Second
 
-// helperConn makes the connection to a helper: the server's end, whose
-// reads time out after timeout (SO_RCVTIMEO: the reads are plain
-// read(2), outside the netpoller), and the helper's.
-func helperConn(timeout time.Duration) (conn, child *os.File, err error) {
+// helperConn makes the connection to a helper: the server's end,
+// non-blocking (its reads wait in the netpoller, and a Close wakes
+// them), and the helper's, blocking.
+func helperConn() (conn, child *os.File, err error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, err
 	}
-	tv := unix.NsecToTimeval(timeout.Nanoseconds())
-	if err := unix.SetsockoptTimeval(fds[0], unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+	if err := unix.SetNonblock(fds[0], true); err != nil {
 		unix.Close(fds[0])
 		unix.Close(fds[1])
 		return nil, nil, fmt.Errorf("helper connection: %w", err)
@@ -344,7 +343,7 @@ func helperConn(timeout time.Duration) (conn, child *os.File, err error) {
 
 // startHelper starts a helper in the pid namespace ns, holding roots.
 func startHelper(ns *os.File, roots []*host.Host) (*helper, error) {
-	conn, child, err := helperConn(helperTimeout)
+	conn, child, err := helperConn()
 	if err != nil {
 		return nil, err
 	}
@@ -366,7 +365,7 @@ func startHelper(ns *os.File, roots []*host.Host) (*helper, error) {
 		conn.Close()
 		return nil, fmt.Errorf("starting a helper in the pid namespace: %w", err)
 	}
-	h := &helper{conn: conn, cmd: cmd, exited: make(chan struct{})}
+	h := newHelper(conn, cmd)
 	go func() {
 		_ = cmd.Wait() // reaped here, not by whoever inherits it
 		close(h.exited)

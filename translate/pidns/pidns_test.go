@@ -1,14 +1,18 @@
 package pidns
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/proc"
 	"github.com/cgfs/cgfs/translate/host"
@@ -189,16 +193,18 @@ func TestHelperIsNamedForWhatItIs(t *testing.T) {
 }
 
 // TestCallOfAHelperThatNeverAnswersTimesOut: a helper that takes a
-// request and never answers fails the call once its read times out, and
+// request and never answers fails the call once its timeout passes, and
 // is broken (replaced), instead of holding the caller forever.
 func TestCallOfAHelperThatNeverAnswersTimesOut(t *testing.T) {
-	conn, child, err := helperConn(50 * time.Millisecond)
+	conn, child, err := helperConn()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
 	defer child.Close() // the helper's end: open, silent
-	h := &helper{conn: conn}
+	h := newHelper(conn, nil)
+	h.timeout = 50 * time.Millisecond
+	go h.answers()
 	done := make(chan error, 1)
 	go func() { done <- h.Write(0, "cgroup.procs", 1) }()
 	select {
@@ -211,5 +217,114 @@ func TestCallOfAHelperThatNeverAnswersTimesOut(t *testing.T) {
 	}
 	if !h.dead() {
 		t.Error("a helper that did not answer is not marked broken")
+	}
+}
+
+// fakeHelper answers on the helper's end of conn: it reads want
+// requests, then answers them in reverse order, each with the errno its
+// id's request named in its third field (W root rel id: the "id"
+// written is the errno to answer).
+func fakeHelper(t *testing.T, child *os.File, want int) {
+	t.Helper()
+	type req struct{ id, errno string }
+	var got []req
+	buf := make([]byte, 4096)
+	for len(got) < want {
+		n, err := unix.Read(int(child.Fd()), buf)
+		if err != nil || n == 0 {
+			t.Errorf("fake helper: read: %v", err)
+			return
+		}
+		f := strings.Split(string(buf[:n]), "\x00")
+		if len(f) != 5 || f[1] != "W" {
+			t.Errorf("fake helper: request %q", f)
+			return
+		}
+		got = append(got, req{f[0], f[4]})
+	}
+	for i := len(got) - 1; i >= 0; i-- {
+		if _, err := unix.Write(int(child.Fd()), []byte(got[i].id+"\x00"+got[i].errno)); err != nil {
+			t.Errorf("fake helper: write: %v", err)
+		}
+	}
+}
+
+// TestCallsInFlightGetTheirOwnAnswers: calls made at once are all in
+// flight together (the helper sees every request before it answers
+// one), and each gets its own answer although they come back in another
+// order.
+func TestCallsInFlightGetTheirOwnAnswers(t *testing.T) {
+	conn, child, err := helperConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	defer child.Close()
+	h := newHelper(conn, nil)
+	go h.answers()
+	const calls = helperInflight
+	done := make(chan struct{})
+	go func() { fakeHelper(t, child, calls); close(done) }()
+	errs := make([]error, calls)
+	var wg sync.WaitGroup
+	for i := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = h.Write(0, "cgroup.procs", i) // errno i (0: none)
+		}()
+	}
+	all := make(chan struct{})
+	go func() { wg.Wait(); <-done; close(all) }()
+	select {
+	case <-all:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the calls were not all in flight at once: the helper waits for %d requests", calls)
+	}
+	for i, err := range errs {
+		var want error
+		if i != 0 {
+			want = syscall.Errno(i)
+		}
+		if !errors.Is(err, want) || (want == nil && err != nil) {
+			t.Errorf("call %d = %v, want %v", i, err, want)
+		}
+	}
+	if h.dead() {
+		t.Error("the helper is marked broken after answering every call")
+	}
+}
+
+// TestCallsInFlightFailWhenTheHelperGoes: a helper that ends with calls
+// in flight fails each of them at once, not after the timeout, and is
+// broken.
+func TestCallsInFlightFailWhenTheHelperGoes(t *testing.T) {
+	conn, child, err := helperConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	h := newHelper(conn, nil)
+	h.timeout = time.Hour
+	go h.answers()
+	const calls = 4
+	errs := make(chan error, calls)
+	for i := range calls {
+		go func() { errs <- h.Write(0, "cgroup.procs", i) }()
+	}
+	buf := make([]byte, 4096)
+	for range calls { // every request has arrived
+		if _, err := unix.Read(int(child.Fd()), buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	child.Close()
+	for range calls {
+		if err := <-errs; err == nil || !strings.Contains(err.Error(), "helper gone") {
+			t.Errorf("a call in flight when the helper went = %v, want helper gone", err)
+		}
+	}
+	if !h.dead() {
+		t.Error("a helper that went is not marked broken")
 	}
 }
