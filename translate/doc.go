@@ -16,10 +16,18 @@
 // (procs.go, subtree.go, limits.go, counters.go, v1.go); files.go holds
 // the registry and the open file.
 //
-// Lock order: View.mu, the view lock, serialises everything that changes
-// the tree's shape or moves tasks (mkdir, rmdir, migrations, leaf
-// changes, limit writes, reconciling); functions named ...Locked run
-// with it held. The pid cache's lock (package proc) may be taken under
-// it, never the reverse. File.mu guards one open file's rendered
-// content; it is held only while rendering, which takes no view lock.
+// Lock order: View.mu, the view lock, is held alone by everything that
+// changes the tree's shape (mkdir, rmdir, leaf changes, limit writes,
+// reconciling) and shared by migrations, which the kernel serialises
+// itself: a migration never meets a leaf being made or folded, and many
+// run at once. Functions named ...Locked run with it held, shared or
+// alone; those that change the leaf index or fold (foldLocked,
+// leafToThreadRootLocked, moveAllLocked of a whole cgroup) need it
+// alone, ensureLeafLocked (idempotent) either way. Under it may be
+// taken, in this order: a pidns helper's call slot and its pending
+// table (package pidns, never holding a view lock of their own), the
+// leaf index's lock, the pid cache's lock (package proc), never the
+// reverse. View.nsMu guards the remembered cgroup namespaces and is
+// taken alone. File.mu guards one open file's rendered content; it is
+// held only while rendering, which takes no view lock.
 package translate

@@ -89,8 +89,12 @@ func writeTasks(threads bool) func(f *File, r *access.Request, data []byte) (int
 		if err != nil {
 			return 0, err
 		}
-		v.mu.Lock()
-		defer v.mu.Unlock()
+		// Migrations share the view lock: each is one task's, the
+		// kernel serialises the moves themselves, and what they must not
+		// meet (a leaf made or folded, a cgroup made or removed) holds
+		// the lock alone.
+		v.mu.RLock()
+		defer v.mu.RUnlock()
 		if err := v.migrateLocked(f, m, n); err != nil {
 			return 0, err
 		}
@@ -111,7 +115,11 @@ var (
 // written from inside the namespace, where the kernel resolves it again:
 // a reused id can only ever be another task of that namespace. If the
 // pinned task died before the kernel moved it and another took its id in
-// that window, the other is put back where it was born.
+// that window, the other is put back where it was born. It runs with
+// the view lock shared: other migrations run beside it (a task that
+// took a dead task's id and was moved into the same cgroup by another
+// writer at that very moment would be put back too: one of the
+// container's own tasks, in a cgroup of its own).
 func (v *View) migrateLocked(f *File, m pidns.Mover, n int) error {
 	pin, err := m.Pin(n)
 	if err != nil {

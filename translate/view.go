@@ -53,8 +53,9 @@ type View struct {
 	// cgroup.event_control writer's control file must be one of it.
 	dev atomic.Uint64
 
-	// mu is the view lock (see the package doc).
-	mu sync.Mutex
+	// mu is the view lock (see the package doc): migrations share it,
+	// everything else that changes the tree holds it alone.
+	mu sync.RWMutex
 }
 
 // Config is what a view serves and how.
