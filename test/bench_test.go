@@ -1,8 +1,11 @@
 package test
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -133,4 +136,47 @@ func BenchmarkEventRelay(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkConcurrentSelfMigrations: 100 processes released at once,
+// each moving itself into one cgroup (the kernel selftests' test_kill
+// and test_freezer "simple" cases), natively in a host cgroup and
+// inside cgfs run through its view, from the container's pid namespace.
+// Reported per storm and per move.
+func BenchmarkConcurrentSelfMigrations(b *testing.B) {
+	requireRoot(b)
+	l := detectLane(b)
+	const children = 100
+	report := func(b *testing.B, out []byte) {
+		var ns float64
+		if _, err := fmt.Sscanf(lastLine(string(out)), "storm %g", &ns); err != nil {
+			b.Fatalf("the storm said: %s", out)
+		}
+		b.ReportMetric(ns/float64(b.N), "ns/storm")
+		b.ReportMetric(ns/float64(b.N*children), "ns/move")
+		b.ReportMetric(0, "ns/op")
+	}
+	b.Run("native", func(b *testing.B) {
+		dir := newCgroup(b, l)
+		cmd := exec.Command("/proc/self/exe", "migratestorm", dir, strconv.Itoa(children), strconv.Itoa(b.N))
+		cmd.Env = append(os.Environ(), helperEnv+"=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			b.Fatalf("%v: %s", err, out)
+		}
+		report(b, out)
+	})
+	b.Run("cgfs-run", func(b *testing.B) {
+		v2 := "/sys/fs/cgroup"
+		if len(l.v1) > 0 {
+			v2 = "/sys/fs/cgroup/unified"
+		}
+		script := fmt.Sprintf("mkdir %[1]s/storm && exec env %[2]s=1 %[3]s migratestorm %[1]s/storm %[4]d %[5]d", v2, helperEnv, helperBin, children, b.N)
+		cmd := exec.Command(cgfsBin, "run", "--parent", runParent(b), "--pids", "1000", "--", "sh", "-c", script)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			b.Fatalf("cgfs run: %v: %s", err, out)
+		}
+		report(b, out)
+	})
 }

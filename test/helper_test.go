@@ -77,6 +77,9 @@ func helperMain(args []string) int {
 	if op == "holdopen" && len(args) == 3 {
 		return holdOpen(path, args[2])
 	}
+	if op == "migratestorm" && len(args) == 4 {
+		return migrateStorm(path, args[2], args[3])
+	}
 	if op == "oomwatch" && len(args) == 3 {
 		return oomWatch(args[1], args[2])
 	}
@@ -527,4 +530,61 @@ func execCmd(cmd []string) error {
 		err = syscall.Exec(path, cmd, os.Environ())
 	}
 	return err
+}
+
+// migrateStorm runs ROUNDS rounds in each of which N shells, started
+// and waiting, are let go at once and each writes its own pid ("0") to
+// DIR/cgroup.procs, as the kernel selftests' 100-children cases do; it
+// prints "storm NS" with the nanoseconds from the release to the last
+// shell's end, summed over the rounds.
+func migrateStorm(dir, count, rounds string) int {
+	n, _ := strconv.Atoi(count)
+	r, _ := strconv.Atoi(rounds)
+	procs := filepath.Join(dir, "cgroup.procs")
+	var total time.Duration
+	for range r {
+		readyR, readyW, err := os.Pipe()
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		goR, goW, err := os.Pipe()
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		cmds := make([]*exec.Cmd, n)
+		for i := range cmds {
+			c := exec.Command("sh", "-c", `echo r >&3; read x; echo 0 > "$1"`, "sh", procs)
+			c.Stdin, c.ExtraFiles, c.Stderr = goR, []*os.File{readyW}, os.Stderr
+			if err := c.Start(); err != nil {
+				fmt.Println(err)
+				return 1
+			}
+			cmds[i] = c
+		}
+		readyW.Close()
+		goR.Close()
+		// Every shell has said it is ready: each is at its read.
+		if got, _ := io.ReadFull(readyR, make([]byte, 2*n)); got != 2*n {
+			fmt.Println("shells not ready:", got/2)
+			return 1
+		}
+		t0 := time.Now()
+		goW.Close()
+		failed := 0
+		for _, c := range cmds {
+			if c.Wait() != nil {
+				failed++
+			}
+		}
+		total += time.Since(t0)
+		readyR.Close()
+		if failed > 0 {
+			fmt.Println(failed, "shells failed to move themselves")
+			return 1
+		}
+	}
+	fmt.Println("storm", total.Nanoseconds())
+	return 0
 }
