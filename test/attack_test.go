@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -42,9 +43,15 @@ func TestLogFloodIsBounded(t *testing.T) {
 	if bound := 100 + int(elapsed.Seconds()*2) + 2; lines > bound {
 		t.Errorf("%d refusals in %v wrote %d log lines, want at most %d", n, elapsed.Round(time.Millisecond), lines, bound)
 	}
-	time.Sleep(time.Second) // a token comes back
-	c.expect(t, "EINVAL", "write", cg+"/child/cgroup.procs", "y")
-	s.waitLog(t, "suppressed=")
+	// Tokens come back with time (2 a second): refused again until a
+	// line is written, it says how many were left out.
+	leftOut := regexp.MustCompile(`msg=refused .*suppressed=[1-9]`)
+	for deadline := time.Now().Add(10 * time.Second); !leftOut.MatchString(s.log.String()); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line says how many refusals were left out, 10 s after the flood:\n%s", s.log.String())
+		}
+		c.expect(t, "EINVAL", "write", cg+"/child/cgroup.procs", "y")
+	}
 	c.expect(t, "OK", "mkdir", cg+"/still-served")
 }
 

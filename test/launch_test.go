@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -425,29 +426,46 @@ func TestRunPassesSignalsAndSurvivesKill(t *testing.T) {
 		t.Errorf("cgfs run after SIGTERM: %v, want the command's exit status 42", err)
 	}
 
-	// An init that ignores SIGTERM (sleep as PID 1): the second one kills.
-	run = exec.Command(cgfsBin, "run", "--name", "deaf", "--parent", parent, "--", "sleep", "1000")
-	run.Stdout, run.Stderr = os.Stderr, os.Stderr
+	// An init that does not stop on SIGTERM (a shell whose trap only
+	// says so, as PID 1): the second one kills. The second is sent once
+	// the init has said the first reached it: two sent at once may
+	// arrive as one (a signal is pending once).
+	run = exec.Command(cgfsBin, "run", "--name", "deaf", "--parent", parent, "--",
+		"sh", "-c", `trap "echo term" TERM; echo ready; while :; do sleep 1; done`)
+	run.Stderr = os.Stderr
+	said, err := run.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := run.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitExec(t, nil, "deaf", "echo up", "up")
-	for range 2 {
-		if err := run.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
+	lines := bufio.NewScanner(said)
+	expectLine := func(want string) {
+		t.Helper()
+		if !lines.Scan() || lines.Text() != want {
+			_ = run.Process.Kill()
+			t.Fatalf("the deaf init said %q (%v), want %q", lines.Text(), lines.Err(), want)
 		}
-		time.Sleep(200 * time.Millisecond)
+	}
+	expectLine("ready")
+	if err := run.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	expectLine("term")
+	if err := run.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- run.Wait() }()
 	select {
 	case err := <-exited:
 		if err == nil || err.(*exec.ExitError).ExitCode() != 137 {
-			t.Errorf("cgfs run -- sleep after two SIGTERMs: %v, want 137", err)
+			t.Errorf("cgfs run of a deaf init after two SIGTERMs: %v, want 137", err)
 		}
 	case <-time.After(20 * time.Second):
 		_ = run.Process.Kill()
-		t.Fatalf("cgfs run -- sleep did not end after two SIGTERMs")
+		t.Fatalf("cgfs run of a deaf init did not end after two SIGTERMs")
 	}
 
 	run = startRun(t, nil, "--name", "kill", "--parent", parent)
