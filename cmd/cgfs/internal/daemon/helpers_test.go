@@ -1,0 +1,282 @@
+package daemon
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/cgroups"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
+	"github.com/cgfs/cgfs/metrics"
+	"github.com/cgfs/cgfs/proc"
+	"github.com/cgfs/cgfs/translate/host"
+	"github.com/cgfs/cgfs/translate/layout"
+)
+
+// The daemon's tests serve real views (FUSE mounts, made detached, never
+// attached anywhere) of cgroup v2 directories they make below the
+// host's cgroup2 root (cgfs-test-daemon-*), owned by sleep processes of
+// their own: they need host root.
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("CI=true: the daemon's tests need root (real FUSE mounts and cgroups)")
+	}
+	t.Skip("the daemon's tests need root (real FUSE mounts and cgroups)")
+}
+
+// testLog is a daemon's log, kept for the test (goroutines may log after
+// it ended) and shown when it fails.
+type testLog struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *testLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *testLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// count is how many lines say s.
+func (l *testLog) count(s string) int { return strings.Count(l.String(), s) }
+
+func newLog(t *testing.T) (*testLog, *slog.Logger) {
+	l := &testLog{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the daemon's log:\n%s", l.String())
+		}
+	})
+	return l, slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// fixture is one daemon of a test and what its views are made of.
+type fixture struct {
+	t     *testing.T
+	d     *Daemon
+	log   *testLog
+	procs *proc.Procs
+	reg   *prometheus.Registry
+	v2    string // the host's cgroup2 mount point
+}
+
+var cgroupSeq atomic.Int32
+
+// newFixture starts a daemon (bounds b) that serves nothing yet; it is
+// closed when the test ends, and every view it served is waited for.
+func newFixture(t *testing.T, b serve.Bounds) *fixture {
+	t.Helper()
+	needRoot(t)
+	procs, err := proc.Open("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { procs.Close() })
+	l, err := layout.Discover(procs)
+	if err != nil {
+		t.Skipf("no cgroup hierarchies: %v", err)
+	}
+	fx := &fixture{t: t, procs: procs, reg: prometheus.NewRegistry()}
+	for _, h := range l.Hierarchies {
+		if !h.V1 && h.Root == "/" {
+			fx.v2 = h.MountPoint
+		}
+	}
+	if fx.v2 == "" {
+		t.Skip("the host mounts no cgroup2 hierarchy at its root")
+	}
+	w, err := host.NewWatcher()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log *slog.Logger
+	fx.log, log = newLog(t)
+	fx.d = New(procs, metrics.New(fx.reg), w, b, log)
+	t.Cleanup(func() {
+		fx.closeAndWait()
+		w.Close()
+	})
+	return fx
+}
+
+// closeAndWait closes the daemon and waits until every view it served
+// is dropped.
+func (fx *fixture) closeAndWait() {
+	fx.t.Helper()
+	d := fx.d
+	d.mu.Lock()
+	var all []*served
+	for _, s := range d.views {
+		all = append(all, s)
+	}
+	d.mu.Unlock()
+	d.Close()
+	for _, s := range all {
+		if s.mounted == nil {
+			continue
+		}
+		select {
+		case <-s.dropped:
+		case <-s.mounted.Done():
+			// A drained view's connection lives on for the next server:
+			// it is never dropped here.
+		case <-time.After(20 * time.Second):
+			fx.t.Errorf("view %s not dropped 20 s after Close", s.req.Name)
+		}
+	}
+}
+
+// cgroup makes a cgroup v2 directory of the test's below the host's
+// cgroup2 root; it is removed (what is in it killed) when the test ends.
+func (fx *fixture) cgroup() string {
+	fx.t.Helper()
+	dir := filepath.Join(fx.v2, fmt.Sprintf("cgfs-test-daemon-%d-%d", os.Getpid(), cgroupSeq.Add(1)))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		fx.t.Fatal(err)
+	}
+	fx.t.Cleanup(func() {
+		if err := cgroups.RemoveTree(dir); err != nil {
+			fx.t.Errorf("removing %s: %v", dir, err)
+		}
+	})
+	return dir
+}
+
+// owner starts a process to own views (a container's, as the daemon
+// sees it); it is killed when the test ends, or by kill.
+type owner struct {
+	cmd  *exec.Cmd
+	once sync.Once
+}
+
+func (fx *fixture) owner() *owner {
+	fx.t.Helper()
+	o := &owner{cmd: exec.Command("sleep", "3600")}
+	if err := o.cmd.Start(); err != nil {
+		fx.t.Fatal(err)
+	}
+	fx.t.Cleanup(o.kill)
+	return o
+}
+
+func (o *owner) pid() int { return o.cmd.Process.Pid }
+
+// kill ends the owner and reaps it.
+func (o *owner) kill() {
+	o.once.Do(func() {
+		_ = o.cmd.Process.Kill()
+		_ = o.cmd.Wait()
+	})
+}
+
+// attach asks the daemon for a view called name of dir, owned by pid, as
+// the control socket's handler does.
+func (fx *fixture) attach(name string, pid int, dir string) (control.Answer, *os.File) {
+	return fx.d.Handle(control.Request{Op: "attach", Name: name, Owner: pid, Cgroup: dir}, 0)
+}
+
+// mustAttach is attach that fails the test unless a view came.
+func (fx *fixture) mustAttach(name string, pid int, dir string) *os.File {
+	fx.t.Helper()
+	a, f := fx.attach(name, pid, dir)
+	if a.Error != "" || f == nil {
+		fx.t.Fatalf("attach %s: answer %+v, mount %v", name, a, f)
+	}
+	fx.t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// served is the view served as name now (nil: none).
+func (fx *fixture) served(name string) *served {
+	fx.d.mu.Lock()
+	defer fx.d.mu.Unlock()
+	return fx.d.views[name]
+}
+
+// waitDropped waits for s to be dropped.
+func (fx *fixture) waitDropped(s *served, why string) {
+	fx.t.Helper()
+	select {
+	case <-s.dropped:
+	case <-time.After(20 * time.Second):
+		fx.t.Fatalf("view %s not dropped 20 s after %s", s.req.Name, why)
+	}
+}
+
+// listed are the names the daemon lists.
+func (fx *fixture) listed() []string {
+	var out []string
+	for _, v := range fx.d.List() {
+		out = append(out, v.Name)
+	}
+	return out
+}
+
+// gauge is the value of an unlabelled metric the daemon's registry
+// gathers now (-1: absent).
+func (fx *fixture) gauge(name string) float64 {
+	fx.t.Helper()
+	mfs, err := fx.reg.Gather()
+	if err != nil {
+		fx.t.Fatalf("gathering the daemon's metrics: %v", err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.Metric) == 1 {
+			if g := mf.Metric[0].GetGauge(); g != nil {
+				return g.GetValue()
+			}
+		}
+	}
+	return -1
+}
+
+// readAt reads file name of the view whose (detached) mount is mnt, with
+// plain syscalls: this process serves the mount, and Go's poller must
+// not hold its descriptors (see fs's tests).
+func readAt(mnt *os.File, name string) (string, error) {
+	fd, err := unix.Openat(int(mnt.Fd()), name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(fd)
+	var out []byte
+	buf := make([]byte, 4096)
+	for {
+		n, err := unix.Read(fd, buf)
+		if err != nil {
+			return "", err
+		}
+		if n == 0 {
+			return string(out), nil
+		}
+		out = append(out, buf[:n]...)
+	}
+}
+
+// isGone tells whether err is what a container sees of a view no longer
+// served: its FUSE connection ended.
+func isGone(err error) bool { return errors.Is(err, unix.ENOTCONN) }
