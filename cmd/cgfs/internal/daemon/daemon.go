@@ -313,13 +313,18 @@ func (d *Daemon) attach(req control.Request) (*os.File, *served, error) {
 		views.Close()
 		return nil, nil, err
 	}
+	// The mount is the asker's before the view is listed: from then on a
+	// detach (or the container's end, or Close) may stop it, which must
+	// not close what the asker is handed.
+	f := mounted.Take()
 	if err := d.run(req.Name, s); err != nil {
+		f.Close()
 		mounted.Stop()
 		views.Close()
 		return nil, nil, err
 	}
 	d.log.Info("attached", "view", req.Name, "owner", req.Owner)
-	return mounted.Take(), s, nil
+	return f, s, nil
 }
 
 // agentStats is how many notifications the daemon's agents handled.

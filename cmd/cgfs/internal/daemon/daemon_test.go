@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
@@ -59,6 +61,52 @@ func TestAttachOneNameOnce(t *testing.T) {
 	}
 	if got := fx.gauge("cgfs_views"); got != 1 {
 		t.Errorf("cgfs_views = %v, want 1", got)
+	}
+}
+
+// TestDetachRacingAttach: a detach that comes while the view is being
+// attached (the moment it is listed) stops it: the asker that was given
+// the mount sees the connection gone (ENOTCONN, never a closed or stray
+// descriptor), the daemon lists it no more, and the name is free again.
+func TestDetachRacingAttach(t *testing.T) {
+	fx := newFixture(t, serve.Bounds{})
+	dir, o := fx.cgroup(), fx.owner()
+	for i := range 8 {
+		name := fmt.Sprintf("race%d", i)
+		detached := make(chan bool, 1)
+		go func() {
+			// As soon as the view is listed, detach it.
+			deadline := time.Now().Add(20 * time.Second)
+			for time.Now().Before(deadline) {
+				if fx.d.Detach(name) {
+					detached <- true
+					return
+				}
+				runtime.Gosched()
+			}
+			detached <- false
+		}()
+		a, f := fx.attach(name, o.pid(), dir)
+		if a.Error != "" || f == nil {
+			t.Fatalf("attach %s: answer %+v, mount %v", name, a, f)
+		}
+		if !<-detached {
+			f.Close()
+			t.Fatalf("%s never listed for a detach", name)
+		}
+		// Detach returned once the view was dropped.
+		if slices.Contains(fx.listed(), name) {
+			t.Errorf("%s still listed after its detach", name)
+		}
+		if _, err := readAt(f, "cgroup.procs"); !isGone(err) {
+			t.Errorf("%s: reading through the mount after the detach: %v, want ENOTCONN", name, err)
+		}
+		f.Close()
+	}
+	// The names are free again.
+	f := fx.mustAttach("race0", o.pid(), dir)
+	if _, err := readAt(f, "cgroup.procs"); err != nil {
+		t.Errorf("a view attached again under a detached one's name: %v", err)
 	}
 }
 

@@ -912,13 +912,15 @@ func (d *Daemon) userAttach(u *userState, who users.Who, name string) (*os.File,
 		views.Close()
 		return nil, nil, refuseUser("user-proof", "the container's init is gone")
 	}
+	f := mounted.Take() // before it is listed, as attach does
 	if err := d.run(key, s); err != nil {
+		f.Close()
 		mounted.Stop()
 		views.Close()
 		return nil, nil, err
 	}
 	d.userInfo(u, who.Uid, "attached", "view", key, "owner", init)
-	return mounted.Take(), s, nil
+	return f, s, nil
 }
 
 // hierarchyDirs are cg's cgroups by the name of their hierarchy in the
