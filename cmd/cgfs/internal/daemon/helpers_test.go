@@ -2,12 +2,15 @@ package daemon
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +22,7 @@ import (
 
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/cgroups"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/keeper"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
 	"github.com/cgfs/cgfs/metrics"
 	"github.com/cgfs/cgfs/proc"
@@ -134,16 +138,16 @@ func (fx *fixture) closeAndWait() {
 		all = append(all, s)
 	}
 	d.mu.Unlock()
+	d.mu.Lock()
+	handing := d.handing
+	d.mu.Unlock()
 	d.Close()
+	if handing {
+		return // its views' connections live on in the next server
+	}
 	for _, s := range all {
-		if s.mounted == nil {
-			continue
-		}
 		select {
 		case <-s.dropped:
-		case <-s.mounted.Done():
-			// A drained view's connection lives on for the next server:
-			// it is never dropped here.
 		case <-time.After(20 * time.Second):
 			fx.t.Errorf("view %s not dropped 20 s after Close", s.req.Name)
 		}
@@ -280,3 +284,110 @@ func readAt(mnt *os.File, name string) (string, error) {
 // isGone tells whether err is what a container sees of a view no longer
 // served: its FUSE connection ended.
 func isGone(err error) bool { return errors.Is(err, unix.ENOTCONN) }
+
+// keeperLink is a link such as a keeper makes for its server: the
+// keeper's end (the test's) and the server's (the daemon's).
+func keeperLink(t *testing.T) (keeperEnd, serverEnd *keeper.Link) {
+	t.Helper()
+	mine, theirs, err := keeper.Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mine.Close() })
+	// The server's end comes as a keeper hands it to its child: a
+	// descriptor named by CGFS_KEEPER.
+	fd, err := unix.FcntlInt(theirs.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	theirs.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(keeper.Env, strconv.Itoa(fd))
+	l, err := keeper.Dial()
+	if err != nil || l == nil {
+		t.Fatalf("the server's end of the link: %v", err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return mine, l
+}
+
+// fakeKeeper is the test as a daemon's keeper: it reads every message
+// the daemon sends it.
+type fakeKeeper struct {
+	t    *testing.T
+	link *keeper.Link
+	msgs chan keeper.Msg
+}
+
+// takeUp starts fx's daemon under a keeper played by the test: the
+// daemon is given items (wait: for an upgrade, told go with states once
+// it is ready) and returns once it serves.
+func (fx *fixture) takeUp(wait bool, states map[string]json.RawMessage, items ...keeper.Msg) *fakeKeeper {
+	fx.t.Helper()
+	mine, theirs := keeperLink(fx.t)
+	k := &fakeKeeper{t: fx.t, link: mine, msgs: make(chan keeper.Msg, 256)}
+	go func() {
+		defer close(k.msgs)
+		for {
+			m, err := mine.Recv()
+			if err != nil {
+				return
+			}
+			k.msgs <- m
+		}
+	}()
+	done := make(chan error, 1)
+	go func() { done <- fx.d.TakeUp(theirs) }()
+	for _, it := range items {
+		it.Op = "item"
+		k.send(it)
+	}
+	k.send(keeper.Msg{Op: "end", Wait: wait})
+	if wait {
+		k.next("ready")
+		k.send(keeper.Msg{Op: "go", States: states})
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			fx.t.Fatalf("TakeUp: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		fx.t.Fatal("TakeUp did not return in 20 s")
+	}
+	k.next("serving")
+	return k
+}
+
+func (k *fakeKeeper) send(m keeper.Msg) {
+	k.t.Helper()
+	if err := k.link.Send(m); err != nil {
+		k.t.Fatalf("the keeper sending %s: %v", m.Op, err)
+	}
+}
+
+// next is the daemon's next message of op (one of ops); those before it
+// are passed over, their descriptors closed.
+func (k *fakeKeeper) next(ops ...string) keeper.Msg {
+	k.t.Helper()
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case m, ok := <-k.msgs:
+			if !ok {
+				k.t.Fatalf("the link ended before the daemon sent %v", ops)
+			}
+			if slices.Contains(ops, m.Op) {
+				return m
+			}
+			closeFiles(m.Files)
+		case <-deadline:
+			k.t.Fatalf("the daemon sent its keeper no %v in 20 s", ops)
+		}
+	}
+}
+
+func closeFiles(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
+}
