@@ -182,7 +182,7 @@ func (d *Daemon) run(name string, s *served) error {
 			delete(d.views, name)
 		}
 		d.mu.Unlock()
-		d.unkeep(name)
+		d.unkeep(viewItem(name))
 		s.nested.Close()
 		s.views.Close()
 		d.log.Info("dropped", "view", name)

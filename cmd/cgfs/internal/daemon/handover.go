@@ -39,6 +39,9 @@ type agentState struct {
 	Container string `json:"container"`
 }
 
+// viewItem is the name the keeper holds view name by.
+func viewItem(name string) string { return "view:" + name }
+
 func (s *served) state() viewState {
 	return viewState{Req: s.req, OwnerStart: s.ownerStart, Dirs: s.views.Dirs(), Handover: s.mounted.Handover()}
 }
@@ -57,7 +60,7 @@ func (d *Daemon) keepView(name string, s *served) {
 	if root != nil {
 		files = append(files, root)
 	}
-	d.send(keeper.Msg{Op: "keep", Name: "view:" + name, Kind: "view", State: mustJSON(s.state()), Files: files})
+	d.send(keeper.Msg{Op: "keep", Name: viewItem(name), Kind: "view", State: mustJSON(s.state()), Files: files})
 	for _, f := range files {
 		f.Close()
 	}
@@ -383,7 +386,7 @@ func (d *Daemon) drain() map[string]json.RawMessage {
 			st := s.state()
 			st.Leaves = s.views.Leaves()
 			mu.Lock()
-			states["view:"+name] = mustJSON(st)
+			states[viewItem(name)] = mustJSON(st)
 			mu.Unlock()
 		}()
 	}

@@ -20,6 +20,43 @@ import (
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
 )
 
+// TestKeeperLetsGoOfDroppedViews: under a keeper, every view attached is
+// given to the keeper (its connection and its state), and let go once
+// the view is dropped, detached or its container ended: the keeper holds
+// no connection of a view no server serves.
+func TestKeeperLetsGoOfDroppedViews(t *testing.T) {
+	fx := newFixture(t, serve.Bounds{})
+	k := fx.takeUp(false, nil)
+	dir := fx.cgroup()
+	for _, end := range []string{"detach", "container"} {
+		o := fx.owner()
+		mnt := fx.mustAttach(end, o.pid(), dir)
+		m := k.next("keep")
+		closeFiles(m.Files)
+		var st viewState
+		if err := json.Unmarshal(m.State, &st); err != nil {
+			t.Fatal(err)
+		}
+		if m.Name != viewItem(end) || m.Kind != "view" || len(m.Files) == 0 || st.Req.Name != end || st.Req.Owner != o.pid() || st.OwnerStart == 0 {
+			t.Errorf("the keeper was given %s (%s, %d files, state %+v); want %s with its connection, owner %d and its start",
+				m.Name, m.Kind, len(m.Files), st, viewItem(end), o.pid())
+		}
+		if end == "detach" {
+			if !fx.d.Detach(end) {
+				t.Fatalf("detach %s: no such view", end)
+			}
+		} else {
+			s := fx.served(end)
+			o.kill()
+			mnt.Close()
+			fx.waitDropped(s, "its container ended")
+		}
+		if m := k.next("drop"); m.Name != viewItem(end) {
+			t.Errorf("after the %s the keeper was told to drop %q, want %s", end, m.Name, viewItem(end))
+		}
+	}
+}
+
 // TestDrainWaitsForRequestsUnderWay: a drain for the next server lets
 // the attaches under way end first and gives the keeper each of their
 // views with its last state; every request that changes what is served
@@ -70,10 +107,10 @@ func TestDrainWaitsForRequestsUnderWay(t *testing.T) {
 	wg.Wait()
 	t.Logf("during the drain: %d attached, %d asked to retry", len(attached), retried)
 	for name := range attached {
-		if !kept["view:"+name] {
+		if !kept[viewItem(name)] {
 			t.Errorf("%s was attached during the drain but not given to the keeper before it drained", name)
 		}
-		if _, ok := drained.States["view:"+name]; !ok {
+		if _, ok := drained.States[viewItem(name)]; !ok {
 			t.Errorf("%s was attached during the drain but has no last state in drained", name)
 		}
 	}
