@@ -627,6 +627,9 @@ func notifyWithFd(state string, fd int) error {
 // serveAgent answers a seccomp listener of container name's processes
 // (a keeper keeps a copy).
 func (d *Daemon) serveAgent(listener *os.File, name string) *agent.Agent {
+	// The keeper's copy first: once served, the listener is the agent's,
+	// which closes it as soon as its filter has no task left.
+	keptAs := d.keepAgent(listener, name)
 	cfg := d.agentCfg
 	cfg.Mounter = d.mounterFor(name)
 	a := agent.Serve(listener, cfg)
@@ -634,7 +637,6 @@ func (d *Daemon) serveAgent(listener *os.File, name string) *agent.Agent {
 	d.agents = append(d.agents, a)
 	d.mu.Unlock()
 	d.log.Debug("agent", "container", name)
-	keptAs := d.keepAgent(listener, name)
 	go func() { // dropped once its filter has no task left
 		<-a.Done()
 		d.mu.Lock()

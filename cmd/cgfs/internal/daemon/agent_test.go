@@ -1,0 +1,69 @@
+package daemon
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
+)
+
+// deadListener stands in for the seccomp listener of a container whose
+// every task is gone: a pipe with no writer, which polls as hung up, so
+// the agent serving it ends at once (as agent.Serve's does when no task
+// uses the filter any more).
+func deadListener(t *testing.T) *os.File {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	return r
+}
+
+// TestKeeperHoldsSeccompListeners: under a keeper, each seccomp listener
+// the daemon answers is given to the keeper, and let go once its filter
+// has no task left, even when that is at once: the listener the agent
+// closes is never the one being handed over.
+func TestKeeperHoldsSeccompListeners(t *testing.T) {
+	fx := newFixture(t, serve.Bounds{})
+	k := fx.takeUp(false, nil)
+	fx.mustAttach("c", fx.owner().pid(), fx.cgroup())
+	closeFiles(k.next("keep").Files)
+	fx.serveSeccomp()
+	for range 4 {
+		if a, _ := fx.d.Handle(control.Request{Op: "agent", Name: "c", File: deadListener(t)}, 0); a.Error != "" {
+			t.Fatalf("agent: %+v", a)
+		}
+		m := k.next("keep")
+		closeFiles(m.Files)
+		if !strings.HasPrefix(m.Name, "agent:c:") || m.Kind != "agent" || len(m.Files) != 1 {
+			t.Errorf("the keeper was given %s (%s, %d files), want agent:c:N with the listener", m.Name, m.Kind, len(m.Files))
+		}
+		if d := k.next("drop"); d.Name != m.Name {
+			t.Errorf("once the listener's filter had no task the keeper was told to drop %q, want %q", d.Name, m.Name)
+		}
+	}
+	if n := fx.d.agentStats(); n != 0 {
+		t.Errorf("%d notifications handled, want none", n)
+	}
+}
+
+// serveSeccomp serves the daemon's seccomp socket (in a directory of
+// the test's), which the agent request needs.
+func (fx *fixture) serveSeccomp() string {
+	fx.t.Helper()
+	path := filepath.Join(fx.t.TempDir(), "seccomp.sock")
+	ln, err := control.Listen("unix", path)
+	if err != nil {
+		fx.t.Fatal(err)
+	}
+	fx.t.Cleanup(func() { ln.Close() })
+	if err := fx.d.ServeSeccomp(ln); err != nil {
+		fx.t.Fatal(err)
+	}
+	return path
+}
