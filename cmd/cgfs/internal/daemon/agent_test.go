@@ -52,6 +52,36 @@ func TestKeeperHoldsSeccompListeners(t *testing.T) {
 	}
 }
 
+// TestAgentWhileSeccompStarts: the agent request may come while the
+// daemon starts serving its seccomp socket (its control socket answers
+// already): it is refused until the socket is served, then served with
+// the daemon's answers.
+func TestAgentWhileSeccompStarts(t *testing.T) {
+	fx := newFixture(t, serve.Bounds{})
+	fx.mustAttach("c", fx.owner().pid(), fx.cgroup())
+	started := make(chan struct{})
+	go func() {
+		defer close(started)
+		fx.serveSeccomp()
+	}()
+	for {
+		a, _ := fx.d.Handle(control.Request{Op: "agent", Name: "c", File: deadListener(t)}, 0)
+		if a.Error == "" {
+			break
+		}
+		if !a.Usage || !strings.Contains(a.Error, "seccomp listener") {
+			t.Fatalf("agent before the seccomp socket is served: %+v, want a usage error", a)
+		}
+	}
+	<-started
+	fx.d.mu.Lock()
+	magic := fx.d.agentCfg.Magic
+	fx.d.mu.Unlock()
+	if magic == nil {
+		t.Error("the daemon's agents answer statfs of no view")
+	}
+}
+
 // serveSeccomp serves the daemon's seccomp socket (in a directory of
 // the test's), which the agent request needs.
 func (fx *fixture) serveSeccomp() string {

@@ -42,7 +42,8 @@ type Daemon struct {
 	log     *slog.Logger
 
 	// set is every view's device, for the statfs answers of the
-	// seccomp agents the daemon serves (OCI runtimes' listeners).
+	// seccomp agents the daemon serves (OCI runtimes' listeners); set,
+	// mounts and agentCfg are set once, by ServeSeccomp, under mu.
 	set    *mimic.Set
 	mounts []mimic.Mount // the host's layout, as the kernel mounts it
 
@@ -50,7 +51,7 @@ type Daemon struct {
 	// view and its nested views together).
 	bounds serve.Bounds
 
-	agentCfg agent.Config // set with set; Mounter per container (mounterFor)
+	agentCfg agent.Config // Mounter per container (mounterFor)
 
 	mu     sync.Mutex
 	views  map[string]*served
@@ -411,8 +412,10 @@ func (d *Daemon) ServeSeccomp(ln *net.UnixListener) error {
 	for _, s := range d.views {
 		d.set.Add(s.mounted.Dev())
 	}
-	d.mu.Unlock()
+	// With the set, at once: the control socket answers already, and an
+	// agent request that finds the set must find its answers.
 	d.agentCfg = agent.Config{Magic: d.set.Magic, Log: d.log}
+	d.mu.Unlock()
 	go control.AcceptEach(ln, d.takeListener)
 	return nil
 }
@@ -423,7 +426,9 @@ func (d *Daemon) ServeSeccomp(ln *net.UnixListener) error {
 // whose init an LXC monitor names (Caller.Init). A caller of no container
 // the daemon serves is left to the kernel.
 func (d *Daemon) mounterFor(name string) agent.Mounter {
+	d.mu.Lock()
 	n := &mimic.Nester{Ident: d.ident, Set: d.set, Mounts: d.mounts, Log: d.log}
+	d.mu.Unlock()
 	n.Serve = func(c agent.Caller) (*os.File, error) {
 		d.mu.Lock()
 		s := d.views[name]
@@ -449,10 +454,12 @@ func (d *Daemon) mounterFor(name string) agent.Mounter {
 // forwards its notifications): with the same answers as ServeSeccomp's,
 // which must have been called first.
 func (d *Daemon) ServeLXCProxy(ln *net.UnixListener) (io.Closer, error) {
-	if d.set == nil {
+	d.mu.Lock()
+	ready, cfg := d.set != nil, d.agentCfg
+	d.mu.Unlock()
+	if !ready {
 		return nil, errors.New("the LXC proxy needs the seccomp socket served first")
 	}
-	cfg := d.agentCfg
 	cfg.Mounter = d.mounterFor("")
 	p, err := agent.ServeLXCProxy(ln, cfg)
 	if err != nil {
@@ -630,7 +637,9 @@ func (d *Daemon) serveAgent(listener *os.File, name string) *agent.Agent {
 	// The keeper's copy first: once served, the listener is the agent's,
 	// which closes it as soon as its filter has no task left.
 	keptAs := d.keepAgent(listener, name)
+	d.mu.Lock()
 	cfg := d.agentCfg
+	d.mu.Unlock()
 	cfg.Mounter = d.mounterFor(name)
 	a := agent.Serve(listener, cfg)
 	d.mu.Lock()
