@@ -1,10 +1,14 @@
 package daemon
 
 import (
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
@@ -96,4 +100,56 @@ func (fx *fixture) serveSeccomp() string {
 		fx.t.Fatal(err)
 	}
 	return path
+}
+
+// TestSeccompSocketTakesRuncListeners: runc's message at the seccomp
+// socket (its state and the listener, named seccompFd) has the listener
+// answered (and kept); a message without it is refused and nothing is
+// kept of it.
+func TestSeccompSocketTakesRuncListeners(t *testing.T) {
+	fx := newFixture(t, serve.Bounds{})
+	k := fx.takeUp(false, nil)
+	path := fx.serveSeccomp()
+	send := func(state string, fds ...*os.File) {
+		t.Helper()
+		c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		var rights []byte
+		if len(fds) > 0 {
+			var ns []int
+			for _, f := range fds {
+				ns = append(ns, int(f.Fd()))
+				defer f.Close()
+			}
+			rights = unix.UnixRights(ns...)
+		}
+		if _, _, err := c.WriteMsgUnix([]byte(state), rights, nil); err != nil {
+			t.Fatal(err)
+		}
+		// The daemon closes the connection once it took the message.
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("after the message: %v, want the daemon to end the connection", err)
+		}
+	}
+	send(`{"fds":["seccompFd"],"pid":1,"state":{"id":"c"}}`)                                           // no descriptor
+	send(`{"fds":["other"],"pid":1,"state":{"id":"c"}}`, deadListener(t))                              // none named seccompFd
+	send(`not json`, deadListener(t))                                                                  // no state
+	send(`{"fds":["other","seccompFd"],"pid":1,"state":{"id":"c"}}`, deadListener(t), deadListener(t)) // the second
+	m := k.next("keep")
+	closeFiles(m.Files)
+	if !strings.HasPrefix(m.Name, "agent:c:") || len(m.Files) != 1 {
+		t.Errorf("the keeper was given %s with %d files, want agent:c:N with the listener", m.Name, len(m.Files))
+	}
+	if d := k.next("drop"); d.Name != m.Name {
+		t.Errorf("the keeper was told to drop %s, want %s", d.Name, m.Name)
+	}
+	if n := fx.log.count("serving a seccomp listener"); n != 1 {
+		t.Errorf("%d listeners served, want 1", n)
+	}
+	if n := fx.log.count("a seccomp listener message without"); n != 3 {
+		t.Errorf("%d messages refused, want 3", n)
+	}
 }
