@@ -538,12 +538,13 @@ func (d *Daemon) userCreate(u *userState, who users.Who, pol users.Policy, name 
 
 // orphanTimer removes c if nobody adopts it in time.
 func (d *Daemon) orphanTimer(u *userState, c *userContainer) {
-	time.AfterFunc(userWait, func() {
+	wait := userWait
+	time.AfterFunc(wait, func() {
 		u.mu.Lock()
 		orphan := c.init == 0
 		u.mu.Unlock()
 		if orphan {
-			d.log.Warn("a user's container was not adopted in time: removed", "uid", c.uid, "name", c.name, "wait", userWait)
+			d.log.Warn("a user's container was not adopted in time: removed", "uid", c.uid, "name", c.name, "wait", wait)
 			d.userRemove(u, c)
 		}
 	})

@@ -1,0 +1,377 @@
+package daemon
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/cgroups"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/users"
+	"github.com/cgfs/cgfs/metrics"
+	"github.com/cgfs/cgfs/proc"
+	"github.com/cgfs/cgfs/translate/layout"
+)
+
+// Users of these tests: uids no passwd entry names (users.Lookup makes
+// their names of their numbers).
+const (
+	testUID      = 4242
+	otherTestUID = 4243
+)
+
+// serveUsers makes fx's daemon serve users with the policy text, their
+// containers below a parent cgroup of the test's (cgfs-test-*), which is
+// removed with whatever is left in it when the test ends.
+func (fx *fixture) serveUsers(policy string) string {
+	fx.t.Helper()
+	pol, err := users.Parse(strings.NewReader(policy))
+	if err != nil {
+		fx.t.Fatal(err)
+	}
+	parent := fmt.Sprintf("cgfs-test-daemon-users-%d-%d", os.Getpid(), cgroupSeq.Add(1))
+	l, err := layout.Discover(fx.procs)
+	if err != nil {
+		fx.t.Fatal(err)
+	}
+	fx.t.Cleanup(func() {
+		for _, h := range l.Hierarchies {
+			dir := filepath.Join(h.MountPoint, parent)
+			if _, err := os.Stat(dir); err == nil {
+				if err := cgroups.RemoveTree(dir); err != nil {
+					fx.t.Errorf("removing %s: %v", dir, err)
+				}
+			}
+		}
+	})
+	fx.d.ServeUsers(UserConfig{Policy: pol, Parent: parent})
+	return parent
+}
+
+// ask is a user's request, as the user socket's handler gets it.
+func (fx *fixture) ask(uid int, req control.Request) control.Answer {
+	a, f := fx.d.HandleUser(req, control.Peer{Uid: uid, Gid: uid})
+	if f != nil {
+		f.Close()
+	}
+	return a
+}
+
+// hostDirs are the host directories of user uid's container name that
+// exist, in every hierarchy.
+func (fx *fixture) hostDirs(parent string, uid int, name string) []string {
+	l, err := layout.Discover(fx.procs)
+	if err != nil {
+		fx.t.Fatal(err)
+	}
+	var out []string
+	for _, h := range l.Hierarchies {
+		dir := filepath.Join(h.MountPoint, parent, fmt.Sprintf("user-%d", uid), name)
+		if _, err := os.Stat(dir); err == nil {
+			out = append(out, dir)
+		}
+	}
+	return out
+}
+
+// userRefusals is cgfs_user_refusals_total{rule} now.
+func (fx *fixture) userRefusals(rule string) float64 {
+	mfs, err := fx.reg.Gather()
+	if err != nil {
+		fx.t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "cgfs_user_refusals_total" {
+			continue
+		}
+		for _, m := range mf.Metric {
+			for _, lp := range m.Label {
+				if lp.GetName() == "rule" && lp.GetValue() == rule {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// TestUserContainersBoundedUnderConcurrentCreates: a user asking for
+// more containers at once than the admin's policy gives it gets exactly
+// as many as it may; the rest are refused by that rule (counted), as is
+// a name asked twice at once; each user sees its own alone; removals
+// asked twice at once remove each container once, and nothing is left
+// on the host.
+func TestUserContainersBoundedUnderConcurrentCreates(t *testing.T) {
+	fx := newFixture(t, serve.Bounds{})
+	parent := fx.serveUsers("* containers=3\n")
+	const asked = 8
+	answers := make(chan control.Answer, 2*asked)
+	var wg sync.WaitGroup
+	for i := range asked {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			answers <- fx.ask(testUID, control.Request{Op: "create", Name: fmt.Sprintf("c%d", i)})
+		}()
+		go func() { // another user asks for one name, again and again
+			defer wg.Done()
+			a := fx.ask(otherTestUID, control.Request{Op: "create", Name: "same"})
+			a.Views = []control.ViewInfo{{Name: "other"}} // marks whose
+			answers <- a
+		}()
+	}
+	wg.Wait()
+	close(answers)
+	made, refused, sameMade, sameTaken := 0, 0, 0, 0
+	for a := range answers {
+		other := len(a.Views) == 1
+		switch {
+		case a.Error == "" && other:
+			sameMade++
+		case a.Error == "":
+			made++
+		case other && a.Usage && strings.Contains(a.Error, "named same already"):
+			sameTaken++
+		case !other && a.Usage && strings.Contains(a.Error, "as many as the admin's policy gives it"):
+			refused++
+		default:
+			t.Errorf("create: %+v", a)
+		}
+	}
+	if made != 3 || refused != asked-3 {
+		t.Errorf("%d containers made and %d refused of %d asked at once, want 3 made (the policy's bound)", made, refused, asked)
+	}
+	if sameMade != 1 || sameTaken != asked-1 {
+		t.Errorf("one name asked %d times at once: made %d times, refused as taken %d times; want once", asked, sameMade, sameTaken)
+	}
+	if got := fx.userRefusals("user-containers"); got != float64(asked-3) {
+		t.Errorf("cgfs_user_refusals_total{rule=user-containers} = %v, want %d", got, asked-3)
+	}
+	mine := fx.ask(testUID, control.Request{Op: "list"}).Views
+	theirs := fx.ask(otherTestUID, control.Request{Op: "list"}).Views
+	if len(mine) != 3 || len(theirs) != 1 || theirs[0].Name != "same" {
+		t.Errorf("the users list %v and %v, want their own: 3 and [same]", mine, theirs)
+	}
+	for _, v := range mine {
+		if dirs := fx.hostDirs(parent, testUID, v.Name); len(dirs) == 0 {
+			t.Errorf("%s has no cgroup on the host", v.Name)
+		}
+		if a := fx.ask(otherTestUID, control.Request{Op: "remove", Name: v.Name}); a.Error != "" {
+			t.Errorf("another user's remove of %s: %+v, want nothing done (it has none)", v.Name, a)
+		}
+	}
+	// Each removed twice at once.
+	for _, v := range append(mine, control.ViewInfo{Name: "same"}) {
+		uid := testUID
+		if v.Name == "same" {
+			uid = otherTestUID
+		}
+		for range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if a := fx.ask(uid, control.Request{Op: "remove", Name: v.Name}); a.Error != "" {
+					t.Errorf("remove %s: %+v", v.Name, a)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	for _, v := range mine {
+		if dirs := fx.hostDirs(parent, testUID, v.Name); len(dirs) != 0 {
+			t.Errorf("%s left on the host: %v", v.Name, dirs)
+		}
+	}
+	if got := fx.ask(testUID, control.Request{Op: "list"}).Views; len(got) != 0 {
+		t.Errorf("listed after every remove: %v", got)
+	}
+	if n := fx.log.count("a user's container is gone"); n != 4 {
+		t.Errorf("%d removals logged, want 4 (each container once)", n)
+	}
+}
+
+// TestUnadoptedContainerRemovedOnce: a container nobody adopts in time
+// is removed by the daemon while its user removes it too: once, with
+// nothing left on the host, its name free again.
+func TestUnadoptedContainerRemovedOnce(t *testing.T) {
+	fx := newFixture(t, serve.Bounds{})
+	parent := fx.serveUsers("")
+	saved := userWait
+	userWait = 0 // the daemon's removal races the user's
+	t.Cleanup(func() { userWait = saved })
+	for i := range 4 {
+		name := fmt.Sprintf("orphan%d", i)
+		if a := fx.ask(testUID, control.Request{Op: "create", Name: name}); a.Error != "" {
+			t.Fatalf("create %s: %+v", name, a)
+		}
+		// The user's remove returns once the container is gone, whoever
+		// removed it (a removal under way is waited for).
+		if a := fx.ask(testUID, control.Request{Op: "remove", Name: name}); a.Error != "" {
+			t.Errorf("remove %s: %+v", name, a)
+		}
+		if dirs := fx.hostDirs(parent, testUID, name); len(dirs) != 0 {
+			t.Errorf("%s left on the host after its remove: %v", name, dirs)
+		}
+	}
+	if n := fx.log.count("a user's container is gone"); n != 4 {
+		t.Errorf("%d removals logged, want 4 (each container once)", n)
+	}
+	if n := fx.log.count("removing a user's container's cgroups"); n != 0 {
+		t.Errorf("%d removals failed", n)
+	}
+	if a := fx.ask(testUID, control.Request{Op: "create", Name: "orphan0"}); a.Error != "" {
+		t.Errorf("create of a removed container's name: %+v", a)
+	}
+}
+
+// TestUserContainerOperations: what a user may do with its container
+// before it has an init: limit it (within the policy: stats says so),
+// freeze and thaw it, read its stats; what needs an init or a view is
+// refused by rule, as are names and values the daemon does not take.
+func TestUserContainerOperations(t *testing.T) {
+	fx := newFixture(t, serve.Bounds{})
+	parent := fx.serveUsers("* pids=100\n")
+	if a := fx.ask(testUID, control.Request{Op: "create", Name: "c"}); a.Error != "" {
+		t.Fatalf("create: %+v", a)
+	}
+	if a := fx.ask(testUID, control.Request{Op: "update", Name: "c", Limits: &control.Limits{Pids: 500}}); a.Error != "" {
+		t.Errorf("update: %+v", a)
+	}
+	a := fx.ask(testUID, control.Request{Op: "stats", Name: "c"})
+	if len(a.Stats) != 1 {
+		t.Fatalf("stats: %+v", a)
+	}
+	if s := a.Stats[0]; s.Name != "c" || s.PidsMax == nil || *s.PidsMax != 100 {
+		got := "none"
+		if s.PidsMax != nil {
+			got = fmt.Sprint(*s.PidsMax)
+		}
+		t.Errorf("stats of %s after asking pids 500 with a policy of 100: pids_max %s, want 100", s.Name, got)
+	}
+	v2 := ""
+	for _, d := range fx.hostDirs(parent, testUID, "c") {
+		if strings.HasPrefix(d, fx.v2+"/") {
+			v2 = d
+		}
+	}
+	for _, op := range []string{"freeze", "thaw"} {
+		if a := fx.ask(testUID, control.Request{Op: op, Name: "c"}); a.Error != "" {
+			t.Errorf("%s: %+v", op, a)
+		}
+		if v2 != "" {
+			b, _ := os.ReadFile(filepath.Join(v2, "cgroup.freeze"))
+			if want := map[string]string{"freeze": "1", "thaw": "0"}[op]; strings.TrimSpace(string(b)) != want {
+				t.Errorf("cgroup.freeze after %s = %q, want %s", op, b, want)
+			}
+		}
+	}
+	if a := fx.ask(testUID, control.Request{Op: "stats"}); len(a.Stats) != 1 {
+		t.Errorf("stats of every container: %+v", a)
+	}
+	for _, c := range []struct {
+		req  control.Request
+		rule string
+	}{
+		{control.Request{Op: "lookup", Name: "c"}, "user-request"},
+		{control.Request{Op: "attach", Name: "c"}, "user-request"},
+		{control.Request{Op: "enter", Name: "c", NSPid: 1}, "user-request"},
+		{control.Request{Op: "detach", Name: "c"}, "user-request"},
+		{control.Request{Op: "agent", Name: "c"}, "user-request"},
+		{control.Request{Op: "adopt", Name: "c"}, "user-proof"},
+		{control.Request{Op: "create", Name: "../x"}, "bad-name"},
+		{control.Request{Op: "create", Name: "c"}, "name-taken"},
+		{control.Request{Op: "create", Name: "d", Limits: &control.Limits{Memory: -1}}, "bad-value"},
+		{control.Request{Op: "freeze", Name: "nope"}, "no-container"},
+		{control.Request{Op: "bogus", Name: "c"}, "user-request"},
+	} {
+		before := fx.userRefusals(c.rule)
+		if a := fx.ask(testUID, c.req); a.Error == "" || !a.Usage {
+			t.Errorf("%s %s: %+v, want refused", c.req.Op, c.req.Name, a)
+		}
+		if got := fx.userRefusals(c.rule); got != before+1 {
+			t.Errorf("%s %s: cgfs_user_refusals_total{rule=%s} went from %v to %v, want one more", c.req.Op, c.req.Name, c.rule, before, got)
+		}
+	}
+	if a := fx.ask(testUID, control.Request{Op: "kill", Name: "c"}); a.Error != "" {
+		t.Errorf("kill: %+v", a)
+	}
+}
+
+// TestRefusedUserLogBudget: each user's refusals go to the host log
+// within a budget of its own (a burst of 20, then one a second), while
+// every one is counted; the next line says how many were left out. No
+// user's refusals take another's budget, however many come at once.
+func TestRefusedUserLogBudget(t *testing.T) {
+	procs, err := proc.Open("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer procs.Close()
+	logs := &testLog{}
+	reg := prometheus.NewRegistry()
+	d := New(procs, metrics.New(reg), nil, serve.Bounds{}, slog.New(slog.NewTextHandler(logs, nil)))
+	d.ServeUsers(UserConfig{})
+	fx := &fixture{t: t, d: d, reg: reg, log: logs}
+	const asked = 50
+	var wg sync.WaitGroup
+	for i := range asked {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			uid := testUID
+			if i%10 == 0 {
+				uid = otherTestUID // 5 of another user's
+			}
+			if a := fx.ask(uid, control.Request{Op: "create", Name: "bad/name"}); a.Error == "" {
+				t.Errorf("a bad name was taken")
+			}
+		}()
+	}
+	wg.Wait()
+	if got := fx.userRefusals("bad-name"); got != asked {
+		t.Errorf("cgfs_user_refusals_total{rule=bad-name} = %v, want every one of %d", got, asked)
+	}
+	lines := func(uid int) int { return logs.count(fmt.Sprintf("uid=%d ", uid)) }
+	if got := lines(testUID); got != 20 {
+		t.Errorf("%d lines of user %d's 45 refusals at once, want its burst of 20", got, testUID)
+	}
+	if got := lines(otherTestUID); got != 5 {
+		t.Errorf("%d lines of user %d's 5 refusals, want all 5 (a budget of its own)", got, otherTestUID)
+	}
+	// A second later the user has a line again, which says how many
+	// were left out.
+	d.users.mu.Lock()
+	d.users.logged[testUID].last = time.Now().Add(-time.Second)
+	d.users.mu.Unlock()
+	fx.ask(testUID, control.Request{Op: "create", Name: "bad/name"})
+	if !strings.Contains(logs.String(), fmt.Sprintf("uid=%d user=%d op=create name=bad/name rule=bad-name", testUID, testUID)) ||
+		!strings.Contains(logs.String(), "suppressed=25") {
+		t.Errorf("the line after a second does not say that 25 were left out:\n%s", lastLines(logs.String(), 2))
+	}
+	// The budget's memory of quiet users is bounded.
+	d.users.mu.Lock()
+	for uid := range 5000 {
+		d.users.logged[100000+uid] = &logBucket{tokens: 20, last: time.Now().Add(-2 * time.Minute)}
+	}
+	d.users.mu.Unlock()
+	d.users.mayLog(99)
+	d.users.mu.Lock()
+	n := len(d.users.logged)
+	d.users.mu.Unlock()
+	if n > 10 {
+		t.Errorf("%d users' budgets remembered after 5000 quiet ones, want the quiet ones forgotten", n)
+	}
+}
+
+func lastLines(s string, n int) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(l[max(0, len(l)-n):], "\n")
+}
