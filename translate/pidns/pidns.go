@@ -314,9 +314,17 @@ const HelperName = "cgfs-pidns-helper"
 // apiece: most of a helper's size in the container's ps beside the Go
 // runtime's own reservations (its heap's page summaries, ~1 GiB of
 // PROT_NONE space no setting shrinks). The helper allocates next to
-// nothing through malloc.
+// nothing through malloc. A server built with the race detector passes
+// its GORACE on (CI's race tier sets it, production never does): the
+// helper is the same binary, whose race reports must go where the
+// server's do, and whose exit must not take the race detector's second
+// (atexit_sleep_ms) where the server's does not.
 func helperEnviron(roots int) []string {
-	return []string{helperEnv + "=" + strconv.Itoa(roots), "MALLOC_ARENA_MAX=1"}
+	env := []string{helperEnv + "=" + strconv.Itoa(roots), "MALLOC_ARENA_MAX=1"}
+	if g, ok := os.LookupEnv("GORACE"); ok {
+		env = append(env, "GORACE="+g)
+	}
+	return env
 }
 
 // helperTimeout bounds the wait for a helper's start and for each

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,7 +23,35 @@ func TestMain(m *testing.M) {
 	if IsHelper() { // the test binary is the helper, as cgfs is
 		os.Exit(HelperMain())
 	}
+	// A race-built helper (this binary under -race) sleeps a second at
+	// its exit unless GORACE says not to, which it takes from the server.
+	if g := os.Getenv("GORACE"); !strings.Contains(g, "atexit_sleep_ms") {
+		os.Setenv("GORACE", strings.TrimSpace(g+" atexit_sleep_ms=0"))
+	}
 	os.Exit(m.Run())
+}
+
+// TestHelperTakesTheServersGORACE: a helper's environment is its own
+// (nothing of the server's leaks into a container's pid namespace) but
+// for the race detector's options, where the server has them.
+func TestHelperTakesTheServersGORACE(t *testing.T) {
+	t.Setenv("GORACE", "log_path=/tmp/x halt_on_error=1")
+	t.Setenv("SECRET", "server's")
+	env := helperEnviron(2)
+	if !slices.Contains(env, "GORACE=log_path=/tmp/x halt_on_error=1") || !slices.Contains(env, helperEnv+"=2") {
+		t.Errorf("helperEnviron = %q, want the roots and the server's GORACE", env)
+	}
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "SECRET=") {
+			t.Errorf("helperEnviron = %q carries the server's other variables", env)
+		}
+	}
+	os.Unsetenv("GORACE")
+	for _, kv := range helperEnviron(1) {
+		if strings.HasPrefix(kv, "GORACE=") {
+			t.Errorf("a server without GORACE gave its helper %s", kv)
+		}
+	}
 }
 
 // TestHelperResolvesIDsInItsNamespace: in a new pid namespace whose
