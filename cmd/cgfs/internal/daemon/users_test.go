@@ -1,16 +1,21 @@
 package daemon
 
 import (
+	"bufio"
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/cgroups"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
@@ -374,4 +379,157 @@ func TestRefusedUserLogBudget(t *testing.T) {
 func lastLines(s string, n int) string {
 	l := strings.Split(strings.TrimSpace(s), "\n")
 	return strings.Join(l[max(0, len(l)-n):], "\n")
+}
+
+// nobody is the host user whose containers TestUserContainerEnd makes:
+// one the host names (its ids are checked against its passwd entry).
+const nobody = 65534
+
+// userInit starts what a user's container's init is: a process of user
+// nobody, pid 1 of a pid namespace of a user namespace nobody made
+// (unshare, as the user runs it), and returns its host pid and the
+// proofs the user sends with adopt: a pidfd, its user and pid
+// namespaces. It is killed when the test ends.
+func (fx *fixture) userInit() (int, []*os.File) {
+	fx.t.Helper()
+	cmd := exec.Command("unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child",
+		"sh", "-c", "echo ready; exec sleep 3600")
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		fx.t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		fx.t.Skipf("unshare as nobody: %v", err)
+	}
+	fx.t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		fx.t.Fatalf("the user's init said %q, %v", line, err)
+	}
+	// unshare's one child is the init.
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", cmd.Process.Pid))
+	var kids []string
+	for _, task := range tasks {
+		b, _ := os.ReadFile(task)
+		kids = append(kids, strings.Fields(string(b))...)
+	}
+	if len(kids) != 1 {
+		fx.t.Fatalf("unshare has children %v, want the init alone", kids)
+	}
+	pid, _ := strconv.Atoi(kids[0])
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		fx.t.Fatal(err)
+	}
+	files := []*os.File{os.NewFile(uintptr(pidfd), "init")}
+	for _, ns := range []string{"user", "pid"} {
+		f, err := os.Open(fmt.Sprintf("/proc/%d/ns/%s", pid, ns))
+		if err != nil {
+			fx.t.Fatal(err)
+		}
+		files = append(files, f)
+	}
+	return pid, files
+}
+
+// TestUserContainerEndRacingAttach: a user's container whose init ends
+// while the user attaches its view is removed, view and all: the attach
+// is refused, or the view it got is stopped (ENOTCONN, never a closed
+// descriptor); the daemon serves nothing of it after, nothing is left on
+// the host, and the name is the user's to make again.
+func TestUserContainerEndRacingAttach(t *testing.T) {
+	fx := newFixture(t, serve.Bounds{})
+	parent := fx.serveUsers("")
+	for round := range 3 {
+		name := fmt.Sprintf("c%d", round)
+		if a := fx.ask(nobody, control.Request{Op: "create", Name: name}); a.Error != "" {
+			t.Fatalf("create: %+v", a)
+		}
+		pid, proofs := fx.userInit()
+		a, _ := fx.d.HandleUser(control.Request{Op: "adopt", Name: name, Files: proofs}, control.Peer{Uid: nobody, Gid: nobody})
+		if a.Error != "" {
+			t.Fatalf("adopt: %+v", a)
+		}
+		if a := fx.ask(nobody, control.Request{Op: "lookup", Name: name}); a.Init != pid {
+			t.Errorf("lookup after adopt: %+v, want init %d", a, pid)
+		}
+		var s *served
+		if round == 0 { // a view served first, then the end
+			mnt := fx.userAttach(name)
+			if _, err := readAt(mnt, fx.v2File("cgroup.procs")); err != nil {
+				t.Errorf("reading the user's view: %v", err)
+			}
+			s = fx.served(fmt.Sprintf("user-%d/%s", nobody, name))
+			unix.Kill(pid, unix.SIGKILL)
+			fx.waitDropped(s, "the container's init ended")
+			if _, err := readAt(mnt, fx.v2File("cgroup.procs")); !isGone(err) {
+				t.Errorf("the user's view after its init ended: %v, want ENOTCONN", err)
+			}
+		} else { // the end while attaching
+			attached := make(chan *os.File, 1)
+			go func() {
+				a, f := fx.d.HandleUser(control.Request{Op: "attach", Name: name}, control.Peer{Uid: nobody, Gid: nobody})
+				if a.Error != "" && f != nil {
+					t.Errorf("a refused attach came with a mount")
+				}
+				attached <- f
+			}()
+			unix.Kill(pid, unix.SIGKILL)
+			if f := <-attached; f != nil {
+				// Served before the end: stopped by it.
+				if s = fx.served(fmt.Sprintf("user-%d/%s", nobody, name)); s != nil {
+					fx.waitDropped(s, "the container's init ended")
+				}
+				fx.ask(nobody, control.Request{Op: "remove", Name: name}) // waits for the removal under way
+				if _, err := readAt(f, fx.v2File("cgroup.procs")); !isGone(err) {
+					t.Errorf("a view attached as its init ended: %v, want ENOTCONN", err)
+				}
+				f.Close()
+			}
+		}
+		// The removal of an ended container is waited for by remove.
+		fx.ask(nobody, control.Request{Op: "remove", Name: name})
+		if got := fx.listed(); len(got) != 0 {
+			t.Errorf("round %d: the daemon serves %v after the container ended", round, got)
+		}
+		if dirs := fx.hostDirs(parent, nobody, name); len(dirs) != 0 {
+			t.Errorf("round %d: left on the host: %v", round, dirs)
+		}
+		if got := fx.ask(nobody, control.Request{Op: "list"}).Views; len(got) != 0 {
+			t.Errorf("round %d: the user lists %v after its container ended", round, got)
+		}
+	}
+}
+
+// userAttach attaches user nobody's container's view.
+func (fx *fixture) userAttach(name string) *os.File {
+	fx.t.Helper()
+	a, f := fx.d.HandleUser(control.Request{Op: "attach", Name: name}, control.Peer{Uid: nobody, Gid: nobody})
+	if a.Error != "" || f == nil {
+		fx.t.Fatalf("attach: %+v", a)
+	}
+	fx.t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// v2File is file of the cgroup v2 hierarchy in a view of every
+// hierarchy (a user's): in its directory of the layout, where the host
+// has v1 hierarchies beside it.
+func (fx *fixture) v2File(file string) string {
+	fx.t.Helper()
+	l, err := layout.Discover(fx.procs)
+	if err != nil {
+		fx.t.Fatal(err)
+	}
+	for _, h := range l.Hierarchies {
+		if !h.V1 && h.Name != "" {
+			return h.Name + "/" + file
+		}
+	}
+	return file
 }
