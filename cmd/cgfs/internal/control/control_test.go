@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 )
@@ -198,4 +199,65 @@ func TestConfirmHelper(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Exit(0)
+}
+
+// TestConcurrentAsksRetriedThroughAHandOver: many askers at once, each
+// told to retry a few times (a server handing over) before the next
+// answers, each get their own answer and their own descriptor.
+func TestConcurrentAsksRetriedThroughAHandOver(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("only root may ask; not root")
+	}
+	var mu sync.Mutex
+	retried := map[string]int{}
+	path := serveTest(t, func(req Request, _ int) (Answer, *os.File) {
+		mu.Lock()
+		n := retried[req.Name]
+		retried[req.Name]++
+		mu.Unlock()
+		if n < 3 {
+			return Answer{Error: "handing over", Retry: true}, nil
+		}
+		r, w, err := os.Pipe()
+		if err != nil {
+			return Answer{Error: err.Error()}, nil
+		}
+		w.WriteString(req.Name)
+		w.Close()
+		return Answer{Init: len(req.Name)}, r
+	})
+	var wg sync.WaitGroup
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := strings.Repeat("x", i+1)
+			var a Answer
+			var fd *os.File
+			var err error
+			if i%2 == 0 {
+				a, fd, err = Ask(path, Request{Op: "lookup", Name: name})
+			} else {
+				var placed func(bool)
+				a, fd, placed, err = AskConfirm(path, Request{Op: "attach", Name: name})
+				if placed != nil {
+					defer placed(true)
+				}
+			}
+			if err != nil || a.Error != "" || a.Init != i+1 || fd == nil {
+				t.Errorf("%s: %+v %v %v, want init %d and a descriptor", name, a, fd, err, i+1)
+				return
+			}
+			defer fd.Close()
+			if b, _ := io.ReadAll(fd); string(b) != name {
+				t.Errorf("%s got the descriptor of %q", name, b)
+			}
+		}()
+	}
+	wg.Wait()
+	for name, n := range retried {
+		if n != 4 {
+			t.Errorf("%s asked %d times, want 4 (3 retries)", name, n)
+		}
+	}
 }
