@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -27,6 +28,9 @@ func TestMain(m *testing.M) {
 		os.Exit(server())
 	case "new":
 		os.Exit(newServer())
+	case "die":
+		_, _, code := given()
+		os.Exit(code + 1) // a server that cannot start
 	}
 	os.Exit(m.Run())
 }
@@ -267,5 +271,181 @@ func TestItemsKeptDuringAnUpgradeReachTheNewServer(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("the new server said nothing")
+	}
+}
+
+// oldServer is the test as a keeper's current server: its end of a
+// link, and the child the keeper knows it by (a process that ran).
+func oldServer(t *testing.T, k *Keeper) (*child, *Link) {
+	t.Helper()
+	mine, theirs, err := Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mine.Close() })
+	c, err := net.FileConn(theirs)
+	theirs.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := &Link{c: c.(*net.UnixConn)}
+	t.Cleanup(func() { end.Close() })
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	old := &child{cmd: cmd, link: mine, started: time.Now()}
+	k.cur = old
+	return old, end
+}
+
+// newKeeper is a keeper whose servers are the test binary in role, with
+// w as their ExtraFiles[1]; the test drives its events.
+func newKeeper(role string, w *os.File) *Keeper {
+	k := &Keeper{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Command: serverCommand(role, w)}
+	k.kept = map[string]*item{}
+	k.events = make(chan event, 64)
+	return k
+}
+
+// nextEvent is the keeper's next event (a message of a server, or a
+// server's end).
+func nextEvent(t *testing.T, k *Keeper) event {
+	t.Helper()
+	select {
+	case ev := <-k.events:
+		return ev
+	case <-time.After(20 * time.Second):
+		t.Fatal("no event of the keeper's servers in 20 s")
+	}
+	panic("unreachable")
+}
+
+// recvWithin is l's next message, within 20 s.
+func recvWithin(t *testing.T, l *Link) Msg {
+	t.Helper()
+	got := make(chan Msg, 1)
+	go func() {
+		m, err := l.Recv()
+		if err != nil {
+			m = Msg{Op: "error: " + err.Error()}
+		}
+		got <- m
+	}()
+	select {
+	case m := <-got:
+		return m
+	case <-time.After(20 * time.Second):
+		t.Fatal("the server was told nothing in 20 s")
+	}
+	panic("unreachable")
+}
+
+// TestUpgradeWhoseNewServerDies: an upgrade whose new server dies before
+// it takes over fails, told to whoever asked; the old server serves on
+// as the keeper's, and the next upgrade may start.
+func TestUpgradeWhoseNewServerDies(t *testing.T) {
+	k := newKeeper("die", nil)
+	old, oldEnd := oldServer(t, k)
+	k.handle(old, Msg{Op: "upgrade"})
+	if k.up == nil {
+		t.Fatal("no upgrade under way")
+	}
+	newer := k.up.new
+	// A second upgrade while one is under way is refused.
+	k.handle(old, Msg{Op: "upgrade"})
+	if m := recvWithin(t, oldEnd); m.Op != "done" || !strings.Contains(m.Error, "under way already") {
+		t.Errorf("a second upgrade: the asker was told %+v, want refused", m)
+	}
+	ev := nextEvent(t, k)
+	for ev.err == nil { // what it sent before it died
+		ev = nextEvent(t, k)
+	}
+	if ev.c != newer {
+		t.Fatalf("the end of %v, want the new server's", ev.c)
+	}
+	if done := k.exited(ev.c, ev.c.cmd.Wait(), false); done {
+		t.Fatal("the keeper ended with the new server")
+	}
+	if m := recvWithin(t, oldEnd); m.Op != "done" || !strings.Contains(m.Error, "the new server exited") {
+		t.Errorf("the asker was told %+v, want the upgrade failed", m)
+	}
+	if k.up != nil || k.cur != old {
+		t.Errorf("after the failed upgrade: up %v, current %v; want none under way and the old one current", k.up, k.cur)
+	}
+	k.handle(old, Msg{Op: "upgrade"})
+	if k.up == nil {
+		t.Error("the next upgrade did not start")
+	} else {
+		_ = k.up.new.cmd.Process.Kill()
+		_ = k.up.new.cmd.Wait()
+	}
+}
+
+// TestOldServerDiesMidUpgrade: the old server dying while the new one
+// prepares has the new one told go (with what the keeper holds) at once:
+// the connections are not left without a server.
+func TestOldServerDiesMidUpgrade(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	k := newKeeper("new", w)
+	old, _ := oldServer(t, k)
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.handle(old, Msg{Op: "keep", Name: "view:a", Kind: "view", Files: []*os.File{f}})
+	k.handle(old, Msg{Op: "upgrade"})
+	if k.up == nil {
+		t.Fatal("no upgrade under way")
+	}
+	defer func() {
+		_ = k.up.new.cmd.Process.Kill()
+		_ = k.up.new.cmd.Wait()
+	}()
+	k.handle(old, Msg{Op: "keep", Name: "view:b", Kind: "view"}) // kept meanwhile
+	if done := k.exited(old, errors.New("signal: killed"), false); done {
+		t.Fatal("the keeper ended with the old server")
+	}
+	line := make(chan string, 1)
+	go func() {
+		s, _ := bufio.NewReader(r).ReadString('\n')
+		line <- s
+	}()
+	select {
+	case got := <-line:
+		if got != "view:a view:b\n" {
+			t.Errorf("the new server took over %q, want view:a view:b", got)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the new server was never told go")
+	}
+}
+
+// TestKeeperLetsGoOfWhatItIsNotTold: a message the keeper does not take
+// has its descriptors closed; a drained or listening message of a
+// server that is not the one the upgrade waits for changes nothing.
+func TestKeeperLetsGoOfWhatItIsNotTold(t *testing.T) {
+	k := newKeeper("new", nil)
+	old, _ := oldServer(t, k)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	k.handle(old, Msg{Op: "bogus", Files: []*os.File{w}})
+	_ = r.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if b, err := io.ReadAll(r); err != nil || len(b) != 0 {
+		t.Errorf("the pipe read %q %v: the keeper kept a descriptor of a message it does not take", b, err)
+	}
+	k.handle(old, Msg{Op: "drained", States: map[string]json.RawMessage{"x": json.RawMessage(`1`)}})
+	k.handle(old, Msg{Op: "listening"})
+	k.handle(old, Msg{Op: "ready"})
+	if k.up != nil || k.cur != old || len(k.kept) != 0 {
+		t.Errorf("messages out of an upgrade changed the keeper: up %v, current %v, kept %v", k.up, k.cur, k.kept)
 	}
 }
