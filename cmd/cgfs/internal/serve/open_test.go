@@ -28,6 +28,11 @@ func TestMain(m *testing.M) {
 	if pidns.IsHelper() { // the test binary is the views' helper, as cgfs is
 		os.Exit(pidns.HelperMain())
 	}
+	// A race-built helper sleeps a second at its exit unless GORACE
+	// (which it takes from its server) says not to.
+	if g := os.Getenv("GORACE"); !strings.Contains(g, "atexit_sleep_ms") {
+		os.Setenv("GORACE", strings.TrimSpace(g+" atexit_sleep_ms=0"))
+	}
 	os.Exit(m.Run())
 }
 
@@ -322,5 +327,38 @@ func TestNestedViewsBounded(t *testing.T) {
 	}
 	if _, err := n.Serve(999999999); err == nil {
 		t.Error("a nested view of a thread that does not exist was served")
+	}
+}
+
+// TestReadOnlyViewChangesNothing: a view served read-only (--shared: the
+// owner has no cgroup of its own there) leaves the hidden leaves below
+// it alone when it is opened: they are other servers' to fold, and one
+// another server is making (made, its tasks not yet moved in, its
+// controllers not yet enabled) looks unneeded. A view of the owner's own
+// cgroup folds its own unneeded ones.
+func TestReadOnlyViewChangesNothing(t *testing.T) {
+	e := newEnv(t)
+	top := e.cgroup("")
+	container := e.process(top, true)
+	e.process(top, false) // a host task: top is not the container's own
+	mine := e.cgroup(top)
+	leaf := filepath.Join(mine, translate.LeafName)
+	if err := os.Mkdir(leaf, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeCgroup(t, leaf) })
+	if _, err := e.open(Options{Owner: container, HostDir: top, Shared: []string{"."}}); err != nil {
+		t.Fatalf("Open read-only: %v", err)
+	}
+	if _, err := os.Stat(leaf); err != nil {
+		t.Errorf("a read-only view of %s removed the hidden leaf below it: %v", top, err)
+	}
+	// The view of mine's owner (a host process there) folds it.
+	owner := e.process(mine, false)
+	if _, err := e.open(Options{Owner: owner, HostDir: mine}); err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	if _, err := os.Stat(leaf); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the owner's view left its unneeded hidden leaf: %v", err)
 	}
 }

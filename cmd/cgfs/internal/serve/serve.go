@@ -101,7 +101,8 @@ type Views struct {
 	movers   *pidns.Pool
 	procs    *proc.Procs
 	log      *slog.Logger
-	dirs     map[string]string // host directory by hierarchy name
+	dirs     map[string]string        // host directory by hierarchy name
+	readOnly map[*translate.View]bool // served read-only (Options.Shared)
 }
 
 // Open takes the owner (the server's own namespaces without one) and
@@ -110,7 +111,7 @@ func Open(procs *proc.Procs, o Options) (*Views, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	v := &Views{Name: o.Name, opts: o, procs: procs, log: o.Log, dirs: map[string]string{}}
+	v := &Views{Name: o.Name, opts: o, procs: procs, log: o.Log, dirs: map[string]string{}, readOnly: map[*translate.View]bool{}}
 	if o.Budget == nil {
 		v.opts.Budget = NewBudget(Bounds{OpenFiles: o.MaxOpen})
 	}
@@ -134,10 +135,16 @@ func Open(procs *proc.Procs, o Options) (*Views, error) {
 		return nil, err
 	}
 	// Leaves left by an earlier server that are no longer needed are
-	// folded back before anyone looks.
+	// folded back before anyone looks: in the views the container may
+	// change. A hierarchy served read-only is not the container's, nor
+	// are the leaves below it (another server may be making one, which
+	// looks unneeded until its controllers are enabled).
 	for _, va := range v.views {
 		if o.TakingOver {
 			break
+		}
+		if v.readOnly[va.View] {
+			continue
 		}
 		if err := va.View.Reconcile(); err != nil {
 			v.log.Warn("reconciling hidden leaves", "hierarchy", va.Dir, "err", err)
@@ -418,7 +425,11 @@ func (v *Views) view(h *host.Host, cfg translate.Config, name string) (*translat
 	case has(v.opts.Shared, name):
 		v.log.Warn("serving read-only: the owner has no cgroup of its own here", "hierarchy", name, "why", why)
 		cfg.ReadOnly = true
-		return translate.New(h, cfg)
+		ro, err := translate.New(h, cfg)
+		if err == nil {
+			v.readOnly[ro] = true
+		}
+		return ro, err
 	}
 	return nil, UsageError{fmt.Sprintf("--owner %d: hierarchy %s: %s; give the container a cgroup of its own there, or pass --shared %s to serve it read-only",
 		v.opts.Owner, name, why, name)}
