@@ -23,12 +23,16 @@ func TestMain(m *testing.M) {
 	if IsInit() { // the test binary is the container's init, as cgfs is
 		os.Exit(InitMain())
 	}
+	if os.Getenv(signalsRole) != "" {
+		os.Exit(signalsMain())
+	}
 	os.Exit(m.Run())
 }
 
 // testParent holds the tests' containers below every hierarchy's root
-// (made and removed by Run, as cgfs run's parent).
-const testParent = "cgfs-launch-test"
+// (made and removed by Run, as cgfs run's parent): the tests' cgroups are
+// named cgfs-test-*.
+const testParent = "cgfs-test-launch"
 
 var containers atomic.Int32
 
