@@ -3,6 +3,7 @@ package test
 import (
 	"bufio"
 	"context"
+	"debug/buildinfo"
 	"errors"
 	"fmt"
 	"io"
@@ -79,7 +80,50 @@ func setup(m *testing.M) (int, error) {
 	if err := os.Chmod(helperDir, 0o755); err != nil {
 		return 0, err
 	}
-	return m.Run(), nil
+	raceBuilt = isRaceBuilt(cgfsBin)
+	code := m.Run()
+	if reports := raceReports(); len(reports) > 0 {
+		// A race in a process of the binary under test (the daemon, its
+		// keeper and helpers, cgfs run...) fails the run, whatever the
+		// tests said.
+		for _, r := range reports {
+			b, _ := os.ReadFile(r)
+			fmt.Fprintf(os.Stderr, "FAIL: the race detector reported in a cgfs process (%s):\n%s\n", r, b)
+		}
+		code = 1
+	}
+	return code, nil
+}
+
+// raceBuilt says the binary under test was built with -race (CI's race
+// step): its processes report data races where GORACE's log_path says
+// (raceReports), and some of their measures mean less (resident memory).
+var raceBuilt bool
+
+// isRaceBuilt reads the build settings of the binary at path.
+func isRaceBuilt(path string) bool {
+	info, err := buildinfo.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	for _, s := range info.Settings {
+		if s.Key == "-race" && s.Value == "true" {
+			return true
+		}
+	}
+	return false
+}
+
+// raceReports are the race detector's reports of race-built processes,
+// written to GORACE's log_path (PATH.PID each); none without one.
+func raceReports() []string {
+	for _, opt := range strings.Fields(os.Getenv("GORACE")) {
+		if p, ok := strings.CutPrefix(opt, "log_path="); ok && p != "stdout" && p != "stderr" {
+			reports, _ := filepath.Glob(p + ".*")
+			return reports
+		}
+	}
+	return nil
 }
 
 // helperBin is a copy of the test binary every user may run.
