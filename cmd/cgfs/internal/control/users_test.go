@@ -221,9 +221,11 @@ func askAs(t *testing.T, path string, uid uint32) string {
 	cmd.Env = append(os.Environ(), "CGFS_CONTROL_USER_ASK="+path, "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
-	out, err := cmd.CombinedOutput()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr // (coverage runs say there what they cannot write)
+	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("asking as %d: %v\n%s", uid, err, out)
+		t.Fatalf("asking as %d: %v\n%s%s", uid, err, out, stderr.Bytes())
 	}
 	return string(out)
 }
