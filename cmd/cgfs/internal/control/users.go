@@ -62,7 +62,7 @@ var (
 // ServeUsers answers each connection to ln (a unixpacket listener anyone
 // the admin chose may reach) with h, until ln is closed, within b.
 func ServeUsers(ln *net.UnixListener, h UserHandler, b UserBounds, log *slog.Logger) {
-	u := &userServer{h: h, b: b, log: log, users: map[int]*userState{}}
+	u := &userServer{h: h, b: b, log: log, users: map[int]*userState{}, refusedWait: refusedReadDeadline}
 	go AcceptEach(ln, u.serve)
 }
 
@@ -70,6 +70,9 @@ type userServer struct {
 	h   UserHandler
 	b   UserBounds
 	log *slog.Logger
+	// refusedWait is refusedReadDeadline as it was when the server
+	// started (tests hold refused connections longer).
+	refusedWait time.Duration
 
 	mu    sync.Mutex
 	users map[int]*userState
@@ -118,7 +121,7 @@ func (u *userServer) serve(c *net.UnixConn) {
 			st.refusing--
 			u.mu.Unlock()
 		}()
-		_ = c.SetReadDeadline(time.Now().Add(refusedReadDeadline))
+		_ = c.SetReadDeadline(time.Now().Add(u.refusedWait))
 		buf, oob := make([]byte, 16<<10), make([]byte, unix.CmsgSpace(4*maxUserFiles))
 		if _, oobn, _, _, err := c.ReadMsgUnix(buf, oob); err == nil {
 			for _, f := range receivedAll(oob[:oobn]) {

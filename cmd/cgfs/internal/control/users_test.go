@@ -113,6 +113,12 @@ func TestUserConnectionsBoundedPerUser(t *testing.T) {
 		}
 		os.Exit(0)
 	}
+	// The refused connections are held until they say what they ask,
+	// within a bound the test must not outlast on a busy machine (taken
+	// by the server when it starts).
+	saved := refusedReadDeadline
+	refusedReadDeadline = 20 * time.Second
+	t.Cleanup(func() { refusedReadDeadline = saved })
 	release := make(chan struct{})
 	entered := make(chan int, 16)
 	refused := make(chan string, 16)
