@@ -30,19 +30,19 @@ var _ = (gofs.NodeOnAdder)((*layoutRoot)(nil))
 // OnAdd makes the views' roots and the symlinks. Inode numbers of
 // different views never collide: each view adds its own base.
 func (r *layoutRoot) OnAdd(ctx context.Context) {
-	for _, va := range r.views {
+	for i, va := range r.views {
 		st, err := va.View.RootAttr()
 		if err != nil {
 			r.m.log.Error("hierarchy root", "name", va.Dir, "err", err)
 			continue
 		}
-		n := &node{m: r.m, t: &tree{view: va.View, dir: va.Dir}}
+		n := &node{m: r.m, t: &tree{view: va.View, index: i, dir: va.Dir}}
 		child := r.NewPersistentInode(ctx, n, gofs.StableAttr{Mode: unix.S_IFDIR, Ino: st.Ino})
 		n.t.root = child
 		r.AddChild(va.Dir, child, false)
 	}
 	// Symlinks get inode numbers above every view's, the same in every
-	// server of the connection (see inherit).
+	// server of the connection (see revive).
 	names := slices.Sorted(maps.Keys(r.symlinks))
 	for i, name := range names {
 		ino := uint64(len(r.views)+1)<<48 + uint64(i+1)

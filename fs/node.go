@@ -14,9 +14,10 @@ import (
 
 // tree is a served view and the inode of its root.
 type tree struct {
-	view *translate.View
-	root *gofs.Inode
-	dir  string // the root's path in the mount ("" or a hierarchy's directory)
+	view  *translate.View
+	index int // the view's in Config.Views (the relay's name for it)
+	root  *gofs.Inode
+	dir   string // the root's path in the mount ("" or a hierarchy's directory)
 }
 
 // node is one cgroup directory or interface file of a view. Its
@@ -55,7 +56,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	}
 	if rl := n.m.relay.Load(); rl != nil && st.Mode&unix.S_IFMT == unix.S_IFREG && translate.IsEventsFile(name) {
 		// Once looked up, it may be watched.
-		rl.watch(n.t.view, join(vp, name), join(n.t.dir, join(vp, name)), st.Ino)
+		rl.Watch(n.t.index, join(vp, name), join(n.t.dir, join(vp, name)), st.Ino)
 	}
 	return n.child(ctx, name, &st, out), 0
 }
@@ -65,7 +66,7 @@ var _ = (gofs.NodeOnForgetter)((*node)(nil))
 // OnForget ends the relay of an events file the kernel forgot.
 func (n *node) OnForget() {
 	if rl := n.m.relay.Load(); rl != nil && n.StableAttr().Mode == unix.S_IFREG {
-		rl.forget(n.StableAttr().Ino)
+		rl.Forget(n.StableAttr().Ino)
 	}
 }
 
@@ -81,7 +82,7 @@ func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOu
 	}
 	fillAttr(&out.Attr, &st)
 	if n.m.spliceSize(path.Base(vp), &st) {
-		out.Attr.Size = spliceSize // never cached: inherit.uncache
+		out.Attr.Size = spliceSize // never cached: uncached
 	}
 	return 0
 }
@@ -291,7 +292,7 @@ func (m *mount) spliceSize(name string, st *unix.Stat_t) bool {
 }
 
 // spliceable shows spliceSize in a lookup's entry (see spliceSize);
-// inherit.uncache keeps the kernel from caching it.
+// uncached keeps the kernel from caching it.
 func (m *mount) spliceable(out *fuse.EntryOut, name string, st *unix.Stat_t) {
 	if m.spliceSize(name, st) {
 		out.Attr.Size = spliceSize

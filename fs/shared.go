@@ -1,6 +1,6 @@
 package fs
 
-import "sync/atomic"
+import "github.com/cgfs/cgfs/fuseconn"
 
 // Shared is what every mount of one container takes from one budget:
 // its own view and the nested views its runtimes mount. A container at
@@ -13,9 +13,8 @@ type Shared struct {
 	inflight chan struct{}
 	// watches counts the events files relayed for the container, each a
 	// host inotify watch charged to host root's
-	// fs.inotify.max_user_watches, at most maxWatches.
-	watches    atomic.Int64
-	maxWatches int64
+	// fs.inotify.max_user_watches.
+	watches *fuseconn.Watches
 }
 
 // Default bounds of one container.
@@ -38,21 +37,9 @@ func NewShared(inFlight, watches int) *Shared {
 	if watches <= 0 {
 		watches = MaxRelayWatches
 	}
-	return &Shared{inflight: make(chan struct{}, inFlight), maxWatches: int64(watches)}
+	return &Shared{inflight: make(chan struct{}, inFlight), watches: fuseconn.NewWatches(watches)}
 }
-
-// takeWatch takes one relayed events file from the budget; false at the
-// bound.
-func (s *Shared) takeWatch() bool {
-	if s.watches.Add(1) > s.maxWatches {
-		s.watches.Add(-1)
-		return false
-	}
-	return true
-}
-
-func (s *Shared) giveWatch() { s.watches.Add(-1) }
 
 // Watches is how many events files are relayed for the container, and
 // the bound.
-func (s *Shared) Watches() (n, max int64) { return s.watches.Load(), s.maxWatches }
+func (s *Shared) Watches() (n, max int64) { return s.watches.Held() }

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/fuseconn"
 )
 
 // realCgroup makes a cgroup v2 cgroup of the test's own (file handles,
@@ -50,21 +52,25 @@ func realCgroup(t *testing.T) string {
 
 // mountView mounts a view of cgroup dir on a new directory, unmounted
 // when the test ends.
-func mountView(t *testing.T, dir string) (string, *Mounted) {
+func mountView(t *testing.T, dir string) (string, *fuseconn.Conn, *mount) {
 	t.Helper()
 	mnt := t.TempDir()
-	m, err := Mount(mnt, viewConfig(t, dir, nil))
+	c, m, err := serve(viewConfig(t, dir, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := c.MoveTo(mnt); err != nil {
+		c.Stop()
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
-	return mnt, m
+	return mnt, c, m
 }
 
 // takeOver drains first and serves its connection with a second server
 // of dir's view, stopped when the test ends; meanwhile (if set) runs
 // between the two.
-func takeOver(t *testing.T, first *Mounted, dir string, meanwhile func()) *Mounted {
+func takeOver(t *testing.T, first *fuseconn.Conn, dir string, meanwhile func()) (*fuseconn.Conn, *mount) {
 	t.Helper()
 	master, root, err := first.Files()
 	if err != nil {
@@ -81,13 +87,13 @@ func takeOver(t *testing.T, first *Mounted, dir string, meanwhile func()) *Mount
 		meanwhile()
 	}
 	cfg := viewConfig(t, dir, nil)
-	cfg.Resume = &Resume{Handover: first.Handover(), Master: master, Root: root}
-	second, err := Serve(cfg)
+	cfg.Resume = &fuseconn.Resume{Handover: first.Handover(), Master: master, Root: root}
+	second, m, err := serve(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(second.Stop)
-	return second
+	return second, m
 }
 
 // TestTakeover: a second server takes a connection over from the first
@@ -96,7 +102,7 @@ func takeOver(t *testing.T, first *Mounted, dir string, meanwhile func()) *Mount
 // the first drains are answered by the second.
 func TestTakeover(t *testing.T) {
 	dir := realCgroup(t)
-	mnt, first := mountView(t, dir)
+	mnt, first, firstFS := mountView(t, dir)
 
 	// What the kernel holds from the first server.
 	var st unix.Stat_t
@@ -155,7 +161,7 @@ func TestTakeover(t *testing.T) {
 	waitReads(50)
 
 	t0 := time.Now()
-	second := takeOver(t, first, dir, func() {
+	_, secondFS := takeOver(t, first, dir, func() {
 		if err := os.Remove(dir + "/gone"); err != nil {
 			t.Fatal(err)
 		}
@@ -215,7 +221,7 @@ func TestTakeover(t *testing.T) {
 	if b, err := readMounted(t, mnt+"/a/cgroup.events"); err != nil || !strings.Contains(string(b), "populated 0") {
 		t.Errorf("cgroup.events after the takeover: %q, %v", b, err)
 	}
-	if n := first.fsys.panics.Load() + second.fsys.panics.Load(); n != 0 {
+	if n := firstFS.panics.Load() + secondFS.panics.Load(); n != 0 {
 		t.Errorf("%d requests panicked", n)
 	}
 }
@@ -223,7 +229,7 @@ func TestTakeover(t *testing.T) {
 // TestDrainOfAnIdleServer: a server whose readers all sleep in read(2),
 // with nothing asked, still drains at once.
 func TestDrainOfAnIdleServer(t *testing.T) {
-	mnt, m := mountView(t, realCgroup(t))
+	mnt, m, _ := mountView(t, realCgroup(t))
 	var st unix.Stat_t
 	if err := unix.Stat(mnt+"/a", &st); err != nil {
 		t.Fatal(err)
@@ -239,7 +245,8 @@ func TestDrainOfAnIdleServer(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Drain of an idle server did not return")
 	}
-	_ = abort(m.conn)
+	// Nobody holds the connection: the kernel aborted it as its last
+	// descriptor closed.
 }
 
 // TestTakeoverForgetOfEarlierLookups: the kernel counts the lookups of a
@@ -249,7 +256,7 @@ func TestDrainOfAnIdleServer(t *testing.T) {
 // holds, and serves on.
 func TestTakeoverForgetOfEarlierLookups(t *testing.T) {
 	dir := realCgroup(t)
-	mnt, first := mountView(t, dir)
+	mnt, first, _ := mountView(t, dir)
 	if err := unix.Mkdir(mnt+"/x", 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +271,7 @@ func TestTakeoverForgetOfEarlierLookups(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	second := takeOver(t, first, dir, nil)
+	second, secondFS := takeOver(t, first, dir, nil)
 	// The second server learns x (one lookup of its own), and then the
 	// kernel forgets x and its file with every lookup it counted.
 	time.Sleep(entryTimeout + 100*time.Millisecond)
@@ -287,7 +294,7 @@ func TestTakeoverForgetOfEarlierLookups(t *testing.T) {
 		t.Fatal("the server stopped after the kernel forgot a node it had looked up before the takeover")
 	default:
 	}
-	if n := second.fsys.panics.Load(); n != 0 {
+	if n := secondFS.panics.Load(); n != 0 {
 		t.Errorf("%d requests panicked in the server that took over (go-fuse's lookup count went below zero)", n)
 	}
 	if b, err := readMounted(t, mnt+"/a/cgroup.events"); err != nil || !strings.Contains(string(b), "populated") {

@@ -27,7 +27,7 @@ import (
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/control"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/keeper"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
-	"github.com/cgfs/cgfs/fs"
+	"github.com/cgfs/cgfs/fuseconn"
 	"github.com/cgfs/cgfs/metrics"
 	"github.com/cgfs/cgfs/proc"
 	"github.com/cgfs/cgfs/translate/host"
@@ -76,7 +76,7 @@ type Daemon struct {
 
 type served struct {
 	views   *serve.Views
-	mounted *fs.Mounted
+	mounted *fuseconn.Conn
 	// nested serves the container's nested runtimes' cgroupfs mounts,
 	// from the container's budget as views does.
 	nested *serve.Nested
@@ -204,7 +204,7 @@ func New(procs *proc.Procs, m *metrics.Metrics, w *host.Watcher, bounds serve.Bo
 
 // newServed is what serves the container of views on mounted: with its
 // nested views, from the same budget.
-func (d *Daemon) newServed(name string, views *serve.Views, mounted *fs.Mounted, budget *serve.Budget, req control.Request) *served {
+func (d *Daemon) newServed(name string, views *serve.Views, mounted *fuseconn.Conn, budget *serve.Budget, req control.Request) *served {
 	nested := serve.NewNested(d.procs, serve.Options{Name: name, Log: d.log, Watcher: d.watcher, Budget: budget,
 		RootShownAs: views.RootShownAs(), Outer: func() *serve.Views { return views }}, d.metrics.For(name))
 	return &served{views: views, mounted: mounted, nested: nested, owner: req.Owner, req: req, dropped: make(chan struct{})}

@@ -12,14 +12,15 @@ import (
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/keeper"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/users"
-	"github.com/cgfs/cgfs/fs"
+	"github.com/cgfs/cgfs/fuseconn"
 )
 
 // A daemon under a keeper (cgfs daemon --keep) has the keeper hold a
 // copy of each view's connection and each seccomp listener, with what it
 // takes to serve them again: a server that dies is replaced without any
 // view unmounted, and `cgfs upgrade` hands them from this server to a
-// new one without any request failing (see package keeper, fs.Drain).
+// new one without any request failing (see package keeper, and
+// fuseconn.Conn.Drain).
 
 // viewState is what the keeper holds of a view besides its connection's
 // and mount root's descriptors.
@@ -27,7 +28,7 @@ type viewState struct {
 	Req        control.Request   `json:"req"`
 	OwnerStart uint64            `json:"owner_start"`
 	Dirs       map[string]string `json:"dirs"`
-	Handover   fs.Handover       `json:"handover"`
+	Handover   fuseconn.Handover `json:"handover"`
 	// Leaves are the view's hidden leaves (serve.Views.Leaves), set only
 	// in the state of a server that drained: it alone knows them for
 	// sure. Without them the server taking over reads them afresh.
@@ -273,7 +274,7 @@ func (d *Daemon) resume(it *kept, last json.RawMessage) {
 		d.unkeep(it.name)
 		return
 	}
-	r := &fs.Resume{Handover: h, Master: files[0]}
+	r := &fuseconn.Resume{Handover: h, Master: files[0]}
 	if len(files) > 1 {
 		r.Root = files[1]
 	}
@@ -380,7 +381,7 @@ func (d *Daemon) drain() map[string]json.RawMessage {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.mounted.Drain(); err != nil && !errors.Is(err, fs.ErrDrained) {
+			if err := s.mounted.Drain(); err != nil && !errors.Is(err, fuseconn.ErrDrained) {
 				d.log.Warn("draining", "view", name, "err", err)
 			}
 			st := s.state()

@@ -19,6 +19,7 @@ import (
 
 	"github.com/cgfs/cgfs/access"
 	"github.com/cgfs/cgfs/fs"
+	"github.com/cgfs/cgfs/fuseconn"
 	"github.com/cgfs/cgfs/metrics"
 	"github.com/cgfs/cgfs/proc"
 	"github.com/cgfs/cgfs/translate"
@@ -227,13 +228,13 @@ func (v *Views) Close() {
 }
 
 // Serve serves the views on a new, detached FUSE mount.
-func (v *Views) Serve(ident *access.Identifier, counts *metrics.Counts) (*fs.Mounted, error) {
+func (v *Views) Serve(ident *access.Identifier, counts *metrics.Counts) (*fuseconn.Conn, error) {
 	return v.ServeResumed(ident, counts, nil)
 }
 
 // ServeResumed serves the views on the connection r an earlier server
-// made (see fs.Resume); nil makes a new one.
-func (v *Views) ServeResumed(ident *access.Identifier, counts *metrics.Counts, r *fs.Resume) (*fs.Mounted, error) {
+// made (see fuseconn.Resume); nil makes a new one.
+func (v *Views) ServeResumed(ident *access.Identifier, counts *metrics.Counts, r *fuseconn.Resume) (*fuseconn.Conn, error) {
 	return fs.Serve(fs.Config{
 		Views:      v.views,
 		Symlinks:   v.symlinks,
@@ -494,7 +495,7 @@ type Nested struct {
 type nestedOwner struct {
 	views   *Views
 	mounts  int
-	mounted map[*fs.Mounted]bool
+	mounted map[*fuseconn.Conn]bool
 }
 
 // NewNested serves the nested views of the container o names (o.Name,
@@ -551,7 +552,7 @@ func (n *Nested) Serve(tid int) (*os.File, error) {
 		if err != nil {
 			return nil, err
 		}
-		o = &nestedOwner{views: v, mounted: map[*fs.Mounted]bool{}}
+		o = &nestedOwner{views: v, mounted: map[*fuseconn.Conn]bool{}}
 		n.owners[key] = o
 	}
 	served, err := o.views.Serve(n.ident, n.count)
@@ -584,7 +585,7 @@ func (n *Nested) Serve(tid int) (*os.File, error) {
 func (n *Nested) Close() {
 	n.mu.Lock()
 	n.closed = true
-	var mounted []*fs.Mounted
+	var mounted []*fuseconn.Conn
 	for _, o := range n.owners {
 		for m := range o.mounted {
 			mounted = append(mounted, m)
@@ -674,7 +675,7 @@ func (b *Budget) Held(nested *Nested) map[string][2]float64 {
 // MetricsView is what /metrics reads of these views while m serves them
 // for the container called name: their host cgroups, whether they
 // answer, their hidden leaves and relayed events.
-func (v *Views) MetricsView(name string, m *fs.Mounted) *metrics.View {
+func (v *Views) MetricsView(name string, m *fuseconn.Conn) *metrics.View {
 	mv := &metrics.View{Container: name, V1: map[string]string{}}
 	for _, va := range v.views {
 		v1, ctrls := va.View.Hierarchy()

@@ -1,8 +1,7 @@
-package fs
+package fuseconn
 
 import (
 	"sync"
-	"sync/atomic"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
@@ -10,16 +9,15 @@ import (
 
 // inherit stands between the kernel and go-fuse's node bridge, so that a
 // server can serve a connection whose kernel side an earlier server
-// built (see takeover.go):
+// built (see handover.go):
 //
 //   - Node ids. The kernel's are inode numbers (ExternalNodeID). Once the
 //     connection was taken over, the first request naming a node id
 //     makes sure the bridge knows it: a LOOKUP of "." on it, which the
 //     bridge answers itself for a node it knows (that lookup is then
 //     given back, FORGET 1) and through the root's LookupNode for one it
-//     does not (revive: the host's file handle of the inode names its
-//     path, and each component is looked up as any lookup is). A node
-//     that names nothing any more is ESTALE.
+//     does not (FS.Revived says which it was). A node that names nothing
+//     any more is ESTALE.
 //   - File handles carry the generation of the server that opened them in
 //     their high 32 bits. One of an earlier server is opened again on
 //     first use, as the kernel says it was opened (the flags in READ and
@@ -30,7 +28,7 @@ import (
 // its handles.
 type inherit struct {
 	fuse.RawFileSystem
-	m       *mount
+	fs      FS
 	gen     uint64
 	resumed bool
 
@@ -69,13 +67,13 @@ func (w *inherit) know(cancel <-chan struct{}, h *fuse.InHeader, id uint64) fuse
 	if _, ok := w.checked[id]; ok {
 		return fuse.OK
 	}
-	w.m.revived.Store(0)
+	w.fs.Revived() // clears it
 	var out fuse.EntryOut
 	hdr := fuse.InHeader{NodeId: id, Caller: h.Caller}
 	if st := w.RawFileSystem.Lookup(cancel, &hdr, ".", &out); !st.Ok() {
 		return st
 	}
-	if w.m.revived.Load() != id {
+	if w.fs.Revived() != id {
 		w.RawFileSystem.Forget(id, 1) // it knew it: give the lookup back
 	}
 	// The one lookup the bridge holds (the revival's, or the one it had)
@@ -171,19 +169,7 @@ func (w *inherit) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, 
 	if st := w.knowIn(cancel, h); !st.Ok() {
 		return st
 	}
-	st := w.mark(w.RawFileSystem.Lookup(cancel, h, name, out), out.NodeId)
-	if uncached(&out.Attr) {
-		// go-fuse gives a zero timeout its default: zero it here.
-		out.EntryValid, out.EntryValidNsec, out.AttrValid, out.AttrValidNsec = 0, 0, 0, 0
-	}
-	return st
-}
-
-// uncached tells whether the kernel must not keep attributes a: those of
-// a file that shows spliceSize, which a splice read trims to what it
-// read; the next open's lookup must show spliceSize again.
-func uncached(a *fuse.Attr) bool {
-	return a.Mode&unix.S_IFMT == unix.S_IFREG && a.Size == spliceSize
+	return w.mark(w.RawFileSystem.Lookup(cancel, h, name, out), out.NodeId)
 }
 
 // Forget: every node the bridge knows since the takeover was marked, so
@@ -222,11 +208,7 @@ func (w *inherit) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.
 	if st := w.knowIn(cancel, &in.InHeader); !st.Ok() {
 		return st
 	}
-	st := w.RawFileSystem.GetAttr(cancel, in, out)
-	if uncached(&out.Attr) {
-		out.AttrValid, out.AttrValidNsec = 0, 0
-	}
-	return st
+	return w.RawFileSystem.GetAttr(cancel, in, out)
 }
 
 func (w *inherit) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrOut) fuse.Status {
@@ -547,7 +529,3 @@ func (w *inherit) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.Sta
 	}
 	return w.RawFileSystem.StatFs(cancel, h, out)
 }
-
-// revivedID is set by LookupNode to the node it found, so that know can
-// tell a node revived from one the bridge knew.
-type revivedID = atomic.Uint64

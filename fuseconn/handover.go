@@ -1,23 +1,16 @@
-package fs
+package fuseconn
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
-	"path"
 	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 	"time"
 	"unsafe"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
-
-	"github.com/cgfs/cgfs/translate"
 )
 
 // Taking a connection over. A FUSE connection outlives its server as
@@ -42,7 +35,8 @@ import (
 // use.
 
 // Handover is what one server tells the next about a connection, besides
-// its descriptors.
+// its descriptors. It goes between daemons of different versions as
+// JSON: its field names are the wire format.
 type Handover struct {
 	Conn uint32 // the connection's number, for aborting it
 	Dev  uint64 // its device number
@@ -55,7 +49,7 @@ type Handover struct {
 }
 
 // Watched is an events file the relay watched: its mount path, virtual
-// path and inode, and the view (by index in Config.Views).
+// path and inode, and the view (by index in RelayConfig.Events).
 type Watched struct {
 	View  int
 	VPath string
@@ -134,20 +128,20 @@ func newResumedServer(raw fuse.RawFileSystem, opts *fuse.MountOptions, master *o
 
 // Handover is what the next server needs of this connection besides its
 // descriptors (Files). Call it after Drain, so that nothing changes.
-func (m *Mounted) Handover() Handover {
-	return Handover{Conn: m.conn, Dev: m.dev, Init: m.init, Gen: m.gen, Watched: m.watched}
+func (c *Conn) Handover() Handover {
+	return Handover{Conn: c.conn, Dev: c.dev, Init: c.init, Gen: c.gen, Watched: c.watched}
 }
 
 // Files are copies of the connection's first descriptor and of the
 // mount's root (nil once the relay let it go), for the next server or a
 // keeper; the caller closes them.
-func (m *Mounted) Files() (master, root *os.File, err error) {
-	fd, err := unix.FcntlInt(m.master.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+func (c *Conn) Files() (master, root *os.File, err error) {
+	fd, err := unix.FcntlInt(c.master.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, err
 	}
 	master = os.NewFile(uintptr(fd), "fuse connection")
-	if r := m.fsys.relay.Load(); r != nil {
+	if r := c.relay.Load(); r != nil {
 		if root, err = r.dupRoot(); err != nil {
 			master.Close()
 			return nil, nil, err
@@ -160,8 +154,8 @@ func (m *Mounted) Files() (master, root *os.File, err error) {
 // (the relay let go, its owner gone): a copy kept elsewhere (Files)
 // must go too, or the mount outlives its container. Nil: it holds
 // none.
-func (m *Mounted) RootLetGo() <-chan struct{} {
-	if r := m.fsys.relay.Load(); r != nil {
+func (c *Conn) RootLetGo() <-chan struct{} {
+	if r := c.relay.Load(); r != nil {
 		return r.gone
 	}
 	return nil
@@ -174,19 +168,19 @@ var ErrDrained = errors.New("handed over")
 // readers stop taking requests, those taken are answered, and then it
 // returns; requests that come meanwhile wait in the kernel for the next
 // server. Done is not closed by it (the connection lives on).
-func (m *Mounted) Drain() error {
-	if !m.drained.CompareAndSwap(false, true) {
+func (c *Conn) Drain() error {
+	if !c.drained.CompareAndSwap(false, true) {
 		return ErrDrained
 	}
-	if r := m.fsys.relay.Load(); r != nil {
-		<-m.rewatched // all the earlier server's, for the next one
-		m.watched = r.watched(m.fsys.views)
+	if r := c.relay.Load(); r != nil {
+		<-c.rewatched // all the earlier server's, for the next one
+		c.watched = r.watched()
 		r.letGo()
 	}
 	// A reader that finds the queue empty now returns EAGAIN and ends;
 	// one already asleep in read(2) wakes for the next request, serves
 	// it and ends on its next read.
-	if _, err := unix.FcntlInt(uintptr(m.clone), unix.F_SETFL, unix.O_RDWR|unix.O_NONBLOCK); err != nil {
+	if _, err := unix.FcntlInt(uintptr(c.clone), unix.F_SETFL, unix.O_RDWR|unix.O_NONBLOCK); err != nil {
 		return fmt.Errorf("stopping reads: %w", err)
 	}
 	// Wake the sleepers: a signal interrupts their read(2), which the
@@ -196,8 +190,8 @@ func (m *Mounted) Drain() error {
 	// preempt them) and every part of it takes in its stride; which
 	// thread sleeps in read(2) is not known, so all get one.
 	defer startPoking()()
-	<-m.served
-	m.master.Close()
+	<-c.served
+	c.master.Close()
 	return nil
 }
 
@@ -250,92 +244,4 @@ func pokeThreads() {
 			_ = unix.Tgkill(pid, tid, unix.SIGURG)
 		}
 	}
-}
-
-// revive finds node id of tree t again, for a server that took the
-// connection over (see inherit): the view names its path from the host's
-// file handle, and each component is looked up as the kernel would have,
-// by the caller of the request that named it.
-func (m *mount) revive(ctx context.Context, t *tree, id uint64, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	r, c := m.start(ctx, "revive")
-	defer c.end()
-	vp, err := t.view.Resolve(id)
-	if err != nil {
-		return nil, c.fail(ctx, fmt.Sprintf("inode %d", id), err)
-	}
-	cur, dir := t.root, ""
-	st, err := t.view.RootAttr()
-	for _, name := range strings.Split(vp, "/") {
-		if vp == "" || err != nil {
-			break
-		}
-		if st, err = t.view.Lookup(r, dir, name); err != nil {
-			break
-		}
-		child := cur.GetChild(name)
-		if child == nil {
-			child = cur.NewInode(ctx, &node{m: m, t: t}, gofs.StableAttr{Mode: st.Mode & unix.S_IFMT, Ino: st.Ino})
-			if !cur.AddChild(name, child, false) {
-				child = cur.GetChild(name)
-			}
-		}
-		if child == nil {
-			err = translate.ErrStale
-			break
-		}
-		cur, dir = child, join(dir, name)
-	}
-	if err == nil && (cur.StableAttr().Ino != id || st.Ino != id) {
-		err = translate.ErrStale
-	}
-	if err != nil {
-		return nil, c.fail(ctx, vp, err)
-	}
-	if rl := m.relay.Load(); rl != nil && st.Mode&unix.S_IFMT == unix.S_IFREG && translate.IsEventsFile(path.Base(vp)) {
-		rl.watch(t.view, vp, join(t.dir, vp), id)
-	}
-	fillAttr(&out.Attr, &st)
-	m.spliceable(out, path.Base(vp), &st)
-	m.revived.Store(id)
-	return cur, 0
-}
-
-var _ = (gofs.NodeLookupNoder)((*node)(nil))
-
-// LookupNode finds a node the kernel holds from an earlier server (it is
-// only asked of the root).
-func (n *node) LookupNode(ctx context.Context, id uint64, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return n.m.revive(ctx, n.t, id, out)
-}
-
-var _ = (gofs.NodeLookupNoder)((*layoutRoot)(nil))
-
-// LookupNode finds a node the kernel holds from an earlier server: a
-// hierarchy's directory, a symlink, or a node of one of the views.
-func (r *layoutRoot) LookupNode(ctx context.Context, id uint64, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	for name, ch := range r.Children() {
-		if ch.StableAttr().Ino != id {
-			continue
-		}
-		if n, ok := ch.Operations().(*node); ok {
-			st, err := n.t.view.RootAttr()
-			if err != nil {
-				return nil, r.m.errno(ctx, nil, "revive", name, err)
-			}
-			fillAttr(&out.Attr, &st)
-		} else {
-			out.Attr.Mode = unix.S_IFLNK | 0o777
-			out.Attr.Ino = id
-		}
-		r.m.revived.Store(id)
-		return ch, 0
-	}
-	for _, ch := range r.Children() {
-		if n, ok := ch.Operations().(*node); ok {
-			if _, err := n.t.view.Resolve(id); err == nil {
-				return r.m.revive(ctx, n.t, id, out)
-			}
-		}
-	}
-	return nil, r.m.errno(ctx, nil, "revive", fmt.Sprintf("inode %d", id), translate.ErrStale)
 }
