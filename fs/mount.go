@@ -129,7 +129,7 @@ func (c *call) end() {
 // Kernel cache lifetimes. Attributes and names may be cached briefly;
 // a missing name is never cached so a cgroup made on the host shows at
 // once. Content is never cached (FOPEN_DIRECT_IO or passthrough).
-var (
+const (
 	entryTimeout    = time.Second
 	attrTimeout     = time.Second
 	negativeTimeout = time.Duration(0)
@@ -169,6 +169,8 @@ func serve(cfg Config) (*fuseconn.Conn, *mount, error) {
 		// never meet 1.
 		rootIno = 1
 	}
+	// go-fuse takes the lifetimes by pointer: each mount its own.
+	entry, attr, negative := entryTimeout, attrTimeout, negativeTimeout
 	opts := &gofs.Options{
 		MountOptions: fuse.MountOptions{
 			// cgroup xattrs (systemd's trusted.delegate, ...) are not
@@ -191,9 +193,9 @@ func serve(cfg Config) (*fuseconn.Conn, *mount, error) {
 			// it) and said on the host, with where.
 			PanicHandler: m.panicked,
 		},
-		EntryTimeout:    &entryTimeout,
-		AttrTimeout:     &attrTimeout,
-		NegativeTimeout: &negativeTimeout,
+		EntryTimeout:    &entry,
+		AttrTimeout:     &attr,
+		NegativeTimeout: &negative,
 		RootStableAttr:  &gofs.StableAttr{Mode: unix.S_IFDIR, Ino: rootIno},
 		// The kernel's node ids are the inode numbers, so that a server
 		// taking the connection over knows what they name (see revive).

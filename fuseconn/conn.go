@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -332,33 +331,26 @@ func (c *Conn) Stop() {
 	<-c.done
 }
 
-// fusectl is a private mount of the FUSE control filesystem, made once
-// (fsmount(2), mounted nowhere), through which connections are aborted.
-var fusectl struct {
-	once sync.Once
-	fd   int
-	err  error
-}
-
-// abort aborts FUSE connection conn, as writing its fusectl abort file
-// does.
+// abort aborts FUSE connection conn, as writing its abort file in the
+// FUSE control filesystem does, through a private mount of it
+// (fsmount(2), mounted nowhere) made for the purpose: a connection is
+// aborted only when its server stopped and it outlived its mounts, which
+// is rare, and the process keeps nothing open for it meanwhile.
 func abort(conn uint32) error {
-	fusectl.once.Do(func() {
-		fsfd, err := unix.Fsopen("fusectl", unix.FSOPEN_CLOEXEC)
-		if err != nil {
-			fusectl.err = err
-			return
-		}
-		defer unix.Close(fsfd)
-		if fusectl.err = unix.FsconfigCreate(fsfd); fusectl.err != nil {
-			return
-		}
-		fusectl.fd, fusectl.err = unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, 0)
-	})
-	if fusectl.err != nil {
-		return fmt.Errorf("fusectl: %w", fusectl.err)
+	fsfd, err := unix.Fsopen("fusectl", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("fusectl: %w", err)
 	}
-	fd, err := unix.Openat(fusectl.fd, fmt.Sprintf("%d/abort", conn), unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	defer unix.Close(fsfd)
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		return fmt.Errorf("fusectl: %w", err)
+	}
+	ctl, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("fusectl: %w", err)
+	}
+	defer unix.Close(ctl)
+	fd, err := unix.Openat(ctl, fmt.Sprintf("%d/abort", conn), unix.O_WRONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}

@@ -197,7 +197,11 @@ func (c *Conn) Drain() error {
 
 // poker pokes the process's threads (pokeThreads) every millisecond
 // while any Drain is under way: once for all of them, as a daemon drains
-// every view at once.
+// every view at once. It is the package's one process-wide state, and
+// must be: what it pokes is every thread of the process (which one
+// sleeps in which connection's read(2) is not known), so a poker per
+// connection or per caller would only multiply the signals; it holds
+// nothing but how many drains want it.
 var poker struct {
 	mu    sync.Mutex
 	users int
