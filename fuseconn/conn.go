@@ -92,7 +92,7 @@ func Serve(cfg Config) (*Conn, error) {
 		c.master = os.NewFile(uintptr(fd), "fuse connection")
 		c.conn, c.dev, c.gen, c.init = r.Conn, r.Dev, r.Gen+1, r.Init
 	}
-	raw := &inherit{RawFileSystem: cfg.FS, fs: cfg.FS, gen: uint64(c.gen), resumed: cfg.Resume != nil, files: map[uint64]uint64{}, checked: map[uint64]uint64{}}
+	raw := &inherit{next: cfg.FS, gen: uint64(c.gen), resumed: cfg.Resume != nil, files: map[uint64]uint64{}, checked: map[uint64]uint64{}}
 	var err error
 	if cfg.Resume == nil {
 		c.server, c.clone, err = newServer(raw, cfg.Options, c.master)

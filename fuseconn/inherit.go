@@ -26,9 +26,15 @@ import (
 //
 // A server that made its connection has no earlier nodes: it only tags
 // its handles.
+//
+// Every request but FORGET and the RELEASEs goes through one mechanism
+// (serve): its method says what the request names (a req) and calls the
+// bridge. The bridge is not embedded, so that a go-fuse whose
+// RawFileSystem gains a method does not build until the method says what
+// it names: one passed through unseen would hand the bridge a node id it
+// does not know, which it panics on.
 type inherit struct {
-	fuse.RawFileSystem
-	fs      FS
+	next    FS
 	gen     uint64
 	resumed bool
 
@@ -38,6 +44,8 @@ type inherit struct {
 	checked map[uint64]uint64
 	files   map[uint64]uint64 // an earlier server's handle: this one's
 }
+
+var _ fuse.RawFileSystem = (*inherit)(nil)
 
 const fhMask = 1<<32 - 1
 
@@ -67,14 +75,14 @@ func (w *inherit) know(cancel <-chan struct{}, h *fuse.InHeader, id uint64) fuse
 	if _, ok := w.checked[id]; ok {
 		return fuse.OK
 	}
-	w.fs.Revived() // clears it
+	w.next.Revived() // clears it
 	var out fuse.EntryOut
 	hdr := fuse.InHeader{NodeId: id, Caller: h.Caller}
-	if st := w.RawFileSystem.Lookup(cancel, &hdr, ".", &out); !st.Ok() {
+	if st := w.next.Lookup(cancel, &hdr, ".", &out); !st.Ok() {
 		return st
 	}
-	if w.fs.Revived() != id {
-		w.RawFileSystem.Forget(id, 1) // it knew it: give the lookup back
+	if w.next.Revived() != id {
+		w.next.Forget(id, 1) // it knew it: give the lookup back
 	}
 	// The one lookup the bridge holds (the revival's, or the one it had)
 	// stands for all the earlier servers'.
@@ -84,18 +92,13 @@ func (w *inherit) know(cancel <-chan struct{}, h *fuse.InHeader, id uint64) fuse
 
 // mark notes a node id the bridge handed the kernel (an answer with an
 // entry): it knows it, and holds one more of the kernel's lookups.
-func (w *inherit) mark(st fuse.Status, id uint64) fuse.Status {
+func (w *inherit) mark(st fuse.Status, id uint64) {
 	if !w.resumed || !st.Ok() || id == fuse.FUSE_ROOT_ID || id == 0 {
-		return st
+		return
 	}
 	w.mu.Lock()
 	w.checked[id]++
 	w.mu.Unlock()
-	return st
-}
-
-func (w *inherit) knowIn(cancel <-chan struct{}, h *fuse.InHeader) fuse.Status {
-	return w.know(cancel, h, h.NodeId)
 }
 
 // inherited is this server's handle for fh, an earlier server's,
@@ -108,7 +111,7 @@ func (w *inherit) inherited(cancel <-chan struct{}, h *fuse.InHeader, fh uint64,
 	if ok {
 		return mine, fuse.OK
 	}
-	if st := w.knowIn(cancel, h); !st.Ok() {
+	if st := w.know(cancel, h, h.NodeId); !st.Ok() {
 		return 0, st
 	}
 	in := fuse.OpenIn{InHeader: *h, Flags: flags &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC)}
@@ -116,9 +119,9 @@ func (w *inherit) inherited(cancel <-chan struct{}, h *fuse.InHeader, fh uint64,
 	var st fuse.Status
 	if dir {
 		in.Flags = unix.O_RDONLY | unix.O_DIRECTORY
-		st = w.RawFileSystem.OpenDir(cancel, &in, &out)
+		st = w.next.OpenDir(cancel, &in, &out)
 	} else {
-		st = w.RawFileSystem.Open(cancel, &in, &out)
+		st = w.next.Open(cancel, &in, &out)
 	}
 	if !st.Ok() {
 		return 0, st
@@ -128,26 +131,14 @@ func (w *inherit) inherited(cancel <-chan struct{}, h *fuse.InHeader, fh uint64,
 	if other, ok := w.files[fh]; ok { // opened meanwhile: keep one
 		rel := fuse.ReleaseIn{InHeader: *h, Fh: out.Fh}
 		if dir {
-			w.RawFileSystem.ReleaseDir(&rel)
+			w.next.ReleaseDir(&rel)
 		} else {
-			w.RawFileSystem.Release(cancel, &rel)
+			w.next.Release(cancel, &rel)
 		}
 		return other, fuse.OK
 	}
 	w.files[fh] = out.Fh
 	return out.Fh, fuse.OK
-}
-
-// handle is the bridge's handle for the kernel's fh in a request that
-// carries one.
-func (w *inherit) handle(cancel <-chan struct{}, h *fuse.InHeader, fh *uint64, dir bool, flags uint32) fuse.Status {
-	if mine, ok := w.own(*fh); ok {
-		*fh = mine
-		return w.knowIn(cancel, h)
-	}
-	mine, st := w.inherited(cancel, h, *fh, dir, flags)
-	*fh = mine
-	return st
 }
 
 // release ends the kernel's handle fh: false if it was an earlier
@@ -165,11 +156,128 @@ func (w *inherit) release(fh *uint64) bool {
 	return ok
 }
 
-func (w *inherit) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
-	if st := w.knowIn(cancel, h); !st.Ok() {
-		return st
+// req is what a request names that an earlier server may have handed
+// the kernel, and what its answer hands the kernel.
+type req struct {
+	h *fuse.InHeader // the node it is about (h.NodeId)
+	// node2 is a second node it names (RENAME's new directory, LINK's
+	// node, COPY_FILE_RANGE's destination); 0 for none.
+	node2 uint64
+	// fh is the file handle it carries (nil: none), taken as kind says;
+	// fh2 a second (COPY_FILE_RANGE's destination), taken alike.
+	fh, fh2 *uint64
+	kind    handleKind
+	// open is how a file of an earlier server's handle is opened again
+	// (READ's and WRITE's flags), for kind reopenFile.
+	open uint32
+	// valid and validFH say whether fh is set at all, for kind optional:
+	// the bit validFH of *valid.
+	valid   *uint32
+	validFH uint32
+	// entry is the node id the answer hands the kernel (the answers
+	// with an entry), outFh the file handle (OPEN's, CREATE's); nil for
+	// none.
+	entry, outFh *uint64
+}
+
+// handleKind is how a request's file handle of an earlier server is
+// taken.
+type handleKind int
+
+const (
+	// reopenFile and reopenDir: opened again on first use (see
+	// inherited), as a file (with req.open) or a directory.
+	reopenFile handleKind = iota + 1
+	reopenDir
+	// optional: the node answers instead (GETATTR, SETATTR, STATX: the
+	// handle only says which open the kernel had at hand).
+	optional
+	// nothingBuffered: nothing to do, OK (FLUSH, FSYNC, FSYNCDIR: cgfs
+	// buffers nothing).
+	nothingBuffered
+	// notServed: ENOSYS, the answer the bridge gives, as for any request
+	// cgfs's nodes do not serve (locks, seeks, allocation, copies,
+	// ioctls); so is a node that cannot be known.
+	notServed
+)
+
+// before readies request r for the bridge: every node it names known,
+// its file handles the bridge's. False: the request is answered st
+// without the bridge.
+func (w *inherit) before(cancel <-chan struct{}, r *req) (st fuse.Status, call bool) {
+	switch r.kind {
+	case reopenFile, reopenDir:
+		if mine, ok := w.own(*r.fh); ok {
+			*r.fh = mine
+			break
+		}
+		mine, st := w.inherited(cancel, r.h, *r.fh, r.kind == reopenDir, r.open)
+		*r.fh = mine
+		return st, st.Ok()
+	case optional:
+		if mine, ok := w.own(*r.fh); ok {
+			*r.fh = mine
+		} else {
+			*r.valid &^= r.validFH
+			*r.fh = 0
+		}
+	case nothingBuffered:
+		mine, ok := w.own(*r.fh)
+		if !ok {
+			return fuse.OK, false
+		}
+		*r.fh = mine
+	case notServed:
+		mine, ok := w.own(*r.fh)
+		mine2, ok2 := mine, ok
+		if r.fh2 != nil {
+			mine2, ok2 = w.own(*r.fh2)
+		}
+		if !ok || !ok2 || !w.know(cancel, r.h, r.h.NodeId).Ok() || !w.know(cancel, r.h, r.node2).Ok() {
+			return fuse.ENOSYS, false
+		}
+		*r.fh = mine
+		if r.fh2 != nil {
+			*r.fh2 = mine2
+		}
+		return fuse.OK, true
 	}
-	return w.mark(w.RawFileSystem.Lookup(cancel, h, name, out), out.NodeId)
+	if st := w.know(cancel, r.h, r.h.NodeId); !st.Ok() {
+		return st, false
+	}
+	if r.node2 != 0 {
+		if st := w.know(cancel, r.h, r.node2); !st.Ok() {
+			return st, false
+		}
+	}
+	return fuse.OK, true
+}
+
+// after notes what the bridge's answer st to r handed the kernel.
+func (w *inherit) after(r *req, st fuse.Status) {
+	if r.entry != nil {
+		w.mark(st, *r.entry)
+	}
+	if r.outFh != nil {
+		*r.outFh = w.tag(*r.outFh)
+	}
+}
+
+// serve is the one way a request goes to the bridge (call), as r says.
+func serve[R any](w *inherit, cancel <-chan struct{}, r req, call func() (R, fuse.Status)) (R, fuse.Status) {
+	if st, ok := w.before(cancel, &r); !ok {
+		var zero R
+		return zero, st
+	}
+	res, st := call()
+	w.after(&r, st)
+	return res, st
+}
+
+// status is serve for the requests answered with a status alone.
+func (w *inherit) status(cancel <-chan struct{}, r req, call func() fuse.Status) fuse.Status {
+	_, st := serve(w, cancel, r, func() (struct{}, fuse.Status) { return struct{}{}, call() })
+	return st
 }
 
 // Forget: every node the bridge knows since the takeover was marked, so
@@ -193,339 +301,194 @@ func (w *inherit) Forget(nodeid, nlookup uint64) {
 			return
 		}
 	}
-	w.RawFileSystem.Forget(nodeid, nlookup)
-}
-
-func (w *inherit) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
-	if in.Flags_&fuse.FUSE_GETATTR_FH != 0 {
-		if mine, ok := w.own(in.Fh_); ok {
-			in.Fh_ = mine
-		} else { // an earlier server's handle: the node answers
-			in.Flags_ &^= fuse.FUSE_GETATTR_FH
-			in.Fh_ = 0
-		}
-	}
-	if st := w.knowIn(cancel, &in.InHeader); !st.Ok() {
-		return st
-	}
-	return w.RawFileSystem.GetAttr(cancel, in, out)
-}
-
-func (w *inherit) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrOut) fuse.Status {
-	if in.Valid&fuse.FATTR_FH != 0 {
-		if mine, ok := w.own(in.Fh); ok {
-			in.Fh = mine
-		} else {
-			in.Valid &^= fuse.FATTR_FH
-			in.Fh = 0
-		}
-	}
-	if st := w.knowIn(cancel, &in.InHeader); !st.Ok() {
-		return st
-	}
-	return w.RawFileSystem.SetAttr(cancel, in, out)
-}
-
-func (w *inherit) Statx(cancel <-chan struct{}, in *fuse.StatxIn, out *fuse.StatxOut) fuse.Status {
-	if in.GetattrFlags&fuse.FUSE_GETATTR_FH != 0 {
-		if mine, ok := w.own(in.Fh); ok {
-			in.Fh = mine
-		} else {
-			in.GetattrFlags &^= fuse.FUSE_GETATTR_FH
-			in.Fh = 0
-		}
-	}
-	if st := w.knowIn(cancel, &in.InHeader); !st.Ok() {
-		return st
-	}
-	return w.RawFileSystem.Statx(cancel, in, out)
-}
-
-func (w *inherit) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *fuse.EntryOut) fuse.Status {
-	if st := w.knowIn(cancel, &in.InHeader); !st.Ok() {
-		return st
-	}
-	return w.mark(w.RawFileSystem.Mknod(cancel, in, name, out), out.NodeId)
-}
-
-func (w *inherit) Mkdir(cancel <-chan struct{}, in *fuse.MkdirIn, name string, out *fuse.EntryOut) fuse.Status {
-	if st := w.knowIn(cancel, &in.InHeader); !st.Ok() {
-		return st
-	}
-	return w.mark(w.RawFileSystem.Mkdir(cancel, in, name, out), out.NodeId)
-}
-
-func (w *inherit) Unlink(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
-	if st := w.knowIn(cancel, h); !st.Ok() {
-		return st
-	}
-	return w.RawFileSystem.Unlink(cancel, h, name)
-}
-
-func (w *inherit) Rmdir(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
-	if st := w.knowIn(cancel, h); !st.Ok() {
-		return st
-	}
-	return w.RawFileSystem.Rmdir(cancel, h, name)
-}
-
-func (w *inherit) Rename(cancel <-chan struct{}, in *fuse.RenameIn, oldName, newName string) fuse.Status {
-	if st := w.knowIn(cancel, &in.InHeader); !st.Ok() {
-		return st
-	}
-	if st := w.know(cancel, &in.InHeader, in.Newdir); !st.Ok() {
-		return st
-	}
-	return w.RawFileSystem.Rename(cancel, in, oldName, newName)
-}
-
-func (w *inherit) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *fuse.EntryOut) fuse.Status {
-	if st := w.knowIn(cancel, &in.InHeader); !st.Ok() {
-		return st
-	}
-	if st := w.know(cancel, &in.InHeader, in.Oldnodeid); !st.Ok() {
-		return st
-	}
-	return w.mark(w.RawFileSystem.Link(cancel, in, name, out), out.NodeId)
-}
-
-func (w *inherit) Symlink(cancel <-chan struct{}, h *fuse.InHeader, target, name string, out *fuse.EntryOut) fuse.Status {
-	if st := w.knowIn(cancel, h); !st.Ok() {
-		return st
-	}
-	return w.mark(w.RawFileSystem.Symlink(cancel, h, target, name, out), out.NodeId)
-}
-
-func (w *inherit) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.Status) {
-	if st := w.knowIn(cancel, h); !st.Ok() {
-		return nil, st
-	}
-	return w.RawFileSystem.Readlink(cancel, h)
-}
-
-func (w *inherit) Access(cancel <-chan struct{}, in *fuse.AccessIn) fuse.Status {
-	if st := w.knowIn(cancel, &in.InHeader); !st.Ok() {
-		return st
-	}
-	return w.RawFileSystem.Access(cancel, in)
-}
-
-func (w *inherit) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
-	if st := w.knowIn(cancel, &in.InHeader); !st.Ok() {
-		return st
-	}
-	st := w.mark(w.RawFileSystem.Create(cancel, in, name, out), out.NodeId)
-	out.Fh = w.tag(out.Fh)
-	return st
-}
-
-func (w *inherit) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.CreateOut) fuse.Status {
-	if st := w.knowIn(cancel, &in.InHeader); !st.Ok() {
-		return st
-	}
-	st := w.mark(w.RawFileSystem.Tmpfile(cancel, in, out), out.NodeId)
-	out.Fh = w.tag(out.Fh)
-	return st
-}
-
-func (w *inherit) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	if st := w.knowIn(cancel, &in.InHeader); !st.Ok() {
-		return st
-	}
-	st := w.RawFileSystem.Open(cancel, in, out)
-	out.Fh = w.tag(out.Fh)
-	return st
-}
-
-func (w *inherit) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	if st := w.knowIn(cancel, &in.InHeader); !st.Ok() {
-		return st
-	}
-	st := w.RawFileSystem.OpenDir(cancel, in, out)
-	out.Fh = w.tag(out.Fh)
-	return st
-}
-
-func (w *inherit) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
-	if st := w.handle(cancel, &in.InHeader, &in.Fh, false, in.Flags); !st.Ok() {
-		return nil, st
-	}
-	return w.RawFileSystem.Read(cancel, in, buf)
-}
-
-func (w *inherit) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
-	if st := w.handle(cancel, &in.InHeader, &in.Fh, false, in.Flags); !st.Ok() {
-		return 0, st
-	}
-	return w.RawFileSystem.Write(cancel, in, data)
-}
-
-func (w *inherit) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (uint32, fuse.Status) {
-	if st := w.handle(cancel, &in.InHeader, &in.Fh, false, in.Flags); !st.Ok() {
-		return 0, st
-	}
-	return w.RawFileSystem.Writev(cancel, in, data)
+	w.next.Forget(nodeid, nlookup)
 }
 
 func (w *inherit) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
-	if w.release(&in.Fh) {
-		if w.knowIn(cancel, &in.InHeader).Ok() {
-			w.RawFileSystem.Release(cancel, in)
-		}
+	if w.release(&in.Fh) && w.know(cancel, &in.InHeader, in.NodeId).Ok() {
+		w.next.Release(cancel, in)
 	}
 }
 
 func (w *inherit) ReleaseDir(in *fuse.ReleaseIn) {
-	if w.release(&in.Fh) {
-		if w.knowIn(nil, &in.InHeader).Ok() {
-			w.RawFileSystem.ReleaseDir(in)
-		}
+	if w.release(&in.Fh) && w.know(nil, &in.InHeader, in.NodeId).Ok() {
+		w.next.ReleaseDir(in)
 	}
 }
 
-func (w *inherit) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	if st := w.handle(cancel, &in.InHeader, &in.Fh, true, 0); !st.Ok() {
-		return st
-	}
-	return w.RawFileSystem.ReadDir(cancel, in, out)
+// What each request names. Nodes:
+
+func (w *inherit) Lookup(c <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+	return w.status(c, req{h: h, entry: &out.NodeId}, func() fuse.Status { return w.next.Lookup(c, h, name, out) })
 }
 
-func (w *inherit) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	if st := w.handle(cancel, &in.InHeader, &in.Fh, true, 0); !st.Ok() {
-		return st
-	}
-	return w.RawFileSystem.ReadDirPlus(cancel, in, out)
+func (w *inherit) Mknod(c <-chan struct{}, in *fuse.MknodIn, name string, out *fuse.EntryOut) fuse.Status {
+	return w.status(c, req{h: &in.InHeader, entry: &out.NodeId}, func() fuse.Status { return w.next.Mknod(c, in, name, out) })
+}
+
+func (w *inherit) Mkdir(c <-chan struct{}, in *fuse.MkdirIn, name string, out *fuse.EntryOut) fuse.Status {
+	return w.status(c, req{h: &in.InHeader, entry: &out.NodeId}, func() fuse.Status { return w.next.Mkdir(c, in, name, out) })
+}
+
+func (w *inherit) Symlink(c <-chan struct{}, h *fuse.InHeader, target, name string, out *fuse.EntryOut) fuse.Status {
+	return w.status(c, req{h: h, entry: &out.NodeId}, func() fuse.Status { return w.next.Symlink(c, h, target, name, out) })
+}
+
+func (w *inherit) Link(c <-chan struct{}, in *fuse.LinkIn, name string, out *fuse.EntryOut) fuse.Status {
+	return w.status(c, req{h: &in.InHeader, node2: in.Oldnodeid, entry: &out.NodeId}, func() fuse.Status { return w.next.Link(c, in, name, out) })
+}
+
+func (w *inherit) Rename(c <-chan struct{}, in *fuse.RenameIn, oldName, newName string) fuse.Status {
+	return w.status(c, req{h: &in.InHeader, node2: in.Newdir}, func() fuse.Status { return w.next.Rename(c, in, oldName, newName) })
+}
+
+func (w *inherit) Unlink(c <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
+	return w.status(c, req{h: h}, func() fuse.Status { return w.next.Unlink(c, h, name) })
+}
+
+func (w *inherit) Rmdir(c <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
+	return w.status(c, req{h: h}, func() fuse.Status { return w.next.Rmdir(c, h, name) })
+}
+
+func (w *inherit) Readlink(c <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.Status) {
+	return serve(w, c, req{h: h}, func() ([]byte, fuse.Status) { return w.next.Readlink(c, h) })
+}
+
+func (w *inherit) Access(c <-chan struct{}, in *fuse.AccessIn) fuse.Status {
+	return w.status(c, req{h: &in.InHeader}, func() fuse.Status { return w.next.Access(c, in) })
+}
+
+func (w *inherit) StatFs(c <-chan struct{}, h *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
+	return w.status(c, req{h: h}, func() fuse.Status { return w.next.StatFs(c, h, out) })
+}
+
+func (w *inherit) GetXAttr(c <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
+	return serve(w, c, req{h: h}, func() (uint32, fuse.Status) { return w.next.GetXAttr(c, h, attr, dest) })
+}
+
+func (w *inherit) ListXAttr(c <-chan struct{}, h *fuse.InHeader, dest []byte) (uint32, fuse.Status) {
+	return serve(w, c, req{h: h}, func() (uint32, fuse.Status) { return w.next.ListXAttr(c, h, dest) })
+}
+
+func (w *inherit) SetXAttr(c <-chan struct{}, in *fuse.SetXAttrIn, attr string, data []byte) fuse.Status {
+	return w.status(c, req{h: &in.InHeader}, func() fuse.Status { return w.next.SetXAttr(c, in, attr, data) })
+}
+
+func (w *inherit) RemoveXAttr(c <-chan struct{}, h *fuse.InHeader, attr string) fuse.Status {
+	return w.status(c, req{h: h}, func() fuse.Status { return w.next.RemoveXAttr(c, h, attr) })
+}
+
+// Attributes, with a handle that only says which open the kernel had:
+
+func (w *inherit) GetAttr(c <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
+	r := req{h: &in.InHeader, fh: &in.Fh_, kind: optional, valid: &in.Flags_, validFH: fuse.FUSE_GETATTR_FH}
+	return w.status(c, r, func() fuse.Status { return w.next.GetAttr(c, in, out) })
+}
+
+func (w *inherit) SetAttr(c <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrOut) fuse.Status {
+	r := req{h: &in.InHeader, fh: &in.Fh, kind: optional, valid: &in.Valid, validFH: fuse.FATTR_FH}
+	return w.status(c, r, func() fuse.Status { return w.next.SetAttr(c, in, out) })
+}
+
+func (w *inherit) Statx(c <-chan struct{}, in *fuse.StatxIn, out *fuse.StatxOut) fuse.Status {
+	r := req{h: &in.InHeader, fh: &in.Fh, kind: optional, valid: &in.GetattrFlags, validFH: fuse.FUSE_GETATTR_FH}
+	return w.status(c, r, func() fuse.Status { return w.next.Statx(c, in, out) })
+}
+
+// Opens, which hand the kernel a handle:
+
+func (w *inherit) Open(c <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	return w.status(c, req{h: &in.InHeader, outFh: &out.Fh}, func() fuse.Status { return w.next.Open(c, in, out) })
+}
+
+func (w *inherit) OpenDir(c <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	return w.status(c, req{h: &in.InHeader, outFh: &out.Fh}, func() fuse.Status { return w.next.OpenDir(c, in, out) })
+}
+
+func (w *inherit) Create(c <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
+	r := req{h: &in.InHeader, entry: &out.NodeId, outFh: &out.Fh}
+	return w.status(c, r, func() fuse.Status { return w.next.Create(c, in, name, out) })
+}
+
+func (w *inherit) Tmpfile(c <-chan struct{}, in *fuse.CreateIn, out *fuse.CreateOut) fuse.Status {
+	r := req{h: &in.InHeader, entry: &out.NodeId, outFh: &out.Fh}
+	return w.status(c, r, func() fuse.Status { return w.next.Tmpfile(c, in, out) })
+}
+
+// Reads and writes of a handle, opened again if an earlier server's:
+
+func (w *inherit) Read(c <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	r := req{h: &in.InHeader, fh: &in.Fh, kind: reopenFile, open: in.Flags}
+	return serve(w, c, r, func() (fuse.ReadResult, fuse.Status) { return w.next.Read(c, in, buf) })
+}
+
+func (w *inherit) Write(c <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
+	r := req{h: &in.InHeader, fh: &in.Fh, kind: reopenFile, open: in.Flags}
+	return serve(w, c, r, func() (uint32, fuse.Status) { return w.next.Write(c, in, data) })
+}
+
+func (w *inherit) Writev(c <-chan struct{}, in *fuse.WriteIn, data [][]byte) (uint32, fuse.Status) {
+	r := req{h: &in.InHeader, fh: &in.Fh, kind: reopenFile, open: in.Flags}
+	return serve(w, c, r, func() (uint32, fuse.Status) { return w.next.Writev(c, in, data) })
+}
+
+func (w *inherit) ReadDir(c <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return w.status(c, req{h: &in.InHeader, fh: &in.Fh, kind: reopenDir}, func() fuse.Status { return w.next.ReadDir(c, in, out) })
+}
+
+func (w *inherit) ReadDirPlus(c <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return w.status(c, req{h: &in.InHeader, fh: &in.Fh, kind: reopenDir}, func() fuse.Status { return w.next.ReadDirPlus(c, in, out) })
 }
 
 // Nothing is buffered: a flush or sync of an earlier server's handle
 // has nothing to do.
 
-func (w *inherit) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
-	if mine, ok := w.own(in.Fh); ok {
-		in.Fh = mine
-		if st := w.knowIn(cancel, &in.InHeader); !st.Ok() {
-			return st
-		}
-		return w.RawFileSystem.Flush(cancel, in)
-	}
-	return fuse.OK
+func (w *inherit) Flush(c <-chan struct{}, in *fuse.FlushIn) fuse.Status {
+	return w.status(c, req{h: &in.InHeader, fh: &in.Fh, kind: nothingBuffered}, func() fuse.Status { return w.next.Flush(c, in) })
 }
 
-func (w *inherit) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
-	if mine, ok := w.own(in.Fh); ok {
-		in.Fh = mine
-		if st := w.knowIn(cancel, &in.InHeader); !st.Ok() {
-			return st
-		}
-		return w.RawFileSystem.Fsync(cancel, in)
-	}
-	return fuse.OK
+func (w *inherit) Fsync(c <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
+	return w.status(c, req{h: &in.InHeader, fh: &in.Fh, kind: nothingBuffered}, func() fuse.Status { return w.next.Fsync(c, in) })
 }
 
-func (w *inherit) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
-	if mine, ok := w.own(in.Fh); ok {
-		in.Fh = mine
-		if st := w.knowIn(cancel, &in.InHeader); !st.Ok() {
-			return st
-		}
-		return w.RawFileSystem.FsyncDir(cancel, in)
-	}
-	return fuse.OK
+func (w *inherit) FsyncDir(c <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
+	return w.status(c, req{h: &in.InHeader, fh: &in.Fh, kind: nothingBuffered}, func() fuse.Status { return w.next.FsyncDir(c, in) })
 }
 
-// cgfs serves no locks, seeks, allocation, copies or ioctls: for an
-// earlier server's handle the answer is the one the bridge gives (ENOSYS
-// or what the kernel falls back on).
+// cgfs serves no locks, seeks, allocation, copies or ioctls:
 
-func (w *inherit) GetLk(cancel <-chan struct{}, in *fuse.LkIn, out *fuse.LkOut) fuse.Status {
-	if mine, ok := w.own(in.Fh); ok && w.knowIn(cancel, &in.InHeader).Ok() {
-		in.Fh = mine
-		return w.RawFileSystem.GetLk(cancel, in, out)
-	}
-	return fuse.ENOSYS
+func (w *inherit) GetLk(c <-chan struct{}, in *fuse.LkIn, out *fuse.LkOut) fuse.Status {
+	return w.status(c, req{h: &in.InHeader, fh: &in.Fh, kind: notServed}, func() fuse.Status { return w.next.GetLk(c, in, out) })
 }
 
-func (w *inherit) SetLk(cancel <-chan struct{}, in *fuse.LkIn) fuse.Status {
-	if mine, ok := w.own(in.Fh); ok && w.knowIn(cancel, &in.InHeader).Ok() {
-		in.Fh = mine
-		return w.RawFileSystem.SetLk(cancel, in)
-	}
-	return fuse.ENOSYS
+func (w *inherit) SetLk(c <-chan struct{}, in *fuse.LkIn) fuse.Status {
+	return w.status(c, req{h: &in.InHeader, fh: &in.Fh, kind: notServed}, func() fuse.Status { return w.next.SetLk(c, in) })
 }
 
-func (w *inherit) SetLkw(cancel <-chan struct{}, in *fuse.LkIn) fuse.Status {
-	if mine, ok := w.own(in.Fh); ok && w.knowIn(cancel, &in.InHeader).Ok() {
-		in.Fh = mine
-		return w.RawFileSystem.SetLkw(cancel, in)
-	}
-	return fuse.ENOSYS
+func (w *inherit) SetLkw(c <-chan struct{}, in *fuse.LkIn) fuse.Status {
+	return w.status(c, req{h: &in.InHeader, fh: &in.Fh, kind: notServed}, func() fuse.Status { return w.next.SetLkw(c, in) })
 }
 
-func (w *inherit) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut) fuse.Status {
-	if mine, ok := w.own(in.Fh); ok && w.knowIn(cancel, &in.InHeader).Ok() {
-		in.Fh = mine
-		return w.RawFileSystem.Lseek(cancel, in, out)
-	}
-	return fuse.ENOSYS
+func (w *inherit) Lseek(c <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut) fuse.Status {
+	return w.status(c, req{h: &in.InHeader, fh: &in.Fh, kind: notServed}, func() fuse.Status { return w.next.Lseek(c, in, out) })
 }
 
-func (w *inherit) Fallocate(cancel <-chan struct{}, in *fuse.FallocateIn) fuse.Status {
-	if mine, ok := w.own(in.Fh); ok && w.knowIn(cancel, &in.InHeader).Ok() {
-		in.Fh = mine
-		return w.RawFileSystem.Fallocate(cancel, in)
-	}
-	return fuse.ENOSYS
+func (w *inherit) Fallocate(c <-chan struct{}, in *fuse.FallocateIn) fuse.Status {
+	return w.status(c, req{h: &in.InHeader, fh: &in.Fh, kind: notServed}, func() fuse.Status { return w.next.Fallocate(c, in) })
 }
 
-func (w *inherit) CopyFileRange(cancel <-chan struct{}, in *fuse.CopyFileRangeIn) (uint32, fuse.Status) {
-	fin, ok1 := w.own(in.FhIn)
-	fout, ok2 := w.own(in.FhOut)
-	if ok1 && ok2 && w.knowIn(cancel, &in.InHeader).Ok() && w.know(cancel, &in.InHeader, in.NodeIdOut).Ok() {
-		in.FhIn, in.FhOut = fin, fout
-		return w.RawFileSystem.CopyFileRange(cancel, in)
-	}
-	return 0, fuse.ENOSYS
+func (w *inherit) Ioctl(c <-chan struct{}, in *fuse.IoctlIn, inbuf []byte, out *fuse.IoctlOut, outbuf []byte) fuse.Status {
+	return w.status(c, req{h: &in.InHeader, fh: &in.Fh, kind: notServed}, func() fuse.Status { return w.next.Ioctl(c, in, inbuf, out, outbuf) })
 }
 
-func (w *inherit) Ioctl(cancel <-chan struct{}, in *fuse.IoctlIn, inbuf []byte, out *fuse.IoctlOut, outbuf []byte) fuse.Status {
-	if mine, ok := w.own(in.Fh); ok && w.knowIn(cancel, &in.InHeader).Ok() {
-		in.Fh = mine
-		return w.RawFileSystem.Ioctl(cancel, in, inbuf, out, outbuf)
-	}
-	return fuse.ENOSYS
+func (w *inherit) CopyFileRange(c <-chan struct{}, in *fuse.CopyFileRangeIn) (uint32, fuse.Status) {
+	r := req{h: &in.InHeader, node2: in.NodeIdOut, fh: &in.FhIn, fh2: &in.FhOut, kind: notServed}
+	return serve(w, c, r, func() (uint32, fuse.Status) { return w.next.CopyFileRange(c, in) })
 }
 
-func (w *inherit) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
-	if st := w.knowIn(cancel, h); !st.Ok() {
-		return 0, st
-	}
-	return w.RawFileSystem.GetXAttr(cancel, h, attr, dest)
-}
+// And what names nothing of the kernel's:
 
-func (w *inherit) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (uint32, fuse.Status) {
-	if st := w.knowIn(cancel, h); !st.Ok() {
-		return 0, st
-	}
-	return w.RawFileSystem.ListXAttr(cancel, h, dest)
-}
-
-func (w *inherit) SetXAttr(cancel <-chan struct{}, in *fuse.SetXAttrIn, attr string, data []byte) fuse.Status {
-	if st := w.knowIn(cancel, &in.InHeader); !st.Ok() {
-		return st
-	}
-	return w.RawFileSystem.SetXAttr(cancel, in, attr, data)
-}
-
-func (w *inherit) RemoveXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string) fuse.Status {
-	if st := w.knowIn(cancel, h); !st.Ok() {
-		return st
-	}
-	return w.RawFileSystem.RemoveXAttr(cancel, h, attr)
-}
-
-func (w *inherit) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
-	if st := w.knowIn(cancel, h); !st.Ok() {
-		return st
-	}
-	return w.RawFileSystem.StatFs(cancel, h, out)
-}
+func (w *inherit) String() string      { return w.next.String() }
+func (w *inherit) SetDebug(debug bool) { w.next.SetDebug(debug) }
+func (w *inherit) Init(s *fuse.Server) { w.next.Init(s) }
+func (w *inherit) OnUnmount()          { w.next.OnUnmount() }
