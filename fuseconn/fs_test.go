@@ -123,13 +123,14 @@ type tnode struct {
 	ino uint64
 }
 
-func (n *tnode) child(ctx context.Context, ino uint64, e entry, out *fuse.EntryOut) *gofs.Inode {
+// child is a node of parent for store entry e, inode ino.
+func (srv *server) child(ctx context.Context, parent *gofs.Inode, ino uint64, e entry, out *fuse.EntryOut) *gofs.Inode {
 	mode := uint32(unix.S_IFREG)
 	if e.dir {
 		mode = unix.S_IFDIR
 	}
 	out.Attr.Mode, out.Attr.Ino, out.Attr.Size = mode|0o755, ino, uint64(len(e.data))
-	return n.NewInode(ctx, &tnode{srv: n.srv, ino: ino}, gofs.StableAttr{Mode: mode, Ino: ino})
+	return parent.NewInode(ctx, &tnode{srv: srv, ino: ino}, gofs.StableAttr{Mode: mode, Ino: ino})
 }
 
 var _ = (gofs.NodeLookuper)((*tnode)(nil))
@@ -139,7 +140,7 @@ func (n *tnode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*g
 	if !ok {
 		return nil, syscall.ENOENT
 	}
-	return n.child(ctx, ino, e, out), 0
+	return n.srv.child(ctx, &n.Inode, ino, e, out), 0
 }
 
 var _ = (gofs.NodeGetattrer)((*tnode)(nil))
@@ -162,7 +163,7 @@ func (n *tnode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.E
 	if e == nil {
 		return nil, syscall.EEXIST
 	}
-	return n.child(ctx, ino, *e, out), 0
+	return n.srv.child(ctx, &n.Inode, ino, *e, out), 0
 }
 
 var _ = (gofs.NodeRmdirer)((*tnode)(nil))
@@ -228,7 +229,7 @@ func (n *tnode) LookupNode(ctx context.Context, id uint64, out *fuse.EntryOut) (
 		}
 		child := cur.GetChild(name)
 		if child == nil {
-			child = (&tnode{srv: n.srv, ino: ino}).child(ctx, cino, e, out)
+			child = n.srv.child(ctx, cur, cino, e, out)
 			if !cur.AddChild(name, child, false) {
 				child = cur.GetChild(name)
 			}

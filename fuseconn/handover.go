@@ -93,7 +93,9 @@ func initBytes(in *fuse.InitIn) []byte {
 // newResumedServer is a go-fuse server of raw on the connection of an
 // earlier server: go-fuse reads init (the kernel's INIT as it came, so it
 // settles on what the kernel agreed to) from one end of a socket pair,
-// whose number then becomes a clone of master's.
+// whose number then becomes a clone of master's. That takes go-fuse to
+// answer INIT within NewServer (TestGoFuseAnswersINITInNewServer) and to
+// serve its descriptor by number (TestGoFuseServesItsDescriptorNumber).
 func newResumedServer(raw fuse.RawFileSystem, opts *fuse.MountOptions, master *os.File, init []byte) (*fuse.Server, int, error) {
 	if len(init) != int(unsafe.Sizeof(fuse.InitIn{})) {
 		return nil, -1, fmt.Errorf("an INIT of %d bytes, not %d", len(init), unsafe.Sizeof(fuse.InitIn{}))
@@ -188,7 +190,8 @@ func (c *Conn) Drain() error {
 	// read, finding the descriptor non-blocking and the queue empty,
 	// returns EAGAIN. SIGURG is the one Go itself sends its threads (to
 	// preempt them) and every part of it takes in its stride; which
-	// thread sleeps in read(2) is not known, so all get one.
+	// thread sleeps in read(2) is not known, so all get one. That go-fuse
+	// reads so, and ends a reader on EAGAIN: TestGoFuseReadersEndOnSIGURG.
 	defer startPoking()()
 	<-c.served
 	c.master.Close()

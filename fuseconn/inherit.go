@@ -17,9 +17,11 @@ import (
 //     bridge answers itself for a node it knows (that lookup is then
 //     given back, FORGET 1) and through the root's LookupNode for one it
 //     does not (FS.Revived says which it was). A node that names nothing
-//     any more is ESTALE.
+//     any more is ESTALE. (TestGoFuseLookupCounts,
+//     TestGoFuseNodeIDsAreInodeNumbers.)
 //   - File handles carry the generation of the server that opened them in
-//     their high 32 bits. One of an earlier server is opened again on
+//     their high 32 bits (go-fuse's fit in the low:
+//     TestGoFuseFileHandlesFit32Bits). One of an earlier server is opened again on
 //     first use, as the kernel says it was opened (the flags in READ and
 //     WRITE; the kernel only sends a handle it granted), and released
 //     with it.
