@@ -107,6 +107,9 @@ type server struct {
 	revived atomic.Uint64
 	// forgotten gets the inode of each node go-fuse forgot (OnForget).
 	forgotten chan uint64
+	// panicked gets what a request panicked with (go-fuse recovers it:
+	// PanicHandler).
+	panicked chan any
 }
 
 // testFS is a server's node bridge as a connection serves it (FS).
@@ -251,7 +254,7 @@ type cache time.Duration
 // newTestFS is a server of s, as go-fuse's node bridge, with the
 // options a connection serves it with.
 func newTestFS(s *store, c cache) (*testFS, *gofs.Options) {
-	srv := &server{s: s, forgotten: make(chan uint64, 64)}
+	srv := &server{s: s, forgotten: make(chan uint64, 64), panicked: make(chan any, 64)}
 	d := time.Duration(c)
 	var neg time.Duration
 	opts := &gofs.Options{
@@ -261,6 +264,13 @@ func newTestFS(s *store, c cache) (*testFS, *gofs.Options) {
 		MountOptions: fuse.MountOptions{
 			Logger: slog.NewLogLogger(discard(), slog.LevelDebug),
 			Debug:  os.Getenv("CGFS_DEBUG") != "",
+			PanicHandler: func(r any) fuse.Status {
+				select {
+				case srv.panicked <- r:
+				default:
+				}
+				return fuse.EIO
+			},
 		},
 	}
 	root := &tnode{srv: srv, ino: 1}
@@ -299,6 +309,27 @@ func mountStore(t *testing.T, s *store, c cache) (string, *Conn, *testFS) {
 	}
 	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
 	return mnt, conn, fs
+}
+
+// handOver drains first and serves its connection with a second server
+// of s; meanwhile (if set) runs between the two.
+func handOver(t *testing.T, first *Conn, s *store, c cache, meanwhile func()) (*Conn, *testFS) {
+	t.Helper()
+	master, root, err := first.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { master.Close() })
+	if root != nil {
+		t.Cleanup(func() { root.Close() })
+	}
+	if err := first.Drain(); err != nil {
+		t.Fatal(err)
+	}
+	if meanwhile != nil {
+		meanwhile()
+	}
+	return serveStore(t, s, c, &Resume{Handover: first.Handover(), Master: master, Root: root})
 }
 
 // readFile reads a file of a mount from a blocking descriptor the Go

@@ -253,7 +253,9 @@ func TestGoFuseReadersEndOnSIGURG(t *testing.T) {
 	}
 }
 
-// waitForgotten waits until go-fuse forgot node ino (its OnForget).
+// waitForgotten waits until go-fuse forgot node ino (its OnForget);
+// what says what it means if it does not, or if a request panics
+// meanwhile.
 func waitForgotten(t *testing.T, fs *testFS, ino uint64, what string) {
 	t.Helper()
 	deadline := time.After(10 * time.Second)
@@ -263,6 +265,8 @@ func waitForgotten(t *testing.T, fs *testFS, ino uint64, what string) {
 			if got == ino {
 				return
 			}
+		case r := <-fs.srv.panicked:
+			t.Fatalf("%s: a request panicked: %v", what, r)
 		case <-deadline:
 			t.Fatal(what)
 		}
