@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cgfs/cgfs/loglimit"
 )
 
 // Magic tells the agent which files are views: for a file with device dev
@@ -58,26 +60,15 @@ type Agent struct {
 
 	nAnswered, nContinued, nFailed atomic.Uint64
 
-	// Lines callers can cause are at most one a second (callerWarn).
-	logMu      sync.Mutex
-	lastLog    time.Time
-	suppressed int
+	// callerLines are the lines callers can cause: at most one a second
+	// (callerWarn).
+	callerLines *loglimit.Limiter
 }
 
 // callerWarn logs a warning a caller can cause as often as it likes: at
 // most one line a second, with how many were left out.
 func (a *Agent) callerWarn(msg string, args ...any) {
-	a.logMu.Lock()
-	now := time.Now()
-	if now.Sub(a.lastLog) < time.Second {
-		a.suppressed++
-		a.logMu.Unlock()
-		return
-	}
-	n := a.suppressed
-	a.lastLog, a.suppressed = now, 0
-	a.logMu.Unlock()
-	a.log.Warn(msg, append(args, "suppressed", n)...)
+	a.callerLines.Log(a.log, slog.LevelWarn, msg, args...)
 }
 
 // Serve answers the notifications of listener until Close (or until the
@@ -118,7 +109,7 @@ func Serve(listener *os.File, cfg Config) *Agent {
 }
 
 func newAgent(cfg Config) *Agent {
-	a := &Agent{cfg: cfg, log: cfg.Log, wake: -1, done: make(chan struct{})}
+	a := &Agent{cfg: cfg, log: cfg.Log, wake: -1, done: make(chan struct{}), callerLines: loglimit.New(1, time.Second)}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}

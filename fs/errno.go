@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"syscall"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cgfs/cgfs/access"
+	"github.com/cgfs/cgfs/loglimit"
 )
 
 // errno is the one place a result becomes what the container sees. Every
@@ -40,7 +40,7 @@ func (m *mount) errno(ctx context.Context, r *access.Request, op, vpath string, 
 				caller = c.String()
 			}
 		}
-		if n, ok := m.logs.take(); ok {
+		if n, ok := m.logs.Take(); ok {
 			pid, _ := m.ident.ThreadGroup(int(tid))
 			m.log.Warn("refused", "rule", ref.Rule, "op", op, "path", "/"+vpath, "errno", errName(ref.Errno),
 				"detail", ref.Detail, "pid", pid, "tid", tid, "caller", caller, "suppressed", n)
@@ -52,7 +52,7 @@ func (m *mount) errno(ctx context.Context, r *access.Request, op, vpath string, 
 		if op == "lookup" && errno == syscall.ENOENT {
 			return errno
 		}
-		if n, ok := m.logs.take(); ok {
+		if n, ok := m.logs.Take(); ok {
 			m.log.Info("host refused", "op", op, "path", "/"+vpath, "errno", errName(errno),
 				"tid", tid, "detail", err.Error(), "suppressed", n)
 		}
@@ -62,49 +62,16 @@ func (m *mount) errno(ctx context.Context, r *access.Request, op, vpath string, 
 		// The caller is gone: nobody reads this answer.
 		return syscall.ESRCH
 	}
-	if n, ok := m.logs.take(); ok {
+	if n, ok := m.logs.Take(); ok {
 		m.log.Error("internal error", "op", op, "path", "/"+vpath, "tid", tid, "err", err, "suppressed", n)
 	}
 	return syscall.EIO
 }
 
 // Log lines for what a container causes are rate-limited per mount: a
-// burst of logBurst, then logRate a second. Metrics count every answer;
-// a line that is written says how many were suppressed before it.
-const (
-	logBurst = 100
-	logRate  = 2.0 // lines per second
-)
-
-// logBudget is a token bucket for one mount's log lines.
-type logBudget struct {
-	mu         sync.Mutex
-	tokens     float64
-	last       time.Time
-	suppressed int
-}
-
-// take reports whether a line may be written now, and how many were
-// suppressed since the last one written.
-func (b *logBudget) take() (suppressed int, ok bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	now := time.Now()
-	if b.last.IsZero() {
-		b.tokens = logBurst
-	} else {
-		b.tokens = min(logBurst, b.tokens+now.Sub(b.last).Seconds()*logRate)
-	}
-	b.last = now
-	if b.tokens < 1 {
-		b.suppressed++
-		return 0, false
-	}
-	b.tokens--
-	n := b.suppressed
-	b.suppressed = 0
-	return n, true
-}
+// burst of 100, then 2 a second. Metrics count every answer; a line that
+// is written says how many were suppressed before it.
+func newLogBudget() *loglimit.Limiter { return loglimit.New(100, 500*time.Millisecond) }
 
 func errName(e syscall.Errno) string {
 	if n := unix.ErrnoName(e); n != "" {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cgfs/cgfs/access"
 	"github.com/cgfs/cgfs/fuseconn"
+	"github.com/cgfs/cgfs/loglimit"
 	"github.com/cgfs/cgfs/metrics"
 	"github.com/cgfs/cgfs/translate"
 	"github.com/cgfs/cgfs/translate/host"
@@ -71,7 +72,7 @@ type mount struct {
 	// views) draw on too: the server's work for one container is
 	// bounded, whatever it sends and however many mounts it makes.
 	shared  *Shared
-	logs    logBudget
+	logs    *loglimit.Limiter              // of log lines the container causes
 	relay   atomic.Pointer[fuseconn.Relay] // nil: no events relayed
 	revived revivedID                      // see revive
 	panics  atomic.Int64                   // requests that panicked (panicked)
@@ -156,7 +157,7 @@ func serve(cfg Config) (*fuseconn.Conn, *mount, error) {
 	if shared == nil {
 		shared = NewShared(0, 0)
 	}
-	m := &mount{ident: cfg.Identifier, count: cfg.Metrics, log: cfg.Log, shared: shared}
+	m := &mount{ident: cfg.Identifier, count: cfg.Metrics, log: cfg.Log, shared: shared, logs: newLogBudget()}
 	var root gofs.InodeEmbedder
 	rootIno := st.Ino
 	if len(cfg.Views) == 1 && cfg.Views[0].Dir == "" {

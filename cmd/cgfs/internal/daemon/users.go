@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -21,6 +22,7 @@ import (
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/keeper"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/serve"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/users"
+	"github.com/cgfs/cgfs/loglimit"
 	"github.com/cgfs/cgfs/metrics"
 	"github.com/cgfs/cgfs/proc"
 	"github.com/cgfs/cgfs/translate/host"
@@ -136,7 +138,9 @@ type userState struct {
 	budgets    map[int]*serve.Budget // what each user's containers hold of the daemon, together
 	parentMu   map[int]*sync.Mutex   // one container made or removed at a time, per user
 	removing   sync.WaitGroup        // removals under way, which a stop waits for
-	logged     map[int]*logBucket    // each user's lines in the host log
+	// lines are each user's budget of host log lines: a burst of 20,
+	// then one a second; the line written says how many were left out.
+	lines *loglimit.Keyed[int]
 }
 
 // ServeUsers makes the daemon answer users (HandleUser) with cfg.
@@ -151,7 +155,7 @@ func (d *Daemon) ServeUsers(cfg UserConfig) {
 		cfg.SubGID = "/etc/subgid"
 	}
 	u := &userState{cfg: cfg, containers: map[int]map[string]*userContainer{}, budgets: map[int]*serve.Budget{},
-		parentMu: map[int]*sync.Mutex{}, logged: map[int]*logBucket{}}
+		parentMu: map[int]*sync.Mutex{}, lines: loglimit.NewKeyed[int](20, time.Second, 4096)}
 	d.mu.Lock()
 	d.users = u
 	d.mu.Unlock()
@@ -197,14 +201,10 @@ func (d *Daemon) HandleUser(req control.Request, peer control.Peer) (control.Ans
 		var ue *userErr
 		if errors.As(err, &ue) {
 			d.UserRefused(peer.Uid, ue.rule)
-			if n, ok := u.mayLog(peer.Uid); ok {
-				d.log.Warn("refused a user's request", "uid", peer.Uid, "user", who.Name, "op", req.Op, "name", req.Name, "rule", ue.rule, "why", ue.msg, "suppressed", n)
-			}
+			u.lines.Log(peer.Uid, d.log, slog.LevelWarn, "refused a user's request", "uid", peer.Uid, "user", who.Name, "op", req.Op, "name", req.Name, "rule", ue.rule, "why", ue.msg)
 			return control.Answer{Error: ue.msg, Usage: ue.usage}
 		}
-		if n, ok := u.mayLog(peer.Uid); ok {
-			d.log.Warn("a user's request failed", "uid", peer.Uid, "op", req.Op, "name", req.Name, "err", err, "suppressed", n)
-		}
+		u.lines.Log(peer.Uid, d.log, slog.LevelWarn, "a user's request failed", "uid", peer.Uid, "op", req.Op, "name", req.Name, "err", err)
 		return control.Answer{Error: err.Error()}
 	}
 	if pol.Refused {
@@ -410,50 +410,10 @@ func (u *userState) budget(uid int, pol users.Policy) *serve.Budget {
 	return b
 }
 
-// logBucket is one user's budget of host log lines: a burst of 20, then
-// one a second; the line written says how many were left out.
-type logBucket struct {
-	tokens     float64
-	last       time.Time
-	suppressed int
-}
-
-// mayLog takes a line of user uid's budget: whether to write it, and
-// how many were left out before it.
-func (u *userState) mayLog(uid int) (int, bool) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	b := u.logged[uid]
-	now := time.Now()
-	if b == nil {
-		if len(u.logged) > 4096 { // forget the quiet ones: bounded by users
-			for k, v := range u.logged {
-				if now.Sub(v.last) > time.Minute {
-					delete(u.logged, k)
-				}
-			}
-		}
-		b = &logBucket{tokens: 20, last: now}
-		u.logged[uid] = b
-	}
-	b.tokens = min(20, b.tokens+now.Sub(b.last).Seconds())
-	b.last = now
-	if b.tokens < 1 {
-		b.suppressed++
-		return 0, false
-	}
-	b.tokens--
-	n := b.suppressed
-	b.suppressed = 0
-	return n, true
-}
-
 // userInfo logs what user uid's request did, within the user's budget
-// of host log lines (mayLog).
+// of host log lines (userState.lines).
 func (d *Daemon) userInfo(u *userState, uid int, msg string, args ...any) {
-	if n, ok := u.mayLog(uid); ok {
-		d.log.Info(msg, append(args, "uid", uid, "suppressed", n)...)
-	}
+	u.lines.Log(uid, d.log, slog.LevelInfo, msg, append(args, "uid", uid)...)
 }
 
 // settled waits until no container of user uid is being made or
