@@ -38,7 +38,8 @@ type Config struct {
 	// Relay, when set, relays the kernel's changes of events files to
 	// their watchers through the mount (see Relay).
 	Relay *RelayConfig
-	Log   *slog.Logger
+	// Log gets the relay's lines; nil drops them.
+	Log *slog.Logger
 }
 
 // Conn is a FUSE connection being served: one whose mount is made
@@ -77,6 +78,9 @@ type Conn struct {
 // the connection cfg.Resume names.
 func Serve(cfg Config) (*Conn, error) {
 	c := &Conn{done: make(chan struct{}), served: make(chan struct{}), gen: 1, rewatched: make(chan struct{}), log: cfg.Log}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
 	var mnt *os.File // the detached mount, when this server made it
 	if r := cfg.Resume; r == nil {
 		dev, f, err := newFUSE()
