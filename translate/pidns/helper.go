@@ -217,15 +217,6 @@ func (h *helper) send(msg, oob []byte) error {
 	return serr
 }
 
-// retry calls f again while it is interrupted.
-func retry(f func() error) error {
-	for {
-		if err := f(); err != unix.EINTR {
-			return err
-		}
-	}
-}
-
 // IsHelper reports whether this process was started as a helper; the
 // cgfs command then runs HelperMain and nothing else.
 func IsHelper() bool { return os.Getenv(helperEnv) != "" }
