@@ -47,7 +47,8 @@ func FuzzStatus(f *testing.F) {
 	f.Fuzz(func(t *testing.T, status, stat []byte, asKernel bool, ppid, inner, uid uint32) {
 		if asKernel {
 			// The kernel's own text for a task 100 in a child pid
-			// namespace, numbered inner there.
+			// namespace, numbered inner there (1 to PID_MAX_LIMIT).
+			inner = inner%(1<<22) + 1
 			status = statusLine.ReplaceAllFunc(kernelStatus, func(line []byte) []byte {
 				k, _, _ := strings.Cut(string(line), ":")
 				switch k {

@@ -89,15 +89,11 @@ func (t *Pin) Thread() (Thread, error) {
 	th.OwnPid = th.OwnTid
 	if tgid != t.tid {
 		// The leader's id cannot be reused while this thread lives.
-		leader, err := t.p.fs.Proc(tgid)
+		st, err := t.p.statusOf(tgid)
 		if err != nil {
-			return Thread{}, err
+			return Thread{}, fmt.Errorf("thread group %d: %w", tgid, err)
 		}
-		st, err := safely("status", tgid, leader.NewStatus)
-		if err != nil || len(st.NSpids) == 0 {
-			return Thread{}, fmt.Errorf("thread group %d: %v", tgid, err)
-		}
-		th.OwnPid = int(st.NSpids[len(st.NSpids)-1])
+		th.OwnPid = st.nspid[len(st.nspid)-1]
 	}
 	if !t.Alive() {
 		return Thread{}, fmt.Errorf("task %d exited while being read", t.tid)
@@ -133,15 +129,8 @@ func (p *Procs) NumberIn(tid int, th Thread) (int, bool) {
 
 // ThreadGroup returns the host thread group id (the pid) of thread tid.
 func (p *Procs) ThreadGroup(tid int) (int, error) {
-	proc, err := p.fs.Proc(tid)
-	if err != nil {
-		return 0, err
-	}
-	st, err := safely("status", tid, proc.NewStatus)
-	if err != nil {
-		return 0, err
-	}
-	return int(st.TGID), nil
+	st, err := p.statusOf(tid)
+	return st.tgid, err
 }
 
 // AllPids lists every process (thread group) on the host.
