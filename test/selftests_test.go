@@ -480,7 +480,7 @@ func runSelftest(t *testing.T, bin string, inCgfs bool) selftestRun {
 	if r.timedOut {
 		// Whether that fails the test is compareSelftest's call: a hang
 		// may be documented.
-		t.Logf("%s %s did not end within %v: killed (%s)", name, where, timeout, r.status)
+		t.Logf("%s %s did not end within %v: stopped it (it ended: %s)", name, where, timeout, r.status)
 	}
 	t.Logf("%s %s: %s after %.0f s, ok/not ok/skip %s", name, where, r.ended(), r.took.Seconds(), r.counts())
 	return r
