@@ -96,6 +96,12 @@ func writeTasks(threads bool) func(f *File, r *access.Request, data []byte) (int
 		v.mu.RLock()
 		defer v.mu.RUnlock()
 		if err := v.migrateLocked(f, m, n); err != nil {
+			if errors.Is(err, pidns.ErrHelperGone) {
+				// The writer's pid namespace ended under the write (the
+				// helper dies with it): so did the writer; nobody reads
+				// the answer (ESRCH, as for any caller gone).
+				return 0, errors.Join(access.ErrGone, err)
+			}
 			return 0, err
 		}
 		return len(data), nil

@@ -44,6 +44,11 @@ type helper struct {
 	exited  chan struct{} // closed once the helper is reaped
 }
 
+// ErrHelperGone fails a call whose helper ended before answering: its
+// pid namespace ended (its init died, taking every task of it along, the
+// writer too) or it was killed.
+var ErrHelperGone = errors.New("helper gone")
+
 // helperInflight bounds the calls in flight to one helper: as many
 // moves as a container's processes make at once wait for a slot here,
 // not in the helper.
@@ -149,14 +154,14 @@ func (h *helper) call(what string, n int, fd *os.File, fields ...string) error {
 	select {
 	case h.slots <- struct{}{}:
 	case <-h.exited:
-		return errors.New("helper gone")
+		return ErrHelperGone
 	}
 	defer func() { <-h.slots }()
 	ch := make(chan syscall.Errno, 1)
 	h.mu.Lock()
 	if h.broken.Load() {
 		h.mu.Unlock()
-		return errors.New("helper gone")
+		return ErrHelperGone
 	}
 	h.next++
 	id := h.next
@@ -183,7 +188,7 @@ func (h *helper) call(what string, n int, fd *os.File, fields ...string) error {
 	select {
 	case got, ok := <-ch:
 		if !ok {
-			return errors.New("helper gone")
+			return ErrHelperGone
 		}
 		e = got
 	case <-timer.C:

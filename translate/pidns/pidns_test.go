@@ -349,7 +349,7 @@ func TestCallsInFlightFailWhenTheHelperGoes(t *testing.T) {
 	}
 	child.Close()
 	for range calls {
-		if err := <-errs; err == nil || !strings.Contains(err.Error(), "helper gone") {
+		if err := <-errs; !errors.Is(err, ErrHelperGone) {
 			t.Errorf("a call in flight when the helper went = %v, want helper gone", err)
 		}
 	}
