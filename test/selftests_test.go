@@ -29,14 +29,18 @@ import (
 // selftestDifferences are the cases ("binary/case") that pass natively
 // and are known not to pass inside cgfs run.
 var selftestDifferences = map[string]string{
-	// cgfs: being fixed.
-	"test_core/test_cgcore_no_internal_process_constraint_on_threads": "being fixed in issue 28: once the " +
-		"container's root has a domain controller enabled (test_core's main enables memory), writing \"threaded\" " +
-		"to a child's cgroup.type through cgfs fails with EOPNOTSUPP (measured with a shell: \"write error: Operation " +
-		"not supported\"; natively it succeeds, the root cgroup being exempt). Not reached today: test_core dies " +
-		"in its first case (selftestStops)",
-	"test_freezer/test_cgfreezer_simple": "being fixed in issue 28: " + hundredJoins,
-	"test_kill/test_cgkill_simple":       "being fixed in issue 28: " + hundredJoins,
+	// cgfs: what hidden leaves cost at the view root, by design.
+	"test_core/test_cgcore_no_internal_process_constraint_on_threads": "by design: test_core's main enables " +
+		"memory at the root, so the root's processes live in its hidden leaf, a populated domain child, and no " +
+		"cgroup below the real root can be a thread root while it enables a domain controller: writing " +
+		"\"threaded\" to a child's cgroup.type is EOPNOTSUPP, as the kernel answers any non-root cgroup (measured " +
+		"with a shell: \"write error: Operation not supported\"; natively the root is exempt). With threaded " +
+		"controllers only, cgfs now folds the leaf back and the child is made threaded " +
+		"(TestThreadedChildrenNeedNoProcessesBeside); relocating a threaded subtree into the leaf to pass this " +
+		"case too is not done (README \"Hidden leaves\"). Not reached today: test_core dies in its first case " +
+		"(selftestStops)",
+	"test_freezer/test_cgfreezer_simple": "cost per move, not fixed: " + hundredJoins,
+	"test_kill/test_cgkill_simple":       "cost per move, not fixed: " + hundredJoins,
 	// Any user-namespaced root, with or without cgfs.
 	"test_kmem/test_kmem_proc_kpagecgroup": "not cgfs's: /proc/kpagecgroup is mode 0400 and owned by host root, " +
 		"whom the container's user namespace does not map (ls -ln shows 65534 inside): its open fails with EACCES " +
@@ -53,7 +57,11 @@ const hundredJoins = "inside, clone3 is ENOSYS (see TestClone3FallsBack), so cg_
 	"and each of the 100 children writes its pid to cgroup.procs through cgfs; on a busy host they do not " +
 	"all arrive within the ~1.1 s the test waits (cg_wait_for_proc_count), natively they are born in the " +
 	"cgroup (CLONE_INTO_CGROUP). Measured with shells, 100 concurrent self-migrations took 6.8 s inside and " +
-	"1.8 s natively; the selftest cases failed inside in 2 of 4 lane runs (passed natively in all)"
+	"1.8 s natively on a busy host; the selftest cases failed inside in 2 of 4 lane runs (passed natively in " +
+	"all). Migrations no longer queue behind one another in cgfs (a shared view lock, 16 calls in flight to a " +
+	"pid helper), which changed nothing measurable (BenchmarkConcurrentSelfMigrations in the VM: 1.15-1.23 s " +
+	"per 100 before and after, natively 0.16-0.22 s): each move costs a LOOKUP, an OPEN and a WRITE through " +
+	"FUSE, the writer identified at each, and the helper's round trip, on 3 emulated CPUs"
 
 // selftestStop is how a binary is known to end early inside cgfs run:
 // in which case, and how ("killed": by SIGKILL, exit 137 from the
@@ -68,7 +76,7 @@ var selftestStops = map[string]selftestStop{
 		"cleanup's cg_destroy then finds that cgroup busy with the test itself and cg_killall writes its " +
 		"cgroup.kill, killing the test binary: the shell says \"Killed\", exit 137, before any case reports " +
 		"(its output is line-buffered on a terminal here, so nothing printed is lost)"},
-	"test_kill": {"test_cgkill_simple", "hangs", "being fixed in issue 28: when test_cgkill_simple's 100 " +
+	"test_kill": {"test_cgkill_simple", "hangs", "cost per move, not fixed: when test_cgkill_simple's 100 " +
 		"children do not all join in time (test_kill/test_cgkill_simple), the test's cleanup waits for " +
 		"children that exit only once reparented: forever (when the timeout hit, all 100 sat in " +
 		"cg_test_simple); 2 of 4 lane runs"},
