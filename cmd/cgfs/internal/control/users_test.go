@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/testhost"
 	"io"
 	"log/slog"
 	"net"
@@ -19,41 +20,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// lockedLog is a server's log, read while its goroutines write it.
-type lockedLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedLog) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.b.String(), s)
-}
-
-// serveUsersTest serves a user socket with h within b, reachable by
-// every user (as the daemon's is when no group is named).
-func serveUsersTest(t *testing.T, h UserHandler, b UserBounds) (string, *lockedLog) {
+func serveUsersTest(t *testing.T, h UserHandler, b UserBounds) (string, *testhost.Log) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI=true: the user socket's tests need root")
-		}
-		t.Skip("the user socket's tests need root (the socket lives where root puts it)")
-	}
+	testhost.NeedRoot(t, "the user socket's tests (the socket lives where root puts it)")
 	path := filepath.Join(t.TempDir(), "run", "user.sock")
 	ln, err := Listen("unixpacket", path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	logs := &lockedLog{}
+	logs := &testhost.Log{}
 	ServeUsers(ln, h, b, slog.New(slog.NewTextHandler(logs, nil)))
 	return path, logs
 }
@@ -285,7 +261,7 @@ func TestUserRateBound(t *testing.T) {
 		t.Errorf("%d asked at once with a burst of 3: %d served, %d told to ask later, %d refusals counted; want 3, %d, %d",
 			asked, served, later, rateRefused, asked-3, asked-3)
 	}
-	if n, most := logs.count("refused a user's request"), 1+int(took.Seconds()); n < 1 || n > most {
+	if n, most := logs.Count("refused a user's request"), 1+int(took.Seconds()); n < 1 || n > most {
 		t.Errorf("%d refusal lines in the host log for %d refusals in %v, want 1 to %d (a line a second)", n, asked-3, took, most)
 	}
 }

@@ -146,10 +146,10 @@ func TestSeccompSocketTakesRuncListeners(t *testing.T) {
 	if d := k.next("drop"); d.Name != m.Name {
 		t.Errorf("the keeper was told to drop %s, want %s", d.Name, m.Name)
 	}
-	if n := fx.log.count("serving a seccomp listener"); n != 1 {
+	if n := fx.log.Count("serving a seccomp listener"); n != 1 {
 		t.Errorf("%d listeners served, want 1", n)
 	}
-	if n := fx.log.count("a seccomp listener message without"); n != 3 {
+	if n := fx.log.Count("a seccomp listener message without"); n != 3 {
 		t.Errorf("%d messages refused, want 3", n)
 	}
 }

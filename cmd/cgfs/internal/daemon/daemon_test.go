@@ -170,7 +170,7 @@ func TestContainerEndRacingDetach(t *testing.T) {
 	if got := fx.gauge("cgfs_views"); got != 0 {
 		t.Errorf("cgfs_views = %v after every container ended, want 0", got)
 	}
-	if n := fx.log.count(`msg=dropped`); n != views {
+	if n := fx.log.Count(`msg=dropped`); n != views {
 		t.Errorf("%d views dropped as the log says, want %d (each once)", n, views)
 	}
 	o := fx.owner()

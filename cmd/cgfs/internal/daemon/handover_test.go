@@ -363,7 +363,7 @@ func TestKeptSocketsAcrossServers(t *testing.T) {
 		t.Errorf("the keeper was told to drop %s, want the unused socket", m.Name)
 	}
 	k2.next("listening")
-	if n := next.log.count("listening on the socket kept for this server"); n != 1 {
+	if n := next.log.Count("listening on the socket kept for this server"); n != 1 {
 		t.Errorf("%d sockets taken up as kept, want 1", n)
 	}
 }

@@ -1,17 +1,16 @@
 package daemon
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/testhost"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -27,7 +26,6 @@ import (
 	"github.com/cgfs/cgfs/metrics"
 	"github.com/cgfs/cgfs/proc"
 	"github.com/cgfs/cgfs/translate/host"
-	"github.com/cgfs/cgfs/translate/layout"
 )
 
 // The daemon's tests serve real views (FUSE mounts, made detached, never
@@ -35,41 +33,8 @@ import (
 // host's cgroup2 root (cgfs-test-daemon-*), owned by sleep processes of
 // their own: they need host root.
 
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("CI=true: the daemon's tests need root (real FUSE mounts and cgroups)")
-	}
-	t.Skip("the daemon's tests need root (real FUSE mounts and cgroups)")
-}
-
-// testLog is a daemon's log, kept for the test (goroutines may log after
-// it ended) and shown when it fails.
-type testLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *testLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *testLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// count is how many lines say s.
-func (l *testLog) count(s string) int { return strings.Count(l.String(), s) }
-
-func newLog(t *testing.T) (*testLog, *slog.Logger) {
-	l := &testLog{}
+func newLog(t *testing.T) (*testhost.Log, *slog.Logger) {
+	l := &testhost.Log{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("the daemon's log:\n%s", l.String())
@@ -82,7 +47,7 @@ func newLog(t *testing.T) (*testLog, *slog.Logger) {
 type fixture struct {
 	t     *testing.T
 	d     *Daemon
-	log   *testLog
+	log   *testhost.Log
 	procs *proc.Procs
 	reg   *prometheus.Registry
 	v2    string // the host's cgroup2 mount point
@@ -94,16 +59,8 @@ var cgroupSeq atomic.Int32
 // closed when the test ends, and every view it served is waited for.
 func newFixture(t *testing.T, b serve.Bounds) *fixture {
 	t.Helper()
-	needRoot(t)
-	procs, err := proc.Open("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { procs.Close() })
-	l, err := layout.Discover(procs)
-	if err != nil {
-		t.Skipf("no cgroup hierarchies: %v", err)
-	}
+	testhost.NeedRoot(t, "the daemon's tests (real FUSE mounts and cgroups)")
+	procs, l := testhost.Host(t)
 	fx := &fixture{t: t, procs: procs, reg: prometheus.NewRegistry()}
 	for _, h := range l.Hierarchies {
 		if !h.V1 && h.Root == "/" {

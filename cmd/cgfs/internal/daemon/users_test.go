@@ -3,6 +3,7 @@ package daemon
 import (
 	"bufio"
 	"fmt"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/testhost"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -199,7 +200,7 @@ func TestUserContainersBoundedUnderConcurrentCreates(t *testing.T) {
 	if got := fx.ask(testUID, control.Request{Op: "list"}).Views; len(got) != 0 {
 		t.Errorf("listed after every remove: %v", got)
 	}
-	if n := fx.log.count("a user's container is gone"); n != 4 {
+	if n := fx.log.Count("a user's container is gone"); n != 4 {
 		t.Errorf("%d removals logged, want 4 (each container once)", n)
 	}
 }
@@ -227,10 +228,10 @@ func TestUnadoptedContainerRemovedOnce(t *testing.T) {
 			t.Errorf("%s left on the host after its remove: %v", name, dirs)
 		}
 	}
-	if n := fx.log.count("a user's container is gone"); n != 4 {
+	if n := fx.log.Count("a user's container is gone"); n != 4 {
 		t.Errorf("%d removals logged, want 4 (each container once)", n)
 	}
-	if n := fx.log.count("removing a user's container's cgroups"); n != 0 {
+	if n := fx.log.Count("removing a user's container's cgroups"); n != 0 {
 		t.Errorf("%d removals failed", n)
 	}
 	if a := fx.ask(testUID, control.Request{Op: "create", Name: "orphan0"}); a.Error != "" {
@@ -321,7 +322,7 @@ func TestRefusedUserLogBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer procs.Close()
-	logs := &testLog{}
+	logs := &testhost.Log{}
 	reg := prometheus.NewRegistry()
 	d := New(procs, metrics.New(reg), nil, serve.Bounds{}, slog.New(slog.NewTextHandler(logs, nil)))
 	d.ServeUsers(UserConfig{})
@@ -345,7 +346,7 @@ func TestRefusedUserLogBudget(t *testing.T) {
 	if got := fx.userRefusals("bad-name"); got != asked {
 		t.Errorf("cgfs_user_refusals_total{rule=bad-name} = %v, want every one of %d", got, asked)
 	}
-	lines := func(uid int) int { return logs.count(fmt.Sprintf("uid=%d ", uid)) }
+	lines := func(uid int) int { return logs.Count(fmt.Sprintf("uid=%d ", uid)) }
 	if got := lines(testUID); got != 20 {
 		t.Errorf("%d lines of user %d's 45 refusals at once, want its burst of 20", got, testUID)
 	}

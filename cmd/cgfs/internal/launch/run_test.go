@@ -3,6 +3,7 @@ package launch
 import (
 	"bytes"
 	"fmt"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/testhost"
 	"io"
 	"log/slog"
 	"os"
@@ -15,7 +16,6 @@ import (
 
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/cgroups"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/mimic"
-	"github.com/cgfs/cgfs/proc"
 	"github.com/cgfs/cgfs/translate/layout"
 )
 
@@ -42,21 +42,8 @@ var containers atomic.Int32
 // directories of its limits' controllers. It needs host root.
 func container(t *testing.T, lim cgroups.Limits, cmd ...string) (Options, *layout.Layout) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI=true: a container needs root")
-		}
-		t.Skip("a container needs root")
-	}
-	procs, err := proc.Open("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { procs.Close() })
-	l, err := layout.Discover(procs)
-	if err != nil {
-		t.Skipf("no cgroup hierarchies: %v", err)
-	}
+	testhost.NeedRoot(t, "a container")
+	_, l := testhost.Host(t)
 	name := fmt.Sprintf("c%d-%d", os.Getpid(), containers.Add(1))
 	t.Cleanup(func() {
 		for _, h := range l.Hierarchies {

@@ -3,6 +3,7 @@ package serve
 import (
 	"errors"
 	"fmt"
+	"github.com/cgfs/cgfs/cmd/cgfs/internal/testhost"
 	"io"
 	"log/slog"
 	"os"
@@ -20,7 +21,6 @@ import (
 	"github.com/cgfs/cgfs/access"
 	"github.com/cgfs/cgfs/proc"
 	"github.com/cgfs/cgfs/translate"
-	"github.com/cgfs/cgfs/translate/layout"
 	"github.com/cgfs/cgfs/translate/pidns"
 )
 
@@ -50,21 +50,8 @@ var seq atomic.Int32
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI=true: serving views needs root (FUSE mounts, real cgroups)")
-		}
-		t.Skip("serving views needs root (FUSE mounts, real cgroups)")
-	}
-	procs, err := proc.Open("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { procs.Close() })
-	l, err := layout.Discover(procs)
-	if err != nil {
-		t.Skipf("no cgroup hierarchies: %v", err)
-	}
+	testhost.NeedRoot(t, "serving views (FUSE mounts, real cgroups)")
+	procs, l := testhost.Host(t)
 	e := &env{t: t, procs: procs, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	for _, h := range l.Hierarchies {
 		if !h.V1 && h.Root == "/" {
