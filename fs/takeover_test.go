@@ -72,22 +72,16 @@ func mountView(t *testing.T, dir string) (string, *fuseconn.Conn, *mount) {
 // between the two.
 func takeOver(t *testing.T, first *fuseconn.Conn, dir string, meanwhile func()) (*fuseconn.Conn, *mount) {
 	t.Helper()
-	master, root, err := first.Files()
+	res, err := first.HandOff()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { master.Close() })
-	if root != nil {
-		t.Cleanup(func() { root.Close() })
-	}
-	if err := first.Drain(); err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(func() { res.Close() })
 	if meanwhile != nil {
 		meanwhile()
 	}
 	cfg := viewConfig(t, dir, nil)
-	cfg.Resume = &fuseconn.Resume{Handover: first.Handover(), Master: master, Root: root}
+	cfg.Resume = res
 	second, m, err := serve(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -315,21 +315,15 @@ func mountStore(t *testing.T, s *store, c cache) (string, *Conn, *testFS) {
 // of s; meanwhile (if set) runs between the two.
 func handOver(t *testing.T, first *Conn, s *store, c cache, meanwhile func()) (*Conn, *testFS) {
 	t.Helper()
-	master, root, err := first.Files()
+	res, err := first.HandOff()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { master.Close() })
-	if root != nil {
-		t.Cleanup(func() { root.Close() })
-	}
-	if err := first.Drain(); err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(func() { res.Close() })
 	if meanwhile != nil {
 		meanwhile()
 	}
-	return serveStore(t, s, c, &Resume{Handover: first.Handover(), Master: master, Root: root})
+	return serveStore(t, s, c, res)
 }
 
 // readFile reads a file of a mount from a blocking descriptor the Go

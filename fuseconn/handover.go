@@ -66,6 +66,15 @@ type Resume struct {
 	Root *os.File
 }
 
+// Close closes the Resume's descriptors (a server resumed from it holds
+// copies of its own).
+func (r *Resume) Close() {
+	r.Master.Close()
+	if r.Root != nil {
+		r.Root.Close()
+	}
+}
+
 // fuseDevIocClone is FUSE_DEV_IOC_CLONE: _IOR(229, 0, uint32).
 const fuseDevIocClone = 0x8004e500
 
@@ -251,4 +260,21 @@ func pokeThreads() {
 			_ = unix.Tgkill(pid, tid, unix.SIGURG)
 		}
 	}
+}
+
+// HandOff is the hand-over in one step: it takes copies of c's
+// descriptors (Files), drains c (Drain) and returns what the next server
+// resumes it with. The caller closes the Resume's files.
+func (c *Conn) HandOff() (*Resume, error) {
+	master, root, err := c.Files()
+	if err != nil {
+		return nil, err
+	}
+	res := &Resume{Master: master, Root: root}
+	if err := c.Drain(); err != nil {
+		res.Close()
+		return nil, err
+	}
+	res.Handover = c.Handover()
+	return res, nil
 }
