@@ -94,6 +94,12 @@ var selftestUnstable = map[string]string{
 		"43-210 ms natively and inside alike); passed natively 2 of 7 times, inside 3 of 7",
 	"test_cpu/test_cpucg_max_nested": "as test_cpucg_max, the limit on the parent; passed natively 4 of 7 " +
 		"times, inside 2 of 7",
+	"test_memcontrol/test_memcg_high_sync": "waits for the first inotify event on memory.events, then " +
+		"expects memory.events high to have grown and max not: a 200M mlock under memory.high 30M and " +
+		"memory.max 140M. Inside, the event reaches the test through cgfs's relay (the host file's inotify " +
+		"event passed on through the FUSE mount: BenchmarkEventRelay), later than natively, and under TCG " +
+		"the allocation can reach memory.max meanwhile (pre_max != post_max); failed inside once in CI " +
+		"(06:35, 7 Dec 2026), passed inside in the lane's other runs, natively in all",
 	"test_freezer/test_cgfreezer_ptrace": "reads cgroup.events right after PTRACE_INTERRUPT, racing the " +
 		"traced task's return to the frozen state; natively failed 2 of 4 times (\"Cgroup " +
 		"/sys/fs/cgroup/cg_test_ptrace isn't frozen\"), inside passed 4 of 4",
