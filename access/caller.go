@@ -134,6 +134,15 @@ func (r *Request) alive() bool {
 	return false
 }
 
+// Gone reports whether the calling thread has exited since the request
+// came (it was never found, or its pin is dead).
+func (r *Request) Gone() bool {
+	if _, err := r.pinned(); err != nil {
+		return errors.Is(err, ErrGone)
+	}
+	return !r.alive()
+}
+
 func (r *Request) pinned() (*proc.Pin, error) {
 	if r.pin == nil && r.pinErr == nil {
 		if r.id == nil {

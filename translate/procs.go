@@ -96,10 +96,12 @@ func writeTasks(threads bool) func(f *File, r *access.Request, data []byte) (int
 		v.mu.RLock()
 		defer v.mu.RUnlock()
 		if err := v.migrateLocked(f, m, n); err != nil {
-			if errors.Is(err, pidns.ErrHelperGone) {
+			if errors.Is(err, pidns.ErrHelperGone) && r.Gone() {
 				// The writer's pid namespace ended under the write (the
-				// helper dies with it): so did the writer; nobody reads
-				// the answer (ESRCH, as for any caller gone).
+				// helper dies with it), and the writer with it: nobody
+				// reads the answer (ESRCH, as for any caller gone). A
+				// helper gone while its writer lives stays an error the
+				// host log shows.
 				return 0, errors.Join(access.ErrGone, err)
 			}
 			return 0, err
