@@ -405,7 +405,12 @@ func (v *View) leafToThreadRootLocked(dir string) (bool, error) {
 		return false, nil // a child enables one itself (EBUSY): leave it be
 	}
 	if err := v.foldLocked(dir); err != nil || v.hasLeaf(dir) {
-		return false, errors.Join(err, toggle("+"))
+		// Some processes may have come back already: all of them go
+		// into the leaf again before the controllers come back on, or
+		// the kernel would refuse them (EBUSY) and leave them off.
+		err = errors.Join(err, v.ensureLeafLocked(dir))
+		err = errors.Join(err, v.moveAllLocked(dir, host.Join(dir, LeafName)), toggle("+"))
+		return false, err
 	}
 	if err := toggle("+"); err != nil {
 		// Put the processes back into a leaf, then the controllers.
