@@ -65,7 +65,9 @@ type Conn struct {
 	gen    uint32 // this server's generation on the connection: 1 made it
 	// served is closed when go-fuse stops serving; drained says that was
 	// Drain, and the connection lives on.
-	served  chan struct{}
+	served chan struct{}
+	// serving is closed when go-fuse's Serve returns (runServe).
+	serving <-chan struct{}
 	drained atomic.Bool
 	watched []Watched // what the relay watched when it drained
 	// rewatched is closed once the relay watches again what the earlier
@@ -99,9 +101,9 @@ func Serve(cfg Config) (*Conn, error) {
 	raw := &inherit{next: cfg.FS, gen: uint64(c.gen), resumed: cfg.Resume != nil, files: map[uint64]uint64{}, checked: map[uint64]uint64{}}
 	var err error
 	if cfg.Resume == nil {
-		c.server, c.clone, err = newServer(raw, cfg.Options, c.master)
+		c.server, c.serving, c.clone, err = newServer(raw, cfg.Options, c.master)
 	} else {
-		c.server, c.clone, err = newResumedServer(raw, cfg.Options, c.master, cfg.Resume.Init)
+		c.server, c.serving, c.clone, err = newResumedServer(raw, cfg.Options, c.master, cfg.Resume.Init)
 	}
 	if err != nil {
 		c.master.Close()
@@ -110,7 +112,7 @@ func Serve(cfg Config) (*Conn, error) {
 		}
 		return nil, err
 	}
-	server := c.server
+	server, serving := c.server, c.serving
 	if mnt != nil { // a stat waits for INIT: now it is answered
 		var mst unix.Stat_t
 		if err := unix.Fstat(int(mnt.Fd()), &mst); err != nil {
@@ -119,7 +121,7 @@ func Serve(cfg Config) (*Conn, error) {
 			// superblock goes), and with it go-fuse's serving, which
 			// is over when Serve returns.
 			mnt.Close()
-			server.Wait()
+			<-serving
 			c.master.Close()
 			return nil, err
 		}
@@ -127,7 +129,7 @@ func Serve(cfg Config) (*Conn, error) {
 		c.init = initBytes(server.KernelSettings())
 	}
 	go func() {
-		server.Wait()
+		<-serving
 		close(c.served)
 		if c.drained.Load() {
 			return // the connection lives on in the next server
@@ -219,22 +221,38 @@ func (c *Conn) Relayed() (watched int, raised uint64) {
 
 // newServer serves raw with go-fuse on a clone of the new connection
 // master: it takes the kernel's INIT from there.
-func newServer(raw fuse.RawFileSystem, opts *fuse.MountOptions, master *os.File) (*fuse.Server, int, error) {
+func newServer(raw fuse.RawFileSystem, opts *fuse.MountOptions, master *os.File) (*fuse.Server, <-chan struct{}, int, error) {
 	clone, err := cloneFUSE(int(master.Fd()))
 	if err != nil {
-		return nil, -1, err
+		return nil, nil, -1, err
 	}
 	// go-fuse serves a /dev/fuse descriptor that is mounted already,
 	// and owns it from here on: it closes it when serving ends or fails.
 	server, err := fuse.NewServer(raw, fmt.Sprintf("/dev/fd/%d", clone), opts)
 	if err != nil {
-		return nil, -1, err
+		return nil, nil, -1, err
 	}
-	go server.Serve()
+	serving := runServe(server)
 	if err := server.WaitMount(); err != nil {
-		return nil, -1, err
+		return nil, nil, -1, err
 	}
-	return server, clone, nil
+	return server, serving, clone, nil
+}
+
+// runServe runs go-fuse's Serve; the channel it returns is closed when Serve
+// has returned, which is after go-fuse closed its descriptor of the
+// connection. Server.Wait is not that: it returns when the readers end,
+// before Serve closes the descriptor, so a connection waited for that
+// way still had it for a moment, and a request the kernel queued then
+// was aborted (ECONNABORTED) when it went, instead of refused (ENOTCONN):
+// TestDrainOfAnIdleServer, one run in twelve.
+func runServe(server *fuse.Server) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		server.Serve()
+	}()
+	return done
 }
 
 // newFUSE opens /dev/fuse and makes a FUSE filesystem on it with the new

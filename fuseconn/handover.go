@@ -105,36 +105,35 @@ func initBytes(in *fuse.InitIn) []byte {
 // whose number then becomes a clone of master's. That takes go-fuse to
 // answer INIT within NewServer (TestGoFuseAnswersINITInNewServer) and to
 // serve its descriptor by number (TestGoFuseServesItsDescriptorNumber).
-func newResumedServer(raw fuse.RawFileSystem, opts *fuse.MountOptions, master *os.File, init []byte) (*fuse.Server, int, error) {
+func newResumedServer(raw fuse.RawFileSystem, opts *fuse.MountOptions, master *os.File, init []byte) (*fuse.Server, <-chan struct{}, int, error) {
 	if len(init) != int(unsafe.Sizeof(fuse.InitIn{})) {
-		return nil, -1, fmt.Errorf("an INIT of %d bytes, not %d", len(init), unsafe.Sizeof(fuse.InitIn{}))
+		return nil, nil, -1, fmt.Errorf("an INIT of %d bytes, not %d", len(init), unsafe.Sizeof(fuse.InitIn{}))
 	}
 	clone, err := cloneFUSE(int(master.Fd()))
 	if err != nil {
-		return nil, -1, err
+		return nil, nil, -1, err
 	}
 	defer unix.Close(clone)
 	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, -1, err
+		return nil, nil, -1, err
 	}
 	defer unix.Close(sp[1])
 	if _, err := unix.Write(sp[1], init); err != nil {
 		unix.Close(sp[0])
-		return nil, -1, err
+		return nil, nil, -1, err
 	}
 	// go-fuse owns sp[0] from here on (and closes it on failure).
 	server, err := fuse.NewServer(raw, fmt.Sprintf("/dev/fd/%d", sp[0]), opts)
 	if err != nil {
-		return nil, -1, err
+		return nil, nil, -1, err
 	}
 	// The answer to INIT went to the socket; the kernel had its own.
 	// From now on the number reads the connection.
 	if err := unix.Dup3(clone, sp[0], unix.O_CLOEXEC); err != nil {
-		return nil, -1, err
+		return nil, nil, -1, err
 	}
-	go server.Serve()
-	return server, sp[0], nil
+	return server, runServe(server), sp[0], nil
 }
 
 // Handover is what the next server needs of this connection besides its
