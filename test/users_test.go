@@ -544,3 +544,74 @@ func TestUserRunRootfsAndTerminal(t *testing.T) {
 		t.Errorf("the container's / is the host's, not the rootfs")
 	}
 }
+
+// TestSubordinateIdsAreTheirOwners: a process of user A running as one of
+// A's subordinate ids (a rootless container's non-root user: unshare
+// --map-auto --setuid, through newuidmap) is A's, not a user of its own:
+// its cgfs is refused with a message naming A, the host log names the
+// rule, and connections held from A's subordinate ids count against A's
+// bound of 8, so that A's 65,536 ids hold no more of the daemon than A.
+func TestSubordinateIdsAreTheirOwners(t *testing.T) {
+	requireRoot(t)
+	help, _ := exec.Command("unshare", "--help").CombinedOutput()
+	laneNeeds(t, hostLane, strings.Contains(string(help), "--map-auto"),
+		"util-linux's unshare with --map-auto is not installed (the VM's busybox unshare has none)")
+	a, b := newTestUser(t), newTestUser(t)
+	d, _ := userDaemon(t, "* containers=2\n", a, b)
+	// As uid 1000 of a user namespace A makes with its own ranges.
+	asSub := func(uid int, name string, args ...string) *exec.Cmd {
+		all := append([]string{"--map-auto", fmt.Sprintf("--setuid=%d", uid), fmt.Sprintf("--setgid=%d", uid), "--", name}, args...)
+		return a.command("unshare", all...)
+	}
+	out, err := asSub(1000, cgfsBin, "list").CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("uid %d is a subordinate id of user %s (/etc/subuid), not a user of its own", a.sub+1000, a.name)
+	if code != 2 || !strings.Contains(string(out), want) {
+		t.Errorf("cgfs list as A's subordinate id: exit %d %q, want exit 2 and %q", code, out, want)
+	}
+	d.waitLog(t, fmt.Sprintf("uid=%d charged-to=%d rule=subordinate-id", a.sub+1000, a.uid))
+	if r := a.cgfs(t, "list"); r.code != 0 {
+		t.Errorf("A's own list: exit %d %q", r.code, r.out)
+	}
+	// Eight connections held from A's subordinate ids: A has none left.
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	hold := asSub(1001, helperBin, "holdconns", a.socket, "8")
+	hold.Env = append(hold.Env, helperEnv+"=1")
+	hold.Stdin = r
+	stdout, err := hold.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hold.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	line := make([]byte, 64)
+	n, _ := stdout.Read(line)
+	if got := strings.TrimSpace(string(line[:n])); got != "held 8" {
+		t.Fatalf("connections from A's subordinate id: %q", got)
+	}
+	if r := a.cgfs(t, "list"); r.code != 2 || !strings.Contains(r.out, "too many connections") {
+		t.Errorf("A's list while its subordinate ids hold 8 connections: exit %d %q, want too many connections", r.code, r.out)
+	}
+	if r := b.cgfs(t, "list"); r.code != 0 {
+		t.Errorf("B's list meanwhile: exit %d %q", r.code, r.out)
+	}
+	w.Close()
+	_ = hold.Wait()
+	waitFor(t, "A served again once its subordinate ids let go", 10*time.Second*laneSlowdown(), func() bool {
+		return a.cgfs(t, "list").code == 0
+	})
+	if got := metricValue(d.scrape(t), "cgfs_user_refusals_total", `rule="subordinate-id"`); got == 0 {
+		t.Error("no refusal counted by rule subordinate-id")
+	}
+}

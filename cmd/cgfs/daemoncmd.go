@@ -209,7 +209,7 @@ func daemonCmd(args []string, log *slog.Logger, stderr io.Writer) error {
 			uln.Close()
 			return fmt.Errorf("--user-socket %s: %w", *userSocket, err)
 		}
-		control.ServeUsers(uln, d.HandleUser, control.UserBounds{Conns: 8, Rate: 100, Burst: 200, Refused: d.UserRefused}, log)
+		control.ServeUsers(uln, d.HandleUser, control.UserBounds{Conns: 8, Rate: 100, Burst: 200, Refused: d.UserRefused, Owner: d.SubordinateOwner}, log)
 		listeners = append(listeners, uln)
 		defer func() {
 			uln.Close()

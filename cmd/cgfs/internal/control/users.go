@@ -2,9 +2,11 @@ package control
 
 import (
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -46,6 +48,13 @@ type UserBounds struct {
 	Rate, Burst float64
 	// Refused, if set, is told each refusal and its rule.
 	Refused func(uid int, rule string)
+	// Owner, if set, says whose subordinate id (/etc/subuid) a peer's
+	// uid is. Such a peer is its owner's process in a user namespace,
+	// not a user of its own: it is refused, and its connections and
+	// requests count against its owner's bounds, so that the 65,536
+	// uids a user may run processes as hold no more of the daemon than
+	// the user does. An error refuses the peer too.
+	Owner func(uid int) (owner int, name string, ok bool, err error)
 }
 
 // maxUserFiles bounds the descriptors one request of a user may carry.
@@ -95,11 +104,25 @@ func (u *userServer) serve(c *net.UnixConn) {
 		return
 	}
 	uid := int(cred.Uid)
+	// key is whose bounds the connection counts against; refusal, when
+	// set, is why it is refused whatever it asks.
+	key, refusal := uid, ""
+	if u.b.Owner != nil {
+		owner, name, ok, err := u.b.Owner(uid)
+		switch {
+		case err != nil: // all such peers count as one: they are all refused
+			key = -1
+			refusal = "cgfs cannot tell whose subordinate id uid " + strconv.Itoa(uid) + " is: " + err.Error()
+		case ok:
+			key = owner
+			refusal = fmt.Sprintf("uid %d is a subordinate id of user %s (/etc/subuid), not a user of its own: ask as %s", uid, name, name)
+		}
+	}
 	u.mu.Lock()
-	st := u.users[uid]
+	st := u.users[key]
 	if st == nil {
 		st = &userState{tokens: u.b.Burst, last: time.Now()}
-		u.users[uid] = st
+		u.users[key] = st
 	}
 	if st.conns >= u.b.Conns {
 		// Its request is read before the answer (unread, the close
@@ -112,7 +135,7 @@ func (u *userServer) serve(c *net.UnixConn) {
 			st.refusing++
 		}
 		u.mu.Unlock()
-		u.refuse(uid, "user-connections", "a user holds as many connections as it may")
+		u.refuse(key, uid, "user-connections", "a user holds as many connections as it may")
 		if !answer {
 			return
 		}
@@ -137,7 +160,7 @@ func (u *userServer) serve(c *net.UnixConn) {
 		u.mu.Lock()
 		st.conns--
 		if st.conns == 0 && st.refusing == 0 && st.tokens >= u.b.Burst {
-			delete(u.users, uid) // nothing to remember: its state is bounded by users connected
+			delete(u.users, key) // nothing to remember: its state is bounded by users connected
 		}
 		u.mu.Unlock()
 	}()
@@ -156,20 +179,26 @@ func (u *userServer) serve(c *net.UnixConn) {
 	}
 	if flags&(unix.MSG_CTRUNC|unix.MSG_TRUNC) != 0 || len(files) > maxUserFiles {
 		closeFiles()
-		u.refuse(uid, "user-request", "a request too long or with too many descriptors")
+		u.refuse(key, uid, "user-request", "a request too long or with too many descriptors")
 		writeAnswer(c, Answer{Error: "a request cgfs does not take: too long or too many descriptors", Usage: true}, nil, u.log)
 		return
 	}
 	if !u.take(st) {
 		closeFiles()
-		u.refuse(uid, "user-rate", "a user asks faster than it may")
+		u.refuse(key, uid, "user-rate", "a user asks faster than it may")
 		writeAnswer(c, Answer{Error: "too many requests of this user: ask again later", Usage: true}, nil, u.log)
+		return
+	}
+	if refusal != "" {
+		closeFiles()
+		u.refuse(key, uid, "subordinate-id", refusal)
+		writeAnswer(c, Answer{Error: refusal, Usage: true}, nil, u.log)
 		return
 	}
 	var req Request
 	if err := json.Unmarshal(buf[:n], &req); err != nil {
 		closeFiles()
-		u.refuse(uid, "user-request", "a request cgfs does not understand")
+		u.refuse(key, uid, "user-request", "a request cgfs does not understand")
 		writeAnswer(c, Answer{Error: "a request cgfs does not understand: " + err.Error(), Usage: true}, nil, u.log)
 		return
 	}
@@ -197,19 +226,25 @@ func (u *userServer) take(st *userState) bool {
 	return true
 }
 
-// refuse counts a refusal and logs it, at most a line a second a user.
-func (u *userServer) refuse(uid int, rule, msg string) {
+// refuse counts a refusal of peer uid and logs it, at most a line a
+// second for each user whose bounds it counts against (key).
+func (u *userServer) refuse(key, uid int, rule, msg string) {
 	if u.b.Refused != nil {
 		u.b.Refused(uid, rule)
 	}
 	u.mu.Lock()
-	st := u.users[uid]
+	st := u.users[key]
 	quiet := st != nil && time.Since(st.logged) < time.Second
 	if st != nil && !quiet {
 		st.logged = time.Now()
 	}
 	u.mu.Unlock()
-	if !quiet {
+	if quiet {
+		return
+	}
+	if key != uid {
+		u.log.Warn("refused a user's request", "uid", uid, "charged-to", key, "rule", rule, "why", msg)
+	} else {
 		u.log.Warn("refused a user's request", "uid", uid, "rule", rule, "why", msg)
 	}
 }

@@ -3,6 +3,7 @@ package control
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"github.com/cgfs/cgfs/cmd/cgfs/internal/testhost"
 	"io"
@@ -210,6 +211,89 @@ func askAs(t *testing.T, path string, uid uint32) string {
 		t.Fatalf("asking as %d: %v\n%s%s", uid, err, out, stderr.Bytes())
 	}
 	return string(out)
+}
+
+// TestSubordinateIdsCountAsTheirOwner: a peer whose uid is a user's
+// subordinate id (its process in a user namespace of its own) is
+// refused, with the rule named in the host log, and never reaches the
+// handler; its connections count against its owner's bound, so that
+// every id the user may run as holds no more than the user.
+func TestSubordinateIdsCountAsTheirOwner(t *testing.T) {
+	saved := refusedReadDeadline
+	refusedReadDeadline = 20 * time.Second
+	t.Cleanup(func() { refusedReadDeadline = saved })
+	release := make(chan struct{})
+	entered := make(chan int, 16)
+	var mu sync.Mutex
+	var rules []string
+	path, logs := serveUsersTest(t, func(req Request, p Peer) (Answer, *os.File) {
+		entered <- p.Uid
+		if p.Uid == 0 {
+			<-release
+		}
+		return Answer{Init: p.Uid}, nil
+	}, UserBounds{Conns: 2, Rate: 1000, Burst: 1000,
+		Refused: func(uid int, rule string) { mu.Lock(); rules = append(rules, rule); mu.Unlock() },
+		Owner: func(uid int) (int, string, bool, error) {
+			switch {
+			case uid >= 60000 && uid < 65535: // root's subordinate ids
+				return 0, "root", true, nil
+			case uid == 65535:
+				return 0, "", false, errors.New("the file cannot be read")
+			}
+			return 0, "", false, nil
+		}})
+	out := askAs(t, path, 65534)
+	if !strings.Contains(out, "uid 65534 is a subordinate id of user root (/etc/subuid), not a user of its own") {
+		t.Errorf("a subordinate id asking: %q, want refused", out)
+	}
+	if out := askAs(t, path, 65535); !strings.Contains(out, "cannot tell whose subordinate id uid 65535 is: the file cannot be read") {
+		t.Errorf("a peer whose owner cannot be told: %q, want refused", out)
+	}
+	if out := askAs(t, path, 1234); out != "init=1234" {
+		t.Errorf("a user of its own asking: %q, want served", out)
+	}
+	select {
+	case uid := <-entered:
+		if uid != 1234 {
+			t.Errorf("the handler saw uid %d", uid)
+		}
+	default:
+		t.Error("the handler saw no request of uid 1234")
+	}
+	if !strings.Contains(logs.String(), `uid=65534 charged-to=0 rule=subordinate-id`) {
+		t.Errorf("the host log names no subordinate-id refusal charged to root:\n%s", logs.String())
+	}
+	// Root holds its two connections: its subordinate ids get none.
+	held := []*net.UnixConn{dial(t, path), dial(t, path)}
+	heldAnswers := make(chan error, 2)
+	for _, c := range held {
+		go func() {
+			_, err := answerOn(t, c, `{"op":"list"}`)
+			heldAnswers <- err
+		}()
+	}
+	for range held {
+		select {
+		case <-entered:
+		case <-time.After(20 * time.Second):
+			t.Fatal("root's requests did not reach the handler")
+		}
+	}
+	if out := askAs(t, path, 60000); !strings.Contains(out, "too many connections") {
+		t.Errorf("root's subordinate id while root holds its connections: %q, want too many connections", out)
+	}
+	close(release)
+	for range held {
+		if err := <-heldAnswers; err != nil {
+			t.Error(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"subordinate-id", "subordinate-id", "user-connections"}; strings.Join(rules, " ") != strings.Join(want, " ") {
+		t.Errorf("refusals counted %v, want %v", rules, want)
+	}
 }
 
 // TestUserRateBound: a user asking faster than its rate has exactly its

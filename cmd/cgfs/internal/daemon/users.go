@@ -141,6 +141,8 @@ type userState struct {
 	// lines are each user's budget of host log lines: a burst of 20,
 	// then one a second; the line written says how many were left out.
 	lines *loglimit.Keyed[int]
+	// subs says whose subordinate uid a peer is (cfg.SubUID).
+	subs *users.Subordinates
 }
 
 // ServeUsers makes the daemon answer users (HandleUser) with cfg.
@@ -154,7 +156,7 @@ func (d *Daemon) ServeUsers(cfg UserConfig) {
 	if cfg.SubGID == "" {
 		cfg.SubGID = "/etc/subgid"
 	}
-	u := &userState{cfg: cfg, containers: map[int]map[string]*userContainer{}, budgets: map[int]*serve.Budget{},
+	u := &userState{cfg: cfg, subs: users.NewSubordinates(cfg.SubUID), containers: map[int]map[string]*userContainer{}, budgets: map[int]*serve.Budget{},
 		parentMu: map[int]*sync.Mutex{}, lines: loglimit.NewKeyed[int](20, time.Second, 4096)}
 	d.mu.Lock()
 	d.users = u
@@ -952,6 +954,18 @@ func freeze(cg *cgroups.Set, on bool) error {
 		}
 	}
 	return errors.New("the host has no freezer")
+}
+
+// SubordinateOwner says whose subordinate uid (UserConfig.SubUID) uid
+// is, for control.UserBounds.Owner; no user is served, none is.
+func (d *Daemon) SubordinateOwner(uid int) (owner int, name string, ok bool, err error) {
+	d.mu.Lock()
+	u := d.users
+	d.mu.Unlock()
+	if u == nil {
+		return 0, "", false, nil
+	}
+	return u.subs.Owner(uid)
 }
 
 // UserRefused counts a refusal of a user's request by rule.

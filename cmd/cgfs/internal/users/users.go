@@ -15,6 +15,7 @@ import (
 	"os/user"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -285,18 +286,26 @@ func parseSubIDs(r io.Reader, w Who) ([]Range, error) {
 	var out []Range
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
-		f := strings.Split(strings.TrimSpace(sc.Text()), ":")
-		if len(f) != 3 || (f[0] != w.Name && f[0] != strconv.Itoa(w.Uid)) {
-			continue
+		name, r, ok := parseSubIDLine(sc.Text())
+		if ok && (name == w.Name || name == strconv.Itoa(w.Uid)) {
+			out = append(out, r)
 		}
-		start, err1 := strconv.ParseInt(f[1], 10, 64)
-		count, err2 := strconv.ParseInt(f[2], 10, 64)
-		if err1 != nil || err2 != nil || start < 0 || count <= 0 || start+count > math.MaxUint32 {
-			continue
-		}
-		out = append(out, Range{start, count})
 	}
 	return out, sc.Err()
+}
+
+// parseSubIDLine is one "name-or-id:start:count" line, if it is one.
+func parseSubIDLine(line string) (name string, r Range, ok bool) {
+	f := strings.Split(strings.TrimSpace(line), ":")
+	if len(f) != 3 {
+		return "", Range{}, false
+	}
+	start, err1 := strconv.ParseInt(f[1], 10, 64)
+	count, err2 := strconv.ParseInt(f[2], 10, 64)
+	if err1 != nil || err2 != nil || start < 0 || count <= 0 || start+count > math.MaxUint32 {
+		return "", Range{}, false
+	}
+	return f[0], Range{start, count}, true
 }
 
 // Allowed says whether every range of an id map (outside start, count:
@@ -311,4 +320,104 @@ func Allowed(own int, ranges []Range, start, count int64) bool {
 		}
 	}
 	return false
+}
+
+// Subordinates says whose subordinate uid a host uid is, from a
+// subordinate id file (/etc/subuid), read again whenever it changes. A
+// process running as one of a user's subordinate ids is that user's,
+// inside a user namespace the user made (newuidmap): not a user of its
+// own, though the kernel names it by a uid no other process has.
+type Subordinates struct {
+	path string
+
+	mu     sync.Mutex
+	stamp  stamp // the file as last read
+	ranges []owned
+}
+
+// stamp is what tells a file changed.
+type stamp struct {
+	dev, ino, size uint64
+	mtime          int64
+	there          bool
+}
+
+// owned is a range of subordinate ids and its owner as the file names it.
+type owned struct {
+	Range
+	owner string
+}
+
+// NewSubordinates reads path (/etc/subuid) when asked.
+func NewSubordinates(path string) *Subordinates { return &Subordinates{path: path} }
+
+// Owner is the user whose subordinate ids hold uid, other than uid
+// itself: its uid (or, for an owner the file names that no host user
+// has, the first id of the range, so that the range's ids still count
+// as one), its name, and whether there is one. A file cgfs cannot read
+// is an error: the caller refuses rather than take uid for a user.
+func (s *Subordinates) Owner(uid int) (owner int, name string, ok bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.reload(); err != nil {
+		return 0, "", false, err
+	}
+	for _, r := range s.ranges {
+		if !r.Contains(int64(uid), 1) {
+			continue
+		}
+		if r.owner == strconv.Itoa(uid) {
+			continue // a user's own id in its range is still its own
+		}
+		if u, err := user.Lookup(r.owner); err == nil {
+			if id, err := strconv.Atoi(u.Uid); err == nil {
+				if id == uid {
+					continue
+				}
+				return id, u.Username, true, nil
+			}
+		}
+		if id, err := strconv.Atoi(r.owner); err == nil && id >= 0 {
+			return id, r.owner, true, nil
+		}
+		return int(r.Start), r.owner, true, nil
+	}
+	return 0, "", false, nil
+}
+
+// reload reads the file again if it changed since it was read.
+func (s *Subordinates) reload() error {
+	var st syscall.Stat_t
+	now := stamp{}
+	if err := syscall.Stat(s.path, &st); err == nil {
+		now = stamp{dev: st.Dev, ino: st.Ino, size: uint64(st.Size), mtime: st.Mtim.Nano(), there: true}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if now == s.stamp && (s.ranges != nil || !now.there) {
+		return nil
+	}
+	var ranges []owned
+	if now.there {
+		f, err := os.Open(s.path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			name, r, ok := parseSubIDLine(sc.Text())
+			if ok {
+				ranges = append(ranges, owned{r, name})
+			}
+		}
+		if err := sc.Err(); err != nil {
+			return err
+		}
+		if ranges == nil {
+			ranges = []owned{} // read, and empty
+		}
+	}
+	s.stamp, s.ranges = now, ranges
+	return nil
 }

@@ -144,3 +144,49 @@ func FuzzSubIDs(f *testing.F) {
 		}
 	})
 }
+
+// TestSubordinates: a uid inside a user's /etc/subuid range is that
+// user's (by uid, name or, for an owner no host user has, the range),
+// never its own owner's; the file is read again when it changes.
+func TestSubordinates(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "subuid")
+	if err := os.WriteFile(path, []byte("root:100000:65536\n1000:300000:10\nno-such-user-here:500000:5\n1001:1001:1\nbad\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := NewSubordinates(path)
+	for _, c := range []struct {
+		uid   int
+		owner int
+		name  string
+		ok    bool
+	}{
+		{100000, 0, "root", true}, {165535, 0, "root", true}, {300009, 1000, "1000", true},
+		{500004, 500000, "no-such-user-here", true},
+		{99999, 0, "", false}, {165536, 0, "", false}, {300010, 0, "", false}, {1000, 0, "", false},
+		{1001, 0, "", false}, // its own id in its range
+		{0, 0, "", false},
+	} {
+		owner, name, ok, err := s.Owner(c.uid)
+		if err != nil || owner != c.owner || name != c.name || ok != c.ok {
+			t.Errorf("Owner(%d) = %d %q %v %v, want %d %q %v", c.uid, owner, name, ok, err, c.owner, c.name, c.ok)
+		}
+	}
+	if err := os.WriteFile(path, []byte("1000:300000:20\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok, _ := s.Owner(100000); ok {
+		t.Error("a range gone from the file still counts")
+	}
+	if owner, _, ok, _ := s.Owner(300015); !ok || owner != 1000 {
+		t.Error("a range new in the file does not count")
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok, err := s.Owner(300015); ok || err != nil {
+		t.Errorf("no file: %v %v, want no owner", ok, err)
+	}
+	if _, _, _, err := NewSubordinates(t.TempDir()).Owner(1); err == nil {
+		t.Error("a file that cannot be read gives no error")
+	}
+}
