@@ -2,6 +2,7 @@ package test
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -264,13 +265,39 @@ func TestV1HierarchyWithoutOwnCgroupIsRefused(t *testing.T) {
 	if got := c.do(t, "attach", s.mnt); got != "OK" {
 		t.Fatalf("attach: %s", got)
 	}
-	cpuRoot := l.v1["cpu"]
-	before := snapshot(t, cpuRoot)
+	// What the container could reach there: the host's cpu cgroup it
+	// sits in (the test's, among host processes, which fork and exit
+	// meanwhile: the hierarchy as a whole is no measure), and where its
+	// own and the host's first process sit.
+	cpuDir := filepath.Join(l.v1["cpu"], v1CgroupOf(t, c.pid(), "cpu"))
+	shares := readFile(t, filepath.Join(cpuDir, "cpu.shares"))
+	procs := func() string { return readFile(t, "/proc/1/cgroup") + readFile(t, "/proc/"+owner+"/cgroup") }
+	placed := procs()
 	c.expect(t, "EROFS", "mkdir", cg+"/cpu/child")
 	c.expect(t, "EROFS", "write", cg+"/cpu/cpu.shares", "2")
 	c.expect(t, "EROFS", "write", cg+"/cpu/cgroup.procs", "1")
 	c.expect(t, "OK", "mkdir", cg+"/memory/child") // its own hierarchies are its own
-	before.check(t, cpuRoot, "the container on the shared cpu hierarchy")
+	if _, err := os.Stat(filepath.Join(cpuDir, "child")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the container's mkdir on the shared cpu hierarchy: host %s/child is there (%v)", cpuDir, err)
+	}
+	if now := readFile(t, filepath.Join(cpuDir, "cpu.shares")); now != shares {
+		t.Errorf("the container's write changed host %s/cpu.shares: %q -> %q", cpuDir, shares, now)
+	}
+	if now := procs(); now != placed {
+		t.Errorf("the container's write of 1 into cgroup.procs moved a process:\n before %s\n after  %s", placed, now)
+	}
+}
+
+// v1CgroupOf is host pid's cgroup in the v1 hierarchy of controller.
+func v1CgroupOf(t *testing.T, pid int, controller string) string {
+	t.Helper()
+	for _, line := range strings.Split(readFile(t, "/proc/"+strconv.Itoa(pid)+"/cgroup"), "\n") {
+		if f := strings.SplitN(line, ":", 3); len(f) == 3 && slices.Contains(strings.Split(f[1], ","), controller) {
+			return f[2]
+		}
+	}
+	t.Fatalf("pid %d is in no v1 %s hierarchy", pid, controller)
+	return ""
 }
 
 // TestV1DescendantsAreBounded: v1 has no cgroup.max.descendants, and
