@@ -48,6 +48,7 @@ type memory struct {
 	mu     sync.Mutex
 	tasks  map[int]*knownTask
 	chains map[proc.NS]*knownChain
+	closed bool // Close: nothing is remembered any more
 }
 
 // pin returns a pin of host task tid, shared with the memory until
@@ -75,6 +76,9 @@ func (id *Identifier) pin(tid int) (*knownTask, *proc.Thread, error) {
 	}
 	if old := m.tasks[tid]; old != nil {
 		m.dropLocked(tid, old)
+	}
+	if m.closed { // this request's alone: its Done closes it
+		return &knownTask{pin: p, refs: 1, gone: true}, nil, nil
 	}
 	if len(m.tasks) >= maxKnownTasks {
 		m.evictTasksLocked()
@@ -159,7 +163,7 @@ func (id *Identifier) chain(p *proc.Pin, ns proc.NS) ([]proc.Ancestor, error) {
 	if m.chains == nil {
 		m.chains = map[proc.NS]*knownChain{}
 	}
-	if m.chains[ns] != nil {
+	if m.chains[ns] != nil || m.closed {
 		unix.Close(fd)
 		return chain, nil
 	}
@@ -179,4 +183,24 @@ func (id *Identifier) Known() (tasks, chains int) {
 	id.known.mu.Lock()
 	defer id.known.mu.Unlock()
 	return len(id.known.tasks), len(id.known.chains)
+}
+
+// Close forgets what the identifier remembers and closes what that holds
+// (a pin a request still uses is closed by its Done); from then on it
+// remembers nothing, and every request reads its caller afresh. An
+// identifier of views that are gone (a container's nested views) would
+// otherwise keep up to maxKnownTasks+maxKnownChains descriptors open for
+// as long as the server runs, of tasks long dead among them.
+func (id *Identifier) Close() {
+	m := &id.known
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closed = true
+	for tid, k := range m.tasks {
+		m.dropLocked(tid, k)
+	}
+	for ns, c := range m.chains {
+		unix.Close(c.fd)
+		delete(m.chains, ns)
+	}
 }

@@ -149,3 +149,54 @@ func BenchmarkIdentifyRemembered(b *testing.B) {
 		r.Done()
 	}
 }
+
+// TestCloseLetsGoOfWhatIsRemembered: a closed identifier holds no
+// descriptor of what it remembered, even of a request under way when it
+// closed (which lets go at its Done), and remembers nothing after, while
+// it still identifies.
+func TestCloseLetsGoOfWhatIsRemembered(t *testing.T) {
+	runtime.LockOSThread() // one caller: this thread
+	defer runtime.UnlockOSThread()
+	procs := openProcs(t)
+	fds := func() int {
+		e, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(e)
+	}
+	before := fds()
+	id := NewIdentifier(procs)
+	if _, err := id.Identify(unix.Gettid(), 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if tasks, chains := id.Known(); tasks != 1 || chains != 1 {
+		t.Fatalf("remembers %d tasks and %d chains, want 1 and 1", tasks, chains)
+	}
+	if held := fds() - before; held != 2 {
+		t.Fatalf("remembering holds %d descriptors, want 2 (a pin and a namespace)", held)
+	}
+	r := id.Request(unix.Gettid(), 0, 0)
+	if _, err := r.Caller(); err != nil {
+		t.Fatal(err)
+	}
+	id.Close()
+	if tasks, chains := id.Known(); tasks != 0 || chains != 0 {
+		t.Errorf("a closed identifier remembers %d tasks and %d chains", tasks, chains)
+	}
+	if held := fds() - before; held != 1 {
+		t.Errorf("with a request under way, a closed identifier holds %d descriptors, want its pin alone", held)
+	}
+	r.Done()
+	for range 3 {
+		if c, err := id.Identify(unix.Gettid(), 0, 0); err != nil || len(c.UserNS) == 0 {
+			t.Fatalf("a closed identifier identifies %+v, %v", c, err)
+		}
+	}
+	if held := fds() - before; held != 0 {
+		t.Errorf("a closed identifier holds %d descriptors after its requests, want none", held)
+	}
+	if tasks, chains := id.Known(); tasks != 0 || chains != 0 {
+		t.Errorf("a closed identifier remembered %d tasks and %d chains", tasks, chains)
+	}
+}

@@ -240,7 +240,8 @@ func serveDetached(t *testing.T, v *Views) *os.File {
 // views at once than its bound get exactly that many; the rest are
 // refused ENOSPC, as the kernel refuses a mount past fs.mount-max. The
 // budget says what it holds; views whose mounts are gone free their
-// share; once closed, every nested view is stopped and no more served.
+// share; once closed, every nested view is stopped and no more served,
+// and what they remembered of their callers is let go.
 func TestNestedViewsBounded(t *testing.T) {
 	e := newEnv(t)
 	dir := e.cgroup("")
@@ -301,7 +302,14 @@ func TestNestedViewsBounded(t *testing.T) {
 		t.Fatalf("a nested view once the others were gone: %v", err)
 	}
 	defer f.Close()
+	if tasks, _ := n.ident.Known(); tasks == 0 {
+		t.Error("the nested views' identifier remembers no caller after their reads")
+	}
 	n.Close()
+	// What it remembered holds descriptors: a container gone lets go.
+	if tasks, chains := n.ident.Known(); tasks != 0 || chains != 0 {
+		t.Errorf("closed nested views still remember %d callers and %d user namespaces", tasks, chains)
+	}
 	fd, err := unix.Openat(int(f.Fd()), "cgroup.procs", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err == nil {
 		unix.Close(fd)

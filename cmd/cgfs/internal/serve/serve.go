@@ -595,6 +595,9 @@ func (n *Nested) Close() {
 	for _, m := range mounted {
 		m.Stop() // its goroutine above releases the views with the last
 	}
+	// What the identifier remembers of the container's callers: a
+	// request still under way reads its caller afresh from here on.
+	n.ident.Close()
 }
 
 // Bounds are what one container may hold of the server, across its own
