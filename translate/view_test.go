@@ -33,6 +33,7 @@ func openProcs(t testing.TB) *proc.Procs {
 func self(t testing.TB, procs *proc.Procs) *access.Request {
 	t.Helper()
 	id := access.NewIdentifier(procs)
+	defer id.Close() // what it remembers holds descriptors
 	c, err := id.Identify(unix.Gettid(), uint32(os.Geteuid()), uint32(os.Getegid()))
 	if err != nil {
 		t.Fatal(err)
