@@ -385,10 +385,14 @@ func (d *Daemon) Close() {
 	u := d.users
 	d.mu.Unlock()
 	if u != nil {
+		u.mu.Lock()
+		u.closed = true // no removal begins elsewhere from here on
+		u.mu.Unlock()
 		for _, c := range u.every() {
-			d.userRemove(u, c)
+			u.removing.Add(1)
+			d.removeUserContainer(u, c)
 		}
-		u.removing.Wait() // and those under way
+		u.removing.Wait() // and those begun before
 	}
 }
 

@@ -138,6 +138,10 @@ type userState struct {
 	budgets    map[int]*serve.Budget // what each user's containers hold of the daemon, together
 	parentMu   map[int]*sync.Mutex   // one container made or removed at a time, per user
 	removing   sync.WaitGroup        // removals under way, which a stop waits for
+	// closed: the daemon's Close removes every container itself, and no
+	// other removal begins (one begun before is waited for), so that
+	// removing's count never rises from zero while Close waits.
+	closed bool
 	// lines are each user's budget of host log lines: a burst of 20,
 	// then one a second; the line written says how many were left out.
 	lines *loglimit.Keyed[int]
@@ -793,14 +797,25 @@ func (d *Daemon) watchUserInit(u *userState, c *userContainer) {
 // userRemove ends a user's container: its view, what is left in its
 // cgroups, the cgroups, its name.
 func (d *Daemon) userRemove(u *userState, c *userContainer) {
+	u.mu.Lock()
+	if u.closed {
+		u.mu.Unlock()
+		return // Close removes it
+	}
+	u.removing.Add(1)
+	u.mu.Unlock()
+	d.removeUserContainer(u, c)
+}
+
+// removeUserContainer is userRemove, counted in u.removing already.
+func (d *Daemon) removeUserContainer(u *userState, c *userContainer) {
+	defer u.removing.Done()
 	d.mu.Lock()
 	handing := d.handing
 	d.mu.Unlock()
 	if handing {
 		return // the next server has it, and sees its init end
 	}
-	u.removing.Add(1)
-	defer u.removing.Done()
 	pm := u.parentLock(c.uid)
 	pm.Lock()
 	defer pm.Unlock()
