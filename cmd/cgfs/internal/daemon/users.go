@@ -726,6 +726,13 @@ func dupFile(f *os.File) (*os.File, error) {
 // a helper there: nothing else can be named), and watches it: when it
 // is gone, the container is.
 func (d *Daemon) userAdopt(u *userState, who users.Who, name string, files []*os.File) error {
+	// One adoption or removal of the user's containers at a time: two
+	// adoptions of one container would both pass the check below (the
+	// first's descriptors then lost), and a removal meanwhile would miss
+	// the descriptors the adoption then stores on a container gone.
+	pm := u.parentLock(who.Uid)
+	pm.Lock()
+	defer pm.Unlock()
 	c, err := u.container(who.Uid, name)
 	if err != nil {
 		return err

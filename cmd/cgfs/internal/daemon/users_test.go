@@ -535,3 +535,87 @@ func (fx *fixture) v2File(file string) string {
 	}
 	return file
 }
+
+// TestConcurrentAdoptsTakeOneInit: two adoptions of one container at
+// once: one takes the init, the other is refused, and once the container
+// is removed the daemon holds no pidfd or pid namespace of its init (the
+// second adoption's used to be stored over the first's, lost).
+func TestConcurrentAdoptsTakeOneInit(t *testing.T) {
+	fx := newFixture(t, serve.Bounds{})
+	fx.serveUsers("")
+	// held is how many descriptors this process holds of inits: pidfds
+	// of them, and their pid namespaces (os/exec's own pidfds are of the
+	// unshare processes, not counted).
+	held := func(inits []int) int {
+		ns := map[string]bool{}
+		for _, pid := range inits {
+			if l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid)); err == nil {
+				ns[l] = true
+			}
+		}
+		n := 0
+		entries, _ := os.ReadDir("/proc/self/fd")
+		for _, e := range entries {
+			l, err := os.Readlink("/proc/self/fd/" + e.Name())
+			switch {
+			case err != nil:
+			case ns[l]:
+				n++
+			case l == "anon_inode:[pidfd]":
+				info, _ := os.ReadFile("/proc/self/fdinfo/" + e.Name())
+				for _, pid := range inits {
+					if strings.Contains(string(info), fmt.Sprintf("Pid:\t%d\n", pid)) {
+						n++
+					}
+				}
+			}
+		}
+		return n
+	}
+	var inits []int
+	for round := range 3 {
+		name := fmt.Sprintf("twice%d", round)
+		if a := fx.ask(nobody, control.Request{Op: "create", Name: name}); a.Error != "" {
+			t.Fatalf("create: %+v", a)
+		}
+		pid, first := fx.userInit()
+		inits = append(inits, pid)
+		// The same init's proofs, opened once more.
+		var second []*os.File
+		for _, f := range first {
+			g, err := dupFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			second = append(second, g)
+		}
+		answers := make(chan control.Answer, 2)
+		for _, proofs := range [][]*os.File{first, second} {
+			go func() {
+				a, _ := fx.d.HandleUser(control.Request{Op: "adopt", Name: name, Files: proofs}, control.Peer{Uid: nobody, Gid: nobody})
+				answers <- a
+			}()
+		}
+		var ok, refused int
+		for range 2 {
+			switch a := <-answers; {
+			case a.Error == "":
+				ok++
+			case strings.Contains(a.Error, "has its init already"):
+				refused++
+			default:
+				t.Errorf("an adoption: %+v", a)
+			}
+		}
+		if ok != 1 || refused != 1 {
+			t.Errorf("round %d: %d adoptions took the init and %d were refused, want one each", round, ok, refused)
+		}
+		if n := held(inits[round:]); n != 2 {
+			t.Errorf("round %d: the daemon holds %d descriptors of its container's init, want its pidfd and pid namespace", round, n)
+		}
+		fx.ask(nobody, control.Request{Op: "remove", Name: name})
+	}
+	if n := held(inits); n != 0 {
+		t.Errorf("the daemon holds %d pidfds and pid namespaces of its removed containers' inits, want none", n)
+	}
+}
