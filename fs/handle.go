@@ -61,6 +61,6 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 var _ = (gofs.FileReleaser)((*handle)(nil))
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {
-	h.f.Close()
+	h.m.released(h.f)
 	return 0
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -76,6 +77,57 @@ type mount struct {
 	relay   atomic.Pointer[fuseconn.Relay] // nil: no events relayed
 	revived revivedID                      // see revive
 	panics  atomic.Int64                   // requests that panicked (panicked)
+
+	// files are the opens the kernel has not released yet. When the
+	// server stops serving (OnUnmount) those left are closed: a
+	// connection ended with files open (its container gone, its view
+	// stopped, aborted) sends no RELEASE, and each would hold one of the
+	// container's budget of open files, which may outlive the
+	// connection (a user's, across its containers), and a host
+	// descriptor.
+	filesMu sync.Mutex
+	files   map[*translate.File]struct{}
+	ended   bool // OnUnmount closed them: no more are kept
+}
+
+// opened keeps f among the mount's open files; false (f closed) when the
+// server has stopped serving.
+func (m *mount) opened(f *translate.File) bool {
+	m.filesMu.Lock()
+	defer m.filesMu.Unlock()
+	if m.ended {
+		f.Close()
+		return false
+	}
+	if m.files == nil {
+		m.files = map[*translate.File]struct{}{}
+	}
+	m.files[f] = struct{}{}
+	return true
+}
+
+// released closes f, an open the kernel released, unless the server's
+// end closed it already.
+func (m *mount) released(f *translate.File) {
+	m.filesMu.Lock()
+	_, ok := m.files[f]
+	delete(m.files, f)
+	m.filesMu.Unlock()
+	if ok {
+		f.Close()
+	}
+}
+
+// closeFiles closes every open the kernel did not release, once the
+// server serves no more.
+func (m *mount) closeFiles() {
+	m.filesMu.Lock()
+	left := m.files
+	m.files, m.ended = nil, true
+	m.filesMu.Unlock()
+	for f := range left {
+		f.Close()
+	}
 }
 
 // panicked answers a request whose handling panicked (in cgfs or in
@@ -236,6 +288,15 @@ type bridge struct {
 
 // Revived is the node the root's LookupNode found again (see revive).
 func (b *bridge) Revived() uint64 { return b.m.revived.Swap(0) }
+
+// OnUnmount is go-fuse's word that serving has ended (its readers done,
+// its descriptor closed): a stop, an abort, or a drain for the next
+// server, which opens its own files. What the kernel did not release is
+// closed here.
+func (b *bridge) OnUnmount() {
+	b.RawFileSystem.OnUnmount()
+	b.m.closeFiles()
+}
 
 func (b *bridge) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
 	st := b.RawFileSystem.Lookup(cancel, h, name, out)

@@ -120,6 +120,13 @@ func testMountOwned(t *testing.T, dir string, below []proc.Ancestor) (string, *a
 // server's by the namespaces in below (none: the server's own).
 func viewConfig(t *testing.T, dir string, below []proc.Ancestor) Config {
 	t.Helper()
+	return viewConfigLimits(t, dir, below, nil)
+}
+
+// viewConfigLimits is viewConfig with the container's limits lim (nil:
+// the defaults).
+func viewConfigLimits(t *testing.T, dir string, below []proc.Ancestor, lim *translate.Limits) Config {
+	t.Helper()
 	h, err := host.Open(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -134,7 +141,7 @@ func viewConfig(t *testing.T, dir string, below []proc.Ancestor) Config {
 		t.Fatal(err)
 	}
 	t.Cleanup(owner.Close)
-	view, err := translate.New(h, translate.Config{Policy: access.NewPolicy(append(below, owner.Chain...)), Procs: procs})
+	view, err := translate.New(h, translate.Config{Policy: access.NewPolicy(append(below, owner.Chain...)), Procs: procs, Limits: lim})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,5 +401,53 @@ func TestListingLooksUpNothing(t *testing.T) {
 	}
 	if c7.Uid != 1234 || c7.Gid != 1235 {
 		t.Errorf("c7 is owned by %d:%d, want 1234:1235", c7.Uid, c7.Gid)
+	}
+}
+
+// TestStopGivesBackOpenFiles: files a container holds open when its view
+// stops (the connection ends; the kernel releases nothing of it) go back
+// to its budget of open files, which may outlive the view (a user's,
+// across its containers): a view on the same budget opens as many again.
+func TestStopGivesBackOpenFiles(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("FUSE tests need root (DirectMount)")
+	}
+	dir := fakeCgroup(t)
+	lim := &translate.Limits{OpenFiles: 3}
+	serveOn := func() (string, interface{ Stop() }) {
+		mnt := t.TempDir()
+		server, err := Mount(mnt, viewConfigLimits(t, dir, nil, lim))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(server.Stop)
+		return mnt, server
+	}
+	mnt, server := serveOn()
+	var held []*os.File
+	for range 3 {
+		f, err := openMounted(t, mnt+"/cgroup.procs", unix.O_RDONLY)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, f)
+	}
+	if _, err := openMounted(t, mnt+"/cgroup.events", unix.O_RDONLY); !errors.Is(err, unix.ENFILE) {
+		t.Fatalf("a fourth open with a budget of 3: %v, want ENFILE", err)
+	}
+	server.Stop()
+	if n := lim.Open(); n != 0 {
+		t.Errorf("the budget counts %d files open after the view stopped with them open, want 0", n)
+	}
+	for _, f := range held {
+		f.Close() // their connection is gone: nothing reaches a server
+	}
+	again, _ := serveOn()
+	for i := range 3 {
+		f, err := openMounted(t, again+"/cgroup.procs", unix.O_RDONLY)
+		if err != nil {
+			t.Fatalf("open %d on a new view of the same budget: %v", i+1, err)
+		}
+		defer f.Close()
 	}
 }

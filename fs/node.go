@@ -268,6 +268,9 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if err != nil {
 		return nil, 0, c.fail(ctx, vp, err)
 	}
+	if !n.m.opened(f) {
+		return nil, 0, syscall.ENOTCONN // the server has stopped serving
+	}
 	return &handle{f: f, m: n.m, vpath: vp}, n.m.openFlags(f), 0
 }
 

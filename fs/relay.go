@@ -28,16 +28,19 @@ func isRelayWrite(ctx context.Context, vpath string, flags uint32) bool {
 // file open read-only, for its backing (see translate.File.BackingFd):
 // an inode a reader has open with passthrough needs every open of it to
 // say passthrough too, the relay's included.
-type relayHandle struct{ f *translate.File }
+type relayHandle struct {
+	f *translate.File
+	m *mount
+}
 
 // relayOpen is the relay's open of vpath, by this server's own thread
 // (host root): not counted as the container's.
 func (n *node) relayOpen(ctx context.Context, vpath string) *relayHandle {
-	h := &relayHandle{}
+	h := &relayHandle{m: n.m}
 	if fc, ok := fuse.FromContext(ctx); ok {
 		r := n.m.ident.Request(int(fc.Pid), fc.Uid, fc.Gid)
 		defer r.Done()
-		if f, err := n.t.view.OpenRelay(r, vpath); err == nil {
+		if f, err := n.t.view.OpenRelay(r, vpath); err == nil && n.m.opened(f) {
 			h.f = f
 		}
 	}
@@ -63,7 +66,7 @@ var _ = (gofs.FileReleaser)((*relayHandle)(nil))
 
 func (h *relayHandle) Release(ctx context.Context) syscall.Errno {
 	if h.f != nil {
-		h.f.Close()
+		h.m.released(h.f)
 	}
 	return 0
 }
