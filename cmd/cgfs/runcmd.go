@@ -274,7 +274,7 @@ func runCmd(o runOptions, log *slog.Logger) (int, error) {
 			return views // nil while the daemon serves the container
 		}}, m.For(o.Name))
 	defer nested.Close()
-	o.Nested = nested.Serve
+	o.Nested = nested.ServeDone
 	o.Notifications = func(count func() uint64) {
 		m.AddSource(metrics.Source{Name: "cgfs_seccomp_notifications_total", Counter: true,
 			Help: "Seccomp notifications of the container's processes its agents handled.",

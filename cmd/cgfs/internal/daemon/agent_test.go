@@ -153,3 +153,40 @@ func TestSeccompSocketTakesRuncListeners(t *testing.T) {
 		t.Errorf("%d messages refused, want 3", n)
 	}
 }
+
+// TestDroppedViewsLeaveTheStatfsSet: the device of a view that was
+// dropped is no longer answered as a cgroupfs by the daemon's agents
+// (the kernel gives the number to the next file system mounted), and the
+// set holds the views served, not every view that ever was.
+func TestDroppedViewsLeaveTheStatfsSet(t *testing.T) {
+	fx := newFixture(t, serve.Bounds{})
+	fx.serveSeccomp()
+	magic := func(dev uint64) bool {
+		fx.d.mu.Lock()
+		m := fx.d.agentCfg.Magic
+		fx.d.mu.Unlock()
+		_, ok := m(dev, 1)
+		return ok
+	}
+	for round := range 3 {
+		o := fx.owner()
+		a, mnt := fx.attach("c", o.pid(), fx.cgroup())
+		if a.Error != "" || mnt == nil {
+			t.Fatalf("attach: %+v", a)
+		}
+		s := fx.served("c")
+		dev := s.mounted.Dev()
+		if !magic(dev) {
+			t.Fatalf("round %d: a served view's device %d is not answered as a cgroupfs", round, dev)
+		}
+		o.kill()
+		mnt.Close() // mounted nowhere: the connection ends with it
+		fx.waitDropped(s, "its owner and its mount went")
+		if magic(dev) {
+			t.Errorf("round %d: the dropped view's device %d is still answered as a cgroupfs", round, dev)
+		}
+		if n := fx.d.set.Len(); n != 0 {
+			t.Errorf("round %d: the statfs set holds %d devices with no view served", round, n)
+		}
+	}
+}

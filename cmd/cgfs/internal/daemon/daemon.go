@@ -88,6 +88,9 @@ type served struct {
 	// dropped is closed once the view is dropped: off the list, its
 	// name free, its metrics and nested views gone.
 	dropped chan struct{}
+	// unset takes its device out of the daemon's statfs set (d.mu
+	// held; nil until it is in).
+	unset func()
 }
 
 // labelOf is the container's name in metrics: its Label if the asker
@@ -148,7 +151,7 @@ func (d *Daemon) run(name string, s *served) error {
 	}
 	d.views[name] = s
 	if d.set != nil {
-		d.set.Add(s.mounted.Dev())
+		s.unset = d.set.Add(s.mounted.Dev())
 	}
 	d.mu.Unlock()
 	d.keepView(name, s)
@@ -181,6 +184,9 @@ func (d *Daemon) run(name string, s *served) error {
 		d.mu.Lock()
 		if d.views[name] == s {
 			delete(d.views, name)
+		}
+		if s.unset != nil {
+			s.unset()
 		}
 		d.mu.Unlock()
 		d.unkeep(viewItem(name))
@@ -414,7 +420,7 @@ func (d *Daemon) ServeSeccomp(ln *net.UnixListener) error {
 	d.set = mimic.NewSet(mounts)
 	d.mounts = mounts
 	for _, s := range d.views {
-		d.set.Add(s.mounted.Dev())
+		s.unset = d.set.Add(s.mounted.Dev())
 	}
 	// With the set, at once: the control socket answers already, and an
 	// agent request that finds the set must find its answers.
@@ -433,7 +439,7 @@ func (d *Daemon) mounterFor(name string) agent.Mounter {
 	d.mu.Lock()
 	n := &mimic.Nester{Ident: d.ident, Set: d.set, Mounts: d.mounts, Log: d.log}
 	d.mu.Unlock()
-	n.Serve = func(c agent.Caller) (*os.File, error) {
+	n.Serve = func(c agent.Caller) (*os.File, <-chan struct{}, error) {
 		d.mu.Lock()
 		s := d.views[name]
 		if name == "" {
@@ -446,9 +452,9 @@ func (d *Daemon) mounterFor(name string) agent.Mounter {
 		}
 		d.mu.Unlock()
 		if s == nil {
-			return nil, mimic.ErrDecline
+			return nil, nil, mimic.ErrDecline
 		}
-		return s.nested.Serve(c.Tid)
+		return s.nested.ServeDone(c.Tid)
 	}
 	return n.Mount
 }

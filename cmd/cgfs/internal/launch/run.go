@@ -72,7 +72,7 @@ type Options struct {
 	// process of the container that mounts cgroupfs, allowed to as the
 	// kernel allows it), detached; it is dropped when its mounts are
 	// gone. Nil lets the kernel answer those mounts.
-	Nested func(tid int) (*os.File, error)
+	Nested func(tid int) (view *os.File, done <-chan struct{}, err error)
 	// Notifications, if set, is given a count of the seccomp
 	// notifications the container's agents handled, for the metrics.
 	Notifications func(count func() uint64)
@@ -332,7 +332,7 @@ func Run(o Options) (code int, err error) {
 			magic.Add(viewStat.Dev)
 			cfg := agent.Config{Magic: magic.Magic, Log: o.Log}
 			if o.Nested != nil {
-				serve := func(c agent.Caller) (*os.File, error) { return o.Nested(c.Tid) }
+				serve := func(c agent.Caller) (*os.File, <-chan struct{}, error) { return o.Nested(c.Tid) }
 				cfg.Mounter = (&mimic.Nester{Serve: serve, Ident: access.NewIdentifier(procs), Set: magic, Mounts: mounts, Log: o.Log}).Mount
 			}
 			agentCfg = cfg

@@ -67,25 +67,47 @@ func Magic(dev uint64, mounts []Mount) agent.Magic {
 type Set struct {
 	mounts []Mount
 	mu     sync.Mutex
-	devs   map[uint64]bool
+	devs   map[uint64]uint64 // device: the Add that made it the set's
+	adds   uint64
 }
 
 // NewSet is a set of no views yet, of the host layout mounts.
 func NewSet(mounts []Mount) *Set {
-	return &Set{mounts: mounts, devs: map[uint64]bool{}}
+	return &Set{mounts: mounts, devs: map[uint64]uint64{}}
 }
 
-// Add makes the views on FUSE device dev the set's.
-func (s *Set) Add(dev uint64) {
+// Add makes the views on FUSE device dev the set's until the func it
+// returns is called, when their connection has ended. The kernel gives a
+// device number to the next file system at once, so a number left in
+// the set would show another file system (a tmpfs, an overlay, another
+// FUSE one) as a cgroupfs to statfs; and a removal that comes after the
+// number went to a view of the set again leaves that one's alone.
+func (s *Set) Add(dev uint64) (remove func()) {
 	s.mu.Lock()
-	s.devs[dev] = true
+	s.adds++
+	add := s.adds
+	s.devs[dev] = add
 	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		if s.devs[dev] == add {
+			delete(s.devs, dev)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// Len is how many devices the set holds.
+func (s *Set) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.devs)
 }
 
 // Magic is the agent's Magic for the set.
 func (s *Set) Magic(dev, ino uint64) (int64, bool) {
 	s.mu.Lock()
-	ok := s.devs[dev]
+	_, ok := s.devs[dev]
 	s.mu.Unlock()
 	if !ok {
 		return 0, false

@@ -69,3 +69,31 @@ func TestHierarchyOfAMount(t *testing.T) {
 		}
 	}
 }
+
+// TestSetRemovesWhatItAdded: a device leaves the set when its view's
+// connection ends, and a removal that comes after the number went to
+// another view of the set leaves that one's.
+func TestSetRemovesWhatItAdded(t *testing.T) {
+	s := NewSet([]Mount{{FSType: "cgroup2"}})
+	in := func(dev uint64) bool { _, ok := s.Magic(dev, 5); return ok }
+	first := s.Add(7)
+	if !in(7) || in(8) {
+		t.Fatal("Add(7): 7 not in the set, or 8 in it")
+	}
+	first()
+	if in(7) || s.Len() != 0 {
+		t.Errorf("7 removed: still in the set (%d devices)", s.Len())
+	}
+	// The number goes to another view before the first's removal runs.
+	a := s.Add(9)
+	b := s.Add(9)
+	a()
+	if !in(9) {
+		t.Error("a late removal of 9 took the view that has it now")
+	}
+	b()
+	b() // twice: nothing more
+	if in(9) || s.Len() != 0 {
+		t.Errorf("9 removed: still in the set (%d devices)", s.Len())
+	}
+}

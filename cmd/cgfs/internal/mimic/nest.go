@@ -27,10 +27,10 @@ import (
 // namespace): the nested container is served by cgfs, its limits locked
 // from it, its processes in hidden leaves, as the outer one is.
 type Nester struct {
-	// Serve serves a new view of the caller's cgroups, detached;
-	// ErrDecline leaves the mount to the kernel (no container cgfs
-	// serves holds the caller).
-	Serve  func(c agent.Caller) (*os.File, error)
+	// Serve serves a new view of the caller's cgroups, detached, and
+	// says when its connection ends (done); ErrDecline leaves the mount
+	// to the kernel (no container cgfs serves holds the caller).
+	Serve  func(c agent.Caller) (view *os.File, done <-chan struct{}, err error)
 	Ident  *access.Identifier
 	Set    *Set // the nested views join it
 	Mounts []Mount
@@ -83,7 +83,7 @@ func (n *Nester) Mount(c agent.Caller, m agent.MountCall) (bool, unix.Errno) {
 	if !c.Valid() {
 		return true, unix.ESRCH // the caller is gone: nobody waits for the answer
 	}
-	view, err := n.Serve(c)
+	view, done, err := n.Serve(c)
 	if errors.Is(err, ErrDecline) {
 		return false, 0
 	}
@@ -99,7 +99,8 @@ func (n *Nester) Mount(c agent.Caller, m agent.MountCall) (bool, unix.Errno) {
 	if err := unix.Fstat(int(view.Fd()), &vst); err != nil {
 		return true, unix.EIO
 	}
-	n.Set.Add(vst.Dev)
+	remove := n.Set.Add(vst.Dev)
+	go func() { <-done; remove() }() // a view not placed ends with view's Close
 	if err := inMountNamespace(mntns, func(fds *os.File) error { return place(view, target, dir, m.Flags&unix.MS_RDONLY != 0, fds) }); err != nil {
 		n.refuse("placing a nested view", "tid", c.Tid, "target", m.Target, "err", err)
 		return true, errnoOf(err, unix.EINVAL)

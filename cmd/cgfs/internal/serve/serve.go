@@ -520,18 +520,24 @@ func (n *Nested) Live() (live, max int) {
 // Past the container's bound it is ENOSPC, as the kernel answers a
 // mount past fs.mount-max.
 func (n *Nested) Serve(tid int) (*os.File, error) {
+	f, _, err := n.ServeDone(tid)
+	return f, err
+}
+
+// ServeDone is Serve, and says when the view's connection ends.
+func (n *Nested) ServeDone(tid int) (*os.File, <-chan struct{}, error) {
 	start, err := n.procs.StartTime(tid)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	key := [2]uint64{uint64(tid), start}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
-		return nil, errors.New("the container's views are closed")
+		return nil, nil, errors.New("the container's views are closed")
 	}
 	if max := n.opts.Budget.Bounds.NestedViews; n.live >= max {
-		return nil, fmt.Errorf("the container holds %d nested views, its bound: %w", n.live, unix.ENOSPC)
+		return nil, nil, fmt.Errorf("the container holds %d nested views, its bound: %w", n.live, unix.ENOSPC)
 	}
 	o := n.owners[key]
 	if o == nil {
@@ -550,7 +556,7 @@ func (n *Nested) Serve(tid int) (*os.File, error) {
 			v, err = Open(n.procs, opts)
 		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		o = &nestedOwner{views: v, mounted: map[*fuseconn.Conn]bool{}}
 		n.owners[key] = o
@@ -561,7 +567,7 @@ func (n *Nested) Serve(tid int) (*os.File, error) {
 			o.views.Close()
 			delete(n.owners, key)
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	o.mounts++
 	o.mounted[served] = true
@@ -577,7 +583,7 @@ func (n *Nested) Serve(tid int) (*os.File, error) {
 			delete(n.owners, key)
 		}
 	}()
-	return served.Take(), nil
+	return served.Take(), served.Done(), nil
 }
 
 // Close stops every nested view (their mounts answer ENOTCONN) and
