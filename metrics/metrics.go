@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -71,7 +72,7 @@ func New(reg prometheus.Registerer) *Metrics {
 // name. A nil *Counts counts nothing.
 type Counts struct {
 	m    *Metrics
-	name string
+	name atomic.Pointer[string]
 }
 
 // For returns the counters of the container called name. Names are
@@ -80,7 +81,17 @@ func (m *Metrics) For(name string) *Counts {
 	if m == nil {
 		return nil
 	}
-	return &Counts{m: m, name: name}
+	c := &Counts{m: m}
+	c.name.Store(&name)
+	return c
+}
+
+// Relabel counts what comes from now on as the container called name
+// (its label was shown already: its unique name stands in).
+func (c *Counts) Relabel(name string) {
+	if c != nil {
+		c.name.Store(&name)
+	}
 }
 
 // Request counts one request of op with its result ("ok" or an errno
@@ -89,7 +100,7 @@ func (c *Counts) Request(op, result string, took time.Duration) {
 	if c == nil {
 		return
 	}
-	c.m.requests.WithLabelValues(c.name, op, result).Inc()
+	c.m.requests.WithLabelValues(*c.name.Load(), op, result).Inc()
 	c.m.latency.WithLabelValues(op).Observe(took.Seconds())
 }
 
@@ -98,7 +109,18 @@ func (c *Counts) Refusal(rule, op string) {
 	if c == nil {
 		return
 	}
-	c.m.refusals.WithLabelValues(c.name, rule, op).Inc()
+	c.m.refusals.WithLabelValues(*c.name.Load(), rule, op).Inc()
+}
+
+// Forget deletes the series of the container called name: a server that
+// serves containers come and gone (a daemon, a node's pods) would
+// otherwise keep every name's for its life.
+func (m *Metrics) Forget(name string) {
+	if m == nil {
+		return
+	}
+	m.requests.DeletePartialMatch(prometheus.Labels{"container": name})
+	m.refusals.DeletePartialMatch(prometheus.Labels{"container": name})
 }
 
 // UserRefusal counts one request of a user's refused by rule.

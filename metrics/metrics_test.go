@@ -40,6 +40,31 @@ cgfs_requests_total{container="c1",op="write",result="EINVAL"} 1
 	nilView.Request("mkdir", "ok", 0) // a view without metrics counts nothing, safely
 }
 
+// TestForget: a container's series go when it is forgotten; another's
+// stay.
+func TestForget(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	m := New(reg)
+	for _, name := range []string{"gone", "stays"} {
+		m.For(name).Request("mkdir", "ok", time.Microsecond)
+		m.For(name).Refusal("root-locked", "open")
+	}
+	m.Forget("gone")
+	want := `
+# HELP cgfs_refusals_total Requests refused by a rule, by container, rule and operation.
+# TYPE cgfs_refusals_total counter
+cgfs_refusals_total{container="stays",op="open",rule="root-locked"} 1
+# HELP cgfs_requests_total FUSE requests served, by container, operation and result (ok or the errno name the container got).
+# TYPE cgfs_requests_total counter
+cgfs_requests_total{container="stays",op="mkdir",result="ok"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "cgfs_requests_total", "cgfs_refusals_total"); err != nil {
+		t.Error(err)
+	}
+	var none *Metrics
+	none.Forget("x") // a server without metrics forgets nothing, safely
+}
+
 // lint fails on what promlint finds in everything reg gathers.
 func lint(t *testing.T, reg *prometheus.Registry) {
 	t.Helper()

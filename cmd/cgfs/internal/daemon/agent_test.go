@@ -190,3 +190,71 @@ func TestDroppedViewsLeaveTheStatfsSet(t *testing.T) {
 		}
 	}
 }
+
+// TestDroppedViewsLeaveNoSeries: a dropped container's request and
+// refusal counters go with it (a node's pods come and go: a series per
+// name that ever was would grow without bound), unless a view served
+// now shows the same label.
+func TestDroppedViewsLeaveNoSeries(t *testing.T) {
+	fx := newFixture(t, serve.Bounds{})
+	series := func(label string) int {
+		mfs, err := fx.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, mf := range mfs {
+			for _, m := range mf.Metric {
+				for _, l := range m.Label {
+					if l.GetName() == "container" && l.GetValue() == label && strings.HasPrefix(mf.GetName(), "cgfs_re") {
+						n++
+					}
+				}
+			}
+		}
+		return n
+	}
+	attach := func(name, label string) (*owner, *os.File) {
+		o := fx.owner()
+		a, mnt := fx.d.Handle(control.Request{Op: "attach", Name: name, Label: label, Owner: o.pid(), Cgroup: fx.cgroup()}, 0)
+		if a.Error != "" || mnt == nil {
+			t.Fatalf("attach %s: %+v", name, a)
+		}
+		if _, err := readAt(mnt, "cgroup.procs"); err != nil { // a request: a series
+			t.Fatal(err)
+		}
+		return o, mnt
+	}
+	drop := func(name string, o *owner, mnt *os.File) {
+		s := fx.served(name)
+		o.kill()
+		mnt.Close()
+		fx.waitDropped(s, "its owner and its mount went")
+	}
+	o, mnt := attach("a", "pod/a")
+	if series("pod/a") == 0 {
+		t.Fatal("a served view's requests made no series")
+	}
+	drop("a", o, mnt)
+	if n := series("pod/a"); n != 0 {
+		t.Errorf("a dropped view left %d series", n)
+	}
+	// A restart: the old view still served, the new one's label is
+	// shown already, and its name stands in; once the old one goes, the
+	// label is free again, and a view that takes it keeps its series
+	// when the other goes.
+	o1, m1 := attach("b1", "pod/b")
+	o2, m2 := attach("b2", "pod/b")
+	if series("b2") == 0 {
+		t.Fatal("the second view of a label is not counted under its name")
+	}
+	drop("b1", o1, m1)
+	if n, m := series("pod/b"), series("b2"); n != 0 || m == 0 {
+		t.Errorf("the first view of a label dropped: %d series of the label left, %d of the second view's name (want 0 and some)", n, m)
+	}
+	attach("b3", "pod/b")
+	drop("b2", o2, m2)
+	if n, m := series("pod/b"), series("b2"); n == 0 || m != 0 {
+		t.Errorf("the second view dropped: %d series of the label the third shows, %d of the second's name (want some and 0)", n, m)
+	}
+}

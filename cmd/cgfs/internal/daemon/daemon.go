@@ -88,6 +88,8 @@ type served struct {
 	// dropped is closed once the view is dropped: off the list, its
 	// name free, its metrics and nested views gone.
 	dropped chan struct{}
+	// counts are its views' and nested views' counters (labelOf(req)).
+	counts *metrics.Counts
 	// unset takes its device out of the daemon's statfs set (d.mu
 	// held; nil until it is in).
 	unset func()
@@ -148,6 +150,7 @@ func (d *Daemon) run(name string, s *served) error {
 		// every scrape fail. The unique name stands in.
 		d.log.Warn("a view's label is shown already: its name stands in", "view", name, "label", s.req.Label)
 		s.req.Label = ""
+		s.counts.Relabel(name)
 	}
 	d.views[name] = s
 	if d.set != nil {
@@ -192,6 +195,14 @@ func (d *Daemon) run(name string, s *served) error {
 		d.unkeep(viewItem(name))
 		s.nested.Close()
 		s.views.Close()
+		// Its counters go with it, unless a view served now shows the
+		// same label (a pod's container restarted): under d.mu, so that
+		// one attached after starts its own.
+		d.mu.Lock()
+		if !d.labelUsedLocked(s.label()) {
+			d.metrics.Forget(s.label())
+		}
+		d.mu.Unlock()
 		d.log.Info("dropped", "view", name)
 		close(s.dropped)
 	}()
@@ -210,10 +221,10 @@ func New(procs *proc.Procs, m *metrics.Metrics, w *host.Watcher, bounds serve.Bo
 
 // newServed is what serves the container of views on mounted: with its
 // nested views, from the same budget.
-func (d *Daemon) newServed(name string, views *serve.Views, mounted *fuseconn.Conn, budget *serve.Budget, req control.Request) *served {
+func (d *Daemon) newServed(name string, views *serve.Views, mounted *fuseconn.Conn, budget *serve.Budget, req control.Request, counts *metrics.Counts) *served {
 	nested := serve.NewNested(d.procs, serve.Options{Name: name, Log: d.log, Watcher: d.watcher, Budget: budget,
-		RootShownAs: views.RootShownAs(), Outer: func() *serve.Views { return views }}, d.metrics.For(name))
-	return &served{views: views, mounted: mounted, nested: nested, owner: req.Owner, req: req, dropped: make(chan struct{})}
+		RootShownAs: views.RootShownAs(), Outer: func() *serve.Views { return views }}, counts)
+	return &served{views: views, mounted: mounted, nested: nested, owner: req.Owner, req: req, dropped: make(chan struct{}), counts: counts}
 }
 
 // Handle answers one control request from host process peer.
@@ -309,12 +320,13 @@ func (d *Daemon) attach(req control.Request) (*os.File, *served, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	mounted, err := views.Serve(d.ident, d.metrics.For(labelOf(req)))
+	counts := d.metrics.For(labelOf(req))
+	mounted, err := views.Serve(d.ident, counts)
 	if err != nil {
 		views.Close()
 		return nil, nil, err
 	}
-	s := d.newServed(req.Name, views, mounted, budget, req)
+	s := d.newServed(req.Name, views, mounted, budget, req, counts)
 	if s.ownerStart, err = d.procs.StartTime(req.Owner); err != nil {
 		mounted.Stop()
 		views.Close()

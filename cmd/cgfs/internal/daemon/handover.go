@@ -290,7 +290,8 @@ func (d *Daemon) resume(it *kept, last json.RawMessage) {
 		d.log.Warn("keeper: reading a view's hidden leaves", "view", req.Name, "err", err)
 	}
 	t1 := time.Now()
-	mounted, err := it.views.ServeResumed(d.ident, d.metrics.For(labelOf(req)), r)
+	counts := d.metrics.For(labelOf(req))
+	mounted, err := it.views.ServeResumed(d.ident, counts, r)
 	t2 := time.Now()
 	if err != nil {
 		d.log.Warn("keeper: serving a view again", "view", req.Name, "err", err)
@@ -298,7 +299,7 @@ func (d *Daemon) resume(it *kept, last json.RawMessage) {
 		d.unkeep(it.name)
 		return
 	}
-	s := d.newServed(req.Name, it.views, mounted, it.budget, req)
+	s := d.newServed(req.Name, it.views, mounted, it.budget, req, counts)
 	s.ownerStart = it.state.OwnerStart
 	if err := d.run(req.Name, s); err != nil {
 		d.log.Warn("keeper: serving a view again", "view", req.Name, "err", err)

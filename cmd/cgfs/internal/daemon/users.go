@@ -877,14 +877,15 @@ func (d *Daemon) userAttach(u *userState, who users.Who, name string) (*os.File,
 	if err != nil {
 		return nil, nil, err
 	}
-	mounted, err := views.Serve(d.ident, d.metrics.For(fmt.Sprintf("%s/%s", who.Name, name)))
-	// (req below carries that label for the next server.)
+	// req carries the label for the next server.
+	req := control.Request{Op: "attach", Name: key, Owner: init, Label: fmt.Sprintf("%s/%s", who.Name, name), Uid: who.Uid}
+	counts := d.metrics.For(labelOf(req))
+	mounted, err := views.Serve(d.ident, counts)
 	if err != nil {
 		views.Close()
 		return nil, nil, err
 	}
-	req := control.Request{Op: "attach", Name: key, Owner: init, Label: fmt.Sprintf("%s/%s", who.Name, name), Uid: who.Uid}
-	s := d.newServed(key, views, mounted, budget, req)
+	s := d.newServed(key, views, mounted, budget, req, counts)
 	if s.ownerStart, err = d.procs.StartTime(init); err != nil {
 		mounted.Stop()
 		views.Close()
