@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -41,7 +42,9 @@ func (e *Error) Unwrap() error { return e.Err }
 // I/O of a view is done. A Host is safe for concurrent use.
 type Host struct {
 	root *os.File // O_PATH directory fd of the delegated host cgroup
-	dir  string   // for messages only; never used to resolve names
+	// rc reaches root's descriptor holding it (withRoot).
+	rc  syscall.RawConn
+	dir string // for messages only; never used to resolve names
 	// cgroupfs is set when the directory is on a cgroup filesystem (v1
 	// or v2); otherwise it is a tree of plain files (unit tests' fake
 	// hierarchies), where writes must truncate.
@@ -62,6 +65,7 @@ func Open(dir string) (*Host, error) {
 // helper process).
 func FromFile(f *os.File) *Host {
 	h := &Host{root: f, dir: f.Name()}
+	h.rc, _ = f.SyscallConn() // an *os.File always has one
 	if st, err := h.Statfs(); err == nil {
 		h.cgroupfs = st.Type == unix.CGROUP2_SUPER_MAGIC || st.Type == unix.CGROUP_SUPER_MAGIC
 	}
@@ -72,8 +76,22 @@ func FromFile(f *os.File) *Host {
 // process.
 func (h *Host) Root() *os.File { return h.root }
 
-// Close releases the root fd.
+// Close releases the root fd: at once, or when the last operation using
+// it (withRoot) ends.
 func (h *Host) Close() error { return h.root.Close() }
+
+// withRoot runs f on the root's descriptor, held meanwhile: a Close that
+// races f (a view dropped while a control request uses it) closes the
+// descriptor after f, and f never runs on its number reused by another
+// file meanwhile, which a bare root.Fd() could (an openat2 relative to
+// another container's directory). After Close it is EBADF.
+func (h *Host) withRoot(f func(fd int) error) error {
+	var ferr error
+	if err := h.rc.Control(func(fd uintptr) { ferr = f(int(fd)) }); err != nil {
+		return unix.EBADF
+	}
+	return ferr
+}
 
 // Dir is the host directory the Host was opened on, for messages.
 func (h *Host) Dir() string { return h.dir }
@@ -87,7 +105,7 @@ func (h *Host) IsCgroup2() bool {
 // Statfs returns the host filesystem's statistics.
 func (h *Host) Statfs() (unix.Statfs_t, error) {
 	var st unix.Statfs_t
-	if err := unix.Fstatfs(int(h.root.Fd()), &st); err != nil {
+	if err := h.withRoot(func(fd int) error { return unix.Fstatfs(fd, &st) }); err != nil {
 		return st, &Error{Op: "statfs", Path: ".", Err: err}
 	}
 	return st, nil
@@ -105,7 +123,11 @@ func (h *Host) openFd(op, rel string, flags int) (int, error) {
 	rel = clean(rel)
 	how := unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC), Resolve: resolve}
 	for {
-		fd, err := unix.Openat2(int(h.root.Fd()), rel, &how)
+		var fd int
+		err := h.withRoot(func(root int) (err error) {
+			fd, err = unix.Openat2(root, rel, &how)
+			return err
+		})
 		if err == unix.EINTR || err == unix.EAGAIN {
 			// openat2 returns EAGAIN when a concurrent rename raced
 			// with RESOLVE_BENEATH; retrying is what the man page asks.
@@ -494,7 +516,7 @@ func (h *Host) PathOf(ino uint64) (string, error) {
 	}
 	defer unix.Close(fd)
 	var st, root unix.Stat_t
-	if unix.Fstat(fd, &st) != nil || unix.Fstat(int(h.root.Fd()), &root) != nil || st.Dev != root.Dev || st.Ino != ino {
+	if unix.Fstat(fd, &st) != nil || h.withRoot(func(r int) error { return unix.Fstat(r, &root) }) != nil || st.Dev != root.Dev || st.Ino != ino {
 		return "", &Error{Op: "open_by_handle_at", Path: fmt.Sprintf("inode %d", ino), Err: unix.ESTALE}
 	}
 	link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))

@@ -202,3 +202,55 @@ func TestXattrs(t *testing.T) {
 		t.Errorf("after SetXattr the value is %q", val)
 	}
 }
+
+// TestCloseRacingOpens: a Host closed while others open through it (a
+// view dropped while a control request enters its container) answers
+// EBADF once closed, and never opens a file beneath another directory
+// that took its descriptor's number meanwhile; under -race, the close
+// and the opens share no unguarded descriptor.
+func TestCloseRacingOpens(t *testing.T) {
+	for range 50 {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "f"), []byte("mine"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		other := t.TempDir() // the directory that may take the number
+		if err := os.WriteFile(filepath.Join(other, "f"), []byte("other"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		h, err := Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 4)
+		for range 4 {
+			go func() {
+				for {
+					f, err := h.Open("f", unix.O_RDONLY)
+					if err != nil {
+						done <- err
+						return
+					}
+					b := make([]byte, 8)
+					n, _ := f.Read(b)
+					f.Close()
+					if string(b[:n]) != "mine" {
+						done <- errors.New("opened another directory's f: " + string(b[:n]))
+						return
+					}
+				}
+			}()
+		}
+		h.Close()
+		taker, err := os.Open(other) // likely the number h had
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 4 {
+			if err := <-done; !errors.Is(err, unix.EBADF) {
+				t.Errorf("an open through a closed Host: %v, want EBADF", err)
+			}
+		}
+		taker.Close()
+	}
+}
