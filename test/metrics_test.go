@@ -91,3 +91,25 @@ read x
 	}
 	checkMetricsText(t, text)
 }
+
+// TestSeccompNotificationsNeverGoDown: the daemon's count of seccomp
+// notifications its agents handled is a counter: a statfs of a process
+// cgfs exec started (one notification, answered by the daemon's agent)
+// stays counted once that agent is gone (it used to sum the live agents'
+// counts alone).
+func TestSeccompNotificationsNeverGoDown(t *testing.T) {
+	requireRoot(t)
+	d := startStormDaemon(t, false)
+	parent := runParent(t)
+	startRun(t, d.env, "--parent", parent, "--name", "notified")
+	// cgfs exec's process: its seccomp listener goes to the daemon.
+	waitExec(t, d.env, "notified", "stat -f /sys/fs/cgroup >/dev/null && echo statfs", "statfs")
+	// Its agent ends once its filter has no task left: the daemon then
+	// holds no seccomp listener (no keeper holds one either).
+	waitFor(t, "the container's agent to end", 20*time.Second*laneSlowdown(), func() bool {
+		return fdKinds(d.pid())["anon_inode:seccomp notify"] == 0
+	})
+	if got := metricValue(d.scrape(t), "cgfs_seccomp_notifications_total"); got < 1 {
+		t.Errorf("cgfs_seccomp_notifications_total = %v once the container's agent ended, want its statfs (1) still counted", got)
+	}
+}

@@ -56,7 +56,9 @@ type Daemon struct {
 	mu     sync.Mutex
 	views  map[string]*served
 	agents []*agent.Agent
-	users  *userState // nil: no user socket (users.go)
+	// agentsEnded: what the agents that ended handled (agentStats).
+	agentsEnded uint64
+	users       *userState // nil: no user socket (users.go)
 
 	// Under a keeper (handover.go).
 	link        *keeper.Link
@@ -350,7 +352,7 @@ func (d *Daemon) attach(req control.Request) (*os.File, *served, error) {
 func (d *Daemon) agentStats() uint64 {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var n uint64
+	n := d.agentsEnded
 	for _, a := range d.agents {
 		n += a.Stats().Handled()
 	}
@@ -675,6 +677,7 @@ func (d *Daemon) serveAgent(listener *os.File, name string) *agent.Agent {
 		for i, x := range d.agents {
 			if x == a {
 				d.agents = append(d.agents[:i], d.agents[i+1:]...)
+				d.agentsEnded += a.Stats().Handled() // a counter never goes down
 				break
 			}
 		}
