@@ -853,6 +853,12 @@ func (d *Daemon) removeUserContainer(u *userState, c *userContainer) {
 // mount, detached: the user puts it in place itself (move_mount, as the
 // kernel allows it in a mount namespace the user owns).
 func (d *Daemon) userAttach(u *userState, who users.Who, name string) (*os.File, *served, error) {
+	// Not while the user's container is being removed (or adopted): a
+	// view of one removed meanwhile would be served, and its pidfd,
+	// which the removal closes, is read below.
+	pm := u.parentLock(who.Uid)
+	pm.Lock()
+	defer pm.Unlock()
 	c, err := u.container(who.Uid, name)
 	if err != nil {
 		return nil, nil, err
