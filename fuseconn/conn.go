@@ -61,8 +61,13 @@ type Conn struct {
 	// clone, go-fuse's). See handover.go.
 	master *os.File
 	clone  int
-	init   []byte // the kernel's INIT, as it came
-	gen    uint32 // this server's generation on the connection: 1 made it
+	// flags is a copy of go-fuse's descriptor (the same open file, so
+	// its status flags are the reads'), which this Conn owns: Drain sets
+	// them through it, where go-fuse's own number may be closed, and
+	// taken by another file, at any moment the connection ends.
+	flags *os.File
+	init  []byte // the kernel's INIT, as it came
+	gen   uint32 // this server's generation on the connection: 1 made it
 	// served is closed when go-fuse stops serving; drained says that was
 	// Drain, and the connection lives on.
 	served chan struct{}
@@ -101,9 +106,9 @@ func Serve(cfg Config) (*Conn, error) {
 	raw := &inherit{next: cfg.FS, gen: uint64(c.gen), resumed: cfg.Resume != nil, files: map[uint64]uint64{}, checked: map[uint64]uint64{}}
 	var err error
 	if cfg.Resume == nil {
-		c.server, c.serving, c.clone, err = newServer(raw, cfg.Options, c.master)
+		c.server, c.serving, c.clone, c.flags, err = newServer(raw, cfg.Options, c.master)
 	} else {
-		c.server, c.serving, c.clone, err = newResumedServer(raw, cfg.Options, c.master, cfg.Resume.Init)
+		c.server, c.serving, c.clone, c.flags, err = newResumedServer(raw, cfg.Options, c.master, cfg.Resume.Init)
 	}
 	if err != nil {
 		c.master.Close()
@@ -122,6 +127,7 @@ func Serve(cfg Config) (*Conn, error) {
 			// is over when Serve returns.
 			mnt.Close()
 			<-serving
+			c.flags.Close()
 			c.master.Close()
 			return nil, err
 		}
@@ -132,8 +138,9 @@ func Serve(cfg Config) (*Conn, error) {
 		<-serving
 		close(c.served)
 		if c.drained.Load() {
-			return // the connection lives on in the next server
+			return // the connection lives on in the next server (Drain closes what is left)
 		}
+		c.flags.Close()
 		if r := c.relay.Load(); r != nil {
 			r.letGo()
 		}
@@ -221,22 +228,38 @@ func (c *Conn) Relayed() (watched int, raised uint64) {
 
 // newServer serves raw with go-fuse on a clone of the new connection
 // master: it takes the kernel's INIT from there.
-func newServer(raw fuse.RawFileSystem, opts *fuse.MountOptions, master *os.File) (*fuse.Server, <-chan struct{}, int, error) {
+func newServer(raw fuse.RawFileSystem, opts *fuse.MountOptions, master *os.File) (*fuse.Server, <-chan struct{}, int, *os.File, error) {
 	clone, err := cloneFUSE(int(master.Fd()))
 	if err != nil {
-		return nil, nil, -1, err
+		return nil, nil, -1, nil, err
+	}
+	flags, err := dupFile(clone, "fuse connection (its reads' flags)")
+	if err != nil {
+		unix.Close(clone)
+		return nil, nil, -1, nil, err
 	}
 	// go-fuse serves a /dev/fuse descriptor that is mounted already,
 	// and owns it from here on: it closes it when serving ends or fails.
 	server, err := fuse.NewServer(raw, fmt.Sprintf("/dev/fd/%d", clone), opts)
 	if err != nil {
-		return nil, nil, -1, err
+		flags.Close()
+		return nil, nil, -1, nil, err
 	}
 	serving := runServe(server)
 	if err := server.WaitMount(); err != nil {
-		return nil, nil, -1, err
+		flags.Close()
+		return nil, nil, -1, nil, err
 	}
-	return server, serving, clone, nil
+	return server, serving, clone, flags, nil
+}
+
+// dupFile is a copy of descriptor fd (the same open file), as a file.
+func dupFile(fd int, name string) (*os.File, error) {
+	d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(d), name), nil
 }
 
 // runServe runs go-fuse's Serve; the channel it returns is closed when Serve

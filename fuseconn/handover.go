@@ -105,35 +105,39 @@ func initBytes(in *fuse.InitIn) []byte {
 // whose number then becomes a clone of master's. That takes go-fuse to
 // answer INIT within NewServer (TestGoFuseAnswersINITInNewServer) and to
 // serve its descriptor by number (TestGoFuseServesItsDescriptorNumber).
-func newResumedServer(raw fuse.RawFileSystem, opts *fuse.MountOptions, master *os.File, init []byte) (*fuse.Server, <-chan struct{}, int, error) {
+func newResumedServer(raw fuse.RawFileSystem, opts *fuse.MountOptions, master *os.File, init []byte) (*fuse.Server, <-chan struct{}, int, *os.File, error) {
 	if len(init) != int(unsafe.Sizeof(fuse.InitIn{})) {
-		return nil, nil, -1, fmt.Errorf("an INIT of %d bytes, not %d", len(init), unsafe.Sizeof(fuse.InitIn{}))
+		return nil, nil, -1, nil, fmt.Errorf("an INIT of %d bytes, not %d", len(init), unsafe.Sizeof(fuse.InitIn{}))
 	}
 	clone, err := cloneFUSE(int(master.Fd()))
 	if err != nil {
-		return nil, nil, -1, err
+		return nil, nil, -1, nil, err
 	}
 	defer unix.Close(clone)
 	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, nil, -1, err
+		return nil, nil, -1, nil, err
 	}
 	defer unix.Close(sp[1])
 	if _, err := unix.Write(sp[1], init); err != nil {
 		unix.Close(sp[0])
-		return nil, nil, -1, err
+		return nil, nil, -1, nil, err
 	}
 	// go-fuse owns sp[0] from here on (and closes it on failure).
 	server, err := fuse.NewServer(raw, fmt.Sprintf("/dev/fd/%d", sp[0]), opts)
 	if err != nil {
-		return nil, nil, -1, err
+		return nil, nil, -1, nil, err
 	}
 	// The answer to INIT went to the socket; the kernel had its own.
 	// From now on the number reads the connection.
 	if err := unix.Dup3(clone, sp[0], unix.O_CLOEXEC); err != nil {
-		return nil, nil, -1, err
+		return nil, nil, -1, nil, err
 	}
-	return server, runServe(server), sp[0], nil
+	flags, err := dupFile(sp[0], "fuse connection (its reads' flags)")
+	if err != nil {
+		return nil, nil, -1, nil, err // (go-fuse's server never served: its number is the GC's)
+	}
+	return server, runServe(server), sp[0], flags, nil
 }
 
 // Handover is what the next server needs of this connection besides its
@@ -146,9 +150,18 @@ func (c *Conn) Handover() Handover {
 // mount's root (nil once the relay let it go), for the next server or a
 // keeper; the caller closes them.
 func (c *Conn) Files() (master, root *os.File, err error) {
-	fd, err := unix.FcntlInt(c.master.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	// Through the held descriptor: the connection's end closes master at
+	// any moment, and its number may then be another file's.
+	rc, err := c.master.SyscallConn()
 	if err != nil {
 		return nil, nil, err
+	}
+	fd, cerr := -1, error(nil)
+	if err := rc.Control(func(m uintptr) { fd, cerr = unix.FcntlInt(m, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, nil, fmt.Errorf("the connection has ended: %w", err)
+	}
+	if cerr != nil {
+		return nil, nil, cerr
 	}
 	master = os.NewFile(uintptr(fd), "fuse connection")
 	if r := c.relay.Load(); r != nil {
@@ -190,7 +203,7 @@ func (c *Conn) Drain() error {
 	// A reader that finds the queue empty now returns EAGAIN and ends;
 	// one already asleep in read(2) wakes for the next request, serves
 	// it and ends on its next read.
-	if _, err := unix.FcntlInt(uintptr(c.clone), unix.F_SETFL, unix.O_RDWR|unix.O_NONBLOCK); err != nil {
+	if _, err := unix.FcntlInt(c.flags.Fd(), unix.F_SETFL, unix.O_RDWR|unix.O_NONBLOCK); err != nil {
 		return fmt.Errorf("stopping reads: %w", err)
 	}
 	// Wake the sleepers: a signal interrupts their read(2), which the
@@ -202,6 +215,7 @@ func (c *Conn) Drain() error {
 	// reads so, and ends a reader on EAGAIN: TestGoFuseReadersEndOnSIGURG.
 	defer startPoking()()
 	<-c.served
+	c.flags.Close()
 	c.master.Close()
 	return nil
 }

@@ -2,6 +2,8 @@ package fuseconn
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -99,5 +101,38 @@ func TestForgetOfEarlierLookups(t *testing.T) {
 	case r := <-fs.srv.panicked:
 		t.Errorf("a request panicked in the server that took over (go-fuse's lookup count went below zero?): %v", r)
 	default:
+	}
+}
+
+// TestFilesRacingTheEnd: copies of a connection taken while it ends (a
+// keeper's copy as the container goes) are copies of it or an error,
+// never of a file that took the closed number; under -race, they and
+// the end share no unguarded descriptor.
+func TestFilesRacingTheEnd(t *testing.T) {
+	for range 20 {
+		_, conn, _ := mountStore(t, newStore(), cache(time.Second))
+		copies := make(chan error, 1)
+		go func() {
+			for {
+				master, root, err := conn.Files()
+				if err != nil {
+					copies <- err
+					return
+				}
+				var st unix.Stat_t
+				if err := unix.Fstat(int(master.Fd()), &st); err == nil && st.Rdev != unix.Mkdev(10, 229) {
+					copies <- fmt.Errorf("a copy of the connection is not /dev/fuse (rdev %#x)", st.Rdev)
+					return
+				}
+				master.Close()
+				if root != nil {
+					root.Close()
+				}
+			}
+		}()
+		conn.Stop()
+		if err := <-copies; err == nil || !strings.Contains(err.Error(), "the connection has ended") {
+			t.Errorf("a copy taken as the connection ends: %v, want \"the connection has ended\"", err)
+		}
 	}
 }
