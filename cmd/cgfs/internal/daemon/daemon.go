@@ -92,6 +92,10 @@ type served struct {
 	dropped chan struct{}
 	// counts are its views' and nested views' counters (labelOf(req)).
 	counts *metrics.Counts
+	// keepMu orders what the keeper is told of it: a keep (keepView)
+	// before its drop, never after (unkept).
+	keepMu sync.Mutex
+	unkept bool
 	// unset takes its device out of the daemon's statfs set (d.mu
 	// held; nil until it is in).
 	unset func()
@@ -194,6 +198,9 @@ func (d *Daemon) run(name string, s *served) error {
 			s.unset()
 		}
 		d.mu.Unlock()
+		s.keepMu.Lock()
+		s.unkept = true
+		s.keepMu.Unlock()
 		d.unkeep(viewItem(name))
 		s.nested.Close()
 		s.views.Close()

@@ -52,9 +52,18 @@ func (d *Daemon) keepView(name string, s *served) {
 	if d.link == nil {
 		return
 	}
+	s.keepMu.Lock()
+	defer s.keepMu.Unlock()
+	if s.unkept {
+		return // dropped: a keep now would outlive it in the keeper
+	}
 	master, root, err := s.mounted.Files()
 	if err != nil {
-		d.log.Warn("keeper: copying a view's connection", "view", name, "err", err)
+		select {
+		case <-s.mounted.Done(): // ended meanwhile: its drop follows
+		default:
+			d.log.Warn("keeper: copying a view's connection", "view", name, "err", err)
+		}
 		return
 	}
 	files := []*os.File{master}
