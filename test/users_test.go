@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -421,25 +422,7 @@ func TestOneUserAtItsBoundsLeavesAnother(t *testing.T) {
 		t.Errorf("A's second container past the user's 200 files: %q, want ENFILE", got)
 	}
 	// Connections: A holds 8 (the bound), its 9th is refused.
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	conns := helper(a, r, "holdconns", a.socket, "8")
-	out, err := conns.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := conns.Start(); err != nil {
-		t.Fatal(err)
-	}
-	r.Close()
-	line := make([]byte, 64)
-	n, _ := out.Read(line)
-	if got := strings.TrimSpace(string(line[:n])); got != "held 8" {
-		t.Fatalf("A's connections: %q", got)
-	}
+	letGo := holdConns(t, helper(a, nil, "holdconns", a.socket, "8"), 8, "A's connections")
 	if got, _ := helper(a, nil, "askuser", a.socket, `{"op":"list"}`).CombinedOutput(); !strings.Contains(string(got), "too many connections") {
 		t.Errorf("A's 9th connection: %q, want refused", got)
 	}
@@ -447,8 +430,7 @@ func TestOneUserAtItsBoundsLeavesAnother(t *testing.T) {
 	if r := b.cgfs(t, "list"); r.code != 0 {
 		t.Errorf("B's list while A holds its connections: %d %q", r.code, r.out)
 	}
-	w.Close()
-	_ = conns.Wait()
+	letGo()
 	// Requests a second: A's flood is cut, B is answered.
 	flood, _ := helper(a, nil, "flood", a.socket, `{"op":"list"}`, "1000").CombinedOutput()
 	var ok, limited int
@@ -579,39 +561,49 @@ func TestSubordinateIdsAreTheirOwners(t *testing.T) {
 		t.Errorf("A's own list: exit %d %q", r.code, r.out)
 	}
 	// Eight connections held from A's subordinate ids: A has none left.
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
 	hold := asSub(1001, helperBin, "holdconns", a.socket, "8")
 	hold.Env = append(hold.Env, helperEnv+"=1")
-	hold.Stdin = r
-	stdout, err := hold.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := hold.Start(); err != nil {
-		t.Fatal(err)
-	}
-	r.Close()
-	line := make([]byte, 64)
-	n, _ := stdout.Read(line)
-	if got := strings.TrimSpace(string(line[:n])); got != "held 8" {
-		t.Fatalf("connections from A's subordinate id: %q", got)
-	}
+	letGo := holdConns(t, hold, 8, "connections from A's subordinate id")
 	if r := a.cgfs(t, "list"); r.code != 2 || !strings.Contains(r.out, "too many connections") {
 		t.Errorf("A's list while its subordinate ids hold 8 connections: exit %d %q, want too many connections", r.code, r.out)
 	}
 	if r := b.cgfs(t, "list"); r.code != 0 {
 		t.Errorf("B's list meanwhile: exit %d %q", r.code, r.out)
 	}
-	w.Close()
-	_ = hold.Wait()
+	letGo()
 	waitFor(t, "A served again once its subordinate ids let go", 10*time.Second*laneSlowdown(), func() bool {
 		return a.cgfs(t, "list").code == 0
 	})
 	if got := metricValue(d.scrape(t), "cgfs_user_refusals_total", `rule="subordinate-id"`); got == 0 {
 		t.Error("no refusal counted by rule subordinate-id")
 	}
+}
+
+// holdConns starts c, a helper's holdconns of n connections to a user
+// socket (held until its input ends), and waits until it holds them all;
+// the func it returns lets them go and waits for the helper's end.
+func holdConns(t *testing.T, c *exec.Cmd, n int, what string) (letGo func()) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Stdin = r
+	out, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	var once sync.Once
+	letGo = func() { once.Do(func() { w.Close(); _ = c.Wait() }) }
+	t.Cleanup(letGo)
+	line := make([]byte, 64)
+	k, _ := out.Read(line)
+	if got := strings.TrimSpace(string(line[:k])); got != fmt.Sprintf("held %d", n) {
+		t.Fatalf("%s: %q, want held %d", what, got, n)
+	}
+	return letGo
 }
