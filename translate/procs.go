@@ -89,6 +89,7 @@ func writeTasks(threads bool) func(f *File, r *access.Request, data []byte) (int
 		if err != nil {
 			return 0, err
 		}
+		defer m.Release()
 		// Migrations share the view lock: each is one task's, the
 		// kernel serialises the moves themselves, and what they must not
 		// meet (a leaf made or folded, a cgroup made or removed) holds
@@ -468,6 +469,7 @@ func (v *View) EnterOwn(n int) error {
 	if err != nil {
 		return err
 	}
+	defer m.Release()
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	err = m.Write(v.root, "cgroup.procs", n)

@@ -153,6 +153,7 @@ func (v *View) moveAllLocked(from, to string) error {
 	if err != nil {
 		return err
 	}
+	defer m.Release()
 	return m.MoveAll(v.root, from, to)
 }
 

@@ -33,6 +33,12 @@ type helper struct {
 	procfs *os.File
 	procs  *proc.Procs
 	used   int // for eviction, under Pool.mu
+	// users are the requests using it, retired says the pool let go of
+	// it while some did (it ends with the last), pool is whose it is:
+	// under Pool.mu.
+	users   int
+	retired bool
+	pool    *Pool
 	// timeout bounds each call's wait for its answer (helperTimeout).
 	timeout time.Duration
 
@@ -114,6 +120,9 @@ func (h *helper) answers() {
 }
 
 func (h *helper) dead() bool { return h.broken.Load() }
+
+// Release ends a request's use of the helper (Mover.Release).
+func (h *helper) Release() { h.pool.release(h) }
 
 // close ends the helper and reaps it: a helper left to be reaped by
 // whoever inherits it would hold up the end of the container's pid

@@ -31,6 +31,10 @@ type Mover interface {
 	// root) that the namespace can see into cgroup to. Processes that
 	// exit meanwhile are skipped.
 	MoveAll(root int, from, to string) error
+	// Release ends the caller's use: a helper the pool let go of
+	// meanwhile (evicted, or found dead) ends with its last user, never
+	// under one (its /proc, which Pin reads through, is closed then).
+	Release()
 }
 
 // MaxHelpers bounds the helpers of one pool (one per pid namespace a
@@ -185,6 +189,7 @@ func (p *Pool) helper(ns proc.NS, open func() (*os.File, error)) (*helper, error
 	p.clock++
 	if h := p.helpers[ns]; h != nil && !h.dead() {
 		h.used = p.clock
+		h.users++
 		return h, nil
 	}
 	if old := p.helpers[ns]; old != nil { // dead: it makes way
@@ -192,6 +197,9 @@ func (p *Pool) helper(ns proc.NS, open func() (*os.File, error)) (*helper, error
 	}
 	if len(p.helpers) >= MaxHelpers || p.budget.full() {
 		p.evictLocked()
+	}
+	if len(p.helpers) >= MaxHelpers {
+		return nil, ErrTooManyHelpers // every one in use
 	}
 	if err := p.budget.take(); err != nil {
 		return nil, err
@@ -209,24 +217,41 @@ func (p *Pool) helper(ns proc.NS, open func() (*os.File, error)) (*helper, error
 		p.budget.give()
 		return nil, err
 	}
-	h.used = p.clock
+	h.used, h.pool, h.users = p.clock, p, 1
 	p.helpers[ns] = h
 	return h, nil
 }
 
-// closeLocked ends the helper h of namespace ns and gives it back to
-// the budget.
+// closeLocked lets go of the helper h of namespace ns: it ends, and is
+// given back to the budget, now, or with its last user (release).
 func (p *Pool) closeLocked(ns proc.NS, h *helper) {
-	h.close()
 	delete(p.helpers, ns)
+	if h.users > 0 {
+		h.retired = true
+		return
+	}
+	h.close()
 	p.budget.give()
 }
 
+// release ends a use of h (Mover.Release).
+func (p *Pool) release(h *helper) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if h.users--; h.users == 0 && h.retired {
+		h.retired = false
+		h.close()
+		p.budget.give()
+	}
+}
+
+// evictLocked lets go of the least recently used helper that no request
+// uses, other than the owner's.
 func (p *Pool) evictLocked() {
 	var oldest proc.NS
 	first := true
 	for ns, h := range p.helpers {
-		if ns == p.ownerNS {
+		if ns == p.ownerNS || h.users > 0 {
 			continue
 		}
 		if first || h.used < p.helpers[oldest].used {
@@ -242,8 +267,10 @@ func (p *Pool) evictLocked() {
 func (p *Pool) Close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for ns, h := range p.helpers {
-		p.closeLocked(ns, h)
+	for ns, h := range p.helpers { // the views are closed: no request uses them
+		h.close()
+		delete(p.helpers, ns)
+		p.budget.give()
 	}
 	if p.owner != nil {
 		p.owner.Close()
@@ -255,6 +282,8 @@ func (p *Pool) Close() {
 type inline struct{ p *Pool }
 
 func (m inline) Pin(n int) (*proc.Pin, error) { return m.p.procs.Pin(n) }
+
+func (inline) Release() {}
 
 func (m inline) Write(root int, rel string, n int) error {
 	_, err := m.p.roots[root].WriteFile(rel, []byte(strconv.Itoa(n)))

@@ -61,6 +61,35 @@ func TestHelperTakesTheServersGORACE(t *testing.T) {
 // (ended with the test).
 func poolInNewPidNS(t *testing.T) *Pool {
 	t.Helper()
+	return poolInNewPidNSWith(t, nil)
+}
+
+// poolInNewPidNSWith is poolInNewPidNS drawing on budget (nil: its own).
+func poolInNewPidNSWith(t *testing.T, budget *Budget) *Pool {
+	t.Helper()
+	th, open := sleeperInNewPidNS(t)
+	procs, err := proc.Open("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	pool, err := NewPool(procs, ns, th, budget)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pool.Close() })
+	return pool
+}
+
+// sleeperInNewPidNS starts a sleep as the init of a pid namespace of its
+// own, ended with the test, and returns it and how to open its pid
+// namespace (as a writer's is opened).
+func sleeperInNewPidNS(t *testing.T) (proc.Thread, func() (*os.File, error)) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("CI=true: a pid namespace needs root")
@@ -77,21 +106,54 @@ func poolInNewPidNS(t *testing.T) *Pool {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer procs.Close()
 	th, err := procs.Thread(sleep.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns, err := os.Open("/proc/" + strconv.Itoa(sleep.Process.Pid) + "/ns/pid")
+	return th, func() (*os.File, error) { return os.Open("/proc/" + strconv.Itoa(sleep.Process.Pid) + "/ns/pid") }
+}
+
+// TestEvictionSparesHelpersInUse: at its bound, a container's pool makes
+// no room for a new pid namespace's helper by ending one a request still
+// uses (whose /proc that request pins tasks through): the new one waits
+// (EAGAIN, ErrTooManyHelpers) until that request is done, then takes
+// its place.
+func TestEvictionSparesHelpersInUse(t *testing.T) {
+	budget := NewBudget(1)
+	pool := poolInNewPidNSWith(t, budget)
+	x, openX := sleeperInNewPidNS(t)
+	y, openY := sleeperInNewPidNS(t)
+	mx, err := pool.For(x, openX)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ns.Close() })
-	pool, err := NewPool(procs, ns, th, nil)
-	if err != nil {
-		t.Fatal(err)
+	if _, err := pool.For(y, openY); !errors.Is(err, ErrTooManyHelpers) {
+		t.Fatalf("a second namespace's helper while the only one is in use: %v, want ErrTooManyHelpers", err)
 	}
-	t.Cleanup(func() { pool.Close() })
-	return pool
+	pin, err := mx.Pin(1)
+	if err != nil {
+		t.Fatalf("the helper in use, after another namespace asked: %v", err)
+	}
+	if ppid, err := pin.Parent(); err != nil || ppid != 0 {
+		t.Errorf("id 1 through the helper in use has parent %d, %v; want its namespace's init (0)", ppid, err)
+	}
+	pin.Close()
+	mx.Release()
+	// (Starts are rate-limited too: a second one within half a second of
+	// the first waits for its token.)
+	my, err := pool.For(y, openY)
+	for deadline := time.Now().Add(5 * time.Second); errors.Is(err, ErrTooManyStarts) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		my, err = pool.For(y, openY)
+	}
+	if err != nil {
+		t.Fatalf("the second namespace's helper once the first is done: %v", err)
+	}
+	my.Release()
+	if live, _ := budget.Live(); live != 1 {
+		t.Errorf("the budget counts %d helpers, want 1 (the first ended)", live)
+	}
 }
 
 func TestHelperResolvesIDsInItsNamespace(t *testing.T) {

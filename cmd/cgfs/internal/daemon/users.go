@@ -786,6 +786,7 @@ func (d *Daemon) moveFromInside(ns *os.File, cg *cgroups.Set, n int) error {
 	if err != nil {
 		return err
 	}
+	defer m.Release()
 	for _, r := range roots {
 		if err := m.Write(r, "cgroup.procs", n); err != nil {
 			return err
