@@ -331,8 +331,24 @@ type Subordinates struct {
 	path string
 
 	mu     sync.Mutex
-	stamp  stamp // the file as last read
+	stamps [2]stamp // the file and /etc/passwd (its owners) as last read
 	ranges []owned
+}
+
+// passwdFile is where the host's users are, whose ids the owners named
+// in the subordinate id file resolve to.
+const passwdFile = "/etc/passwd"
+
+// stampOf is file path's stamp (not there: the zero stamp).
+func stampOf(path string) (stamp, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return stamp{}, nil
+		}
+		return stamp{}, err
+	}
+	return stamp{dev: st.Dev, ino: st.Ino, size: uint64(st.Size), mtime: st.Mtim.Nano(), there: true}, nil
 }
 
 // stamp is what tells a file changed.
@@ -345,7 +361,12 @@ type stamp struct {
 // owned is a range of subordinate ids and its owner as the file names it.
 type owned struct {
 	Range
-	owner string
+	owner string // as the file names it
+	// uid and name are the owner's, resolved when the file was read:
+	// its uid, or for an owner no host user has, the first id of the
+	// range (so that the range's ids still count as one).
+	uid  int
+	name string
 }
 
 // NewSubordinates reads path (/etc/subuid) when asked.
@@ -363,42 +384,43 @@ func (s *Subordinates) Owner(uid int) (owner int, name string, ok bool, err erro
 		return 0, "", false, err
 	}
 	for _, r := range s.ranges {
-		if !r.Contains(int64(uid), 1) {
-			continue
+		if r.Contains(int64(uid), 1) && r.uid != uid { // a user's own id in its range is still its own
+			return r.uid, r.name, true, nil
 		}
-		if r.owner == strconv.Itoa(uid) {
-			continue // a user's own id in its range is still its own
-		}
-		if u, err := user.Lookup(r.owner); err == nil {
-			if id, err := strconv.Atoi(u.Uid); err == nil {
-				if id == uid {
-					continue
-				}
-				return id, u.Username, true, nil
-			}
-		}
-		if id, err := strconv.Atoi(r.owner); err == nil && id >= 0 {
-			return id, r.owner, true, nil
-		}
-		return int(r.Start), r.owner, true, nil
 	}
 	return 0, "", false, nil
 }
 
-// reload reads the file again if it changed since it was read.
-func (s *Subordinates) reload() error {
-	var st syscall.Stat_t
-	now := stamp{}
-	if err := syscall.Stat(s.path, &st); err == nil {
-		now = stamp{dev: st.Dev, ino: st.Ino, size: uint64(st.Size), mtime: st.Mtim.Nano(), there: true}
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return err
+// resolve is o with its owner's uid and name, from the host's users.
+func resolve(o owned) owned {
+	o.uid, o.name = int(o.Start), o.owner
+	if u, err := user.Lookup(o.owner); err == nil {
+		if id, err := strconv.Atoi(u.Uid); err == nil {
+			o.uid, o.name = id, u.Username
+			return o
+		}
 	}
-	if now == s.stamp && (s.ranges != nil || !now.there) {
+	if id, err := strconv.Atoi(o.owner); err == nil && id >= 0 {
+		o.uid = id
+	}
+	return o
+}
+
+// reload reads the file again, and resolves its owners, if it or the
+// host's users changed since: a peer's connection costs two stats.
+func (s *Subordinates) reload() error {
+	var now [2]stamp
+	for i, path := range []string{s.path, passwdFile} {
+		var err error
+		if now[i], err = stampOf(path); err != nil {
+			return err
+		}
+	}
+	if now == s.stamps && (s.ranges != nil || !now[0].there) {
 		return nil
 	}
 	var ranges []owned
-	if now.there {
+	if now[0].there {
 		f, err := os.Open(s.path)
 		if err != nil {
 			return err
@@ -408,7 +430,7 @@ func (s *Subordinates) reload() error {
 		for sc.Scan() {
 			name, r, ok := parseSubIDLine(sc.Text())
 			if ok {
-				ranges = append(ranges, owned{r, name})
+				ranges = append(ranges, resolve(owned{Range: r, owner: name}))
 			}
 		}
 		if err := sc.Err(); err != nil {
@@ -418,6 +440,6 @@ func (s *Subordinates) reload() error {
 			ranges = []owned{} // read, and empty
 		}
 	}
-	s.stamp, s.ranges = now, ranges
+	s.stamps, s.ranges = now, ranges
 	return nil
 }
